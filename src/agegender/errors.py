@@ -1,0 +1,27 @@
+"""The exception hierarchy: one-line messages that name the input and the reason."""
+
+from __future__ import annotations
+
+
+class AgegenderError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ImageError(AgegenderError):
+    """An input could not be read or decoded as an image."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the configured limit (decompression bomb guard)."""
+
+
+class CardError(AgegenderError):
+    """A model card is malformed or does not match its graph."""
+
+
+class ModelNotInstalledError(AgegenderError):
+    """A card's file is not in the store; the message says how to get it."""
+
+
+class ModelFileError(AgegenderError):
+    """A model file exists but is not what its card says (hash, size, graph)."""

@@ -1,0 +1,201 @@
+"""Decoding: any supported input becomes an H x W x 3 uint8 RGB array.
+
+EXIF orientation is applied, every Pillow mode (grayscale, alpha, 16-bit, palette,
+CMYK) is converted, and the pixel limit is checked from the header before the pixels
+are decoded, so a decompression bomb is refused without allocating it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError, ImageTooLargeError
+
+DEFAULT_PIXEL_LIMIT = 50_000_000
+
+ImageInput = Union[str, os.PathLike[str], bytes, bytearray, memoryview, Image.Image, NDArray]
+ChannelOrder = Literal["RGB", "BGR"]
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB uint8 image and the name it is reported under."""
+
+    name: str
+    rgb: NDArray[np.uint8]
+
+
+def describe(source: ImageInput) -> str:
+    """The name an input is reported under (its path, or a type description)."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return "<PIL image>"
+    return "<array>"
+
+
+def load(
+    source: ImageInput,
+    *,
+    channels: ChannelOrder = "RGB",
+    pixel_limit: int | None = DEFAULT_PIXEL_LIMIT,
+    name: str | None = None,
+) -> DecodedImage:
+    """Decode `source` into RGB; raise ImageError with a one-line reason otherwise.
+
+    `channels` says how a numpy array is ordered (OpenCV arrays are BGR); it is
+    ignored for files, bytes and PIL images, whose order is known.
+    """
+    label = name or describe(source)
+    if isinstance(source, np.ndarray):
+        return DecodedImage(label, _from_array(source, channels, pixel_limit, label))
+    if isinstance(source, Image.Image):
+        return DecodedImage(label, _from_pil(source, pixel_limit, label))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        data = _read_file(Path(source), label)
+    else:
+        raise ImageError(f"{label}: unsupported input type {type(source).__name__}")
+    return DecodedImage(label, decode_bytes(data, pixel_limit=pixel_limit, name=label))
+
+
+def _read_file(path: Path, label: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{label}: is a directory") from None
+    except PermissionError:
+        raise ImageError(f"{label}: permission denied") from None
+    except OSError as error:
+        raise ImageError(f"{label}: cannot read ({error.strerror or error})") from None
+
+
+def decode_bytes(
+    data: bytes, *, pixel_limit: int | None = DEFAULT_PIXEL_LIMIT, name: str = "<bytes>"
+) -> NDArray[np.uint8]:
+    """Decode encoded image bytes (JPEG, PNG, ...) into RGB."""
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check warns or raises at its limit; ours is explicit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_pixels(image.width, image.height, pixel_limit, name)
+            image.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (unrecognised format)") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{name}: too many pixels for Pillow's bomb guard") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        reason = str(error) or type(error).__name__
+        if "truncated" in reason.lower():
+            raise ImageError(f"{name}: truncated image data ({reason})") from None
+        raise ImageError(f"{name}: corrupt image ({reason})") from None
+    return _from_pil(image, None, name)
+
+
+def _check_pixels(width: int, height: int, pixel_limit: int | None, name: str) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+    if pixel_limit is not None and width * height > pixel_limit:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{pixel_limit} (raise it with --pixel-limit)"
+        )
+
+
+def _from_pil(image: Image.Image, pixel_limit: int | None, name: str) -> NDArray[np.uint8]:
+    _check_pixels(image.width, image.height, pixel_limit, name)
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except Exception:  # a broken EXIF block must not lose the picture
+        pass
+    return np.ascontiguousarray(np.asarray(_to_rgb(image), dtype=np.uint8))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit or 32-bit integer grayscale: scale the used range to 8 bits.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Composite on white: transparent areas become background, not black faces.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _from_array(
+    array: NDArray, channels: ChannelOrder, pixel_limit: int | None, name: str
+) -> NDArray[np.uint8]:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageError(f"{name}: array shape {array.shape} is not H x W, H x W x 3 or 4")
+    _check_pixels(array.shape[1], array.shape[0], pixel_limit, name)
+    if array.dtype == np.uint16:
+        array = (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif array.dtype in (np.float32, np.float64):
+        top = 1.0 if float(array.max(initial=0.0)) <= 1.0 else 255.0
+        array = np.clip(array * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageError(f"{name}: unsupported array dtype {array.dtype}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    if channels == "BGR":
+        array = array[:, :, ::-1]
+    elif channels != "RGB":
+        raise ImageError(f"{name}: channels must be RGB or BGR, got {channels!r}")
+    return np.ascontiguousarray(array)
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """Files as given; folders expanded to their image files, sorted, recursively."""
+    expanded: list[str] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            expanded.extend(found)
+        else:
+            expanded.append(item)
+    return expanded
