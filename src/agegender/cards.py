@@ -137,7 +137,11 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
 
     inp = _req(data, "input", where)
     size = _req(inp, "size", where)
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(s, int) and s > 0 for s in size)
+    ):
         raise CardError(f"{where}: [input] size must be [height, width] positive integers")
     channels = inp.get("channels", "RGB")
     if channels not in ("RGB", "BGR"):
@@ -186,7 +190,9 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
         width = len(values)
     elif task == "gender":
         if sorted(label.lower() for label in labels) != ["female", "male"]:
-            raise CardError(f"{where}: a gender card needs labels 'female' and 'male' in output order")
+            raise CardError(
+                f"{where}: a gender card needs labels 'female' and 'male' in output order"
+            )
         labels = tuple(label.lower() for label in labels)
         width = 2
     else:
@@ -236,7 +242,9 @@ def builtin_cards() -> dict[str, ModelCard]:
     cards: dict[str, ModelCard] = {}
     for entry in sorted(resources.files("agegender.model_cards").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
-            card = parse_card(tomllib.loads(entry.read_text(encoding="utf-8")), f"model_cards/{entry.name}")
+            card = parse_card(
+                tomllib.loads(entry.read_text(encoding="utf-8")), f"model_cards/{entry.name}"
+            )
             if card.id in cards:
                 raise CardError(f"{entry.name}: duplicate card id {card.id!r}")
             cards[card.id] = card
@@ -259,7 +267,10 @@ def check_against_graph(
     """Raise CardError when the graph's input/output shapes contradict the card."""
     where = f"card {card.id}"
     if len(input_shape) != 4:
-        raise CardError(f"{where}: graph input has rank {len(input_shape)}, the card needs 4 ({card.input.layout})")
+        raise CardError(
+            f"{where}: graph input has rank {len(input_shape)}, "
+            f"the card needs 4 ({card.input.layout})"
+        )
     spatial = input_shape[2:4] if card.input.layout == "NCHW" else input_shape[1:3]
     channel = input_shape[1] if card.input.layout == "NCHW" else input_shape[3]
     expected = [card.input.height, card.input.width]
@@ -267,7 +278,11 @@ def check_against_graph(
         if isinstance(got, int) and got != want:
             raise CardError(f"{where}: graph input {what} is {got}, the card says {want}")
     if isinstance(channel, int) and channel != 3:
-        raise CardError(f"{where}: graph input has {channel} channels in {card.input.layout}, expected 3")
+        raise CardError(
+            f"{where}: graph input has {channel} channels in {card.input.layout}, expected 3"
+        )
     width = output_shape[-1] if output_shape else None
     if isinstance(width, int) and width != card.output.width:
-        raise CardError(f"{where}: graph output width is {width}, the card says {card.output.width}")
+        raise CardError(
+            f"{where}: graph output width is {width}, the card says {card.output.width}"
+        )

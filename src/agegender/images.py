@@ -7,12 +7,13 @@ are decoded, so a decompression bomb is refused without allocating it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,7 +23,7 @@ from .errors import ImageError, ImageTooLargeError
 
 DEFAULT_PIXEL_LIMIT = 50_000_000
 
-ImageInput = Union[str, os.PathLike[str], bytes, bytearray, memoryview, Image.Image, NDArray]
+ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | NDArray
 ChannelOrder = Literal["RGB", "BGR"]
 
 IMAGE_SUFFIXES = frozenset(
@@ -127,10 +128,8 @@ def _check_pixels(width: int, height: int, pixel_limit: int | None, name: str) -
 
 def _from_pil(image: Image.Image, pixel_limit: int | None, name: str) -> NDArray[np.uint8]:
     _check_pixels(image.width, image.height, pixel_limit, name)
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not lose the picture
         image = ImageOps.exif_transpose(image) or image
-    except Exception:  # a broken EXIF block must not lose the picture
-        pass
     return np.ascontiguousarray(np.asarray(_to_rgb(image), dtype=np.uint8))
 
 
@@ -193,7 +192,9 @@ def expand_inputs(paths: list[str]) -> list[str]:
         path = Path(item)
         if path.is_dir():
             found = sorted(
-                str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                str(p)
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
             expanded.extend(found)
         else:

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run them (what .ci/run calls).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check src tests
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Subcommands of the ``agegender`` command line (see ``cli.COMMANDS``)."""

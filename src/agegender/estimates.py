@@ -1,0 +1,100 @@
+"""From a model's output distribution to the numbers a user reads.
+
+Age distribution over bin values v_i with probabilities p_i (DEX's expected value):
+value = sum p_i v_i, std = sqrt(sum p_i (v_i - value)^2), the central interval holding
+`mass` of the distribution (its (1-mass)/2 and (1+mass)/2 quantiles, read off the
+cumulative distribution), and P(age >= t) = sum of p_i over v_i >= t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .cards import ModelCard
+from .results import AgeEstimate, GenderEstimate
+
+INTERVAL_MASS = 0.8
+
+
+def quantile(values: NDArray[np.float64], probs: NDArray[np.float64], q: float) -> float:
+    """The smallest bin value whose cumulative probability reaches q."""
+    cdf = np.cumsum(probs)
+    index = int(np.searchsorted(cdf, q * cdf[-1] - 1e-12, side="left"))
+    return float(values[min(index, len(values) - 1)])
+
+
+def age_from_distribution(
+    probs: NDArray[np.float64],
+    values: NDArray[np.float64],
+    *,
+    thresholds: Sequence[float] = (),
+    mass: float = INTERVAL_MASS,
+) -> AgeEstimate:
+    """Expected value, std, central interval and P(age >= t) of one distribution."""
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum()
+    mean = float(probs @ values)
+    std = float(np.sqrt(max(0.0, probs @ (values - mean) ** 2)))
+    tail = (1.0 - mass) / 2
+    interval = (quantile(values, probs, tail), quantile(values, probs, 1.0 - tail))
+    p_at_least = {float(t): float(probs[values >= t].sum()) for t in thresholds}
+    return AgeEstimate(mean, std, interval, mass, p_at_least)
+
+
+def age_from_groups(
+    probs: NDArray[np.float64],
+    groups: Sequence[tuple[float, float]],
+    labels: Sequence[str],
+    *,
+    thresholds: Sequence[float] = (),
+    mass: float = INTERVAL_MASS,
+) -> AgeEstimate:
+    """Most probable group, and a point estimate over the groups' midpoints.
+
+    P(age >= t) counts a group by the share of its span at or above t.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum()
+    lows = np.array([g[0] for g in groups], dtype=np.float64)
+    highs = np.array([g[1] for g in groups], dtype=np.float64)
+    mids = (lows + highs) / 2
+    mean = float(probs @ mids)
+    std = float(np.sqrt(max(0.0, probs @ (mids - mean) ** 2)))
+    tail = (1.0 - mass) / 2
+    cdf = np.cumsum(probs)
+    lo_index = int(np.searchsorted(cdf, tail - 1e-12))
+    hi_index = int(np.searchsorted(cdf, 1.0 - tail - 1e-12))
+    interval = (
+        float(lows[min(lo_index, len(lows) - 1)]),
+        float(highs[min(hi_index, len(highs) - 1)]),
+    )
+    p_at_least = {}
+    for t in thresholds:
+        span = np.maximum(highs - lows, 1e-9)
+        share = np.clip((highs - t) / span, 0.0, 1.0)
+        share[lows >= t] = 1.0
+        p_at_least[float(t)] = float(probs @ share)
+    best = int(np.argmax(probs))
+    return AgeEstimate(mean, std, interval, mass, p_at_least, labels[best], float(probs[best]))
+
+
+def gender_from_probs(probs: NDArray[np.float64], labels: Sequence[str]) -> GenderEstimate:
+    """The more probable label; ties go to the first, as in the model's own order."""
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum()
+    best = int(np.argmax(probs))
+    return GenderEstimate(labels[best], float(probs[best]))
+
+
+def age_estimate(
+    card: ModelCard, probs: NDArray[np.float64], thresholds: Sequence[float] = ()
+) -> AgeEstimate:
+    """The age estimate an age or age-groups card's output means."""
+    if card.task == "age":
+        return age_from_distribution(probs, card.output.value_array(), thresholds=thresholds)
+    if card.task == "age-groups":
+        return age_from_groups(probs, card.output.groups, card.output.labels, thresholds=thresholds)
+    raise ValueError(f"card {card.id} is a {card.task} model, not an age model")

@@ -1,0 +1,124 @@
+"""ONNX Runtime: one session per model card, created once, fed in batches.
+
+Preprocessing is read from the card (size, channel order, layout, scale, mean, std);
+nothing here knows a particular model. A graph whose batch dimension is fixed to 1
+still works: its crops go through one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from .cards import ModelCard, check_against_graph
+from .errors import CardError, ModelFileError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 32
+
+
+def preprocess(card: ModelCard, crops: Sequence[NDArray[np.uint8]]) -> NDArray[np.float32]:
+    """Stack RGB uint8 crops into the tensor the card describes."""
+    spec = card.input
+    batch = np.stack(crops).astype(np.float32)  # N, H, W, 3 (RGB)
+    if batch.shape[1:] != (spec.height, spec.width, 3):
+        raise ValueError(
+            f"card {card.id}: crops are {batch.shape[1:]}, the card needs "
+            f"{(spec.height, spec.width, 3)}"
+        )
+    if spec.channels == "BGR":
+        batch = batch[..., ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    factor = np.float32(spec.scale) / np.asarray(spec.std, dtype=np.float32)
+    batch = (batch - mean) * factor
+    if spec.layout == "NCHW":
+        batch = batch.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _dims(value_info: ort.NodeArg) -> list[int | str | None]:
+    return [d if isinstance(d, int) else (d or None) for d in value_info.shape]
+
+
+class OnnxModel:
+    """A card and its ONNX Runtime session."""
+
+    def __init__(
+        self,
+        card: ModelCard,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        max_batch: int = DEFAULT_BATCH,
+    ):
+        self.card = card
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # ORT raises its own Fail/InvalidGraph types
+            raise ModelFileError(
+                f"model {card.id}: {self.path} is not a loadable ONNX graph "
+                f"({str(error).splitlines()[0]})"
+            ) from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise CardError(f"card {card.id}: graph has {len(inputs)} inputs, expected 1")
+        self.input = inputs[0]
+        if card.input.name and card.input.name != self.input.name:
+            raise CardError(
+                f"card {card.id}: graph input is {self.input.name!r}, the card says "
+                f"{card.input.name!r}"
+            )
+        names = [o.name for o in outputs]
+        if card.output.name:
+            if card.output.name not in names:
+                raise CardError(
+                    f"card {card.id}: graph has no output {card.output.name!r} "
+                    f"(it has {', '.join(names)})"
+                )
+            self.output = outputs[names.index(card.output.name)]
+        else:
+            self.output = outputs[0]
+        check_against_graph(card, _dims(self.input), _dims(self.output))
+        first = _dims(self.input)[0]
+        self.fixed_batch = first if isinstance(first, int) else None
+        self.max_batch = 1 if self.fixed_batch == 1 else max_batch
+        if self.fixed_batch == 1:
+            log.info("model %s: graph batch is fixed to 1; faces run one at a time", card.id)
+
+    def run(self, crops: Sequence[NDArray[np.uint8]]) -> NDArray[np.float64]:
+        """Probabilities (N, width) for N crops, in batches of at most max_batch."""
+        if not crops:
+            return np.zeros((0, self.card.output.width))
+        parts = []
+        for start in range(0, len(crops), self.max_batch):
+            tensor = preprocess(self.card, crops[start : start + self.max_batch])
+            (out,) = self.session.run([self.output.name], {self.input.name: tensor})
+            parts.append(np.asarray(out, dtype=np.float32).reshape(len(tensor), -1))
+        result = np.concatenate(parts)
+        if result.shape[1] != self.card.output.width:
+            raise CardError(
+                f"card {self.card.id}: graph gave {result.shape[1]} outputs, the card "
+                f"says {self.card.output.width}"
+            )
+        if not self.card.output.softmax_in_graph:
+            result = softmax(result)
+        return result.astype(np.float64)

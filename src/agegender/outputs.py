@@ -1,0 +1,163 @@
+"""Writing results: a readable table, JSON, JSON Lines, CSV and annotated images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from .results import Face, ImageResult
+
+CSV_FIELDS = [
+    "path",
+    "face",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "score",
+    "age",
+    "age_std",
+    "age_low",
+    "age_high",
+    "age_group",
+    "gender",
+    "gender_probability",
+    "error",
+]
+
+
+def face_label(face: Face) -> str:
+    """Short label drawn on images: "34 +- 10, female 0.90"."""
+    parts = []
+    if face.age is not None:
+        parts.append(
+            face.age.group if face.age.group else f"{face.age.value:.0f} +- {face.age.std:.0f}"
+        )
+    if face.gender is not None:
+        parts.append(f"{face.gender.label} {face.gender.probability:.2f}")
+    return ", ".join(parts)
+
+
+def table_rows(result: ImageResult) -> list[str]:
+    """Lines of the human-readable table for one image."""
+    if result.error:
+        return [f"{result.path}: error: {result.error}"]
+    if not result.faces:
+        return [f"{result.path}: no face found"]
+    lines = []
+    for index, face in enumerate(result.faces):
+        x1, y1, x2, y2 = (round(v) for v in face.box)
+        age = "-"
+        if face.age is not None:
+            low, high = face.age.interval
+            age = f"{face.age.value:5.1f} +- {face.age.std:4.1f} [{low:g}-{high:g}]"
+            if face.age.group:
+                age = f"{face.age.group} (p {face.age.group_probability:.2f}) ~{face.age.value:.0f}"
+        gender = (
+            "-" if face.gender is None else f"{face.gender.label:<6} {face.gender.probability:.2f}"
+        )
+        lines.append(f"{result.path}  #{index}  [{x1},{y1},{x2},{y2}]  age {age}  gender {gender}")
+    return lines
+
+
+def write_table(results: Iterable[ImageResult], out: IO[str]) -> None:
+    for result in results:
+        for line in table_rows(result):
+            out.write(line + "\n")
+        out.flush()
+
+
+def write_jsonl(results: Iterable[ImageResult], out: IO[str]) -> None:
+    for result in results:
+        out.write(json.dumps(result.to_dict()) + "\n")
+        out.flush()
+
+
+def write_json(results: Iterable[ImageResult], out: IO[str]) -> None:
+    json.dump([r.to_dict() for r in results], out, indent=2)
+    out.write("\n")
+
+
+def csv_rows(result: ImageResult) -> list[dict[str, object]]:
+    if result.error or not result.faces:
+        return [{"path": result.path, "error": result.error or ""}]
+    rows = []
+    for index, face in enumerate(result.faces):
+        row: dict[str, object] = {"path": result.path, "face": index, "score": round(face.score, 4)}
+        row.update(zip(("x1", "y1", "x2", "y2"), (round(v, 1) for v in face.box), strict=True))
+        if face.age is not None:
+            row.update(
+                age=round(face.age.value, 2),
+                age_std=round(face.age.std, 2),
+                age_low=face.age.interval[0],
+                age_high=face.age.interval[1],
+                age_group=face.age.group or "",
+            )
+        if face.gender is not None:
+            row.update(
+                gender=face.gender.label, gender_probability=round(face.gender.probability, 4)
+            )
+        rows.append(row)
+    return rows
+
+
+def write_csv(results: Iterable[ImageResult], out: IO[str]) -> None:
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, restval="")
+    writer.writeheader()
+    for result in results:
+        writer.writerows(csv_rows(result))
+        out.flush()
+
+
+def annotate(rgb: NDArray[np.uint8], faces: list[Face]) -> NDArray[np.uint8]:
+    """A copy of the image with each face's box and label drawn (RGB)."""
+    canvas = np.ascontiguousarray(rgb.copy())
+    scale = max(0.4, min(canvas.shape[:2]) / 900)
+    thickness = max(1, round(scale * 2))
+    for face in faces:
+        x1, y1, x2, y2 = (round(v) for v in face.box)
+        color = (255, 64, 160) if face.gender and face.gender.label == "female" else (40, 160, 255)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
+        label = face_label(face)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        ty = y1 - 4 if y1 - th - base - 4 >= 0 else y2 + th + 4
+        cv2.rectangle(canvas, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)
+        cv2.putText(
+            canvas,
+            label,
+            (x1 + 2, ty),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
+    return canvas
+
+
+def annotated_path(out_dir: Path, name: str, used: set[Path]) -> Path:
+    """out_dir/<file name>, made unique when two inputs share a name."""
+    base = Path(name).name or "image.png"
+    stem, suffix = Path(base).stem, Path(base).suffix.lower() or ".png"
+    if suffix not in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"):
+        suffix = ".png"
+    path = out_dir / f"{stem}{suffix}"
+    counter = 1
+    while path in used:
+        path = out_dir / f"{stem}-{counter}{suffix}"
+        counter += 1
+    used.add(path)
+    return path
+
+
+def save_rgb(path: Path, rgb: NDArray[np.uint8]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: cannot write image")
