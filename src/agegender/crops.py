@@ -66,7 +66,9 @@ def margin_crop(
     inside = rgb[max(0, y1) : min(height, y2), max(0, x1) : min(width, x2)]
     if inside.size == 0:
         raise ValueError(f"box {box} lies outside the {width}x{height} image")
-    region = cv2.copyMakeBorder(inside, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE)
+    region = np.asarray(
+        cv2.copyMakeBorder(inside, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE), np.uint8
+    )
     return resize(region, size)
 
 

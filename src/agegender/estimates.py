@@ -37,7 +37,7 @@ def age_from_distribution(
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum()
     mean = float(probs @ values)
-    std = float(np.sqrt(max(0.0, probs @ (values - mean) ** 2)))
+    std = float(np.sqrt(max(0.0, float(probs @ (values - mean) ** 2))))
     tail = (1.0 - mass) / 2
     interval = (quantile(values, probs, tail), quantile(values, probs, 1.0 - tail))
     p_at_least = {float(t): float(probs[values >= t].sum()) for t in thresholds}
@@ -62,7 +62,7 @@ def age_from_groups(
     highs = np.array([g[1] for g in groups], dtype=np.float64)
     mids = (lows + highs) / 2
     mean = float(probs @ mids)
-    std = float(np.sqrt(max(0.0, probs @ (mids - mean) ** 2)))
+    std = float(np.sqrt(max(0.0, float(probs @ (mids - mean) ** 2))))
     tail = (1.0 - mass) / 2
     cdf = np.cumsum(probs)
     lo_index = int(np.searchsorted(cdf, tail - 1e-12))

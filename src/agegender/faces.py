@@ -61,7 +61,7 @@ def _downscale(rgb: NDArray[np.uint8], max_side: int | None) -> tuple[NDArray[np
         return rgb, 1.0
     factor = max_side / side
     size = (max(1, round(rgb.shape[1] * factor)), max(1, round(rgb.shape[0] * factor)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), factor
+    return np.asarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), np.uint8), factor
 
 
 class DlibHogDetector:
@@ -103,8 +103,9 @@ class HaarDetector:
     name = "haar"
 
     def __init__(self, min_size: int = 24, max_side: int | None = 1600, min_neighbors: int = 5):
-        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-        self._cascade = cv2.CascadeClassifier(str(path))
+        folder = cv2.data.haarcascades  # type: ignore[attr-defined]
+        path = Path(folder) / "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(str(path))  # type: ignore[attr-defined]
         if self._cascade.empty():
             raise AgegenderError(f"OpenCV Haar cascade not found at {path}")
         self.min_size = min_size
