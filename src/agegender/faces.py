@@ -81,15 +81,22 @@ class DlibHogDetector:
         self.upsample = upsample
         self.threshold = threshold
         self.max_side = max_side
-        self._detector = dlib.get_frontal_face_detector()
-        self._lock = threading.Lock()  # dlib's detector object is not documented thread-safe
+        # One detector per thread: dlib does not document its detector as thread-safe,
+        # and it releases the GIL, so threads detecting in parallel do gain.
+        self._local = threading.local()
+
+    def _detector(self) -> dlib.fhog_object_detector:
+        detector = getattr(self._local, "detector", None)
+        if detector is None:
+            detector = self._local.detector = dlib.get_frontal_face_detector()
+        return detector
 
     def detect(self, rgb: NDArray[np.uint8]) -> list[Detection]:
         small, factor = _downscale(rgb, self.max_side)
-        with self._lock:
-            rects, scores, _ = self._detector.run(small, self.upsample or 0, self.threshold)
-            if self.upsample is None and len(rects) == 0:
-                rects, scores, _ = self._detector.run(small, 1, self.threshold)
+        detector = self._detector()
+        rects, scores, _ = detector.run(small, self.upsample or 0, self.threshold)
+        if self.upsample is None and len(rects) == 0:
+            rects, scores, _ = detector.run(small, 1, self.threshold)
         found = []
         for rect, score in zip(rects, scores, strict=True):
             box = (rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1)

@@ -48,7 +48,7 @@ def face_label(face: Face) -> str:
 def table_rows(result: ImageResult) -> list[str]:
     """Lines of the human-readable table for one image."""
     if result.error:
-        return [f"{result.path}: error: {result.error}"]
+        return [f"error: {result.error}"]
     if not result.faces:
         return [f"{result.path}: no face found"]
     lines = []

@@ -9,8 +9,11 @@ batches, and captures each input's error instead of raising it.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +96,7 @@ class Estimator:
         age_thresholds: Sequence[float] = (),
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH,
+        workers: int | None = None,
     ):
         chosen = get_preset(preset)
         self.preset = chosen.name
@@ -117,6 +121,8 @@ class Estimator:
         self.min_face = min_face
         self.pixel_limit = pixel_limit
         self.age_thresholds = tuple(age_thresholds)
+        # Threads that decode and detect in predict_many (dlib releases the GIL).
+        self.workers = workers or min(4, os.cpu_count() or 1)
 
     @property
     def cards(self) -> dict[str, ModelCard]:
@@ -198,23 +204,37 @@ class Estimator:
     ) -> Iterator[ImageResult]:
         """One ImageResult per input, in order; an input's error is captured, not raised.
 
+        Inputs are decoded and detected by `workers` threads, `chunk` images at a time
+        (the next chunk is prepared while the current one runs through the models).
         With ``keep_images`` each result carries its decoded RGB image (for annotation).
         """
-        pending: list[tuple[str, PreparedImage | str]] = []
-        for source in sources_:
-            name = images.describe(source)
-            try:
-                decoded = self.decode(source, channels=channels)
-                prepared = self.prepare(decoded.rgb, decoded.name)
-                if keep_images:
-                    prepared.image = decoded.rgb
-                pending.append((name, prepared))
-            except AgegenderError as error:
-                pending.append((name, str(error)))
-            if len(pending) >= chunk:
-                yield from self._flush(pending)
-                pending = []
-        yield from self._flush(pending)
+        inputs = iter(sources_)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="agegender-prepare") as pool:
+
+            def submit() -> list[Future[tuple[str, PreparedImage | str]]]:
+                return [
+                    pool.submit(self._load_and_prepare, s, channels, keep_images)
+                    for s in islice(inputs, chunk)
+                ]
+
+            window = submit()
+            while window:
+                following = submit()
+                yield from self._flush([future.result() for future in window])
+                window = following
+
+    def _load_and_prepare(
+        self, source: images.ImageInput, channels: images.ChannelOrder, keep_image: bool
+    ) -> tuple[str, PreparedImage | str]:
+        name = images.describe(source)
+        try:
+            decoded = self.decode(source, channels=channels)
+            prepared = self.prepare(decoded.rgb, decoded.name)
+        except AgegenderError as error:
+            return name, str(error)
+        if keep_image:
+            prepared.image = decoded.rgb
+        return name, prepared
 
     def _flush(self, pending: list[tuple[str, PreparedImage | str]]) -> Iterator[ImageResult]:
         ready = [p for _, p in pending if isinstance(p, PreparedImage)]
