@@ -25,3 +25,7 @@ class ModelNotInstalledError(AgegenderError):
 
 class ModelFileError(AgegenderError):
     """A model file exists but is not what its card says (hash, size, graph)."""
+
+
+class DownloadError(AgegenderError):
+    """A model file could not be downloaded (HTTP error, connection lost, wrong size)."""

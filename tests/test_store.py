@@ -1,0 +1,296 @@
+"""The model store against a loopback HTTP server: never the real model addresses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from modelserver import serve
+
+from agegender import store
+from agegender.cards import ModelCard, parse_card
+from agegender.errors import DownloadError, ModelFileError, ModelNotInstalledError
+from agegender.sources import store_path
+
+DATA = os.urandom(300_000)
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+def make_card(
+    url: str, data: bytes = DATA, card_id: str = "test-age", file: str = "test-age.onnx"
+) -> ModelCard:
+    """A URL card like the DEX ones, pointing at the loopback server."""
+    return parse_card(
+        {
+            "id": card_id,
+            "task": "age",
+            "source": {
+                "url": url,
+                "file": file,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            },
+            "input": {"size": [224, 224], "channels": "BGR"},
+            "crop": {"kind": "margin", "margin": 0.4},
+            "output": {"range": [0, 100]},
+        },
+        "test",
+    )
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("AGEGENDER_OFFLINE", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def server():
+    with serve(DATA) as running:
+        yield running
+
+
+def pull(card: ModelCard, **kw) -> store.PullResult:
+    kw.setdefault("backoff", 0.0)
+    kw.setdefault("progress", False)
+    kw.setdefault("timeout", 5.0)
+    return store.pull(card, **kw)
+
+
+def test_store_lives_under_agegender_home(home: Path) -> None:
+    card = make_card("http://127.0.0.1:9/x")
+    assert store_path(card) == home / "models" / "test-age.onnx"
+    assert store.models_dir() == home / "models"
+
+
+def test_pull_follows_a_redirect_and_installs_the_checked_file(server) -> None:
+    url, state = server
+    card = make_card(f"{url}/redirect")
+    result = pull(card)
+    assert result.action == "downloaded"
+    assert result.path == store_path(card)
+    assert result.path.read_bytes() == DATA
+    assert [p for p, _ in state.requests] == ["/redirect", "/file"]
+    assert not result.path.with_name("test-age.onnx.part").exists()
+    # A second pull re-hashes the installed file and does not download again.
+    assert pull(card).action == "present"
+    assert len(state.requests) == 2
+
+
+def test_pull_resumes_with_range_after_a_dropped_connection(server) -> None:
+    url, state = server
+    card = make_card(f"{url}/drop-once")
+    assert pull(card).path.read_bytes() == DATA
+    half = len(DATA) // 2
+    assert state.requests == [("/drop-once", None), ("/drop-once", f"bytes={half}-")]
+
+
+def test_resume_through_a_redirect_keeps_the_range_header(server, home: Path) -> None:
+    url, state = server
+    card = make_card(f"{url}/redirect")
+    part = home / "models" / "test-age.onnx.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(DATA[:1000])
+    assert pull(card).path.read_bytes() == DATA
+    assert state.requests == [("/redirect", "bytes=1000-"), ("/file", "bytes=1000-")]
+
+
+def test_a_200_answer_to_a_range_request_restarts_from_zero(server) -> None:
+    url, state = server
+    card = make_card(f"{url}/drop-then-full")
+    assert pull(card).path.read_bytes() == DATA
+    assert state.requests[1] == ("/drop-then-full", f"bytes={len(DATA) // 2}-")
+
+
+def test_a_503_is_retried(server) -> None:
+    url, state = server
+    assert pull(make_card(f"{url}/unavailable-once")).path.read_bytes() == DATA
+    assert len(state.requests) == 2
+
+
+def test_404_fails_at_once_and_installs_nothing(server) -> None:
+    url, state = server
+    card = make_card(f"{url}/missing")
+    with pytest.raises(DownloadError, match=r"/missing: HTTP 404"):
+        pull(card)
+    assert len(state.requests) == 1
+    assert not store_path(card).exists()
+    assert not store_path(card).with_name("test-age.onnx.part").exists()
+
+
+def test_a_body_that_always_breaks_off_gives_up_and_installs_nothing(server) -> None:
+    url, state = server
+    card = make_card(f"{url}/drop-always")
+    with pytest.raises(DownloadError, match="connection closed after 150000 of 300000 bytes"):
+        pull(card, retries=2)
+    # First try made progress, then three without progress: 1 + retries + 1 requests.
+    assert len(state.requests) == 4
+    assert not store_path(card).exists()
+    # What arrived is kept for a later resume, under the .part name only.
+    assert store_path(card).with_name("test-age.onnx.part").stat().st_size == len(DATA) // 2
+
+
+def test_a_file_shorter_than_the_card_is_refused(server) -> None:
+    url, _ = server
+    card = make_card(f"{url}/short")
+    with pytest.raises(
+        DownloadError, match="the server's file has 150000 bytes, the card says 300000"
+    ):
+        pull(card)
+    assert not store_path(card).exists()
+    assert list(store.models_dir().iterdir()) == []
+
+
+def test_hash_mismatch_leaves_nothing_at_the_final_path(server) -> None:
+    url, state = server
+    other = bytearray(DATA)
+    other[12345] ^= 0xFF
+    card = make_card(f"{url}/file", data=bytes(other))  # same size, different sha256
+    with pytest.raises(ModelFileError, match="differs from the card's"):
+        pull(card)
+    assert len(state.requests) == 1  # a fresh download is not retried on a mismatch
+    assert not store_path(card).exists()
+    assert list(store.models_dir().iterdir()) == []
+
+
+def test_a_corrupted_installed_file_is_replaced_by_pull(server) -> None:
+    url, state = server
+    card = make_card(f"{url}/file")
+    dest = store_path(card)
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"x" * len(DATA))
+    assert pull(card).action == "downloaded"
+    assert dest.read_bytes() == DATA
+    assert state.requests == [("/file", None)]
+
+
+def test_a_stale_part_file_that_spoils_the_hash_is_discarded_and_refetched(server, home) -> None:
+    url, state = server
+    card = make_card(f"{url}/file")
+    part = home / "models" / "test-age.onnx.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 1000)  # from another version of the file
+    assert pull(card).path.read_bytes() == DATA
+    assert state.requests == [("/file", "bytes=1000-"), ("/file", None)]
+    assert not part.exists()
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_offline_fails_fast_naming_the_file_url_and_path(
+    how: str, monkeypatch: pytest.MonkeyPatch, server
+) -> None:
+    url, state = server
+    card = make_card(f"{url}/file")
+    if how == "env":
+        monkeypatch.setenv("AGEGENDER_OFFLINE", "1")
+    with pytest.raises(ModelNotInstalledError) as info:
+        pull(card, offline=how == "flag")
+    message = str(info.value)
+    assert "test-age.onnx" in message
+    assert f"{url}/file" in message
+    assert str(store_path(card)) in message
+    assert state.requests == []
+
+
+def test_offline_env_false_values_stay_online(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value in ("", "0", "false", "no"):
+        monkeypatch.setenv("AGEGENDER_OFFLINE", value)
+        assert not store.is_offline()
+    monkeypatch.setenv("AGEGENDER_OFFLINE", "yes")
+    assert store.is_offline()
+
+
+def test_import_recognises_a_file_by_its_sha256(tmp_path: Path) -> None:
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    other = make_card("http://127.0.0.1:9/other", data=b"other", card_id="other", file="other.onnx")
+    user_file = tmp_path / "Downloads" / "some-name.onnx"
+    user_file.parent.mkdir()
+    user_file.write_bytes(DATA)
+    result = store.import_file(user_file, cards=[other, card])
+    assert result.card.id == "test-age"
+    assert result.verified
+    assert result.path == store_path(card)
+    assert result.path.read_bytes() == DATA
+    assert user_file.exists()  # copied, not moved
+    assert store.verify(card).status == "ok"
+    assert store.install_state(card).status == "installed"
+
+
+def test_import_refuses_a_file_that_matches_no_card(tmp_path: Path) -> None:
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(b"not the model")
+    with pytest.raises(
+        ModelFileError, match=r"foreign.onnx: sha256 [0-9a-f]{64} matches no known model"
+    ):
+        store.import_file(foreign, cards=[card])
+    assert not store_path(card).exists()
+    assert [p.name for p in store.models_dir().iterdir()] == []
+
+
+def test_import_with_card_accepts_a_foreign_file_with_a_warning(tmp_path: Path) -> None:
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    foreign = tmp_path / "my-conversion.onnx"
+    foreign.write_bytes(b"my own conversion")
+    with pytest.warns(UserWarning, match="UNVERIFIED"):
+        result = store.import_file(foreign, "test-age", cards=[card])
+    assert not result.verified
+    assert result.path == store_path(card)
+    assert result.path.read_bytes() == b"my own conversion"
+    record = json.loads(store.sidecar_path(result.path).read_text())
+    assert record["card"] == "test-age"
+    assert record["sha256"] == hashlib.sha256(b"my own conversion").hexdigest()
+    assert store.install_state(card).status == "unverified"
+    assert store.verify(card).status == "unverified"
+    # Changed after the import: verify reports it as a failure.
+    result.path.write_bytes(b"tampered")
+    assert store.verify(card).status == "changed"
+    assert store.verify(card).failed
+
+
+def test_import_with_the_wrong_card_for_a_known_file_is_refused(tmp_path: Path) -> None:
+    card = make_card("http://127.0.0.1:9/a")
+    other = make_card("http://127.0.0.1:9/b", data=b"other", card_id="other", file="other.onnx")
+    user_file = tmp_path / "x.onnx"
+    user_file.write_bytes(DATA)
+    with pytest.raises(ModelFileError, match="this is the file of card test-age, not of other"):
+        store.import_file(user_file, "other", cards=[card, other])
+    assert not store_path(other).exists()
+
+
+def test_a_verified_import_clears_an_earlier_unverified_record(tmp_path: Path) -> None:
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(b"foreign")
+    with pytest.warns(UserWarning):
+        store.import_file(foreign, "test-age", cards=[card])
+    real = tmp_path / "real.onnx"
+    real.write_bytes(DATA)
+    store.import_file(real, cards=[card])
+    assert not store.sidecar_path(store_path(card)).exists()
+    assert store.verify(card).status == "ok"
+
+
+def test_verify_detects_a_corrupted_file(tmp_path: Path) -> None:
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    good = tmp_path / "good.onnx"
+    good.write_bytes(DATA)
+    store.import_file(good, cards=[card])
+    path = store_path(card)
+    with path.open("r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00\x01\x02")
+    result = store.verify(card)
+    assert result.status == "mismatch"
+    assert result.failed
+    assert SHA in result.detail
+
+
+def test_verify_says_missing_for_a_card_not_installed() -> None:
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    assert store.verify(card).status == "missing"
+    assert not store.verify(card).failed
