@@ -27,7 +27,10 @@ CROP_KINDS: tuple[CropKind, ...] = ("chip", "margin", "none")
 
 @dataclass(frozen=True)
 class Source:
-    """Where a card's file comes from: an installed package's data, or a URL."""
+    """Where a card's file comes from: an installed package's data, a URL, or neither.
+
+    With neither, ``file`` is a path relative to the card's own TOML file.
+    """
 
     file: str
     bytes: int | None = None
@@ -116,8 +119,10 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
 
     src = _req(data, "source", where)
     package, url = src.get("package"), src.get("url")
-    if bool(package) == bool(url):
-        raise CardError(f"{where}: [source] needs exactly one of 'package' or 'url'")
+    if package and url:
+        raise CardError(f"{where}: [source] needs at most one of 'package' or 'url'")
+    if not package and not url and not src.get("file"):
+        raise CardError(f"{where}: [source] needs 'package', 'url' or a local 'file'")
     if package and not src.get("resource"):
         raise CardError(f"{where}: [source] with 'package' needs 'resource'")
     sha = src.get("sha256")

