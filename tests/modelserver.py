@@ -5,13 +5,15 @@ Routes (``data`` is the file every route serves unless it says otherwise):
 half the body then closes the first time, then honours Range; ``/drop-always`` does that
 every time and ignores Range; ``/drop-then-full`` drops once, then answers Range with 200
 and the whole file; ``/short`` serves a shorter file with an honest length; ``/missing``
-is 404; ``/unavailable-once`` is 503 the first time.
+is 404; ``/unavailable-once`` is 503 the first time; ``/stall-once`` sends half the body
+then goes silent for a second the first time, then honours Range.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -83,6 +85,16 @@ def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
                     self._send_whole(data, cut=half)
                 else:
                     self._send_range(data, rng) if rng else self._send_whole(data)
+            elif self.path == "/stall-once" and n == 1:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[:half])
+                self.wfile.flush()
+                time.sleep(1.0)
+                self.close_connection = True
+            elif self.path == "/stall-once":
+                self._send_range(data, rng) if rng else self._send_whole(data)
             elif self.path == "/drop-always":
                 self._send_whole(data, cut=half)
             elif self.path == "/drop-then-full":

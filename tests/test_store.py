@@ -134,6 +134,31 @@ def test_a_body_that_always_breaks_off_gives_up_and_installs_nothing(server) -> 
     assert store_path(card).with_name("test-age.onnx.part").stat().st_size == len(DATA) // 2
 
 
+def test_retries_back_off_exponentially_and_count_only_tries_without_progress(server) -> None:
+    url, _ = server
+    waits: list[float] = []
+    with pytest.raises(DownloadError):
+        pull(make_card(f"{url}/drop-always"), retries=2, backoff=0.5, sleep=waits.append)
+    # After the first try (progress: no count), then after tries 1, 2 without progress.
+    assert waits == [0.5, 0.5, 1.0]
+
+
+def test_a_stalled_connection_times_out_and_resumes(server) -> None:
+    url, state = server
+    card = make_card(f"{url}/stall-once")
+    assert pull(card, timeout=0.2).path.read_bytes() == DATA
+    assert state.requests == [("/stall-once", None), ("/stall-once", f"bytes={len(DATA) // 2}-")]
+
+
+def test_not_enough_disk_space_fails_before_downloading(server, monkeypatch) -> None:
+    url, state = server
+    fake = type("Usage", (), {"free": 1000})()
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda _: fake)
+    with pytest.raises(DownloadError, match=r"MiB needed for test-age\.onnx"):
+        pull(make_card(f"{url}/file"))
+    assert state.requests == []
+
+
 def test_a_file_shorter_than_the_card_is_refused(server) -> None:
     url, _ = server
     card = make_card(f"{url}/short")

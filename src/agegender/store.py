@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -175,9 +176,11 @@ def _transfer(
                 f"{url}: the server's file has {have + remaining} bytes, the card says {size}"
             )
         received = 0
+        # read1 returns what has arrived, so a stall loses nothing already received.
+        read = getattr(response, "read1", response.read)
         with part.open(mode) as out:
             try:
-                while block := response.read(CHUNK):
+                while block := read(CHUNK):
                     if size is not None and have + received + len(block) > size:
                         raise DownloadError(
                             f"{url}: the server sent more than the card's {size} bytes"
@@ -216,6 +219,14 @@ def fetch(
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + PART_SUFFIX)
+    if size is not None:
+        need = size - (part.stat().st_size if part.is_file() else 0)
+        free = shutil.disk_usage(dest.parent).free
+        if need > free:
+            raise DownloadError(
+                f"{dest.parent}: {need / 2**20:.0f} MiB needed for {dest.name}, "
+                f"{free / 2**20:.0f} MiB free (set AGEGENDER_HOME to a larger disk)"
+            )
     failures = 0
     best = 0
     restarted = False
