@@ -13,11 +13,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 from modelserver import serve
-from onnx import TensorProto, helper, numpy_helper
+from peaked_graphs import standin_graph
 
 from agegender import cards as cardlib
 from agegender.cli import main
@@ -33,32 +31,6 @@ PEAK = {
     "levi-age": 3,
     "levi-gender": 1,
 }
-
-
-def standin_graph(card: cardlib.ModelCard, peak: int) -> bytes:
-    """Input 1x3xHxW named ``input`` -> channel means -> MatMul + bias -> Softmax (1 x width)."""
-    width = card.output.width
-    rng = np.random.default_rng(peak)
-    weight = (rng.standard_normal((3, width)) * 1e-4).astype(np.float32)
-    bias = np.zeros(width, dtype=np.float32)
-    bias[peak] = 30.0
-    nodes = [
-        helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[2, 3], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "weight"], ["logits0"]),
-        helper.make_node("Add", ["logits0", "bias"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["prob"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        f"standin-{card.id}",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, width])],
-        [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from modelserver import serve
+from peaked_graphs import standin_graph
 
 from agegender import store
 from agegender.cards import ModelCard, parse_card
-from agegender.errors import DownloadError, ModelFileError, ModelNotInstalledError
+from agegender.errors import CardError, DownloadError, ModelFileError, ModelNotInstalledError
 from agegender.sources import store_path
 
 DATA = os.urandom(300_000)
@@ -260,21 +261,45 @@ def test_import_refuses_a_file_that_matches_no_card(tmp_path: Path) -> None:
 def test_import_with_card_accepts_a_foreign_file_with_a_warning(tmp_path: Path) -> None:
     card = make_card("http://127.0.0.1:9/never-fetched")
     foreign = tmp_path / "my-conversion.onnx"
-    foreign.write_bytes(b"my own conversion")
+    graph = standin_graph(card, 40)  # an ONNX graph with the card's shapes, not its hash
+    foreign.write_bytes(graph)
     with pytest.warns(UserWarning, match="UNVERIFIED"):
         result = store.import_file(foreign, "test-age", cards=[card])
     assert not result.verified
     assert result.path == store_path(card)
-    assert result.path.read_bytes() == b"my own conversion"
+    assert result.path.read_bytes() == graph
     record = json.loads(store.sidecar_path(result.path).read_text())
     assert record["card"] == "test-age"
-    assert record["sha256"] == hashlib.sha256(b"my own conversion").hexdigest()
+    assert record["sha256"] == hashlib.sha256(graph).hexdigest()
     assert store.install_state(card).status == "unverified"
     assert store.verify(card).status == "unverified"
     # Changed after the import: verify reports it as a failure.
     result.path.write_bytes(b"tampered")
     assert store.verify(card).status == "changed"
     assert store.verify(card).failed
+
+
+def test_import_with_card_still_refuses_what_cannot_be_that_model(tmp_path: Path) -> None:
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    not_onnx = tmp_path / "photo.onnx"
+    not_onnx.write_bytes(b"\x89PNG not a graph")
+    with pytest.raises(ModelFileError, match=r"photo\.onnx is not a loadable ONNX graph"):
+        store.import_file(not_onnx, "test-age", cards=[card])
+    gender = parse_card(
+        {
+            "id": "g",
+            "task": "gender",
+            "source": {"file": "g.onnx"},
+            "input": {"size": [224, 224]},
+            "crop": {"kind": "margin"},
+            "output": {"labels": ["female", "male"]},
+        }
+    )
+    two_outputs = tmp_path / "gender.onnx"
+    two_outputs.write_bytes(standin_graph(gender, 0))
+    with pytest.raises(CardError, match="graph output width is 2, the card says 101"):
+        store.import_file(two_outputs, "test-age", cards=[card])
+    assert [p.name for p in store.models_dir().iterdir()] == []
 
 
 def test_import_with_the_wrong_card_for_a_known_file_is_refused(tmp_path: Path) -> None:
@@ -290,7 +315,7 @@ def test_import_with_the_wrong_card_for_a_known_file_is_refused(tmp_path: Path) 
 def test_a_verified_import_clears_an_earlier_unverified_record(tmp_path: Path) -> None:
     card = make_card("http://127.0.0.1:9/never-fetched")
     foreign = tmp_path / "foreign.onnx"
-    foreign.write_bytes(b"foreign")
+    foreign.write_bytes(standin_graph(card, 3))
     with pytest.warns(UserWarning):
         store.import_file(foreign, "test-age", cards=[card])
     real = tmp_path / "real.onnx"

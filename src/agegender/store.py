@@ -78,8 +78,8 @@ def offline_message(card: ModelCard) -> str:
     """Tell an offline user exactly which file to fetch and where to put it."""
     return (
         f"offline ({OFFLINE_ENV}=1 or --offline): model {card.id} needs {card.source.file}; "
-        f"fetch {card.source.url} and put it at {store_path(card)} "
-        f"(or run 'agegender models import FILE' on a copy)"
+        f"fetch {card.source.url} elsewhere, then run 'agegender models import FILE' "
+        f"(or put it at {store_path(card)} and run 'agegender models verify')"
     )
 
 
@@ -356,6 +356,13 @@ def url_cards(cards: Iterable[ModelCard] | None = None) -> list[ModelCard]:
     return [card for card in pool if card.source.url]
 
 
+def _check_graph(card: ModelCard, path: Path) -> None:
+    """Refuse a file that is not an ONNX graph with the card's input and output shapes."""
+    from .inference import OnnxModel  # ONNX Runtime only when an unverified file arrives
+
+    OnnxModel(card, path, threads=1)
+
+
 def import_file(
     source: str | os.PathLike[str],
     card_ref: str | None = None,
@@ -365,8 +372,9 @@ def import_file(
     """Copy a user's model file into the store, recognised by its sha256.
 
     A file that matches no card is refused unless ``card_ref`` names the card it follows;
-    then it is stored under that card's file name with an unverified-import record and a
-    warning (``UserWarning``) is issued.
+    then it must still open as an ONNX graph whose input and output fit the card, and it is
+    stored under that card's file name with an unverified-import record and a warning
+    (``UserWarning``).
     """
     src = Path(source).expanduser()
     if not src.is_file():
@@ -405,6 +413,8 @@ def import_file(
                 f"{src}: sha256 {actual} matches no known model; if it follows a card, "
                 "name the card with --card ID (it will be marked unverified)"
             )
+        if not verified:
+            _check_graph(card, src)
         dest = store_path(card)
         os.replace(tmp, dest)
     finally:
