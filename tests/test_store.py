@@ -344,3 +344,16 @@ def test_verify_says_missing_for_a_card_not_installed() -> None:
     card = make_card("http://127.0.0.1:9/never-fetched")
     assert store.verify(card).status == "missing"
     assert not store.verify(card).failed
+
+
+def test_a_second_download_of_the_same_file_is_refused_while_one_runs(server, home) -> None:
+    url, state = server
+    card = make_card(f"{url}/file")
+    (home / "locks").mkdir(parents=True)
+    with (
+        store._exclusive(home / "locks" / "test-age.onnx.lock"),
+        pytest.raises(DownloadError, match="another download of this file is running"),
+    ):
+        pull(card)
+    assert state.requests == []
+    assert pull(card).path.read_bytes() == DATA  # the lock is gone with its holder

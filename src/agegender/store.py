@@ -22,7 +22,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.client import HTTPException
@@ -198,6 +199,29 @@ def _transfer(
     return digest, have + received
 
 
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an OS lock on ``lock`` (released by the OS if the process dies), or refuse."""
+    handle = lock.open("a+b")
+    try:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DownloadError(
+                f"{lock.stem}: another download of this file is running (lock {lock})"
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
 def fetch(
     url: str,
     dest: Path,
@@ -227,6 +251,30 @@ def fetch(
                 f"{dest.parent}: {need / 2**20:.0f} MiB needed for {dest.name}, "
                 f"{free / 2**20:.0f} MiB free (set AGEGENDER_HOME to a larger disk)"
             )
+    # Two processes appending to one part file would corrupt it behind both hashes.
+    # Lock files live apart so the models folder holds models only; they are kept because
+    # deleting one while another process opens it would let two downloads through.
+    locks = dest.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with _exclusive(locks / (dest.name + ".lock")):
+        return _fetch_locked(
+            url, dest, part, sha256, size, timeout, retries, backoff, progress, label, sleep
+        )
+
+
+def _fetch_locked(
+    url: str,
+    dest: Path,
+    part: Path,
+    sha256: str,
+    size: int | None,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    progress: bool | None,
+    label: str | None,
+    sleep: Callable[[float], None],
+) -> Path:
     failures = 0
     best = 0
     restarted = False
