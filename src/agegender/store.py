@@ -205,7 +205,7 @@ def _exclusive(lock: Path) -> Iterator[None]:
     handle = lock.open("a+b")
     try:
         try:
-            if os.name == "nt":
+            if sys.platform == "win32":
                 import msvcrt
 
                 msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import cards as cardlib
-from .. import store
+from .. import sources, store
 from ..cards import ModelCard
 from ..errors import AgegenderError, CardError
 from ..presets import presets
@@ -126,7 +126,7 @@ def model_entries() -> list[dict[str, Any]]:
                 "status": state.status,
                 "installed": state.status in ("installed", "unverified"),
                 "path": str(state.path) if state.path is not None else None,
-                "store_path": str(store.store_path(card)) if card.source.url else None,
+                "store_path": str(sources.store_path(card)) if card.source.url else None,
             }
         )
     return entries
