@@ -2,7 +2,7 @@
 
 A file of the DEX VGG-16's size (538,703,692 bytes) of random bytes is served from a
 loopback HTTP server, so the numbers are the store's own cost (HTTP client, sha256,
-disk), not a network's. Run: python benchmarks/store_throughput.py [--mib N]
+disk), not a network's. Run: PYTHONPATH=src python benchmarks/store_throughput.py [--bytes N]
 """
 
 from __future__ import annotations
