@@ -1,0 +1,389 @@
+"""Report: the numbers as a stdout table, one JSON object, a Markdown page and PNG plots.
+
+matplotlib is imported only when plots are drawn, with the Agg backend (no display).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .metrics import GENDERS, clean, summarize
+from .readers import Dataset, Record
+
+if TYPE_CHECKING:
+    from .runner import SettingRun
+
+PLOT_BIN = 5  # years per bin on the error-by-age curve
+
+
+def build(
+    dataset: Dataset,
+    records: Sequence[Record],
+    runs: Sequence[SettingRun],
+    *,
+    k: float = 5,
+    cropped: bool = False,
+) -> dict[str, Any]:
+    """The whole evaluation as one JSON-able object."""
+    settings = []
+    for run in runs:
+        entry: dict[str, Any] = {
+            "name": run.setting.name,
+            "preset": run.setting.preset,
+            "age_model": run.setting.age_model,
+            "gender_model": run.setting.gender_model,
+            "detector": "none" if cropped else run.setting.detector,
+            "tta": run.setting.tta,
+        }
+        if run.error is not None:
+            entry["error"] = run.error
+        else:
+            entry["metrics"] = summarize(records, run.outcomes, k=k)
+        settings.append(entry)
+    return clean(
+        {
+            "dataset": dataset.summary(),
+            "evaluated": len(records),
+            "mode": "cropped (whole image is the face)"
+            if cropped
+            else "full pipeline (detect, align, estimate)",
+            "k": k,
+            "settings": settings,
+        }
+    )
+
+
+def _fmt(value: Any, kind: str = "f2") -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "f3":
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def _get(d: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table; columns without any value are left out."""
+    cs = f"cs@{report['k']:g}"
+    columns: list[tuple[str, tuple[str, ...], str]] = [
+        ("images", ("images",), "int"),
+        ("unreadable", ("unreadable",), "int"),
+        ("faces found", ("faces_found", "share"), "pct"),
+        ("MAE", ("excluding_no_face", "age", "mae"), "f2"),
+        ("RMSE", ("excluding_no_face", "age", "rmse"), "f2"),
+        (cs.upper(), ("excluding_no_face", "age", cs), "pct"),
+        ("eps-error", ("excluding_no_face", "age", "epsilon_error"), "f3"),
+        ("MAE vs real", ("excluding_no_face", "age_vs_real", "mae"), "f2"),
+        ("MAE w/ fallback", ("with_fallback", "age", "mae"), "f2"),
+        ("gender acc", ("excluding_no_face", "gender", "accuracy"), "pct"),
+        ("group acc", ("excluding_no_face", "groups", "accuracy"), "pct"),
+        ("1-off", ("excluding_no_face", "groups", "one_off"), "pct"),
+        ("fold-mean MAE", ("fold_mean_mae",), "f2"),
+    ]
+    present = [
+        c
+        for c in columns
+        if any(_get(s.get("metrics", {}), *c[1]) is not None for s in report["settings"])
+    ]
+    header = ["setting", *[c[0] for c in present]]
+    body = []
+    for s in report["settings"]:
+        if "error" in s:
+            body.append([s["name"], f"error: {s['error']}"])
+            continue
+        cells = [s["name"]]
+        for _, path, kind in present:
+            value = _get(s["metrics"], *path)
+            cells.append(str(value) if kind == "int" and value is not None else _fmt(value, kind))
+        body.append(cells)
+    return header, body
+
+
+def table(report: dict[str, Any]) -> str:
+    """The summary as aligned plain text for stdout."""
+    header, body = rows(report)
+    widths = [max(len(r[i]) for r in [header, *body] if i < len(r)) for i in range(len(header))]
+    lines = []
+    for r in [header, *body]:
+        if len(r) < len(header):  # an error row
+            lines.append(f"{r[0].ljust(widths[0])}  {r[1]}")
+        else:
+            lines.append(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                )
+            )
+    return "\n".join(lines)
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in body:
+        out.append("| " + " | ".join(r + [""] * (len(header) - len(r))) + " |")
+    return "\n".join(out)
+
+
+def _breakdown_md(title: str, breakdown: dict[str, Any], k: float) -> str:
+    cs = f"cs@{k:g}"
+    header = ["", "n", "MAE", cs.upper(), "gender acc"]
+    body = [
+        [
+            name,
+            str(_get(v, "age", "n") or _get(v, "gender", "n") or 0),
+            _fmt(_get(v, "age", "mae")),
+            _fmt(_get(v, "age", cs), "pct"),
+            _fmt(_get(v, "gender", "accuracy"), "pct"),
+        ]
+        for name, v in breakdown.items()
+    ]
+    return f"#### {title}\n\n" + _md_table(header, body)
+
+
+def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    """A Markdown page: what was read, the summary table, breakdowns, plots, failures."""
+    ds = report["dataset"]
+    lines = [
+        f"# Evaluation: {ds['format']} ({ds['source']})",
+        "",
+        f"- records read: {ds['records']}, evaluated: {report['evaluated']}",
+        f"- mode: {report['mode']}",
+    ]
+    for reason, n in ds["dropped"].items():
+        lines.append(f"- dropped while reading: {n} ({reason})")
+    for reason, n in ds.get("adjusted", {}).items():
+        lines.append(f"- kept with a change: {n} ({reason})")
+    lines += [
+        "",
+        "MAE, RMSE, CS and accuracies count the images whose face was found; "
+        '"MAE w/ fallback" adds, for images with no face found, the same models\' estimate '
+        "on the whole image.",
+        "",
+        _md_table(*rows(report)),
+        "",
+    ]
+    lines += [f"![{Path(p).stem}]({Path(p).name})\n" for p in plots]
+    for s in report["settings"]:
+        if "metrics" not in s:
+            continue
+        m = s["metrics"]
+        lines += [f"## {s['name']}", ""]
+        for key, title in (
+            ("by_decade", "By age decade"),
+            ("by_gender", "By gender"),
+            ("by_race", "By race"),
+            ("by_fold", "By fold"),
+        ):
+            if m.get(key):
+                lines += [_breakdown_md(title, m[key], report["k"]), ""]
+        if m["unreadable_images"]:
+            lines += ["#### Unreadable images", ""]
+            lines += [f"- `{u['path']}`: {u['error']}" for u in m["unreadable_images"]]
+            lines.append("")
+        if m["no_face_images"]:
+            lines += [f"#### No face found ({len(m['no_face_images'])})", ""]
+            lines += [f"- `{p}`" for p in m["no_face_images"][:50]]
+            if len(m["no_face_images"]) > 50:
+                lines.append(
+                    f"- ... and {len(m['no_face_images']) - 50} more (report.json lists all)"
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _pairs(records: Sequence[Record], run: SettingRun) -> tuple[np.ndarray, np.ndarray]:
+    true, pred = [], []
+    for record, outcome in zip(records, run.outcomes, strict=True):
+        if outcome.status == "ok" and record.age is not None and outcome.age is not None:
+            true.append(record.age)
+            pred.append(outcome.age)
+    return np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_error_by_age(records: Sequence[Record], runs: Sequence[SettingRun], path: Path) -> bool:
+    """Absolute error against true age: points, and the mean per 5-year bin per setting."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=90)
+    drawn = False
+    top = 0.0
+    for i, run in enumerate(r for r in runs if r.error is None):
+        true, pred = _pairs(records, run)
+        if not true.size:
+            continue
+        err = np.abs(pred - true)
+        color = f"C{i}"
+        ax.scatter(true, err, s=6, alpha=0.25, color=color, linewidths=0)
+        bins = (true // PLOT_BIN).astype(int)
+        centres, means = [], []
+        for b in np.unique(bins):
+            centres.append(b * PLOT_BIN + PLOT_BIN / 2)
+            means.append(err[bins == b].mean())
+        ax.plot(
+            centres,
+            means,
+            marker="o",
+            ms=3,
+            color=color,
+            label=f"{run.setting.name} (MAE {err.mean():.2f})",
+        )
+        top = max(top, float(np.percentile(err, 99)))
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("true age (years)")
+    ax.set_ylabel("absolute error (years)")
+    ax.set_ylim(0, max(top * 1.05, 1.0))
+    ax.set_title(f"Absolute age error by true age (line: mean per {PLOT_BIN}-year bin)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_predicted_vs_true(
+    records: Sequence[Record], runs: Sequence[SettingRun], path: Path
+) -> bool:
+    """Predicted against true age, one panel per setting, with the identity line."""
+    plt = _pyplot()
+    good = [r for r in runs if r.error is None and _pairs(records, r)[0].size]
+    if not good:
+        return False
+    fig, axes = plt.subplots(1, len(good), figsize=(4 * len(good), 4), dpi=90, squeeze=False)
+    for ax, run in zip(axes[0], good, strict=True):
+        true, pred = _pairs(records, run)
+        hi = max(float(true.max()), float(pred.max()), 1.0)
+        ax.scatter(true, pred, s=6, alpha=0.35, linewidths=0)
+        ax.plot([0, hi], [0, hi], color="k", lw=0.8)
+        ax.set_xlim(0, hi * 1.02)
+        ax.set_ylim(0, hi * 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel("true age")
+        ax.set_ylabel("predicted age")
+        ax.set_title(run.setting.name, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_gender_confusion(report: dict[str, Any], path: Path) -> bool:
+    """The gender confusion matrix (rows: label, columns: prediction) per setting."""
+    plt = _pyplot()
+    good = [
+        s for s in report["settings"] if _get(s.get("metrics", {}), "excluding_no_face", "gender")
+    ]
+    if not good:
+        return False
+    fig, axes = plt.subplots(1, len(good), figsize=(3.2 * len(good), 3), dpi=90, squeeze=False)
+    for ax, s in zip(axes[0], good, strict=True):
+        matrix = np.asarray(s["metrics"]["excluding_no_face"]["gender"]["confusion"])
+        ax.imshow(matrix, cmap="Blues")
+        for (row, col), n in np.ndenumerate(matrix):
+            color = "white" if n > matrix.max() / 2 else "black"
+            ax.text(col, row, str(n), ha="center", va="center", color=color)
+        ax.set_xticks(range(len(GENDERS)), GENDERS)
+        ax.set_yticks(range(len(GENDERS)), GENDERS)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("label")
+        ax.set_title(s["name"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_predictions(records: Sequence[Record], runs: Sequence[SettingRun], path: Path) -> None:
+    """One CSV row per record and setting: labels, estimates, status, fallback."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "setting",
+                "path",
+                "age",
+                "age_std",
+                "gender",
+                "group",
+                "status",
+                "faces",
+                "pred_age",
+                "pred_group",
+                "pred_gender",
+                "fallback_age",
+                "fallback_gender",
+                "error",
+            ]
+        )
+        for run in runs:
+            for record, o in zip(records, run.outcomes, strict=True):
+                writer.writerow(
+                    [
+                        run.setting.name,
+                        record.path,
+                        record.age,
+                        record.age_std,
+                        record.gender,
+                        record.group,
+                        o.status,
+                        o.faces,
+                        None if o.age is None else round(o.age, 2),
+                        o.group,
+                        o.gender,
+                        None if o.fallback_age is None else round(o.fallback_age, 2),
+                        o.fallback_gender,
+                        o.error,
+                    ]
+                )
+
+
+def write(
+    directory: str | Path,
+    report: dict[str, Any],
+    records: Sequence[Record],
+    runs: Sequence[SettingRun],
+) -> list[Path]:
+    """report.json, report.md, predictions.csv and the PNG plots in `directory`."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for name, draw in (
+        ("error_by_age.png", lambda p: plot_error_by_age(records, runs, p)),
+        ("predicted_vs_true.png", lambda p: plot_predicted_vs_true(records, runs, p)),
+        ("gender_confusion.png", lambda p: plot_gender_confusion(report, p)),
+    ):
+        if draw(out / name):
+            plots.append(out / name)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(
+        markdown(report, [str(p) for p in plots]) + "\n", encoding="utf-8"
+    )
+    write_predictions(records, runs, out / "predictions.csv")
+    return [out / "report.json", out / "report.md", out / "predictions.csv", *plots]
