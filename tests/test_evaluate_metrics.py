@@ -1,0 +1,130 @@
+"""Every metric against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agegender.evaluate import metrics
+from agegender.evaluate.metrics import Outcome
+from agegender.evaluate.readers import Record
+
+# errors: -2, 0, 5, 7
+PRED = [10.0, 20.0, 30.0, 47.0]
+TRUE = [12.0, 20.0, 25.0, 40.0]
+
+
+def test_age_errors_by_hand() -> None:
+    assert metrics.mae(PRED, TRUE) == pytest.approx(14 / 4)
+    assert metrics.rmse(PRED, TRUE) == pytest.approx(math.sqrt((4 + 0 + 25 + 49) / 4))
+    assert metrics.mean_error(PRED, TRUE) == pytest.approx(10 / 4)
+    assert metrics.cs_at(PRED, TRUE, 5) == pytest.approx(3 / 4)  # |e| <= 5 counts
+    assert metrics.cs_at(PRED, TRUE, 4.9) == pytest.approx(2 / 4)
+    assert metrics.mae([], []) is None and metrics.cs_at([], []) is None
+    with pytest.raises(ValueError, match="3 predictions for 4 labels"):
+        metrics.mae(PRED[:3], TRUE)
+
+
+def test_epsilon_error_by_hand() -> None:
+    # one image: 1 - exp(-(30 - 25)^2 / (2 * 5^2)) = 1 - exp(-0.5)
+    assert metrics.epsilon_error([30], [25], [5]) == pytest.approx(1 - math.exp(-0.5))
+    # exact hit scores 0; sigma 0 is undefined and left out
+    assert metrics.epsilon_error([30, 25, 40], [25, 25, 10], [5, 2, 0]) == pytest.approx(
+        (1 - math.exp(-0.5)) / 2
+    )
+    assert metrics.epsilon_error([1], [2], [0]) is None
+
+
+def test_accuracies_and_confusion() -> None:
+    assert metrics.accuracy(["male", "female", "male"], ["male", "male", "male"]) == pytest.approx(2 / 3)
+    assert metrics.one_off_accuracy([0, 2, 5, 7], [1, 2, 3, 7]) == pytest.approx(3 / 4)
+    table = metrics.confusion(
+        ["female", "male", "male", "female", "x"], ["female", "female", "male", "female", "male"], ["female", "male"]
+    )
+    assert table == [[2, 1], [0, 1]]  # rows: label, columns: prediction; "x" is not counted
+
+
+def test_decades() -> None:
+    assert [metrics.decade(a) for a in (0, 9.9, 10, 42, 89.5, 90, 100)] == [
+        "0-9",
+        "0-9",
+        "10-19",
+        "40-49",
+        "80-89",
+        "90+",
+        "90+",
+    ]
+
+
+def test_age_metrics_with_votes() -> None:
+    out = metrics.age_metrics([30, 20], [25, 20], [5, None], k=5)
+    assert out["n"] == 2 and out["mae"] == pytest.approx(2.5) and out["cs@5"] == 1.0
+    assert out["epsilon_error"] == pytest.approx(1 - math.exp(-0.5)) and out["epsilon_n"] == 1
+    assert "epsilon_error" not in metrics.age_metrics([30], [25])
+
+
+def _dataset() -> tuple[list[Record], list[Outcome]]:
+    records = [
+        Record("a.jpg", age=12, gender="female", race="asian", fold="1"),
+        Record("b.jpg", age=20, gender="male", race="white", fold="1"),
+        Record("c.jpg", age=25, gender="male", race="white", fold="2", age_std=5),
+        Record("d.jpg", age=40, gender="female", fold="2"),
+        Record("e.jpg", age=33, gender="female", fold="2"),
+        Record("f.jpg", group="25-32", gender="male", fold="2"),
+    ]
+    outcomes = [
+        Outcome("ok", age=10, gender="female", faces=1),
+        Outcome("ok", age=20, gender="female", faces=1),
+        Outcome("ok", age=30, gender="male", faces=2),
+        Outcome("no_face", fallback_age=47, fallback_gender="female"),
+        Outcome("error", error="e.jpg: no such file"),
+        Outcome("ok", age=41.0, gender="male", faces=1),  # group from age: 38-43, one off
+    ]
+    return records, outcomes
+
+
+def test_summarize_by_hand() -> None:
+    records, outcomes = _dataset()
+    s = metrics.summarize(records, outcomes, k=5)
+    assert s["images"] == 6 and s["unreadable"] == 1
+    assert s["unreadable_images"] == [{"path": "e.jpg", "error": "e.jpg: no such file"}]
+    assert s["faces_found"] == {"n": 4, "of": 5, "share": pytest.approx(4 / 5)}
+    assert s["no_face_images"] == ["d.jpg"]
+
+    found = s["excluding_no_face"]
+    # ages a, b, c: errors -2, 0, 5
+    assert found["age"]["n"] == 3 and found["age"]["mae"] == pytest.approx(7 / 3)
+    assert found["age"]["cs@5"] == pytest.approx(1.0)
+    assert found["age"]["epsilon_error"] == pytest.approx(1 - math.exp(-0.5))
+    # genders a, b, c, f: right, wrong, right, right
+    assert found["gender"]["accuracy"] == pytest.approx(3 / 4)
+    assert found["gender"]["confusion"] == [[1, 0], [1, 2]]
+    assert found["groups"] == {"n": 1, "accuracy": 0.0, "one_off": 1.0}
+
+    fallback = s["with_fallback"]
+    # adds d: error 7
+    assert fallback["age"]["n"] == 4 and fallback["age"]["mae"] == pytest.approx(14 / 4)
+    assert fallback["gender"]["accuracy"] == pytest.approx(4 / 5)
+
+    assert list(s["by_decade"]) == ["10-19", "20-29", "30-39", "40-49"]
+    assert s["by_decade"]["10-19"]["age"]["mae"] == pytest.approx(2)
+    assert s["by_decade"]["20-29"]["age"]["mae"] == pytest.approx(2.5)
+    assert "age" not in s["by_decade"]["40-49"]  # d had no face; e was unreadable
+    assert s["by_gender"]["male"]["gender"]["accuracy"] == pytest.approx(2 / 3)
+    assert set(s["by_race"]) == {"asian", "white"}
+    assert s["by_race"]["white"]["age"]["mae"] == pytest.approx(2.5)
+    assert s["by_fold"]["1"]["age"]["mae"] == pytest.approx(1)
+    assert s["by_fold"]["2"]["age"]["mae"] == pytest.approx(5)
+    assert s["fold_mean_mae"] == pytest.approx(3)  # mean over folds, not over images
+
+
+def test_group_model_output_is_used_as_is() -> None:
+    records = [Record("g.jpg", group="4-6"), Record("h.jpg", group="60-100")]
+    outcomes = [Outcome("ok", age=5.0, group="4-6"), Outcome("ok", age=50.0, group="38-43")]
+    groups = metrics.summarize(records, outcomes)["excluding_no_face"]["groups"]
+    assert groups == {"n": 2, "accuracy": 0.5, "one_off": 0.5}  # 38-43 is two groups from 60-100
+
+
+def test_clean_rounds_and_nulls_nan() -> None:
+    assert metrics.clean({"a": [1.234567, float("nan")], "b": "x"}) == {"a": [1.2346, None], "b": "x"}
