@@ -37,10 +37,14 @@ def test_epsilon_error_by_hand() -> None:
 
 
 def test_accuracies_and_confusion() -> None:
-    assert metrics.accuracy(["male", "female", "male"], ["male", "male", "male"]) == pytest.approx(2 / 3)
+    assert metrics.accuracy(["male", "female", "male"], ["male", "male", "male"]) == pytest.approx(
+        2 / 3
+    )
     assert metrics.one_off_accuracy([0, 2, 5, 7], [1, 2, 3, 7]) == pytest.approx(3 / 4)
     table = metrics.confusion(
-        ["female", "male", "male", "female", "x"], ["female", "female", "male", "female", "male"], ["female", "male"]
+        ["female", "male", "male", "female", "x"],
+        ["female", "female", "male", "female", "male"],
+        ["female", "male"],
     )
     assert table == [[2, 1], [0, 1]]  # rows: label, columns: prediction; "x" is not counted
 
@@ -127,4 +131,7 @@ def test_group_model_output_is_used_as_is() -> None:
 
 
 def test_clean_rounds_and_nulls_nan() -> None:
-    assert metrics.clean({"a": [1.234567, float("nan")], "b": "x"}) == {"a": [1.2346, None], "b": "x"}
+    assert metrics.clean({"a": [1.234567, float("nan")], "b": "x"}) == {
+        "a": [1.2346, None],
+        "b": "x",
+    }

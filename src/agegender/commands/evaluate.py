@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ),
     )
     parser.add_argument("source", help="the dataset: a folder, a .mat file, a CSV or a fold file")
-    parser.add_argument("--format", required=True, choices=readers.FORMATS, help="how the labels are stored")
+    parser.add_argument(
+        "--format", required=True, choices=readers.FORMATS, help="how the labels are stored"
+    )
     parser.add_argument(
         "--split",
         help="appa-real: train, valid or test; adience: fold numbers (0,1); fgnet: subject ids",
@@ -37,9 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="inputs are already faces: no detection, the whole image is the face "
         "(appa-real: use the _face.jpg crops)",
     )
-    parser.add_argument("--root", help="folder that relative image paths start from (csv, chalearn)")
+    parser.add_argument(
+        "--root", help="folder that relative image paths start from (csv, chalearn)"
+    )
     parser.add_argument("--limit", type=int, help="evaluate a random sample of this many images")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the --limit sample (default: 0)"
+    )
     parser.add_argument(
         "--compare",
         nargs="+",
@@ -48,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "detector=NAME,tta=on|off",
     )
     parser.add_argument("--k", type=float, default=5, help="CS@k: within k years (default: 5)")
-    parser.add_argument("--report", metavar="DIR", help="write report.json, report.md, predictions.csv, plots")
+    parser.add_argument(
+        "--report", metavar="DIR", help="write report.json, report.md, predictions.csv, plots"
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     parser.add_argument(
         "--no-fallback",
@@ -76,7 +84,11 @@ def settings_from_args(args: argparse.Namespace) -> list[runner.Setting]:
     if not args.compare:
         options = [
             f"{key}={value}"
-            for key, value in (("age", args.age_model), ("gender", args.gender_model), ("detector", args.detector))
+            for key, value in (
+                ("age", args.age_model),
+                ("gender", args.gender_model),
+                ("detector", args.detector),
+            )
             if value
         ]
         if args.tta is not None:
@@ -111,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         raise AgegenderError(f"--limit {args.limit}: must be a positive number of images")
     if args.k <= 0:
         raise AgegenderError(f"--k {args.k:g}: must be positive")
-    dataset = readers.read_dataset(args.format, args.source, split=args.split, cropped=args.cropped, root=args.root)
+    dataset = readers.read_dataset(
+        args.format, args.source, split=args.split, cropped=args.cropped, root=args.root
+    )
     if not dataset.records:
         dropped = ", ".join(f"{n} {why}" for why, n in dataset.dropped.items()) or "nothing found"
         raise AgegenderError(f"{args.source}: no labelled images to evaluate ({dropped})")
@@ -153,7 +167,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{ds['format']} {ds['source']}: {ds['records']} labelled images"
             + (f" (dropped: {dropped})" if dropped else "")
-            + (f", evaluated a sample of {len(records)} (seed {args.seed})" if len(records) < ds["records"] else "")
+            + (
+                f", evaluated a sample of {len(records)} (seed {args.seed})"
+                if len(records) < ds["records"]
+                else ""
+            )
             + f"; {result['mode']}"
         )
         print(report.table(result))

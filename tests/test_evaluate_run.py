@@ -1,0 +1,224 @@
+"""The runner's face matching, and whole evaluations on real faces with the embedded models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender import Estimator
+from agegender.cli import main
+from agegender.errors import AgegenderError
+from agegender.evaluate import runner
+from agegender.results import Face
+
+ASTRONAUT = Path(__file__).parent / "data" / "astronaut.png"
+# Eileen Collins (born November 1956) in her NASA portrait of about 1998.
+LABEL_AGE, LABEL_GENDER = 41.0, "female"
+
+
+def _face(box: tuple[float, float, float, float]) -> Face:
+    return Face(box, 1.0, None, None, None)
+
+
+def test_iou_by_hand() -> None:
+    assert runner.iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert runner.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert runner.iou((0, 0, 10, 10), (10, 10, 20, 20)) == 0.0
+
+
+def test_select_face_by_box_then_by_size_and_centre() -> None:
+    small_left, big_right = _face((10, 40, 40, 70)), _face((60, 10, 100, 50))
+    faces = [small_left, big_right]
+    assert runner.select_face(faces, (12, 42, 41, 71), 100, 100) is small_left
+    # The labelled face was not detected: other faces do not stand in for it.
+    assert runner.select_face(faces, (40, 80, 50, 90), 100, 100) is None
+    # No box (or a box from another frame, outside the image): largest, weighted by centrality.
+    assert runner.select_face(faces, None, 100, 100) is big_right
+    assert runner.select_face(faces, (500, 500, 600, 600), 100, 100) is big_right
+    # corner: 1600 px, centre 42.4 px from the image centre, d = 42.4 / 70.7 = 0.6: weight 640
+    # central: 900 px at the centre, d = 0: weight 900
+    central = _face((35, 35, 65, 65))
+    corner = _face((0, 0, 40, 40))
+    assert runner.select_face([corner, central], None, 100, 100) is central
+    assert runner.select_face([], None, 100, 100) is None
+
+
+def test_parse_setting() -> None:
+    base = runner.Setting("default", detector="haar", extra={"threads": 1})
+    s = runner.parse_setting("dex-imdb:age=cc0-age-v1,tta=off", base)
+    assert (s.name, s.preset, s.age_model, s.gender_model, s.detector, s.tta) == (
+        "dex-imdb:age=cc0-age-v1,tta=off",
+        "dex-imdb",
+        "cc0-age-v1",
+        None,
+        "haar",
+        False,
+    )
+    assert s.extra == {"threads": 1} and base.preset == "default"
+    with pytest.raises(AgegenderError, match="options are"):
+        runner.parse_setting("default:colour=red")
+    with pytest.raises(AgegenderError, match="tta is on or off"):
+        runner.parse_setting("default:tta=yes")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A labelled folder: the portrait, a two-face scene, a faceless image, a broken and a
+    missing file, with a CSV that labels the smaller face of the scene by its box."""
+    root = tmp_path_factory.mktemp("scenes")
+    portrait = Image.open(ASTRONAUT).convert("RGB")
+    portrait.save(root / "astronaut.png")
+    scene = Image.new("RGB", (1024, 512), (40, 40, 40))
+    scene.paste(portrait.resize((358, 358)), (40, 100))  # smaller copy, the labelled one
+    scene.paste(portrait, (512, 0))
+    scene.save(root / "two.png")
+    Image.new("RGB", (300, 300), (128, 128, 128)).save(root / "blank.png")
+    (root / "broken.jpg").write_bytes(b"this is not a jpeg")
+    # The face box of the portrait is about (179, 83, 267, 171): scaled by 0.7, shifted.
+    box = (179 * 0.7 + 40, 83 * 0.7 + 100, 267 * 0.7 + 40, 171 * 0.7 + 100)
+    (root / "labels.csv").write_text(
+        "path,age,gender,x1,y1,x2,y2\n"
+        f"astronaut.png,{LABEL_AGE},f,,,,\n"
+        f"two.png,{LABEL_AGE},f,{box[0]},{box[1]},{box[2]},{box[3]}\n"
+        "blank.png,30,m,,,,\n"
+        "broken.jpg,30,m,,,,\n"
+        "missing.jpg,30,m,,,,\n"
+    )
+    return {"root": root, "box": box}
+
+
+def _run_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
+    code = main(["evaluate", *args, "--json", "--no-progress"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out), captured.err
+
+
+def test_end_to_end_on_real_faces(
+    scenes: dict, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root, box = scenes["root"], scenes["box"]
+    estimator = Estimator()
+    portrait = estimator.predict(root / "astronaut.png")
+    assert len(portrait) == 1
+    scene_faces = estimator.predict(root / "two.png")
+    # The labelled face: the detection whose centre lies in the labelled box.
+    labelled = [
+        f
+        for f in scene_faces
+        if box[0] < (f.box[0] + f.box[2]) / 2 < box[2]
+        and box[1] < (f.box[1] + f.box[3]) / 2 < box[3]
+    ]
+    assert len(labelled) == 1 and len(scene_faces) >= 2
+    whole = Estimator(detector="none").predict(root / "blank.png")[0]
+    assert Estimator().predict(root / "blank.png") == []
+
+    code, report, err = _run_json(
+        [str(root / "labels.csv"), "--format", "csv", "--report", str(tmp_path / "out")], capsys
+    )
+
+    assert code == 0
+    m = report["settings"][0]["metrics"]
+    assert m["images"] == 5 and m["unreadable"] == 2
+    assert {Path(u["path"]).name for u in m["unreadable_images"]} == {"broken.jpg", "missing.jpg"}
+    assert "missing.jpg: no such file" in err and "broken.jpg" in err
+    assert m["faces_found"] == {"n": 2, "of": 3, "share": pytest.approx(2 / 3, abs=1e-4)}
+    assert [Path(p).name for p in m["no_face_images"]] == ["blank.png"]
+
+    errors = [abs(portrait[0].age.value - LABEL_AGE), abs(labelled[0].age.value - LABEL_AGE)]
+    found = m["excluding_no_face"]
+    assert found["age"]["n"] == 2
+    assert found["age"]["mae"] == pytest.approx(np.mean(errors), abs=1e-4)
+    assert found["age"]["rmse"] == pytest.approx(np.sqrt(np.mean(np.square(errors))), abs=1e-4)
+    genders = [portrait[0].gender.label, labelled[0].gender.label]
+    assert found["gender"]["accuracy"] == pytest.approx(
+        np.mean([g == "female" for g in genders]), abs=1e-4
+    )
+
+    fallback = m["with_fallback"]
+    assert fallback["age"]["n"] == 3
+    expected = np.mean([*errors, abs(whole.age.value - 30)])
+    assert fallback["age"]["mae"] == pytest.approx(expected, abs=1e-4)
+
+    out = tmp_path / "out"
+    for name in (
+        "report.json",
+        "report.md",
+        "predictions.csv",
+        "error_by_age.png",
+        "predicted_vs_true.png",
+    ):
+        assert (out / name).is_file(), name
+    assert Image.open(out / "error_by_age.png").size[0] > 300
+    assert json.loads((out / "report.json").read_text()) == report
+    markdown = (out / "report.md").read_text()
+    assert "| default |" in markdown and "![error_by_age](error_by_age.png)" in markdown
+    assert "broken.jpg" in markdown
+
+
+def test_cropped_and_compare_with_a_failing_setting(
+    scenes: dict, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    portrait = Image.open(scenes["root"] / "astronaut.png")
+    crop = portrait.crop((140, 40, 306, 214))  # the face with some margin
+    crop.save(tmp_path / "face.png")
+    (tmp_path / "faces.csv").write_text(f"path,age,gender\nface.png,{LABEL_AGE},female\n")
+    whole = Estimator(detector="none").predict(tmp_path / "face.png")[0]
+    whole_no_tta = Estimator(detector="none", tta=False).predict(tmp_path / "face.png")[0]
+
+    code, report, err = _run_json(
+        [
+            str(tmp_path / "faces.csv"),
+            "--format",
+            "csv",
+            "--cropped",
+            "--compare",
+            "default",
+            "default:tta=off",
+            "no-such-preset",
+        ],
+        capsys,
+    )
+
+    assert code == 1  # one setting could not run; the others are still reported
+    assert "setting no-such-preset: unknown preset 'no-such-preset'" in err
+    first, second, third = report["settings"]
+    assert first["detector"] == "none" and first["metrics"]["faces_found"]["share"] == 1.0
+    assert first["metrics"]["excluding_no_face"]["age"]["mae"] == pytest.approx(
+        abs(whole.age.value - LABEL_AGE), abs=1e-4
+    )
+    assert second["metrics"]["excluding_no_face"]["age"]["mae"] == pytest.approx(
+        abs(whole_no_tta.age.value - LABEL_AGE), abs=1e-4
+    )
+    assert third["error"].startswith("unknown preset")
+
+    # The table names every setting, the failed one with its error.
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "faces.csv"),
+                "--format",
+                "csv",
+                "--cropped",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "faces found" in table and "MAE" in table and "default" in table
+
+
+def test_bad_dataset_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(tmp_path / "nothing"), "--format", "utkface"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"agegender: error: {tmp_path / 'nothing'}: no such file or folder"
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty"), "--format", "fgnet"]) == 2
+    assert "no labelled images to evaluate" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path), "--format", "utkface", "--limit", "0"]) == 2
+    assert "--limit 0: must be a positive" in capsys.readouterr().err
