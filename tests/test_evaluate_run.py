@@ -179,6 +179,8 @@ def test_cropped_and_compare_with_a_failing_setting(
             "default",
             "default:tta=off",
             "no-such-preset",
+            "--report",
+            str(tmp_path / "out"),
         ],
         capsys,
     )
@@ -194,6 +196,9 @@ def test_cropped_and_compare_with_a_failing_setting(
         abs(whole_no_tta.age.value - LABEL_AGE), abs=1e-4
     )
     assert third["error"].startswith("unknown preset")
+    predictions = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in predictions] == ["setting", "default", "default:tta=off"]
+    assert "no-such-preset | error: unknown preset" in (tmp_path / "out" / "report.md").read_text()
 
     # The table names every setting, the failed one with its error.
     assert (

@@ -343,6 +343,8 @@ def write_predictions(records: Sequence[Record], runs: Sequence[SettingRun], pat
             ]
         )
         for run in runs:
+            if run.error is not None:
+                continue
             for record, o in zip(records, run.outcomes, strict=True):
                 writer.writerow(
                     [
