@@ -12,6 +12,7 @@ from PIL import Image
 from agegender import Estimator
 from agegender.cli import main
 from agegender.errors import AgegenderError
+from agegender.evaluate import report as report_module
 from agegender.evaluate import runner
 from agegender.results import Face
 
@@ -196,6 +197,9 @@ def test_cropped_and_compare_with_a_failing_setting(
         abs(whole_no_tta.age.value - LABEL_AGE), abs=1e-4
     )
     assert third["error"].startswith("unknown preset")
+    lines = report_module.table(report).splitlines()
+    assert len(lines[0]) == len(lines[1]) == len(lines[2])  # rows align; the error row is free
+    assert lines[3].startswith("no-such-preset   error: unknown preset")
     predictions = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in predictions] == ["setting", "default", "default:tta=off"]
     assert "no-such-preset | error: unknown preset" in (tmp_path / "out" / "report.md").read_text()

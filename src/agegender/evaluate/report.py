@@ -117,7 +117,9 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def table(report: dict[str, Any]) -> str:
     """The summary as aligned plain text for stdout."""
     header, body = rows(report)
-    widths = [max(len(r[i]) for r in [header, *body] if i < len(r)) for i in range(len(header))]
+    full = [r for r in [header, *body] if len(r) == len(header)]
+    widths = [max(len(r[i]) for r in full) for i in range(len(header))]
+    widths[0] = max(len(r[0]) for r in [header, *body])
     lines = []
     for r in [header, *body]:
         if len(r) < len(header):  # an error row
