@@ -521,11 +521,11 @@ def read_csv(source: str | Path, *, root: str | Path | None = None) -> Dataset:
         if age is None and gender is None:
             data.dropped["no age and no gender"] += 1
             continue
-        box = None
+        box: Box | None = None
         if has_box:
-            values = [_float(row[columns[c]]) for c in ("x1", "y1", "x2", "y2")]
-            if all(v is not None for v in values):
-                box = tuple(values)  # type: ignore[assignment]
+            x1, y1, x2, y2 = (_float(row[columns[c]]) for c in ("x1", "y1", "x2", "y2"))
+            if x1 is not None and y1 is not None and x2 is not None and y2 is not None:
+                box = (x1, y1, x2, y2)
         full = Path(path) if Path(path).is_absolute() else base / path
         data.records.append(
             Record(
