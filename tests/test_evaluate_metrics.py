@@ -120,7 +120,13 @@ def test_summarize_by_hand() -> None:
     assert s["by_race"]["white"]["age"]["mae"] == pytest.approx(2.5)
     assert s["by_fold"]["1"]["age"]["mae"] == pytest.approx(1)
     assert s["by_fold"]["2"]["age"]["mae"] == pytest.approx(5)
-    assert s["fold_mean_mae"] == pytest.approx(3)  # mean over folds, not over images
+    # means over folds, not over images: fold 1 gender 1/2, fold 2 gender 2/2
+    assert s["fold_mean"] == {
+        "mae": pytest.approx(3),
+        "gender_accuracy": pytest.approx(0.75),
+        "group_accuracy": 0.0,
+        "one_off": 1.0,
+    }
 
 
 def test_group_model_output_is_used_as_is() -> None:

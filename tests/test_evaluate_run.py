@@ -14,6 +14,7 @@ from agegender.cli import main
 from agegender.errors import AgegenderError
 from agegender.evaluate import report as report_module
 from agegender.evaluate import runner
+from agegender.evaluate.readers import ADIENCE_GROUPS
 from agegender.results import Face
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.png"
@@ -231,3 +232,89 @@ def test_bad_dataset_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no labelled images to evaluate" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path), "--format", "utkface", "--limit", "0"]) == 2
     assert "--limit 0: must be a positive" in capsys.readouterr().err
+    (tmp_path / "gone.csv").write_text("path,age\ngone1.jpg,3\ngone2.jpg,4\n")
+    assert main(["evaluate", str(tmp_path / "gone.csv"), "--format", "csv", "--no-progress"]) == 1
+    assert "none of the 2 images could be read" in capsys.readouterr().err
+
+
+def _stand_in_group_model(path: Path) -> Path:
+    """A graph with levi-age's I/O (1 x 3 x 224 x 224 -> softmax over 8 groups, batch 1):
+    channel means through a fixed 3 x 8 matrix, so different faces give different groups."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.linspace(-0.05, 0.05, 24, dtype=np.float32).reshape(3, 8)
+    weights[1] *= -1.5
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["data"], ["pooled"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["prob_Y"], axis=1),
+        ],
+        "levi_age_stand_in",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("prob_Y", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_adience_groups_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _stand_in_group_model(tmp_path / "age_googlenet_stand_in.onnx")
+    portrait = Image.open(ASTRONAUT).convert("RGB")
+    faces = {
+        "1.a.jpg": portrait.crop((140, 40, 306, 214)),
+        "2.b.jpg": portrait.crop((140, 40, 306, 214)).transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        "3.c.jpg": Image.eval(portrait.crop((120, 30, 320, 230)), lambda v: v // 2),
+    }
+    user = tmp_path / "adience" / "aligned" / "7153718@N04"
+    user.mkdir(parents=True)
+    for name, image in faces.items():
+        face_id, original = name.split(".", 1)
+        image.save(user / f"landmark_aligned_face.{face_id}.{original}", "JPEG")
+    header = "user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\t" + (
+        "tilt_ang\tfiducial_yaw_angle\tfiducial_score"
+    )
+    lines = [
+        "7153718@N04\ta.jpg\t1\t(38, 43)\tf\t0\t0\t10\t10\t0\t0\t0",
+        "7153718@N04\tb.jpg\t2\t(25, 32)\tf\t0\t0\t10\t10\t0\t0\t0",
+        "7153718@N04\tc.jpg\t3\t(48, 53)\tu\t0\t0\t10\t10\t0\t0\t0",
+        "7153718@N04\tmissing.jpg\t4\t(8, 12)\tm\t0\t0\t10\t10\t0\t0\t0",
+    ]
+    (tmp_path / "adience" / "fold_0_data.txt").write_text("\n".join([header, *lines]) + "\n")
+
+    reference = Estimator(age_model=f"levi-age={model}", detector="none")
+    truth = ["38-43", "25-32", "48-53"]
+    order = [label for label, _, _ in ADIENCE_GROUPS]
+    paths = sorted(user.iterdir())
+    predicted = [reference.predict(path)[0].age.group for path in paths]
+    assert len(set(predicted)) > 1, predicted  # the stand-in tells these faces apart
+    assert all(p in order for p in predicted)
+    hits = [p == t for p, t in zip(predicted, truth, strict=True)]
+    one_off = [
+        abs(order.index(p) - order.index(t)) <= 1 for p, t in zip(predicted, truth, strict=True)
+    ]
+
+    code, report, _ = _run_json(
+        [
+            str(tmp_path / "adience"),
+            "--format",
+            "adience",
+            "--cropped",
+            "--age-model",
+            f"levi-age={model}",
+        ],
+        capsys,
+    )
+
+    assert code == 0
+    m = report["settings"][0]["metrics"]
+    assert m["unreadable"] == 1 and m["faces_found"] == {"n": 3, "of": 3, "share": 1.0}
+    groups = m["excluding_no_face"]["groups"]
+    assert groups["n"] == 3
+    assert groups["accuracy"] == pytest.approx(np.mean(hits), abs=1e-4)
+    assert groups["one_off"] == pytest.approx(np.mean(one_off), abs=1e-4)
+    assert m["excluding_no_face"]["gender"]["n"] == 2  # "u" is no gender label

@@ -147,6 +147,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"agegender: error: setting {entry['name']}: {entry['error']}", file=sys.stderr)
             continue
         unreadable = entry["metrics"]["unreadable_images"]
+        if unreadable and len(unreadable) == entry["metrics"]["images"]:
+            failed = True
+            print(
+                f"agegender: error: setting {entry['name']}: none of the {len(unreadable)} images "
+                "could be read (wrong folder or --root?)",
+                file=sys.stderr,
+            )
         for item in unreadable[:SHOW_UNREADABLE]:
             print(f"agegender: warning: {item['error']}", file=sys.stderr)
         if len(unreadable) > SHOW_UNREADABLE:

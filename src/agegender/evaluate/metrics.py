@@ -266,10 +266,25 @@ def summarize(
     if len(folds) > 1:
         by_fold = _breakdown(records, outcomes, lambda r: r.fold, k, _natural)
         out["by_fold"] = by_fold
-        fold_maes = [v["age"]["mae"] for v in by_fold.values() if "age" in v]
-        if fold_maes:
-            # Leave-one-person-out papers (FG-NET) average over folds, not over images.
-            out["fold_mean_mae"] = float(np.mean(fold_maes))
+        # Papers with folds (FG-NET leave-one-person-out, Adience's five) average over folds.
+        fold_mean = {
+            name: float(np.mean(values))
+            for name, values in (
+                ("mae", [v["age"]["mae"] for v in by_fold.values() if "age" in v]),
+                (
+                    "gender_accuracy",
+                    [v["gender"]["accuracy"] for v in by_fold.values() if "gender" in v],
+                ),
+                (
+                    "group_accuracy",
+                    [v["groups"]["accuracy"] for v in by_fold.values() if "groups" in v],
+                ),
+                ("one_off", [v["groups"]["one_off"] for v in by_fold.values() if "groups" in v]),
+            )
+            if values
+        }
+        if fold_mean:
+            out["fold_mean"] = fold_mean
     return out
 
 

@@ -93,7 +93,8 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ("gender acc", ("excluding_no_face", "gender", "accuracy"), "pct"),
         ("group acc", ("excluding_no_face", "groups", "accuracy"), "pct"),
         ("1-off", ("excluding_no_face", "groups", "one_off"), "pct"),
-        ("fold-mean MAE", ("fold_mean_mae",), "f2"),
+        ("fold-mean MAE", ("fold_mean", "mae"), "f2"),
+        ("fold-mean group acc", ("fold_mean", "group_accuracy"), "pct"),
     ]
     present = [
         c
