@@ -136,13 +136,19 @@ def test_imdb_wiki_mat(tmp_path: Path) -> None:
         ("00/b.jpg", 39.0, "female"),
         ("01/c.jpg", 34.0, None),
     ]
-    assert data.records[0].box == (10.0, 20.0, 109.0, 119.0)  # MATLAB 1-based -> 0-based
+    # face_location is in the full photo: not a box in the face-only (_crop) release's images
+    assert data.records[0].box is None
+    full = readers.read_imdb_wiki(folder, boxes=True)
+    assert full.records[0].box == (10.0, 20.0, 109.0, 119.0)  # MATLAB 1-based -> 0-based
     assert data.records[0].subject == "A B"
     assert data.dropped == {
         "no face (face_score -inf)": 1,
         "second face": 1,
         "age outside 0..100": 2,
     }
+    (tmp_path / "wiki").mkdir()
+    _write_imdb(tmp_path / "wiki" / "wiki.mat", "wiki", rows)  # the full-image release
+    assert readers.read_imdb_wiki(tmp_path / "wiki").records[1].box == (10.0, 20.0, 109.0, 119.0)
     # The .mat file itself works too; a minimum face score is checked before the age.
     strict = readers.read_imdb_wiki(folder / "wiki.mat", min_face_score=4.0)
     assert strict.records == []

@@ -188,13 +188,18 @@ def _text(cell: Any) -> str:
     return str(array)
 
 
-def read_imdb_wiki(source: str | Path, *, min_face_score: float | None = None) -> Dataset:
+def read_imdb_wiki(
+    source: str | Path, *, min_face_score: float | None = None, boxes: bool | None = None
+) -> Dataset:
     """IMDB-WIKI: ``imdb.mat`` or ``wiki.mat`` (a file, or the folder holding one).
 
     Cleaning as usually done: drop entries with no face (face_score -inf), with a second
     face (second_face_score not NaN), optionally a face_score under `min_face_score`, and
     ages outside 0..100. Gender 0 female / 1 male; NaN gender keeps the entry, gender unknown.
-    ``face_location`` (MATLAB, 1-based) becomes a 0-based box.
+
+    ``face_location`` (MATLAB, 1-based) is in the full photo, so it becomes the record's
+    0-based box only for the full-image release; the face-only releases (``imdb_crop``,
+    ``wiki_crop``) ship the same .mat with crops in another frame. `boxes` overrides the guess.
     """
     from scipy.io import loadmat
 
@@ -228,6 +233,8 @@ def read_imdb_wiki(source: str | Path, *, min_face_score: float | None = None) -
         raise DatasetError(f"{mat_path}: struct lacks the field {missing}") from None
     names = _mat_column(meta, "name") if "name" in meta.dtype.names else [None] * len(paths)
     root = mat_path.parent
+    if boxes is None:
+        boxes = not root.resolve().name.endswith("_crop")
     data = Dataset("imdb-wiki", str(mat_path), [])
     for i, cell in enumerate(paths):
         score, second_score = float(scores[i]), float(second[i])
@@ -251,7 +258,7 @@ def read_imdb_wiki(source: str | Path, *, min_face_score: float | None = None) -
         sex = float(genders[i])
         gender = None if math.isnan(sex) else ("female", "male")[int(sex)]
         loc = [float(v) for v in locations[i].reshape(-1)]
-        box = (loc[0] - 1, loc[1] - 1, loc[2] - 1, loc[3] - 1) if len(loc) == 4 else None
+        box = (loc[0] - 1, loc[1] - 1, loc[2] - 1, loc[3] - 1) if boxes and len(loc) == 4 else None
         name = _text(names[i]) if names[i] is not None else None
         data.records.append(
             Record(
