@@ -235,6 +235,16 @@ def test_bad_dataset_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "gone.csv").write_text("path,age\ngone1.jpg,3\ngone2.jpg,4\n")
     assert main(["evaluate", str(tmp_path / "gone.csv"), "--format", "csv", "--no-progress"]) == 1
     assert "none of the 2 images could be read" in capsys.readouterr().err
+    # No setting can run: every error is reported, the table still prints, exit 1.
+    args = [str(tmp_path / "gone.csv"), "--format", "csv", "--no-progress"]
+    assert main(["evaluate", *args, "--compare", "default:detector=foo", "default:age=nope"]) == 1
+    captured = capsys.readouterr()
+    assert "setting default:detector=foo: unknown detector 'foo'" in captured.err
+    assert "setting default:age=nope: unknown model card 'nope'" in captured.err
+    last = captured.out.splitlines()[-1]
+    assert last.startswith(
+        "default:age=nope".ljust(len("default:detector=foo")) + "  error: unknown model"
+    )
 
 
 def _stand_in_group_model(path: Path) -> Path:

@@ -95,8 +95,7 @@ def settings_from_args(args: argparse.Namespace) -> list[runner.Setting]:
             options.append(f"tta={'on' if args.tta else 'off'}")
         base.name = args.preset + (":" + ",".join(options) if options else "")
         return [base]
-    names = [spec for spec in args.compare]
-    if len(set(names)) != len(names):
+    if len(set(args.compare)) != len(args.compare):
         raise AgegenderError("--compare: the same setting is named twice")
     return [runner.parse_setting(spec, base) for spec in args.compare]
 

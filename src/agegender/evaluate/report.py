@@ -116,29 +116,31 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def table(report: dict[str, Any]) -> str:
-    """The summary as aligned plain text for stdout."""
+    """The summary as aligned plain text for stdout; a setting that did not run gets its
+    error after its name instead of numbers."""
     header, body = rows(report)
-    full = [r for r in [header, *body] if len(r) == len(header)]
+    failed = {s["name"] for s in report["settings"] if "error" in s}
+    full = [header, *(r for r in body if r[0] not in failed)]
     widths = [max(len(r[i]) for r in full) for i in range(len(header))]
     widths[0] = max(len(r[0]) for r in [header, *body])
     lines = []
     for r in [header, *body]:
-        if len(r) < len(header):  # an error row
+        if r is not header and r[0] in failed:
             lines.append(f"{r[0].ljust(widths[0])}  {r[1]}")
         else:
-            lines.append(
-                "  ".join(
-                    c.ljust(w) if i == 0 else c.rjust(w)
-                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
-                )
+            cells = (
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
             )
+            lines.append("  ".join(cells))
     return "\n".join(lines)
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    width = max(len(r) for r in [header, *body])
+    out = ["| " + " | ".join(header + [""] * (width - len(header))) + " |", "|" + "---|" * width]
     for r in body:
-        out.append("| " + " | ".join(r + [""] * (len(header) - len(r))) + " |")
+        out.append("| " + " | ".join(r + [""] * (width - len(r))) + " |")
     return "\n".join(out)
 
 
