@@ -1,0 +1,162 @@
+"""ONNX Runtime per card: preprocessing from the card, softmax when the graph lacks it,
+batching across faces and images, and graphs whose batch is fixed to 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from agegender import Estimator
+from agegender.cards import get_card, parse_card
+from agegender.inference import OnnxModel, preprocess
+
+from .conftest import box_matches, standin_graph
+from .test_cards import card_with
+
+
+class CountingSession:
+    """Wraps an InferenceSession and records the batch size of every run."""
+
+    def __init__(self, session: ort.InferenceSession):
+        self.session = session
+        self.batches: list[int] = []
+
+    def run(self, names, feeds):
+        self.batches.append(len(next(iter(feeds.values()))))
+        return self.session.run(names, feeds)
+
+
+def count_runs(estimator: Estimator) -> dict[str, CountingSession]:
+    spies = {}
+    for role, model in estimator.models.items():
+        spies[role] = CountingSession(model.session)
+        model.session = spies[role]  # type: ignore[assignment]
+    return spies
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Stand-ins for the CC0 pair, free batch and batch fixed to 1 (same weights)."""
+    folder = tmp_path_factory.mktemp("standins")
+    return {
+        "age-free": standin_graph(folder / "af.onnx", input_shape=["N", 3, 64, 64], width=81),
+        "age-fixed": standin_graph(folder / "a1.onnx", input_shape=[1, 3, 64, 64], width=81),
+        "gender-free": standin_graph(
+            folder / "gf.onnx", input_shape=["N", 3, 32, 32], width=2, seed=1
+        ),
+        "gender-fixed": standin_graph(
+            folder / "g1.onnx", input_shape=[1, 3, 32, 32], width=2, seed=1
+        ),
+    }
+
+
+def standin_estimator(standins: dict[str, Path], kind: str, **options) -> Estimator:
+    return Estimator(
+        age_model=(get_card("cc0-age-v1"), standins[f"age-{kind}"]),
+        gender_model=(get_card("cc0-gender-v1"), standins[f"gender-{kind}"]),
+        **options,
+    )
+
+
+def test_preprocess_by_hand() -> None:
+    # BGR, mean [1, 2, 3] (in BGR order), scale 0.5, std [1, 2, 4]; pixel RGB (10, 20, 30):
+    # BGR (30, 20, 10) -> ((30-1)*.5/1, (20-2)*.5/2, (10-3)*.5/4) = (14.5, 4.5, 0.875)
+    table = {"input.channels": "BGR", "input.scale": 0.5, "input.std": [1, 2, 4]}
+    crop = np.zeros((64, 64, 3), np.uint8)
+    crop[:] = (10, 20, 30)
+    nchw = preprocess(parse_card(card_with(**table), "c"), [crop, crop])
+    assert nchw.shape == (2, 3, 64, 64) and nchw.dtype == np.float32
+    assert nchw[1, :, 5, 7].tolist() == [14.5, 4.5, 0.875]
+    nhwc = preprocess(parse_card(card_with(**table, **{"input.layout": "NHWC"}), "c"), [crop])
+    assert nhwc.shape == (1, 64, 64, 3) and nhwc[0, 3, 2].tolist() == [14.5, 4.5, 0.875]
+    with pytest.raises(ValueError, match="crops are"):
+        preprocess(parse_card(card_with(), "c"), [np.zeros((32, 32, 3), np.uint8)])
+
+
+def test_softmax_applied_when_not_in_graph(tmp_path: Path) -> None:
+    path = standin_graph(
+        tmp_path / "logits.onnx", input_shape=["N", 3, 64, 64], width=101, softmax=False
+    )
+    card = parse_card(card_with(**{"output.softmax_in_graph": False}), "logits.toml")
+    model = OnnxModel(card, path)
+    rng = np.random.default_rng(3)
+    crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    (logits,) = model.session.run(None, {"images": preprocess(card, crops)})
+    assert not np.allclose(logits.sum(axis=1), 1.0)  # the graph gives raw scores
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    probs = model.run(crops)
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_fixed_batch_graph_is_really_fixed(standins) -> None:
+    session = ort.InferenceSession(str(standins["age-fixed"]), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception):  # noqa: B017 - ORT's own error types
+        session.run(None, {"images": np.zeros((3, 3, 64, 64), np.float32)})
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_fixed_batch_one_face_at_a_time_same_results(standins, scene, tta: bool) -> None:
+    free = standin_estimator(standins, "free", tta=tta)
+    fixed = standin_estimator(standins, "fixed", tta=tta)
+    assert (fixed.models["age"].fixed_batch, fixed.models["age"].max_batch) == (1, 1)
+    assert free.models["age"].fixed_batch is None and free.models["age"].max_batch > 1
+    free_runs, fixed_runs = count_runs(free), count_runs(fixed)
+
+    want = free.predict(scene.rgb)
+    got = fixed.predict(scene.rgb)
+    faces = len(scene.expected)
+    assert len(want) == len(got) == faces
+    passes = 2 if tta else 1
+    assert free_runs["age"].batches == [faces] * passes
+    assert fixed_runs["age"].batches == [1] * faces * passes
+    assert fixed_runs["gender"].batches == [1] * faces * passes
+    for a, b in zip(want, got, strict=True):
+        assert a.box == b.box
+        assert b.age.value == pytest.approx(a.age.value, abs=1e-4)
+        assert b.age.std == pytest.approx(a.age.std, abs=1e-4)
+        assert b.age.interval == a.age.interval
+        assert (b.gender.label, b.gender.probability) == (
+            a.gender.label,
+            pytest.approx(a.gender.probability, abs=1e-6),
+        )
+    # The stand-in's output depends on the face: the comparison is not between constants.
+    assert len({round(f.age.value, 3) for f in want}) == faces
+
+
+def test_faces_of_many_images_share_batches(standins, scene, astronaut_rgb) -> None:
+    estimator = standin_estimator(standins, "free", tta=False)
+    runs = count_runs(estimator)
+    results = list(estimator.predict_many([scene.rgb, astronaut_rgb, scene.rgb]))
+    assert [len(r.faces) for r in results] == [3, 1, 3]
+    assert runs["age"].batches == [7] and runs["gender"].batches == [7]
+    # Results are attached to the right image, in input order.
+    one_by_one = [estimator.predict(image) for image in (scene.rgb, astronaut_rgb, scene.rgb)]
+    for result, alone in zip(results, one_by_one, strict=True):
+        assert [f.box for f in result.faces] == [f.box for f in alone]
+        for f, g in zip(result.faces, alone, strict=True):
+            assert f.age.value == pytest.approx(g.age.value, abs=1e-4)
+    for want in scene.expected:
+        assert sum(box_matches(f.box, want) for f in results[0].faces) == 1
+
+
+def test_batch_size_splits_runs(standins, scene) -> None:
+    estimator = standin_estimator(standins, "free", tta=False, batch_size=2)
+    runs = count_runs(estimator)
+    assert len(estimator.predict(scene.rgb)) == 3
+    assert runs["age"].batches == [2, 1]
+
+
+def test_tta_averages_the_mirrored_face(estimator: Estimator, astronaut_rgb) -> None:
+    """With TTA the probabilities are the mean of the face's and its mirror's."""
+    prepared = estimator.prepare(astronaut_rgb)
+    model = estimator.models["age"]
+    chip = prepared.crops["age"][0]
+    mean = (model.run([chip]) + model.run([np.ascontiguousarray(chip[:, ::-1])])) / 2
+    values = np.asarray(model.card.output.values)
+    (face,) = Estimator(tta=True).estimate([prepared])[0]
+    assert face.age.value == pytest.approx(float(mean[0] @ values), abs=1e-6)
