@@ -44,7 +44,7 @@ def write_bad_files(folder: Path, astronaut_rgb: np.ndarray) -> dict[str, str]:
         "truncated.png": (png[: len(png) // 2], "truncated image data"),
         "corrupt.png": (bytes(corrupt), "corrupt image"),
         "notes.jpg": (b"these are not pixels\n" * 20, "not an image"),
-        "bomb.png": (png_bomb(20000, 20000), "too many pixels"),
+        "bomb.png": (png_bomb(20000, 20000), "20000x20000 = 400000000 pixels exceeds the limit"),
         "bomb8k.png": (png_bomb(8000, 8000), "exceeds the limit"),
     }
     reasons = {}

@@ -223,8 +223,8 @@ class LoadSpy:
     [
         # Above our 50 MP default, below Pillow's own guard: our limit, with its numbers.
         (8000, 8000, "8000x8000 = 64000000 pixels exceeds the limit of 50000000"),
-        # 400 MP: 1.2 GB of pixels if decoded.
-        (20000, 20000, "pixels"),
+        # 400 MP, 1.2 GB if decoded: Pillow's own guard fires in Image.open; same message.
+        (20000, 20000, "20000x20000 = 400000000 pixels exceeds the limit of 50000000"),
     ],
 )
 def test_decompression_bomb_refused_before_decoding(
@@ -254,3 +254,23 @@ def test_pixel_limit_is_configurable(astronaut_rgb, monkeypatch: pytest.MonkeyPa
     assert spy.calls == 0
     assert images.decode_bytes(data, pixel_limit=262_144, name="a.png").shape == (512, 512, 3)
     assert images.decode_bytes(data, pixel_limit=None, name="a.png").shape == (512, 512, 3)
+
+
+class ReachedDecoding(Exception):
+    pass
+
+
+@pytest.mark.parametrize("limit", [500_000_000, None])
+def test_raised_limit_is_honoured_above_pillows_guard(
+    monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """--pixel-limit 500000000 (or none) lets a 400 MP image through to decoding."""
+
+    def load(image, *args, **kwargs):
+        raise ReachedDecoding(image.size)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ReachedDecoding):
+        images.decode_bytes(png_bomb(20000, 20000), pixel_limit=limit, name="big.png")
+    assert before == Image.MAX_IMAGE_PIXELS  # Pillow's global is restored

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -99,21 +101,56 @@ def decode_bytes(
         with warnings.catch_warnings():
             # Pillow's own bomb check warns or raises at its limit; ours is explicit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = _open_header(data)
             _check_pixels(image.width, image.height, pixel_limit, name)
-            image.load()
+            with _pillow_guard_lifted(pixel_limit is None or pixel_limit > _pillow_error_limit()):
+                image.load()
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (unrecognised format)") from None
-    except Image.DecompressionBombError:
-        raise ImageTooLargeError(f"{name}: too many pixels for Pillow's bomb guard") from None
+    except Image.DecompressionBombError as error:  # a plugin's own check while decoding
+        raise ImageTooLargeError(f"{name}: {error} (raise it with --pixel-limit)") from None
     except (OSError, SyntaxError, ValueError) as error:
         reason = str(error) or type(error).__name__
         if "truncated" in reason.lower():
             raise ImageError(f"{name}: truncated image data ({reason})") from None
         raise ImageError(f"{name}: corrupt image ({reason})") from None
     return _from_pil(image, None, name)
+
+
+# Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (a module global) while opening
+# and in some plugins' load. Our limit replaces it: it is lifted, under a lock, only to
+# read a header (so the refusal carries our message) or to decode an image the caller's
+# raised limit allows.
+_PILLOW_GUARD_LOCK = threading.Lock()
+
+
+def _pillow_error_limit() -> float:
+    pillow = Image.MAX_IMAGE_PIXELS
+    return float("inf") if pillow is None else 2 * pillow
+
+
+@contextlib.contextmanager
+def _pillow_guard_lifted(lift: bool = True) -> Iterator[None]:
+    if not lift or Image.MAX_IMAGE_PIXELS is None:
+        yield
+        return
+    with _PILLOW_GUARD_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Image.open (header only) without Pillow's bomb error; the caller checks our limit."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        with _pillow_guard_lifted():
+            return Image.open(io.BytesIO(data))
 
 
 def _check_pixels(width: int, height: int, pixel_limit: int | None, name: str) -> None:
