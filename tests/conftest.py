@@ -1,31 +1,18 @@
-"""Shared fixtures: the astronaut photo, one Estimator per session, composed scenes.
+"""Shared fixtures: the astronaut photo, one Estimator per session, a composed scene.
 
-Everything here is built from `tests/data/astronaut.png` (public domain, see
-ATTRIBUTION.md) and the models installed with the package: no network, no
-`../shared`.
+Everything is built from `tests/data/astronaut.png` (public domain, see ATTRIBUTION.md)
+and the models installed with the package: no network, no `../shared`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
-import cv2
 import numpy as np
-import onnx
 import pytest
+from faceutils import ASTRONAUT, SCENE_PLACEMENTS, Scene, compose_scene
 from numpy.typing import NDArray
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from agegender import Estimator
-
-DATA = Path(__file__).parent / "data"
-ASTRONAUT = DATA / "astronaut.png"
-# dlib HOG box of the astronaut's face, [x1, y1, x2, y2) (checked in test_astronaut.py).
-ASTRONAUT_BOX = (179.0, 83.0, 267.0, 171.0)
-# The region copied into composed scenes: the face with some hair and background.
-PATCH = (130, 30, 320, 240)
 
 
 @pytest.fixture(scope="session")
@@ -42,112 +29,6 @@ def estimator() -> Estimator:
     return Estimator(tta=False)
 
 
-@dataclass
-class Scene:
-    rgb: NDArray[np.uint8]
-    expected: list[tuple[float, float, float, float]]  # where each copy's face box should be
-    placements: list[tuple[float, int, int, bool]]
-
-
-def compose_scene(
-    face_rgb: NDArray[np.uint8],
-    placements: list[tuple[float, int, int, bool]],
-    size: tuple[int, int] = (720, 1280),
-) -> Scene:
-    """A gradient canvas with scaled, shifted (and maybe mirrored) copies of the face patch.
-
-    Each placement is (scale, x offset, y offset, mirrored); the expected box of each
-    copy is the astronaut's box carried through the same scale, flip and shift.
-    """
-    height, width = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    canvas = np.empty((height, width, 3), np.uint8)
-    canvas[..., 0] = (90 + 60 * xx / width).astype(np.uint8)
-    canvas[..., 1] = (110 + 40 * yy / height).astype(np.uint8)
-    canvas[..., 2] = 120
-    px1, py1, px2, py2 = PATCH
-    patch = face_rgb[py1:py2, px1:px2]
-    expected = []
-    for scale, ox, oy, mirrored in placements:
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        copy = cv2.resize(patch, None, fx=scale, fy=scale, interpolation=interpolation)
-        if mirrored:
-            copy = copy[:, ::-1]
-        h, w = copy.shape[:2]
-        canvas[oy : oy + h, ox : ox + w] = copy
-        origin = (px1, py1, px1, py1)
-        bx1, by1, bx2, by2 = ((v - o) * scale for v, o in zip(ASTRONAUT_BOX, origin, strict=True))
-        if mirrored:
-            bx1, bx2 = w - bx2, w - bx1
-        expected.append((bx1 + ox, by1 + oy, bx2 + ox, by2 + oy))
-    return Scene(canvas, expected, placements)
-
-
-SCENE_PLACEMENTS = [(1.0, 40, 60, False), (1.6, 360, 300, False), (1.3, 900, 80, True)]
-
-
 @pytest.fixture(scope="session")
 def scene(astronaut_rgb: NDArray[np.uint8]) -> Scene:
     return compose_scene(astronaut_rgb, SCENE_PLACEMENTS)
-
-
-def box_matches(got, want, tolerance: float = 0.15) -> bool:
-    """Centres within `tolerance` of the expected side, sides within 25% of each other."""
-    gx, gy = (got[0] + got[2]) / 2, (got[1] + got[3]) / 2
-    wx, wy = (want[0] + want[2]) / 2, (want[1] + want[3]) / 2
-    side_got, side_want = got[2] - got[0], want[2] - want[0]
-    near = max(abs(gx - wx), abs(gy - wy)) <= tolerance * side_want
-    return near and 0.8 <= side_got / side_want <= 1.25
-
-
-def standin_graph(
-    path: Path,
-    *,
-    input_shape: list[int | str],
-    width: int,
-    softmax: bool = True,
-    input_name: str = "images",
-    output_name: str = "probabilities",
-    nhwc: bool = False,
-    seed: int = 0,
-) -> Path:
-    """A small ONNX graph with a card's input/output shapes whose output depends on the pixels.
-
-    NCHW input -> 8x8 average pooling -> flatten -> fixed random linear layer (-> softmax).
-    With `input_shape[0] == 1` the batch is fixed to 1, like some exported zoo graphs.
-    """
-    rng = np.random.default_rng(seed)
-    nodes = []
-    x = input_name
-    if nhwc:
-        nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
-        x = "nchw"
-        h, w = input_shape[1], input_shape[2]
-    else:
-        h, w = input_shape[2], input_shape[3]
-    assert isinstance(h, int) and isinstance(w, int)
-    kh, kw = h // 8, w // 8
-    nodes.append(
-        helper.make_node("AveragePool", [x], ["pooled"], kernel_shape=[kh, kw], strides=[kh, kw])
-    )
-    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], axis=1))
-    features = 3 * (h // kh) * (w // kw)
-    weights = numpy_helper.from_array(rng.normal(0, 0.3, (features, width)).astype(np.float32), "W")
-    bias = numpy_helper.from_array(rng.normal(0, 1.0, (width,)).astype(np.float32), "B")
-    logits = output_name if not softmax else "logits"
-    nodes.append(helper.make_node("Gemm", ["flat", "W", "B"], [logits]))
-    if softmax:
-        nodes.append(helper.make_node("Softmax", ["logits"], [output_name], axis=1))
-    batch = input_shape[0]
-    graph = helper.make_graph(
-        nodes,
-        "standin",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, width])],
-        initializer=[weights, bias],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8  # ONNX Runtime refuses onnx's newest IR versions
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path

@@ -5,11 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from faceutils import ASTRONAUT, ASTRONAUT_BOX, box_matches, compose_scene
 from PIL import Image
 
 from agegender import Estimator, Face
-
-from .conftest import ASTRONAUT, ASTRONAUT_BOX, box_matches, compose_scene
 
 
 def _plausible_adult_woman(face: Face) -> None:

@@ -3,11 +3,11 @@ contradict their graph are refused with a CardError that says what is wrong."""
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 
 import pytest
+from faceutils import GOOD, card_with, standin_graph
 
 from agegender import Estimator
 from agegender.cards import (
@@ -20,32 +20,6 @@ from agegender.cards import (
 from agegender.errors import CardError
 from agegender.inference import OnnxModel
 from agegender.sources import resolve
-
-from .conftest import standin_graph
-
-GOOD = {
-    "id": "test-age",
-    "task": "age",
-    "source": {"url": "https://example.org/age.onnx", "sha256": "0" * 64},
-    "input": {"size": [64, 64], "channels": "RGB", "layout": "NCHW", "mean": [1, 2, 3]},
-    "crop": {"kind": "chip", "padding": 0.2},
-    "output": {"range": [0, 100]},
-}
-
-
-def card_with(**changes) -> dict:
-    """GOOD with dotted keys changed ("input.size": ...) or removed (value None)."""
-    data = copy.deepcopy(GOOD)
-    for dotted, value in changes.items():
-        *parents, key = dotted.split(".")
-        table = data
-        for parent in parents:
-            table = table[parent]
-        if value is None:
-            del table[key]
-        else:
-            table[key] = value
-    return data
 
 
 def test_good_card_parses() -> None:
@@ -61,8 +35,8 @@ def test_good_card_parses() -> None:
     [
         ({"id": None}, "missing required field 'id'"),
         ({"task": "height"}, "task must be one of age, age-groups, gender, got 'height'"),
-        ({"source": {}}, "needs exactly one of 'package' or 'url'"),
-        ({"source.package": "somepkg"}, "needs exactly one of 'package' or 'url'"),
+        ({"source": {}}, "[source] needs 'package', 'url' or a local 'file'"),
+        ({"source.package": "somepkg"}, "[source] needs at most one of 'package' or 'url'"),
         ({"source": {"package": "somepkg"}}, "with 'package' needs 'resource'"),
         ({"source.sha256": None}, "a downloaded file must have a sha256"),
         ({"source.sha256": "ABC"}, "sha256 must be 64 lowercase hex digits"),

@@ -15,13 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from faceutils import ASTRONAUT, ASTRONAUT_BOX, box_matches, encode, exif_rotated_jpeg, png_bomb
 from PIL import Image
 
 from agegender import cli
 from agegender.outputs import CSV_FIELDS
-
-from .conftest import ASTRONAUT, ASTRONAUT_BOX, box_matches
-from .test_images import encode, exif_rotated_jpeg, png_bomb
 
 FACE_KEYS = {"box", "score", "landmarks", "age", "gender"}
 IMAGE_KEYS = {"path", "width", "height", "faces", "error"}

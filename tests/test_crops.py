@@ -14,13 +14,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from faceutils import ASTRONAUT_BOX
 from numpy.typing import NDArray
 
 from agegender import crops
 from agegender.cards import CropSpec
 from agegender.faces import Detection
-
-from .conftest import ASTRONAUT_BOX
 
 # dlib get_face_chip_details, 5-point shapes: template positions of parts 0..4
 # (eye corners right-outer, right-inner, left-outer, left-inner, base of the nose).

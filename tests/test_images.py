@@ -5,52 +5,18 @@ pixels are decoded."""
 from __future__ import annotations
 
 import io
-import struct
 import time
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from faceutils import ASTRONAUT, encode, exif_rotated_jpeg, png_bomb
 from PIL import Image, ImageFile
 
 from agegender import images
 from agegender.errors import ImageError, ImageTooLargeError
-
-from .conftest import ASTRONAUT
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid PNG header claiming width x height RGB pixels, with almost no data."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-def exif_rotated_jpeg(rgb: np.ndarray) -> bytes:
-    """The photo stored turned 90 degrees left, with EXIF orientation 6 ("rotate 90 CW")."""
-    stored = Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return encode(stored, "JPEG", quality=95, exif=exif)
-
 
 # -- conversions -----------------------------------------------------------------------
 

