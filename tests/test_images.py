@@ -240,3 +240,20 @@ def test_raised_limit_is_honoured_above_pillows_guard(
     with pytest.raises(ReachedDecoding):
         images.decode_bytes(png_bomb(20000, 20000), pixel_limit=limit, name="big.png")
     assert before == Image.MAX_IMAGE_PIXELS  # Pillow's global is restored
+
+
+def test_permission_denied_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The EACCES mapping, runnable as root too (test_cli checks a real chmod 000 file
+    when not root): Path.read_bytes raises as it would for an unreadable file."""
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(b"x")
+    real = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(ImageError, match=r"locked\.png: permission denied$"):
+        images.load(locked)
