@@ -132,11 +132,11 @@ def test_standin_graph_fits(tmp_path: Path, cc0_age) -> None:
     [
         (
             {"input_shape": ["N", 3, 32, 32], "width": 81},
-            "graph input height is 32, the card says 64",
+            "graph input Nx3x32x32 has height 32, the card says 64",
         ),
         (
             {"input_shape": ["N", 3, 64, 48], "width": 81},
-            "graph input width is 48, the card says 64",
+            "graph input Nx3x64x48 has width 48, the card says 64",
         ),
         (
             {"input_shape": ["N", 3, 64, 64], "width": 101},
@@ -144,7 +144,7 @@ def test_standin_graph_fits(tmp_path: Path, cc0_age) -> None:
         ),
         (
             {"input_shape": ["N", 64, 64, 3], "width": 81, "nhwc": True},
-            "graph input width is 3, the card says 64",  # NHWC graph read as NCHW
+            "graph input is Nx64x64x3, which has no 3-channel axis where the card's layout NCHW puts it",  # noqa: E501 NHWC graph read as NCHW
         ),
     ],
 )
@@ -162,7 +162,12 @@ def test_nhwc_card_and_graph(tmp_path: Path) -> None:
     card = parse_card(card_with(**{"input.layout": "NHWC"}), "nhwc.toml")
     path = standin_graph(tmp_path / "nhwc.onnx", input_shape=["N", 64, 64, 3], width=101, nhwc=True)
     assert OnnxModel(card, path).card.input.layout == "NHWC"
-    with pytest.raises(CardError, match="graph input height is 3, the card says 64"):
+    with pytest.raises(
+        CardError,
+        match=re.escape(
+            "graph input is Nx3x64x64, which has no 3-channel axis where the card's layout NHWC"
+        ),
+    ):
         OnnxModel(
             card, standin_graph(tmp_path / "nchw.onnx", input_shape=["N", 3, 64, 64], width=101)
         )
@@ -171,7 +176,9 @@ def test_nhwc_card_and_graph(tmp_path: Path) -> None:
 def test_rank_and_channels(cc0_age) -> None:
     with pytest.raises(CardError, match="graph input has rank 2, the card needs 4 \\(NCHW\\)"):
         check_against_graph(cc0_age, [None, 12288], [None, 81])
-    with pytest.raises(CardError, match="graph input has 1 channels in NCHW, expected 3"):
+    with pytest.raises(
+        CardError, match=re.escape("graph input is ?x1x64x64, which has no 3-channel axis")
+    ):
         check_against_graph(cc0_age, [None, 1, 64, 64], [None, 81])
     check_against_graph(cc0_age, ["N", 3, 64, 64], ["N", 81])
     check_against_graph(cc0_age, [None, None, None, None], [None, None])  # nothing to contradict

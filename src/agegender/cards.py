@@ -278,14 +278,17 @@ def check_against_graph(
         )
     spatial = input_shape[2:4] if card.input.layout == "NCHW" else input_shape[1:3]
     channel = input_shape[1] if card.input.layout == "NCHW" else input_shape[3]
+    shape = "x".join(str(d) if d is not None else "?" for d in input_shape)
+    # The channel axis first: a wrong layout shows there, and names the real problem.
+    if isinstance(channel, int) and channel != 3:
+        raise CardError(
+            f"{where}: graph input is {shape}, which has no 3-channel axis where the card's "
+            f"layout {card.input.layout} puts it"
+        )
     expected = [card.input.height, card.input.width]
     for got, want, what in zip(spatial, expected, ("height", "width"), strict=True):
         if isinstance(got, int) and got != want:
-            raise CardError(f"{where}: graph input {what} is {got}, the card says {want}")
-    if isinstance(channel, int) and channel != 3:
-        raise CardError(
-            f"{where}: graph input has {channel} channels in {card.input.layout}, expected 3"
-        )
+            raise CardError(f"{where}: graph input {shape} has {what} {got}, the card says {want}")
     width = output_shape[-1] if output_shape else None
     if isinstance(width, int) and width != card.output.width:
         raise CardError(
