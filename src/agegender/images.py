@@ -25,12 +25,29 @@ from .errors import ImageError, ImageTooLargeError
 
 DEFAULT_PIXEL_LIMIT = 50_000_000
 
-ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | NDArray
 ChannelOrder = Literal["RGB", "BGR"]
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 )
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A video frame (already decoded RGB), or the reason a video gave no frames."""
+
+    path: str
+    index: int
+    time: float
+    rgb: NDArray[np.uint8] | None = None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.path}@{self.time:.3f}s"
+
+
+ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | NDArray | Frame
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,8 @@ def describe(source: ImageInput) -> str:
         return f"<{len(source)} bytes>"
     if isinstance(source, Image.Image):
         return "<PIL image>"
+    if isinstance(source, Frame):
+        return source.name
     return "<array>"
 
 
@@ -65,6 +84,10 @@ def load(
     ignored for files, bytes and PIL images, whose order is known.
     """
     label = name or describe(source)
+    if isinstance(source, Frame):
+        if source.rgb is None:
+            raise ImageError(source.error or f"{source.path}: no frame")
+        return DecodedImage(label, _from_array(source.rgb, "RGB", pixel_limit, label))
     if isinstance(source, np.ndarray):
         return DecodedImage(label, _from_array(source, channels, pixel_limit, label))
     if isinstance(source, Image.Image):
@@ -222,16 +245,14 @@ def _from_array(
     return np.ascontiguousarray(array)
 
 
-def expand_inputs(paths: list[str]) -> list[str]:
-    """Files as given; folders expanded to their image files, sorted, recursively."""
+def expand_inputs(paths: list[str], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[str]:
+    """Files as given; folders expanded to their files with these suffixes, sorted, recursively."""
     expanded: list[str] = []
     for item in paths:
         path = Path(item)
         if path.is_dir():
             found = sorted(
-                str(p)
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
             )
             expanded.extend(found)
         else:

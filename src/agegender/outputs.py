@@ -45,12 +45,19 @@ def face_label(face: Face) -> str:
     return ", ".join(parts)
 
 
+def source_label(result: ImageResult) -> str:
+    """The path, with the time for a video frame (clip.mp4@12.00s)."""
+    if result.frame is None:
+        return result.path
+    return f"{result.path}@{result.time or 0.0:.2f}s"
+
+
 def table_rows(result: ImageResult) -> list[str]:
     """Lines of the human-readable table for one image."""
     if result.error:
         return [f"error: {result.error}"]
     if not result.faces:
-        return [f"{result.path}: no face found"]
+        return [f"{source_label(result)}: no face found"]
     lines = []
     for index, face in enumerate(result.faces):
         x1, y1, x2, y2 = (round(v) for v in face.box)
@@ -63,7 +70,9 @@ def table_rows(result: ImageResult) -> list[str]:
         gender = (
             "-" if face.gender is None else f"{face.gender.label:<6} {face.gender.probability:.2f}"
         )
-        lines.append(f"{result.path}  #{index}  [{x1},{y1},{x2},{y2}]  age {age}  gender {gender}")
+        lines.append(
+            f"{source_label(result)}  #{index}  [{x1},{y1},{x2},{y2}]  age {age}  gender {gender}"
+        )
     return lines
 
 
@@ -86,11 +95,14 @@ def write_json(results: Iterable[ImageResult], out: IO[str]) -> None:
 
 
 def csv_rows(result: ImageResult) -> list[dict[str, object]]:
+    where: dict[str, object] = {"path": result.path}
+    if result.frame is not None:
+        where.update(frame=result.frame, time=round(result.time or 0.0, 3))
     if result.error or not result.faces:
-        return [{"path": result.path, "error": result.error or ""}]
+        return [{**where, "error": result.error or ""}]
     rows = []
     for index, face in enumerate(result.faces):
-        row: dict[str, object] = {"path": result.path, "face": index, "score": round(face.score, 4)}
+        row: dict[str, object] = {**where, "face": index, "score": round(face.score, 4)}
         row.update(zip(("x1", "y1", "x2", "y2"), (round(v, 1) for v in face.box), strict=True))
         if face.age is not None:
             row.update(
@@ -142,11 +154,16 @@ def annotate(rgb: NDArray[np.uint8], faces: list[Face]) -> NDArray[np.uint8]:
     return canvas
 
 
-def annotated_path(out_dir: Path, name: str, used: set[Path]) -> Path:
-    """out_dir/<file name>, made unique when two inputs share a name."""
+def annotated_path(out_dir: Path, name: str, used: set[Path], frame: int | None = None) -> Path:
+    """out_dir/<file name>, made unique when two inputs share a name.
+
+    A video frame is written as <video stem>-<frame index>.jpg.
+    """
     base = Path(name).name or "image.png"
     stem, suffix = Path(base).stem, Path(base).suffix.lower() or ".png"
-    if suffix not in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"):
+    if frame is not None:
+        stem, suffix = f"{stem}-{frame:06d}", ".jpg"
+    elif suffix not in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"):
         suffix = ".png"
     path = out_dir / f"{stem}{suffix}"
     counter = 1

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
@@ -92,6 +92,7 @@ class Estimator:
         upsample: int | None = None,
         max_detect_side: int | None = 1600,
         min_face: int = 0,
+        min_score: float | None = None,
         pixel_limit: int | None = images.DEFAULT_PIXEL_LIMIT,
         age_thresholds: Sequence[float] = (),
         threads: int | None = None,
@@ -119,6 +120,7 @@ class Estimator:
         self.landmarker = Landmarker()
         self.tta = DEFAULT_TTA if tta is None else tta
         self.min_face = min_face
+        self.min_score = min_score
         self.pixel_limit = pixel_limit
         self.age_thresholds = tuple(age_thresholds)
         # Threads that decode and detect in predict_many (dlib releases the GIL).
@@ -133,7 +135,10 @@ class Estimator:
     def prepare(self, rgb: NDArray[np.uint8], name: str = "<array>") -> PreparedImage:
         """Detect faces in an RGB uint8 image and cut each model's crop."""
         detections = [
-            d for d in self.detector.detect(rgb) if min(d.width, d.height) >= self.min_face
+            d
+            for d in self.detector.detect(rgb)
+            if min(d.width, d.height) >= self.min_face
+            and (self.min_score is None or d.score >= self.min_score)
         ]
         for detection in detections:
             if detection.landmarks is None:
@@ -211,7 +216,7 @@ class Estimator:
         inputs = iter(sources_)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="agegender-prepare") as pool:
 
-            def submit() -> list[Future[tuple[str, PreparedImage | str]]]:
+            def submit() -> list[Future[tuple[images.ImageInput, PreparedImage | str]]]:
                 return [
                     pool.submit(self._load_and_prepare, s, channels, keep_images)
                     for s in islice(inputs, chunk)
@@ -225,22 +230,34 @@ class Estimator:
 
     def _load_and_prepare(
         self, source: images.ImageInput, channels: images.ChannelOrder, keep_image: bool
-    ) -> tuple[str, PreparedImage | str]:
-        name = images.describe(source)
+    ) -> tuple[images.ImageInput, PreparedImage | str]:
         try:
             decoded = self.decode(source, channels=channels)
             prepared = self.prepare(decoded.rgb, decoded.name)
         except AgegenderError as error:
-            return name, str(error)
+            return source, str(error)
         if keep_image:
             prepared.image = decoded.rgb
-        return name, prepared
+        return source, prepared
 
-    def _flush(self, pending: list[tuple[str, PreparedImage | str]]) -> Iterator[ImageResult]:
+    def _flush(
+        self, pending: list[tuple[images.ImageInput, PreparedImage | str]]
+    ) -> Iterator[ImageResult]:
         ready = [p for _, p in pending if isinstance(p, PreparedImage)]
         faces = iter(self.estimate(ready)) if ready else iter(())
-        for name, item in pending:
+        for source, item in pending:
             if isinstance(item, str):
-                yield ImageResult(name, error=item)
+                result = ImageResult(images.describe(source), error=item)
             else:
-                yield ImageResult(name, next(faces), None, item.width, item.height, item.image)
+                result = ImageResult(
+                    images.describe(source),
+                    next(faces),
+                    None,
+                    item.width,
+                    item.height,
+                    image=item.image,
+                )
+            if isinstance(source, images.Frame):
+                # A video frame is reported under its video's path, with its index and time.
+                result = replace(result, path=source.path, frame=source.index, time=source.time)
+            yield result

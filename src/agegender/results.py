@@ -86,6 +86,8 @@ class ImageResult:
     error: str | None = None
     width: int | None = None
     height: int | None = None
+    frame: int | None = None  # video frames only: index and time (seconds) in the video
+    time: float | None = None
     # The decoded RGB image, kept only when asked (for annotation); never serialised.
     image: NDArray[np.uint8] | None = field(default=None, repr=False, compare=False)
 
@@ -94,10 +96,14 @@ class ImageResult:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "width": self.width,
-            "height": self.height,
-            "faces": [f.to_dict() for f in self.faces],
-            "error": self.error,
-        }
+        out: dict[str, Any] = {"path": self.path}
+        if self.frame is not None:
+            out["frame"] = self.frame
+            out["time"] = None if self.time is None else round(self.time, 3)
+        out.update(
+            width=self.width,
+            height=self.height,
+            faces=[f.to_dict() for f in self.faces],
+            error=self.error,
+        )
+        return out

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import outputs
-from ..images import DEFAULT_PIXEL_LIMIT, expand_inputs
+from .. import outputs, video
+from ..images import DEFAULT_PIXEL_LIMIT, IMAGE_SUFFIXES, ImageInput, expand_inputs
 from ..pipeline import Estimator
 from ..results import ImageResult
 
@@ -50,6 +50,13 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         "--min-face", type=int, default=0, help="ignore faces smaller than this (pixels)"
     )
     group.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="ignore detections scoring lower (dlib: 0.2 drops weak false positives "
+        "on JPEG textures, and a few real faces)",
+    )
+    group.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -85,6 +92,7 @@ def estimator_from_args(args: argparse.Namespace) -> Estimator:
         upsample=args.upsample,
         max_detect_side=args.max_detect_side,
         min_face=args.min_face,
+        min_score=args.min_score,
         pixel_limit=args.pixel_limit,
         age_thresholds=args.age_threshold,
         threads=args.threads,
@@ -98,7 +106,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="estimate age and gender of the faces in images",
         description="Estimate age and gender of every face in images and folders.",
     )
-    parser.add_argument("inputs", nargs="+", help="image files and folders (searched recursively)")
+    parser.add_argument(
+        "inputs", nargs="+", help="image and video files, and folders (searched recursively)"
+    )
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument(
         "--json", action="store_const", dest="format", const="json", help="one JSON array"
@@ -117,23 +127,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--annotate", metavar="DIR", type=Path, help="also write images with boxes and labels"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--video-step",
+        type=float,
+        default=video.DEFAULT_STEP_SECONDS,
+        metavar="SECONDS",
+        help="videos: analyse one frame every SECONDS (0: every frame; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frames", type=int, default=None, help="videos: at most this many frames each"
+    )
     add_estimator_options(parser)
     parser.set_defaults(run=run, format="table")
 
 
 def run(args: argparse.Namespace) -> int:
-    files = expand_inputs(args.inputs)
+    files = expand_inputs(args.inputs, IMAGE_SUFFIXES | video.VIDEO_SUFFIXES)
     failures = 0
     for item in args.inputs:
         if Path(item).is_dir() and not any(f.startswith(str(Path(item))) for f in files):
             print(f"agegender: error: {item}: folder holds no image files", file=sys.stderr)
             failures += 1
+    videos = [f for f in files if video.is_video(f)]
+
+    def sources() -> Iterator[ImageInput]:
+        for file in files:
+            if video.is_video(file):
+                yield from video.frames(file, step=args.video_step, max_frames=args.max_frames)
+            else:
+                yield file
+
     estimator = estimator_from_args(args)
     if args.annotate:
         args.annotate.mkdir(parents=True, exist_ok=True)
-    results = estimator.predict_many(files, keep_images=bool(args.annotate))
-    show = len(files) >= PROGRESS_MIN_FILES and not args.no_progress
-    bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not show, mininterval=0.5)
+    results = estimator.predict_many(sources(), keep_images=bool(args.annotate))
+    show = (len(files) >= PROGRESS_MIN_FILES or bool(videos)) and not args.no_progress
+    total = None if videos else len(files)  # frames of a video are not counted ahead
+    bar = tqdm(total=total, unit="img", file=sys.stderr, disable=not show, mininterval=0.5)
     state = {"failures": failures}
     used: set[Path] = set()
 
@@ -144,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                 state["failures"] += 1
                 bar.write(f"agegender: error: {result.error}", file=sys.stderr)
             elif args.annotate and result.image is not None:
-                path = outputs.annotated_path(args.annotate, result.path, used)
+                path = outputs.annotated_path(args.annotate, result.path, used, result.frame)
                 outputs.save_rgb(path, outputs.annotate(result.image, result.faces))
             yield result
 
