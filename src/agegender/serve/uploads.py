@@ -1,0 +1,129 @@
+"""Request bodies in memory: a size-bounded read, and multipart parsed without spooling.
+
+Starlette's form parser spools file parts over 1 MiB to a temporary file; an upload
+must never touch the disk, so multipart bodies are parsed here with `python_multipart`'s
+streaming parser into bytes, after the whole body was read under the size limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from .errors import ApiError
+
+IMAGE_FIELD = "image"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The image bytes of one request and the file name the client gave (a label only)."""
+
+    data: bytes
+    filename: str | None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to pass `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise _too_large(limit)
+        except ValueError:
+            raise ApiError(400, "bad_request", "Content-Length is not a number") from None
+    body = bytearray()
+    async for chunk in request.stream():
+        if len(body) + len(chunk) > limit:
+            raise _too_large(limit)
+        body += chunk
+    return bytes(body)
+
+
+def extract_image(body: bytes, content_type: str | None) -> Upload:
+    """The image of a request: the `image` part of a multipart form, else the raw body."""
+    kind, params = parse_options_header(content_type or "")
+    if kind == b"multipart/form-data":
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise ApiError(400, "bad_request", "multipart body without a boundary")
+        return _from_multipart(body, boundary)
+    if kind == b"application/x-www-form-urlencoded":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the image as multipart/form-data (field 'image') or as the raw body",
+        )
+    if not body:
+        raise ApiError(400, "missing_image", "the request has no body; send an image")
+    return Upload(body, None)
+
+
+@dataclass
+class _Part:
+    name: str | None = None
+    filename: str | None = None
+    data: bytearray | None = None
+
+
+def _from_multipart(body: bytes, boundary: bytes) -> Upload:
+    parts: list[_Part] = []
+    current = _Part(data=bytearray())
+    header_field = bytearray()
+    header_value = bytearray()
+
+    def on_part_begin() -> None:
+        nonlocal current
+        current = _Part(data=bytearray())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        if bytes(header_field).lower() == b"content-disposition":
+            _, disposition = parse_options_header(bytes(header_value))
+            name = disposition.get(b"name")
+            filename = disposition.get(b"filename")
+            current.name = name.decode("utf-8", "replace") if name is not None else None
+            current.filename = filename.decode("utf-8", "replace") if filename else None
+        header_field.clear()
+        header_value.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        assert current.data is not None
+        current.data.extend(data[start:end])
+
+    def on_part_end() -> None:
+        parts.append(current)
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as error:  # python_multipart raises its own exception types
+        raise ApiError(400, "bad_request", f"malformed multipart body ({error})") from None
+    chosen = next((p for p in parts if p.name == IMAGE_FIELD), None)
+    if chosen is None:
+        chosen = next((p for p in parts if p.filename), None)
+    if chosen is None or not chosen.data:
+        raise ApiError(400, "missing_image", f"the form has no '{IMAGE_FIELD}' file part")
+    return Upload(bytes(chosen.data), chosen.filename)
