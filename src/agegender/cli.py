@@ -12,7 +12,7 @@ from . import __version__
 from .errors import AgegenderError
 
 # Each module has add_parser(subparsers) and run(args) -> int.
-COMMANDS = ["predict", "models", "evaluate"]
+COMMANDS = ["predict", "models", "evaluate", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

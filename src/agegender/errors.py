@@ -11,6 +11,10 @@ class ImageError(AgegenderError):
     """An input could not be read or decoded as an image."""
 
 
+class UnsupportedImageError(ImageError):
+    """The bytes are not in any image format Pillow can read (the server answers 415)."""
+
+
 class ImageTooLargeError(ImageError):
     """An image has more pixels than the configured limit (decompression bomb guard)."""
 

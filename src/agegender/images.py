@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, ImageTooLargeError
+from .errors import ImageError, ImageTooLargeError, UnsupportedImageError
 
 DEFAULT_PIXEL_LIMIT = 50_000_000
 
@@ -131,7 +131,7 @@ def decode_bytes(
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image (unrecognised format)") from None
+        raise UnsupportedImageError(f"{name}: not an image (unrecognised format)") from None
     except Image.DecompressionBombError as error:  # a plugin's own check while decoding
         raise ImageTooLargeError(f"{name}: {error} (raise it with --pixel-limit)") from None
     except (OSError, SyntaxError, ValueError) as error:

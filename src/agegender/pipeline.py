@@ -132,12 +132,25 @@ class Estimator:
         return {role: model.card for role, model in self.models.items()}
 
     # -- per image -------------------------------------------------------------
-    def prepare(self, rgb: NDArray[np.uint8], name: str = "<array>") -> PreparedImage:
-        """Detect faces in an RGB uint8 image and cut each model's crop."""
+    def prepare(
+        self,
+        rgb: NDArray[np.uint8],
+        name: str = "<array>",
+        *,
+        detector: FaceDetector | None = None,
+        min_face: int | None = None,
+    ) -> PreparedImage:
+        """Detect faces in an RGB uint8 image and cut each model's crop.
+
+        `detector` and `min_face` override the estimator's for this image only (the
+        server's per-request options share one set of loaded models).
+        """
+        detector = detector or self.detector
+        min_face = self.min_face if min_face is None else min_face
         detections = [
             d
-            for d in self.detector.detect(rgb)
-            if min(d.width, d.height) >= self.min_face
+            for d in detector.detect(rgb)
+            if min(d.width, d.height) >= min_face
             and (self.min_score is None or d.score >= self.min_score)
         ]
         for detection in detections:
@@ -150,13 +163,24 @@ class Estimator:
             prepared.crops[role] = [crops.crop_for(rgb, d, card.crop, size) for d in detections]
         return prepared
 
-    def estimate(self, prepared: Sequence[PreparedImage]) -> list[list[Face]]:
-        """Run the crops of all prepared images through each model in shared batches."""
+    def estimate(
+        self,
+        prepared: Sequence[PreparedImage],
+        *,
+        tta: bool | None = None,
+        age_thresholds: Sequence[float] | None = None,
+    ) -> list[list[Face]]:
+        """Run the crops of all prepared images through each model in shared batches.
+
+        `tta` and `age_thresholds` override the estimator's for this call only.
+        """
+        tta = self.tta if tta is None else tta
+        thresholds = self.age_thresholds if age_thresholds is None else tuple(age_thresholds)
         probs: dict[str, NDArray[np.float64]] = {}
         for role, model in self.models.items():
             batch = [c for p in prepared for c in p.crops[role]]
             out = model.run(batch)
-            if self.tta and batch:
+            if tta and batch:
                 # Horizontal flip: average the two distributions (the README has the gain).
                 out = (out + model.run([np.ascontiguousarray(c[:, ::-1]) for c in batch])) / 2
             probs[role] = out
@@ -165,15 +189,21 @@ class Estimator:
         for p in prepared:
             faces = []
             for detection in p.detections:
-                faces.append(self._face(detection, probs, row))
+                faces.append(self._face(detection, probs, row, thresholds))
                 row += 1
             results.append(faces)
         return results
 
-    def _face(self, detection: Detection, probs: dict[str, NDArray[np.float64]], row: int) -> Face:
+    def _face(
+        self,
+        detection: Detection,
+        probs: dict[str, NDArray[np.float64]],
+        row: int,
+        thresholds: tuple[float, ...],
+    ) -> Face:
         age = gender = None
         if "age" in probs:
-            age = age_estimate(self.models["age"].card, probs["age"][row], self.age_thresholds)
+            age = age_estimate(self.models["age"].card, probs["age"][row], thresholds)
         if "gender" in probs:
             gender = gender_from_probs(
                 probs["gender"][row], self.models["gender"].card.output.labels

@@ -16,12 +16,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -50,10 +51,14 @@ class ServeSettings:
     gender_model: str | None = None
     detector: str | None = None  # None: the preset's
     tta: bool | None = None  # None: the Estimator's default
+    upsample: int | None = None
+    max_detect_side: int | None = 1600
     min_face: int = 0
+    age_thresholds: tuple[float, ...] = ()  # reported when a request names no threshold
+    batch_size: int = 32  # faces per model run
     api_key: str | None = None  # every /v1 call and /metrics need it when set
     max_body_bytes: int = 20 << 20
-    pixel_limit: int = 40_000_000
+    pixel_limit: int = images.DEFAULT_PIXEL_LIMIT
     batching: bool = True
     batch_window_ms: float = 5.0
     max_batch: int = 16
@@ -62,7 +67,6 @@ class ServeSettings:
     prepare_workers: int = 2
     threads: int | None = None  # ONNX Runtime intra-op threads
     retry_after_s: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class Service:
 
     def _run_batch(self, key: Hashable, prepared: list[PreparedImage]) -> list[list[Face]]:
         tta, age_threshold = key  # type: ignore[misc]
-        thresholds = () if age_threshold is None else (age_threshold,)
+        thresholds = None if age_threshold is None else (age_threshold,)
         return self.estimator.estimate(prepared, tta=tta, age_thresholds=thresholds)
 
     async def detector(self, name: str) -> Any:
@@ -204,7 +208,9 @@ def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-def create_app(settings: ServeSettings | None = None, estimator: Estimator | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings | None = None, estimator: Estimator | None = None
+) -> FastAPI:
     """The service's app; loads the models now unless an `estimator` is given."""
     settings = settings or ServeSettings()
     if estimator is None:
@@ -214,10 +220,13 @@ def create_app(settings: ServeSettings | None = None, estimator: Estimator | Non
             gender_model=settings.gender_model,
             detector=settings.detector,
             tta=settings.tta,
+            upsample=settings.upsample,
+            max_detect_side=settings.max_detect_side,
             min_face=settings.min_face,
             pixel_limit=settings.pixel_limit,
+            age_thresholds=settings.age_thresholds,
             threads=settings.threads,
-            batch_size=max(settings.max_batch, 1),
+            batch_size=settings.batch_size,
         )
     service = Service(settings, estimator)
 
@@ -239,6 +248,8 @@ def create_app(settings: ServeSettings | None = None, estimator: Estimator | Non
         description="Age and gender of every face in an image. Errors: "
         '`{"error": {"code", "message"}}`.',
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
@@ -276,7 +287,8 @@ def create_app(settings: ServeSettings | None = None, estimator: Estimator | Non
             raise ApiError(
                 401,
                 "unauthorized",
-                "this server needs an API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                "this server needs an API key: "
+                "send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                 {"WWW-Authenticate": "Bearer"},
             )
 
@@ -315,7 +327,9 @@ def create_app(settings: ServeSettings | None = None, estimator: Estimator | Non
     ) -> Any:
         if detector is not None and detector not in DETECTORS:
             raise ApiError(
-                400, "invalid_option", f"detector {detector!r}: choose one of {', '.join(DETECTORS)}"
+                400,
+                "invalid_option",
+                f"detector {detector!r}: choose one of {', '.join(DETECTORS)}",
             )
         if age_threshold is not None and not math.isfinite(age_threshold):
             raise ApiError(400, "invalid_option", "age_threshold must be a finite number")
@@ -330,7 +344,8 @@ def create_app(settings: ServeSettings | None = None, estimator: Estimator | Non
             raise ApiError(
                 503,
                 "queue_full",
-                f"{service.in_flight} requests are in flight (limit {settings.max_pending}); retry later",
+                f"{service.in_flight} requests are in flight "
+                f"(limit {settings.max_pending}); retry later",
                 {"Retry-After": str(settings.retry_after_s)},
             )
         service.in_flight += 1
@@ -368,6 +383,7 @@ def create_app(settings: ServeSettings | None = None, estimator: Estimator | Non
         service.metrics.batch_waiting.set(service.batcher.waiting)
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
+    _mount_docs(app)
     static = resources.files("agegender.serve").joinpath("static")
 
     @app.get("/", include_in_schema=False)
@@ -376,6 +392,29 @@ def create_app(settings: ServeSettings | None = None, estimator: Estimator | Non
 
     app.mount("/static", StaticFiles(packages=[("agegender.serve", "static")]), name="static")
     return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """OpenAPI's Swagger UI at /docs from the `swagger-ui-bundle` package's files, so
+    it works offline; FastAPI's default (assets from a CDN) when that is missing."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        app.get("/docs", include_in_schema=False)(
+            lambda: get_swagger_ui_html(openapi_url=app.openapi_url or "", title=app.title)
+        )
+        return
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
 
 
 Scope = MutableMapping[str, Any]

@@ -12,6 +12,7 @@ through the same single worker, which is the baseline the load script compares.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
@@ -68,10 +69,8 @@ class Batcher(Generic[Item, Result]):
         """Stop the collector; items still queued are answered with an error."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         while self._queue is not None and not self._queue.empty():
             pending = self._queue.get_nowait()
