@@ -125,8 +125,10 @@ function drawBoxes(result) {
 function fillTable(result) {
   const body = $("faces").tBodies[0];
   body.replaceChildren();
-  const t = $("age_threshold").value;
-  $("p-head").textContent = t ? "P(age ≥ " + t + ")" : "P(age ≥ t)";
+  const withP = result.faces.some((face) => face.age && face.age.p_at_least);
+  const t = withP ? Object.keys(result.faces.find((f) => f.age && f.age.p_at_least).age.p_at_least)[0] : "";
+  $("p-head").textContent = "P(age ≥ " + t + ")";
+  $("faces").classList.toggle("no-p", !withP);
   result.faces.forEach((face, i) => {
     const age = face.age || {};
     const gender = face.gender || {};
@@ -138,7 +140,7 @@ function fillTable(result) {
       age.interval ? fmt(age.interval[0], 0) + "–" + fmt(age.interval[1], 0) : "",
       gender.label || "",
       gender.probability !== undefined ? fmt(gender.probability, 2) : "",
-      pAtLeast !== null ? fmt(pAtLeast, 2) : "",
+      pAtLeast !== null ? fmt(pAtLeast, 3) : "",
       face.box.map((v) => Math.round(v)).join(", "),
     ];
     const row = document.createElement("tr");

@@ -1,0 +1,114 @@
+"""The page in a real browser: headless Chromium (the system's) driven by Playwright.
+
+Uploads the astronaut photo through the page's file input, waits for the labelled box,
+checks the label and the table against the API's JSON, and saves a screenshot to
+`test-artifacts/serve-page.png`. Needs Debian's `chromium` (scripts/ci-deps.sh installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+from serve_support import ASTRONAUT, running_server
+
+from agegender.serve import ServeSettings
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LABEL = re.compile(r"^(\d+\.\d) ± (\d+\.\d), (female|male) (0\.\d\d|1\.00)$")
+
+
+def chromium_path() -> str:
+    path = (
+        os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
+    if not path:
+        pytest.fail("no chromium on PATH: run scripts/ci-deps.sh (apt-get install chromium)")
+    return path
+
+
+def test_page_shows_a_labelled_box_for_the_astronaut() -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_server(ServeSettings()) as url:
+        api = httpx.post(
+            f"{url}/v1/estimate?tta=true&age_threshold=18",
+            files={"image": ("astronaut.png", ASTRONAUT.read_bytes())},
+            timeout=60,
+        ).json()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1000, "height": 1100})
+                outside: list[str] = []
+                page.on(
+                    "request",
+                    lambda r: (
+                        None if r.url.startswith((url, f"blob:{url}")) else outside.append(r.url)
+                    ),
+                )
+                console_errors: list[str] = []
+                page.on(
+                    "console",
+                    lambda m: console_errors.append(m.text) if m.type == "error" else None,
+                )
+                page.goto(url + "/")
+                page.wait_for_selector("#detector option[value='haar']", state="attached")
+                page.fill("#age_threshold", "18")
+                page.set_input_files("#file", str(ASTRONAUT))
+                box = page.wait_for_selector(".face-box .face-label", timeout=30_000)
+                label = box.inner_text().strip()
+                page.wait_for_function("document.getElementById('photo').naturalWidth > 0")
+                page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+                boxes = page.locator(".face-box").count()
+                rows = page.locator("#faces tbody tr").all_inner_texts()
+                status = page.inner_text("#status")
+                assert not page.is_visible("#json")  # the raw JSON is shown on demand
+                page.click("#raw summary")
+                shown_json = page.inner_text("#json")
+                geometry = page.eval_on_selector(
+                    ".face-box",
+                    "b => { const r = b.getBoundingClientRect();"
+                    " const i = document.getElementById('photo').getBoundingClientRect();"
+                    " return [r.left - i.left, r.top - i.top, r.width, i.width]; }",
+                )
+            finally:
+                browser.close()
+
+    assert boxes == 1
+    match = LABEL.match(label)
+    assert match, f"label {label!r} is not 'age ± std, gender p'"
+    face = api["faces"][0]
+    assert float(match.group(1)) == pytest.approx(face["age"]["value"], abs=0.051)
+    assert float(match.group(2)) == pytest.approx(face["age"]["std"], abs=0.051)
+    assert match.group(3) == face["gender"]["label"]
+    assert float(match.group(4)) == pytest.approx(face["gender"]["probability"], abs=0.0051)
+    assert len(rows) == 1
+    cells = rows[0].split("\t")
+    assert cells[4] == face["gender"]["label"]
+    assert float(cells[6]) == pytest.approx(face["age"]["p_at_least"]["18"], abs=0.0006)
+    assert status.startswith("1 face in 512 \u00d7 512")
+    assert '"faces"' in shown_json and str(face["age"]["value"]) in shown_json
+    # The box sits where the API says, scaled to the displayed image.
+    left, top, width, shown_width = geometry
+    scale = shown_width / api["width"]
+    x1, y1, x2, _ = face["box"]
+    assert left == pytest.approx(x1 * scale, abs=2)
+    assert top == pytest.approx(y1 * scale, abs=2)
+    assert width == pytest.approx((x2 - x1) * scale, abs=2)
+    assert outside == [], f"the page fetched from elsewhere: {outside}"
+    assert console_errors == []
