@@ -53,8 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     batching.add_argument(
         "--batch-window-ms",
         type=float,
-        default=5.0,
-        help="how long the first request of a batch waits for more (default: %(default)s)",
+        default=20.0,
+        help="how long a batch waits for requests still being decoded and detected; a lone "
+        "request never waits (default: %(default)s)",
     )
     batching.add_argument(
         "--max-batch", type=int, default=16, help="images per model batch (default: %(default)s)"

@@ -60,7 +60,7 @@ class ServeSettings:
     max_body_bytes: int = 20 << 20
     pixel_limit: int = images.DEFAULT_PIXEL_LIMIT
     batching: bool = True
-    batch_window_ms: float = 5.0
+    batch_window_ms: float = 20.0  # waited only while other requests are on their way
     max_batch: int = 16
     max_pending: int = 32  # estimate requests in flight before 503
     request_timeout_s: float = 30.0
@@ -103,8 +103,10 @@ class Service:
             window_s=settings.batch_window_ms / 1000 if settings.batching else 0.0,
             max_batch=settings.max_batch if settings.batching else 1,
             on_batch=self.metrics.batch_size.observe,
+            arriving=lambda: self.preparing,
         )
         self.in_flight = 0
+        self.preparing = 0  # admitted, not yet handed to the batcher
         self.ready = False
 
     def _run_batch(self, key: Hashable, prepared: list[PreparedImage]) -> list[list[Face]]:
@@ -130,14 +132,24 @@ class Service:
         return self.estimator.prepare(rgb, label, detector=detector, min_face=min_face)
 
     async def estimate(self, request: Request, options: EstimateOptions) -> dict[str, Any]:
+        self.preparing += 1
+        try:
+            prepared = await self._prepare(request, options)
+        finally:
+            self.preparing -= 1
+        faces = await self.batcher.submit(options.batch_key, prepared)
+        self.metrics.images.inc()
+        self.metrics.faces.inc(len(faces))
+        return ImageResult(prepared.name, faces, None, prepared.width, prepared.height).to_dict()
+
+    async def _prepare(self, request: Request, options: EstimateOptions) -> PreparedImage:
         body = await read_body(request, self.settings.max_body_bytes)
         upload = extract_image(body, request.headers.get("content-type"))
         del body
         label = _label(upload.filename)
         detector = await self.detector(options.detector)
-        loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(
+            return await asyncio.get_running_loop().run_in_executor(
                 self.prepare_pool,
                 self.decode_and_prepare,
                 upload.data,
@@ -151,11 +163,6 @@ class Service:
             raise ApiError(415, "unsupported_image", str(error)) from None
         except AgegenderError as error:
             raise ApiError(422, "invalid_image", str(error)) from None
-        del upload
-        faces = await self.batcher.submit(options.batch_key, prepared)
-        self.metrics.images.inc()
-        self.metrics.faces.inc(len(faces))
-        return ImageResult(label, faces, None, prepared.width, prepared.height).to_dict()
 
     def models(self) -> dict[str, Any]:
         """The loaded cards by role, with where each came from (never a server path)."""

@@ -1,12 +1,13 @@
 """Cross-request batching: the faces of requests that arrive together go through each
 model in one pass.
 
-Requests put their prepared images in a queue; one collector task takes the first,
-waits a short window for more (up to a batch size), groups them by the options that
-change inference, and runs each group in a worker thread, so the event loop never
-runs a model. While a batch runs, the next requests gather in the queue, so under load
-batches fill without waiting for the window. With batching off every item runs alone,
-through the same single worker, which is the baseline the load script compares.
+Requests put their prepared images in a queue; one collector task takes the first and,
+while other requests are still on their way (being read, decoded or detected: the
+`arriving` hint), waits up to a short window for them (up to a batch size); a lone
+request never waits. It groups the batch by the options that change inference and runs
+each group in a worker thread, so the event loop never runs a model. While a batch
+runs, the next requests gather in the queue. With batching off every item runs alone,
+through the same single worker: the baseline the load script compares.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ class Batcher(Generic[Item, Result]):
         run_batch: Callable[[Hashable, list[Item]], Sequence[Result]],
         executor: Executor,
         *,
-        window_s: float = 0.005,
+        window_s: float = 0.02,
         max_batch: int = 16,
         on_batch: Callable[[int], None] | None = None,
+        arriving: Callable[[], int] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -51,6 +53,7 @@ class Batcher(Generic[Item, Result]):
         self.window_s = max(0.0, window_s)
         self.max_batch = max_batch
         self._on_batch = on_batch
+        self._arriving = arriving or (lambda: 0)
         self._queue: asyncio.Queue[_Pending[Item, Result]] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -95,7 +98,7 @@ class Batcher(Generic[Item, Result]):
                     batch.append(self._queue.get_nowait())
                     continue
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                if remaining <= 0 or self._arriving() <= 0:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))

@@ -1,0 +1,146 @@
+"""The batching collector on its own: grouping, errors, cancellation, the window."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pytest
+
+from agegender.serve.batching import Batcher
+
+T = TypeVar("T")
+
+
+class Recorder:
+    """A batch function that squares numbers and remembers each batch it ran."""
+
+    def __init__(self, fail_key: Hashable | None = None) -> None:
+        self.batches: list[tuple[Hashable, list[int]]] = []
+        self.threads: set[str] = set()
+        self.fail_key = fail_key
+
+    def __call__(self, key: Hashable, items: list[int]) -> list[int]:
+        self.batches.append((key, list(items)))
+        self.threads.add(threading.current_thread().name)
+        if key == self.fail_key:
+            raise ValueError(f"batch {key} failed")
+        return [i * i for i in items]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def test_items_arriving_together_share_a_batch_grouped_by_key() -> None:
+    recorder = Recorder()
+
+    async def main() -> list[int]:
+        with ThreadPoolExecutor(1, thread_name_prefix="model") as pool:
+            batcher: Batcher[int, int] = Batcher(
+                recorder, pool, window_s=0.2, max_batch=8, arriving=lambda: 1
+            )
+            batcher.start()
+            results = await asyncio.gather(
+                *(batcher.submit("a" if i % 2 else "b", i) for i in range(6))
+            )
+            await batcher.stop()
+            return results
+
+    assert run(main()) == [0, 1, 4, 9, 16, 25]
+    assert sorted(recorder.batches) == [("a", [1, 3, 5]), ("b", [0, 2, 4])]
+    assert all(name.startswith("model") for name in recorder.threads)
+
+
+def test_max_batch_splits_batches() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher: Batcher[int, int] = Batcher(
+                recorder, pool, window_s=0.2, max_batch=2, arriving=lambda: 1
+            )
+            batcher.start()
+            await asyncio.gather(*(batcher.submit("k", i) for i in range(5)))
+            await batcher.stop()
+
+    run(main())
+    assert [len(items) for _, items in recorder.batches] == [2, 2, 1]
+
+
+def test_a_lone_item_does_not_wait_for_the_window() -> None:
+    recorder = Recorder()
+
+    async def main() -> float:
+        with ThreadPoolExecutor(1) as pool:
+            batcher: Batcher[int, int] = Batcher(
+                recorder, pool, window_s=5.0, max_batch=8, arriving=lambda: 0
+            )
+            batcher.start()
+            started = time.perf_counter()
+            assert await batcher.submit("k", 3) == 9
+            elapsed = time.perf_counter() - started
+            await batcher.stop()
+            return elapsed
+
+    assert run(main()) < 1.0
+
+
+def test_a_failing_batch_fails_only_its_own_items() -> None:
+    recorder = Recorder(fail_key="bad")
+
+    async def main() -> list[object]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher: Batcher[int, int] = Batcher(
+                recorder, pool, window_s=0.2, max_batch=8, arriving=lambda: 1
+            )
+            batcher.start()
+            results = await asyncio.gather(
+                batcher.submit("bad", 1),
+                batcher.submit("good", 2),
+                batcher.submit("bad", 3),
+                return_exceptions=True,
+            )
+            await batcher.stop()
+            return results
+
+    bad1, good, bad3 = run(main())
+    assert good == 4
+    assert isinstance(bad1, ValueError) and isinstance(bad3, ValueError)
+    assert str(bad1) == "batch bad failed"
+
+
+def test_cancelled_items_are_not_run() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher: Batcher[int, int] = Batcher(
+                recorder, pool, window_s=0.3, max_batch=8, arriving=lambda: 1
+            )
+            batcher.start()
+            doomed = asyncio.ensure_future(batcher.submit("k", 7))
+            kept = asyncio.ensure_future(batcher.submit("k", 8))
+            await asyncio.sleep(0.05)  # both queued, the window still open
+            doomed.cancel()
+            assert await kept == 64
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            await batcher.stop()
+
+    run(main())
+    assert recorder.batches == [("k", [8])]
+
+
+def test_submit_before_start_is_an_error() -> None:
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher: Batcher[int, int] = Batcher(Recorder(), pool)
+            with pytest.raises(RuntimeError, match="start"):
+                await batcher.submit("k", 1)
+
+    run(main())
