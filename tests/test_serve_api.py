@@ -292,6 +292,31 @@ def _stalled_upload(url: str) -> socket.socket:
     return sock
 
 
+def _read_answer(sock: socket.socket) -> str:
+    """One whole HTTP/1.1 answer (headers and Content-Length body) from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode("utf-8", "replace")
+
+
 def _wait_for_queue_depth(url: str, depth: float) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -321,7 +346,7 @@ def test_request_timeout_is_504_and_frees_the_slot() -> None:
         sock = _stalled_upload(url)
         sock.settimeout(10)
         started = time.monotonic()
-        answer = sock.recv(65536).decode("utf-8", "replace")
+        answer = _read_answer(sock)
         elapsed = time.monotonic() - started
         sock.close()
         assert answer.startswith("HTTP/1.1 504"), answer

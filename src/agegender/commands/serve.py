@@ -124,5 +124,14 @@ def run(args: argparse.Namespace) -> int:
         + (" (API key required)" if settings.api_key else ""),
         file=sys.stderr,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        # A last guard on open connections (the app's own 503 comes at --max-pending).
+        limit_concurrency=8 * settings.max_pending + 64,
+        timeout_keep_alive=5,
+    )
     return 0

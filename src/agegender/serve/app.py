@@ -265,6 +265,13 @@ def create_app(
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return _error_response(error)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        # The traceback goes to the server's log (Starlette re-raises after answering).
+        return _error_response(
+            ApiError(500, "internal", f"internal error ({type(error).__name__})")
+        )
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = "; ".join(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .errors import ApiError
 
@@ -39,10 +39,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise ApiError(400, "bad_request", "Content-Length is not a number") from None
     body = bytearray()
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > limit:
-            raise _too_large(limit)
-        body += chunk
+    try:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                raise _too_large(limit)
+            body += chunk
+    except ClientDisconnect:  # nobody is left to answer; counted as a 400
+        raise ApiError(
+            400, "client_disconnected", "the client left before sending its body"
+        ) from None
     return bytes(body)
 
 
