@@ -112,3 +112,27 @@ def test_page_shows_a_labelled_box_for_the_astronaut() -> None:
     assert width == pytest.approx((x2 - x1) * scale, abs=2)
     assert outside == [], f"the page fetched from elsewhere: {outside}"
     assert console_errors == []
+
+
+def test_page_asks_for_the_api_key_and_uses_it() -> None:
+    with running_server(ServeSettings(api_key="page-key")) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#key-row", state="visible")
+            assert "API key" in page.inner_text("#models")
+            page.fill("#api_key", "wrong")
+            page.set_input_files("#file", str(ASTRONAUT))
+            page.wait_for_selector("#status.error")
+            refused = page.inner_text("#status")
+            page.fill("#api_key", "page-key")
+            page.dispatch_event("#api_key", "change")
+            page.wait_for_selector("#detector option[value='haar']", state="attached")
+            page.set_input_files("#file", [])
+            page.set_input_files("#file", str(ASTRONAUT))
+            label = page.wait_for_selector(".face-box .face-label", timeout=30_000).inner_text()
+        finally:
+            browser.close()
+    assert refused.startswith("error 401")
+    assert LABEL.match(label.strip())

@@ -10,6 +10,7 @@ a timeout. Every error answer is `{"error": {"code", "message"}}`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import math
 import time
@@ -119,8 +120,14 @@ class Service:
         if name not in self.detectors:
             async with self._detector_lock:
                 if name not in self.detectors:
+                    build = functools.partial(
+                        make_detector,
+                        name,
+                        upsample=self.settings.upsample,
+                        max_side=self.settings.max_detect_side,
+                    )
                     self.detectors[name] = await asyncio.get_running_loop().run_in_executor(
-                        self.prepare_pool, make_detector, name
+                        self.prepare_pool, build
                     )
         return self.detectors[name]
 
