@@ -43,6 +43,7 @@ class Level:
     server_errors: int
     cpu_ms: float = float("nan")  # server CPU time per request (user + system)
     mean_batch: float = float("nan")  # images per model batch, from /metrics
+    rss_mb: float = float("nan")  # server RSS after the level
     round: int = 1
 
     @property
@@ -177,13 +178,15 @@ def main() -> int:
                     level.cpu_ms = (cpu_s(process.pid) - cpu0) / max(level.requests, 1) * 1000
                     level.mean_batch = (images1 - images0) / max(batches1 - batches0, 1)
                     level.round = round_
+                    level.rss_mb = rss_mb(process.pid)
                     rows.append(level)
                     done += level.requests
                     print(
                         f"  round {round_} batching {mode:3} clients {clients:2}: "
                         f"{level.requests} requests, {level.rps:.1f}/s, "
                         f"p50 {level.pct(0.5):.0f} ms, p99 {level.pct(0.99):.0f} ms, "
-                        f"errors {level.errors}, batch {level.mean_batch:.2f}",
+                        f"errors {level.errors}, batch {level.mean_batch:.2f}, "
+                        f"RSS {level.rss_mb:.0f} MiB",
                         file=sys.stderr,
                     )
                 memory.append((round_, mode, before, rss_mb(process.pid), done))
@@ -193,14 +196,14 @@ def main() -> int:
     print()
     print(
         "| round | batching | clients | requests | requests/s | p50 ms | p99 ms | errors | 5xx "
-        "| server CPU ms/request | images/batch |"
+        "| server CPU ms/request | images/batch | RSS MiB after |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r.round} | {'on' if r.batching else 'off'} | {r.clients} | {r.requests} "
             f"| {r.rps:.1f} | {r.pct(0.5):.0f} | {r.pct(0.99):.0f} | {r.errors} "
-            f"| {r.server_errors} | {r.cpu_ms:.1f} | {r.mean_batch:.2f} |"
+            f"| {r.server_errors} | {r.cpu_ms:.1f} | {r.mean_batch:.2f} | {r.rss_mb:.0f} |"
         )
     print()
     print("| round | batching | RSS after warm-up MiB | RSS after MiB | requests |")
