@@ -260,6 +260,7 @@ def test_openapi_and_offline_docs() -> None:
         "age_threshold",
     }
     assert "multipart/form-data" in operation["requestBody"]["content"]
+    assert {"200", "400", "401", "413", "415", "422", "503", "504"} <= set(operation["responses"])
     assert {"/v1/models", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     assert docs.status_code == 200
     assert "/docs/assets/swagger-ui-bundle.js" in docs.text

@@ -39,6 +39,26 @@ from .metrics import Metrics
 from .uploads import extract_image, read_body
 
 MAX_LABEL = 200
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["code", "message"],
+        }
+    },
+    "required": ["error"],
+}
+ESTIMATE_ERRORS = {
+    400: "missing image, bad option, malformed multipart",
+    401: "API key missing or wrong",
+    413: "body or pixel count over the limit",
+    415: "not an image format the server reads",
+    422: "truncated or corrupt image",
+    503: "too many requests in flight (Retry-After)",
+    504: "the request took longer than the timeout",
+}
 
 
 @dataclass
@@ -320,6 +340,13 @@ def create_app(
         dependencies=keyed,
         summary="Age and gender of every face in one image",
         response_description="The same JSON as `agegender predict --json` gives for one image",
+        responses={
+            status: {
+                "description": why,
+                "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+            }
+            for status, why in ESTIMATE_ERRORS.items()
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
