@@ -19,6 +19,7 @@ import asyncio
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -205,6 +206,24 @@ def main() -> int:
             f"| {r.rps:.1f} | {r.pct(0.5):.0f} | {r.pct(0.99):.0f} | {r.errors} "
             f"| {r.server_errors} | {r.cpu_ms:.1f} | {r.mean_batch:.2f} | {r.rss_mb:.0f} |"
         )
+    if args.rounds > 1:
+        print()
+        print("Median over rounds:")
+        print()
+        print(
+            "| batching | clients | requests/s | p50 ms | p99 ms | errors | 5xx | CPU ms/request |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for mode in args.modes:
+            for clients in args.clients:
+                cell = [r for r in rows if r.batching == (mode == "on") and r.clients == clients]
+                print(
+                    f"| {mode} | {clients} | {statistics.median(r.rps for r in cell):.1f} "
+                    f"| {statistics.median(r.pct(0.5) for r in cell):.0f} "
+                    f"| {statistics.median(r.pct(0.99) for r in cell):.0f} "
+                    f"| {sum(r.errors for r in cell)} | {sum(r.server_errors for r in cell)} "
+                    f"| {statistics.median(r.cpu_ms for r in cell):.1f} |"
+                )
     print()
     print("| round | batching | RSS after warm-up MiB | RSS after MiB | requests |")
     print("|---:|---|---:|---:|---:|")
