@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -396,3 +400,37 @@ def test_serve_command_defaults_to_loopback() -> None:
     settings = settings_from_args(args)
     assert (settings.host, settings.port, settings.api_key) == ("127.0.0.1", 8000, None)
     assert settings.batching is True
+
+
+def test_serve_command_runs_a_server_that_needs_the_key() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, PYTHONPATH=str(src), AGEGENDER_TEST_KEY="cli-key")
+    command = [sys.executable, "-m", "agegender", "serve", "--port", str(port)]
+    command += ["--api-key-env", "AGEGENDER_TEST_KEY", "--no-batching"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "the server did not become ready"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        headers = {"Authorization": "Bearer cli-key"}
+        models = httpx.get(f"{url}/v1/models", headers=headers).json()
+        assert models["batching"] is False
+        answer = httpx.post(
+            f"{url}/v1/estimate", files={"image": ("a.png", PNG)}, headers=headers, timeout=60
+        )
+        assert answer.status_code == 200 and len(answer.json()["faces"]) == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "API key required" in (process.stderr.read() if process.stderr else "")
