@@ -86,6 +86,10 @@ def test_page_shows_a_labelled_box_for_the_astronaut() -> None:
                     " const i = document.getElementById('photo').getBoundingClientRect();"
                     " return [r.left - i.left, r.top - i.top, r.width, i.width]; }",
                 )
+                # The OpenAPI page renders from local files (Swagger UI 5 reads OpenAPI 3.1).
+                page.goto(url + "/docs")
+                page.wait_for_selector(".opblock", timeout=15_000)
+                operations = page.locator(".opblock").count()
             finally:
                 browser.close()
 
@@ -110,6 +114,7 @@ def test_page_shows_a_labelled_box_for_the_astronaut() -> None:
     assert left == pytest.approx(x1 * scale, abs=2)
     assert top == pytest.approx(y1 * scale, abs=2)
     assert width == pytest.approx((x2 - x1) * scale, abs=2)
+    assert operations == 5
     assert outside == [], f"the page fetched from elsewhere: {outside}"
     assert console_errors == []
 

@@ -443,7 +443,7 @@ def create_app(
 
 
 def _mount_docs(app: FastAPI) -> None:
-    """OpenAPI's Swagger UI at /docs from the `swagger-ui-bundle` package's files, so
+    """OpenAPI's Swagger UI at /docs from the `swagger-ui-bundle-v2` package's files, so
     it works offline; FastAPI's default (assets from a CDN) when that is missing."""
     try:
         from swagger_ui_bundle import swagger_ui_path
@@ -452,7 +452,7 @@ def _mount_docs(app: FastAPI) -> None:
             lambda: get_swagger_ui_html(openapi_url=app.openapi_url or "", title=app.title)
         )
         return
-    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
