@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import AgegenderError
-from .predict import add_estimator_options
+from .predict import add_estimator_options, estimator_from_args
 
 if TYPE_CHECKING:
     from ..serve.app import ServeSettings
@@ -92,6 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         upsample=args.upsample,
         max_detect_side=args.max_detect_side,
         min_face=args.min_face,
+        min_score=args.min_score,
         age_thresholds=tuple(args.age_threshold),
         batch_size=args.batch_size,
         api_key=api_key,
@@ -118,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
             "pip install 'agegender[serve]'"
         ) from None
     settings = settings_from_args(args)
-    app = create_app(settings)
+    # The same options as `predict` build the same Estimator (one place maps them).
+    app = create_app(settings, estimator_from_args(args))
     print(
         f"agegender: serving preset {settings.preset} on http://{settings.host}:{settings.port}/"
         + (" (API key required)" if settings.api_key else ""),

@@ -75,6 +75,7 @@ class ServeSettings:
     upsample: int | None = None
     max_detect_side: int | None = 1600
     min_face: int = 0
+    min_score: float | None = None
     age_thresholds: tuple[float, ...] = ()  # reported when a request names no threshold
     batch_size: int = 32  # faces per model run
     api_key: str | None = None  # every /v1 call and /metrics need it when set
@@ -257,6 +258,7 @@ def create_app(
             upsample=settings.upsample,
             max_detect_side=settings.max_detect_side,
             min_face=settings.min_face,
+            min_score=settings.min_score,
             pixel_limit=settings.pixel_limit,
             age_thresholds=settings.age_thresholds,
             threads=settings.threads,
