@@ -69,7 +69,9 @@ def run_ours(paths: list[Path], **options) -> tuple[list, float]:
         if not result.faces:
             preds.append(None)
             continue
-        face = result.faces[nearest_centre([f.box for f in result.faces], result.width, result.height)]
+        face = result.faces[
+            nearest_centre([f.box for f in result.faces], result.width, result.height)
+        ]
         preds.append((face.age.value, face.gender.label))
     return preds, time.perf_counter() - start
 

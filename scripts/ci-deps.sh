@@ -2,12 +2,14 @@
 # System packages the serve browser test needs (tests/test_serve_browser.py):
 # Debian's chromium, driven by Playwright for Python through executable_path, so no
 # `playwright install` (it downloads a browser build, which CI cannot reach).
-# Run as root (CI is); does nothing when chromium is already there.
+# Runs apt as root (CI is), else through sudo; does nothing when chromium is already there.
 set -euo pipefail
 if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 chromium --version 2>/dev/null | head -n 1
 # The Python side (playwright, httpx, fastapi, uvicorn, ...) comes with `pip install -e ".[test]"`.

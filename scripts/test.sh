@@ -2,6 +2,7 @@
 # Install everything the tests need, then run them (what .ci/run calls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/ci-deps.sh   # Debian chromium for the browser test, when missing
 bash scripts/setup.sh
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests benchmarks
 .venv/bin/python -m pytest "$@"
