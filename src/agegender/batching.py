@@ -28,7 +28,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from . import opsets
+from . import opsets, sources
 from .errors import AgegenderError
 
 log = logging.getLogger(__name__)
@@ -221,22 +221,16 @@ def file_key(path: Path) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$AGEGENDER_HOME/batched``, else the platform's user cache folder."""
-    home = os.environ.get("AGEGENDER_HOME")
-    if home:
-        return Path(home) / "batched"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("agegender")) / "batched"
+    """The store's ``batched`` folder (``$AGEGENDER_HOME``, else the user cache folder)."""
+    return sources.home() / "batched"
 
 
-def cache_path(original: Path, cache_dir: Path | None = None) -> Path:
-    """``<file>.batched.onnx`` beside the original, or in the cache folder if that is read-only."""
+def cache_paths(original: Path, cache_dir: Path | None = None) -> list[Path]:
+    """Where a rewrite is cached, in order: ``<file>.batched.onnx`` beside the original,
+    then the cache folder (for originals in read-only folders, such as a package's data)."""
     beside = original.with_name(original.name + ".batched.onnx")
-    if os.access(original.parent, os.W_OK):
-        return beside
     digest = hashlib.sha256(str(original.resolve()).encode()).hexdigest()[:16]
-    return (cache_dir or default_cache_dir()) / f"{original.stem}-{digest}.batched.onnx"
+    return [beside, (cache_dir or default_cache_dir()) / f"{original.stem}-{digest}.batched.onnx"]
 
 
 def _key_file(path: Path) -> Path:
@@ -302,6 +296,11 @@ def open_graph(
     """
     path = Path(path)
     label = name or str(path)
+    key = file_key(path)
+    targets = cache_paths(path, cache_dir)
+    for target in targets:
+        if _cached(target, key):  # checked first: a hit never parses a 500 MB protobuf
+            return LoadedGraph(_session(target, options, providers), True, str(target))
     model = onnx.load_model(str(path))
     changed = opsets.needs_upgrade(model)
     if changed:
@@ -313,11 +312,6 @@ def open_graph(
     original_name = "<memory>" if changed else str(path)
     if not has_fixed_batch(model):
         return LoadedGraph(_session(original, options, providers), True, original_name)
-
-    target = cache_path(path, cache_dir)
-    key = file_key(path)
-    if _cached(target, key):
-        return LoadedGraph(_session(target, options, providers), True, str(target))
 
     try:
         rewritten = free_batch(model)
@@ -331,17 +325,21 @@ def open_graph(
         if not reason:
             del rewritten.metadata_props[:]
             rewritten.metadata_props.add(key=KEY_PROP, value=key)
-            try:
-                _write_atomic(rewritten, target)
-                _key_file(target).write_text(key + "\n", encoding="utf-8")
-            except OSError as error:
-                log.warning(
-                    "%s: batch-free graph not cached at %s (%s)",
-                    label,
-                    target,
-                    error.strerror or error,
-                )
-                return LoadedGraph(session, True, "<memory>")
-            return LoadedGraph(session, True, str(target))
+            return LoadedGraph(session, True, _store(rewritten, targets, key, label))
     log.warning("%s: fixed batch of 1 kept, faces run one at a time: %s", label, reason)
     return LoadedGraph(_session(original, options, providers), False, original_name, reason)
+
+
+def _store(model: onnx.ModelProto, targets: Sequence[Path], key: str, label: str) -> str:
+    """Write the rewrite to the first writable target; its path, or "<memory>"."""
+    errors = []
+    for target in targets:
+        try:
+            _key_file(target).unlink(missing_ok=True)
+            _write_atomic(model, target)
+            _key_file(target).write_text(key + "\n", encoding="utf-8")
+            return str(target)
+        except OSError as error:
+            errors.append(f"{target}: {error.strerror or error}")
+    log.warning("%s: batch-free graph not cached (%s)", label, "; ".join(errors))
+    return "<memory>"

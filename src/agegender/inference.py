@@ -1,8 +1,9 @@
 """ONNX Runtime: one session per model card, created once, fed in batches.
 
 Preprocessing is read from the card (size, channel order, layout, scale, mean, std);
-nothing here knows a particular model. A graph whose batch dimension is fixed to 1
-still works: its crops go through one at a time.
+nothing here knows a particular model. A graph whose batch dimension is fixed to 1 is
+rewritten to take any batch (``batching.py``, checked against one-by-one runs); when
+that fails its crops go through one at a time.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from . import batching
 from .cards import ModelCard, check_against_graph
-from .errors import CardError, ModelFileError
+from .errors import AgegenderError, CardError, ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,15 @@ def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def fed_range(card: ModelCard) -> tuple[float, float]:
+    """The range of the tensor the card feeds (pixels 0..255 after its normalisation)."""
+    spec = card.input
+    ends = [
+        (v - m) * spec.scale / s for m, s in zip(spec.mean, spec.std, strict=True) for v in (0, 255)
+    ]
+    return min(ends), max(ends)
+
+
 def _dims(value_info: ort.NodeArg) -> list[int | str | None]:
     return [d if isinstance(d, int) else (d or None) for d in value_info.shape]
 
@@ -70,14 +81,18 @@ class OnnxModel:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            loaded = batching.open_graph(
+                self.path, options=options, value_range=fed_range(card), name=f"model {card.id}"
             )
-        except Exception as error:  # ORT raises its own Fail/InvalidGraph types
+        except AgegenderError:
+            raise
+        except Exception as error:  # ORT and protobuf raise their own types
             raise ModelFileError(
                 f"model {card.id}: {self.path} is not a loadable ONNX graph "
-                f"({str(error).splitlines()[0]})"
+                f"({(str(error).splitlines() or [type(error).__name__])[0]})"
             ) from None
+        self.session = loaded.session
+        self.graph_source = loaded.source
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise CardError(f"card {card.id}: graph has {len(inputs)} inputs, expected 1")
