@@ -1,0 +1,225 @@
+"""Upright faces: DEX's rotation sweep, and a cheaper rotation from the 5 landmarks.
+
+DEX ran its face detector on the image rotated from -60 to 60 degrees in 5 degree steps
+and kept the best-scoring detection, so faces come out upright without landmarks; the
+margin crop is then cut from the image rotated by the winning angle. ``SweepDetector``
+does that around any :class:`~agegender.faces.FaceDetector` (detections of one face at
+several angles are merged by the distance of their centres once mapped back), and
+``align_by_landmarks`` gets the angle from the eye line instead, for one detector run.
+
+A detection that has been aligned carries its upright box in ``Detection.extra``
+(``angle`` in degrees, counter-clockwise as OpenCV counts, plus the centre and size of
+the box in the upright frame); :func:`upright_crop` cuts the card's crop from it with
+one affine warp, border pixels repeated where the region leaves the image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from .faces import Detection, FaceDetector
+
+ALIGN_MODES = ("none", "landmarks", "sweep")
+DEFAULT_SWEEP = (-60.0, 60.0, 5.0)  # DEX: -60..60 degrees in 5 degree steps
+# Each rotated copy is another chance of a false positive: a face seen only on rotated
+# copies is kept when its best score reaches this (dlib HOG scores; faces score ~0.5-2).
+SWEEP_MIN_SCORE = 0.3
+# Two detections are one face when their centres are closer than this share of its size.
+MERGE_DISTANCE = 0.5
+
+Landmarks = Callable[[NDArray[np.uint8], tuple[float, float, float, float]], NDArray[np.float64]]
+
+
+@dataclass(frozen=True)
+class Upright:
+    """A face box in the frame where the face is upright: centre (image pixels), size, angle."""
+
+    cx: float
+    cy: float
+    width: float
+    height: float
+    angle: float  # degrees the image is rotated (counter-clockwise) to make the face upright
+
+
+def set_upright(detection: Detection, upright: Upright) -> None:
+    detection.extra.update(
+        angle=upright.angle,
+        upright_cx=upright.cx,
+        upright_cy=upright.cy,
+        upright_width=upright.width,
+        upright_height=upright.height,
+    )
+
+
+def get_upright(detection: Detection) -> Upright | None:
+    """The detection's upright box, or None when it was not aligned."""
+    extra = detection.extra
+    if "angle" not in extra or "upright_cx" not in extra:
+        return None
+    return Upright(
+        extra["upright_cx"],
+        extra["upright_cy"],
+        extra["upright_width"],
+        extra["upright_height"],
+        extra["angle"],
+    )
+
+
+def sweep_angles(start: float, stop: float, step: float) -> list[float]:
+    """Angles from start to stop inclusive, 0 first (it settles ties toward no rotation)."""
+    if step <= 0 or stop < start:
+        raise ValueError(f"sweep needs start <= stop and step > 0, got {start}, {stop}, {step}")
+    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    angles = [round(start + i * step, 6) for i in range(count)]
+    return sorted(angles, key=lambda a: (abs(a), a))
+
+
+def rotate_image(rgb: NDArray[np.uint8], angle: float) -> tuple[NDArray[np.uint8], NDArray[np.float64]]:
+    """The image rotated about its centre on a canvas that holds all of it, and the 2x3 map."""
+    height, width = rgb.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+    new_w = int(math.ceil(height * sin + width * cos))
+    new_h = int(math.ceil(height * cos + width * sin))
+    matrix[0, 2] += new_w / 2 - width / 2
+    matrix[1, 2] += new_h / 2 - height / 2
+    rotated = cv2.warpAffine(
+        rgb, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return rotated, matrix
+
+
+def _apply(matrix: NDArray[np.float64], points: NDArray[np.float64]) -> NDArray[np.float64]:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def _corners(upright: Upright) -> NDArray[np.float64]:
+    """The upright box's corners in image coordinates."""
+    half_w, half_h = upright.width / 2, upright.height / 2
+    local = np.array([[-half_w, -half_h], [half_w, -half_h], [half_w, half_h], [-half_w, half_h]])
+    theta = math.radians(upright.angle)
+    # The image was rotated by +angle to make the face upright; undo it for the corners.
+    cos, sin = math.cos(theta), math.sin(theta)
+    back = np.array([[cos, -sin], [sin, cos]])
+    return local @ back.T + [upright.cx, upright.cy]
+
+
+def _bounds(points: NDArray[np.float64]) -> tuple[float, float, float, float]:
+    x1, y1 = points.min(axis=0)
+    x2, y2 = points.max(axis=0)
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+class SweepDetector:
+    """DEX's alignment: the base detector on rotated copies, best score per face kept.
+
+    The returned boxes are the axis-aligned bounds (in the original image) of each face's
+    upright box; landmarks, when a landmark model is given, are found on the upright copy
+    and mapped back.
+    """
+
+    def __init__(
+        self,
+        base: FaceDetector,
+        *,
+        start: float = DEFAULT_SWEEP[0],
+        stop: float = DEFAULT_SWEEP[1],
+        step: float = DEFAULT_SWEEP[2],
+        landmarks: Landmarks | None = None,
+        min_score: float = SWEEP_MIN_SCORE,
+    ):
+        self.base = base
+        self.name = f"{base.name}+sweep"
+        self.angles = sweep_angles(start, stop, step)
+        self.landmarks = landmarks
+        self.min_score = min_score
+
+    def detect(self, rgb: NDArray[np.uint8]) -> list[Detection]:
+        found: list[tuple[float, Upright, NDArray[np.float64] | None, bool]] = []
+        for angle in self.angles:
+            rotated, matrix = (rgb, None) if angle == 0 else rotate_image(rgb, angle)
+            inverse = None if matrix is None else cv2.invertAffineTransform(matrix)
+            for det in self.base.detect(rotated):
+                if det.whole_image:
+                    return [det]  # nothing to sweep: the image is the face
+                x1, y1, x2, y2 = det.box
+                centre = np.array([[(x1 + x2) / 2, (y1 + y2) / 2]])
+                if inverse is not None:
+                    centre = _apply(inverse, centre)
+                upright = Upright(float(centre[0, 0]), float(centre[0, 1]), x2 - x1, y2 - y1, angle)
+                points = None
+                if self.landmarks is not None:
+                    points = self.landmarks(rotated, det.box)
+                    if inverse is not None:
+                        points = _apply(inverse, points)
+                found.append((det.score, upright, points, angle == 0))
+        return self._merge(found)
+
+    def _merge(
+        self, found: Sequence[tuple[float, Upright, NDArray[np.float64] | None, bool]]
+    ) -> list[Detection]:
+        faces: list[tuple[float, Upright, NDArray[np.float64] | None, bool]] = []
+        for score, upright, points, at_zero in sorted(found, key=lambda f: -f[0]):
+            for i, (best, kept, kept_points, kept_zero) in enumerate(faces):
+                size = max(kept.width, kept.height, upright.width, upright.height)
+                if math.dist((kept.cx, kept.cy), (upright.cx, upright.cy)) < MERGE_DISTANCE * size:
+                    faces[i] = (best, kept, kept_points, kept_zero or at_zero)
+                    break
+            else:
+                faces.append((score, upright, points, at_zero))
+        detections = []
+        for score, upright, points, seen_at_zero in faces:
+            if score < self.min_score and not seen_at_zero:
+                continue
+            detection = Detection(_bounds(_corners(upright)), score, points)
+            set_upright(detection, upright)
+            detections.append(detection)
+        return detections
+
+
+def eye_line_angle(landmarks: NDArray[np.float64]) -> float:
+    """Degrees the eye line of dlib's 5 points tilts (clockwise on screen is positive).
+
+    Points 0-1 are the corners of the eye on the image's right, 2-3 of the other eye.
+    """
+    right = landmarks[0:2].mean(axis=0)
+    left = landmarks[2:4].mean(axis=0)
+    dx, dy = right - left
+    return math.degrees(math.atan2(dy, dx))
+
+
+def align_by_landmarks(detection: Detection) -> None:
+    """Mark a detection upright by its eye line (it must have 5 landmarks)."""
+    if detection.landmarks is None or len(detection.landmarks) < 4:
+        raise ValueError("landmark alignment needs the 5 landmarks")
+    x1, y1, x2, y2 = detection.box
+    angle = eye_line_angle(detection.landmarks)
+    set_upright(detection, Upright((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, angle))
+
+
+def upright_crop(
+    rgb: NDArray[np.uint8], upright: Upright, margin: float, size: tuple[int, int]
+) -> NDArray[np.uint8]:
+    """The margin crop of an upright box, resized to `size` (height, width).
+
+    Like ``crops.margin_crop``: the box grown by `margin` on every side and made square,
+    border pixels repeated; the region is cut at its own resolution with one rotation,
+    then resized (area averaging when shrinking).
+    """
+    from .crops import resize  # crops imports dlib; keep this module's import light
+
+    side = max(upright.width, upright.height) * (1 + 2 * margin)
+    length = max(1, round(side))
+    matrix = cv2.getRotationMatrix2D((upright.cx, upright.cy), upright.angle, 1.0)
+    matrix[0, 2] += length / 2 - upright.cx
+    matrix[1, 2] += length / 2 - upright.cy
+    region = cv2.warpAffine(
+        rgb, matrix, (length, length), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return resize(region, size)
