@@ -8,6 +8,9 @@
   then resized to the card's input size.
 - ``none``: the box resized as it is.
 
+A detection aligned upright (``rotation.py``: DEX's sweep or the landmarks' eye line)
+gets its margin crop from the region rotated by its angle.
+
 A detection that is the whole image (``--detector none``) is already a face crop: a
 margin crop then takes the image as it is instead of adding a border around it.
 """
@@ -21,6 +24,7 @@ from numpy.typing import NDArray
 
 from .cards import CropSpec
 from .faces import Detection, to_dlib_rect
+from .rotation import get_upright, upright_region
 
 
 def chip(
@@ -89,6 +93,9 @@ def crop_for(
     if spec.kind == "chip":
         return chip(rgb, detection, size, spec.padding)
     if spec.kind == "margin" and not detection.whole_image:
+        upright = get_upright(detection)
+        if upright is not None and upright.angle != 0:
+            return resize(upright_region(rgb, upright, spec.margin), size)
         return margin_crop(rgb, detection.box, spec.margin, size)
     x1, y1, x2, y2 = (round(v) for v in detection.box)
     return resize(rgb[max(0, y1) : y2, max(0, x1) : x2], size)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from . import crops, images, sources
+from . import crops, images, rotation, sources
 from .cards import ModelCard, get_card
 from .errors import AgegenderError, CardError
 from .estimates import age_estimate, gender_from_probs
@@ -98,7 +98,13 @@ class Estimator:
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH,
         workers: int | None = None,
+        align: str = "none",
+        sweep: tuple[float, float, float] = rotation.DEFAULT_SWEEP,
     ):
+        if align not in rotation.ALIGN_MODES:
+            raise AgegenderError(
+                f"unknown alignment {align!r}; choose one of {', '.join(rotation.ALIGN_MODES)}"
+            )
         chosen = get_preset(preset)
         self.preset = chosen.name
         age_ref = age_model if age_model is not None else chosen.age
@@ -113,11 +119,25 @@ class Estimator:
             if self.models["gender"].card.task != "gender":
                 raise CardError(f"card {self.models['gender'].card.id} is not a gender model")
         if isinstance(detector, str) or detector is None:
+            if upsample is None and align == "sweep":
+                upsample = 0  # auto would upsample (4x the time) at every angle without a face
             detector = make_detector(
                 detector or chosen.detector, upsample=upsample, max_side=max_detect_side
             )
-        self.detector: FaceDetector = detector
         self.landmarker = Landmarker()
+        self.align = align
+        if align == "sweep":
+            try:
+                detector = rotation.SweepDetector(
+                    detector,
+                    start=sweep[0],
+                    stop=sweep[1],
+                    step=sweep[2],
+                    landmarks=self.landmarker,
+                )
+            except ValueError as error:
+                raise AgegenderError(f"rotation sweep: {error}") from None
+        self.detector: FaceDetector = detector
         self.tta = DEFAULT_TTA if tta is None else tta
         self.min_face = min_face
         self.min_score = min_score
@@ -156,6 +176,8 @@ class Estimator:
         for detection in detections:
             if detection.landmarks is None:
                 detection.landmarks = self.landmarker(rgb, detection.box)
+            if self.align == "landmarks" and not detection.whole_image:
+                rotation.align_by_landmarks(detection)
         prepared = PreparedImage(name, rgb.shape[1], rgb.shape[0], detections)
         for role, model in self.models.items():
             card = model.card

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import outputs, video
+from .. import outputs, rotation, video
 from ..images import DEFAULT_PIXEL_LIMIT, IMAGE_SUFFIXES, ImageInput, expand_inputs
 from ..pipeline import Estimator
 from ..results import ImageResult
@@ -47,6 +47,20 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         help="detect on a copy with this longer side at most (default: %(default)s)",
     )
     group.add_argument(
+        "--align",
+        choices=list(rotation.ALIGN_MODES),
+        default="none",
+        help="turn tilted faces upright for margin crops: 'sweep' runs the detector on "
+        "rotated copies as DEX did, 'landmarks' uses the eye line (default: %(default)s)",
+    )
+    group.add_argument(
+        "--sweep",
+        type=_sweep_range,
+        default=rotation.DEFAULT_SWEEP,
+        metavar="START:STOP:STEP",
+        help="angles of --align sweep in degrees (default: -60:60:5)",
+    )
+    group.add_argument(
         "--min-face", type=int, default=0, help="ignore faces smaller than this (pixels)"
     )
     group.add_argument(
@@ -82,6 +96,18 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _sweep_range(text: str) -> tuple[float, float, float]:
+    try:
+        start, stop, step = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected START:STOP:STEP in degrees, got {text!r}"
+        ) from None
+    if step <= 0 or stop < start:
+        raise argparse.ArgumentTypeError(f"need START <= STOP and STEP > 0, got {text!r}")
+    return start, stop, step
+
+
 def estimator_from_args(args: argparse.Namespace) -> Estimator:
     return Estimator(
         args.preset,
@@ -97,6 +123,8 @@ def estimator_from_args(args: argparse.Namespace) -> Estimator:
         age_thresholds=args.age_threshold,
         threads=args.threads,
         batch_size=args.batch_size,
+        align=args.align,
+        sweep=args.sweep,
     )
 
 
