@@ -1,0 +1,186 @@
+"""Probe graphs: prove what tensor each built-in card's model is fed.
+
+A probe has the card's input signature (the zoo's fixed-batch ``input`` 1x3x224x224 with
+a Reshape that bakes in batch 1, or the CC0 models' ``images`` Nx3xSxS) and two outputs:
+a valid distribution of the card's width (first, so the card's checks pass) and
+``fed_Y``, the graph's own copy of its input, which is what the session received. The
+pipeline runs on the astronaut photo with the probe in place of the real file; the test
+computes the expected tensor itself from the detected box (or landmarks) with numpy, cv2
+and dlib, following each card's published contract, not the pipeline's functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from agegender.cards import builtin_cards
+from agegender.images import load
+from agegender.pipeline import Estimator
+
+DATA = Path(__file__).parent / "data"
+FED = "fed_Y"
+CARDS = sorted(builtin_cards())
+
+# The contracts, written out here from MODELS.md (independently of the TOML cards).
+CC0_MEAN_RGB = np.array([122.781998, 117.000999, 104.297997], np.float32)
+CONTRACTS = {
+    "cc0-age-v1": ("chip", 64, "RGB", CC0_MEAN_RGB, 1 / 256, 81),
+    "cc0-gender-v1": ("chip", 32, "RGB", CC0_MEAN_RGB, 1 / 256, 2),
+    "dex-chalearn-age": ("margin", 224, "BGR", np.zeros(3, np.float32), 1.0, 101),
+    "dex-imdb-age": ("margin", 224, "BGR", np.zeros(3, np.float32), 1.0, 101),
+    "dex-imdb-gender": ("margin", 224, "BGR", np.zeros(3, np.float32), 1.0, 2),
+    "levi-age": ("margin", 224, "BGR", np.array([104, 117, 123], np.float32), 1.0, 8),
+    "levi-gender": ("margin", 224, "BGR", np.array([104, 117, 123], np.float32), 1.0, 2),
+}
+
+
+def test_every_builtin_card_has_a_contract_here() -> None:
+    assert set(CARDS) == set(CONTRACTS)
+
+
+def probe_graph(input_name: str, size: int, width: int, fixed_batch: bool) -> onnx.ModelProto:
+    batch: int | str = 1 if fixed_batch else "N"
+    nodes = [
+        helper.make_node("Identity", [input_name], [FED]),
+        helper.make_node("ReduceMean", [input_name], ["mean"], axes=[1, 2, 3], keepdims=0),
+        # like the zoo's Reshape in front of each Gemm, with batch 1 baked in when fixed
+        helper.make_node("Reshape", ["mean", "shape"], ["column"]),
+        helper.make_node("Mul", ["column", "ones"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["prob_Y"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1 if fixed_batch else 0, 1], np.int64), "shape"),
+        numpy_helper.from_array(np.linspace(0, 1, width, dtype=np.float32)[None], "ones"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "probe",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, size, size])],
+        [
+            helper.make_tensor_value_info("prob_Y", TensorProto.FLOAT, [batch, width]),
+            helper.make_tensor_value_info(FED, TensorProto.FLOAT, [batch, 3, size, size]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    return model
+
+
+class Recorder:
+    """Wraps the session: fetches ``fed_Y`` too, and keeps it with the feed it was given."""
+
+    def __init__(self, session):
+        self.session = session
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def run(self, names, feed):
+        *outs, fed = self.session.run([*names, FED], feed)
+        (given,) = feed.values()
+        self.calls.append((np.array(given), fed))
+        return outs
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def expected_margin(rgb: np.ndarray, box, size: int) -> np.ndarray:
+    """DEX: box + 40% of its width/height on every side, squared, edges repeated, resized."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    gx1, gy1, gx2, gy2 = x1 - 0.4 * w, y1 - 0.4 * h, x2 + 0.4 * w, y2 + 0.4 * h
+    side = max(gx2 - gx1, gy2 - gy1)
+    left = round((gx1 + gx2) / 2 - side / 2)
+    top = round((gy1 + gy2) / 2 - side / 2)
+    length = round(side)
+    pad = length
+    padded = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    region = padded[top + pad : top + pad + length, left + pad : left + pad + length]
+    interpolation = cv2.INTER_AREA if length > size else cv2.INTER_LINEAR
+    return cv2.resize(region, (size, size), interpolation=interpolation)
+
+
+def expected_chip(rgb: np.ndarray, box, landmarks, size: int) -> np.ndarray:
+    """CC0: dlib's face chip from the 5 landmarks, padding 0.2."""
+    x1, y1, x2, y2 = (round(v) for v in box)
+    rect = dlib.rectangle(x1, y1, x2 - 1, y2 - 1)
+    shape = dlib.full_object_detection(rect, [dlib.point(round(x), round(y)) for x, y in landmarks])
+    return dlib.extract_image_chip(rgb, dlib.get_face_chip_details(shape, size, 0.2))
+
+
+def expected_tensor(
+    card_id: str, rgb: np.ndarray, detection, order: str | None = None
+) -> np.ndarray:
+    kind, size, card_order, mean, scale, _ = CONTRACTS[card_id]
+    order = order or card_order
+    if kind == "chip":
+        crop = expected_chip(rgb, detection.box, detection.landmarks, size)
+    else:
+        crop = expected_margin(rgb, detection.box, size)
+    pixels = crop.astype(np.float32)
+    if order == "BGR":
+        pixels = pixels[..., [2, 1, 0]]
+    return ((pixels - mean) * np.float32(scale)).transpose(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return load(DATA / "astronaut.png").rgb
+
+
+def _estimator(card_id: str, tmp_path: Path) -> tuple[Estimator, Recorder]:
+    card = builtin_cards()[card_id]
+    _, size, _, _, _, width = CONTRACTS[card_id]
+    zoo = card.source.url is not None  # the zoo's files: `input`, fixed batch 1
+    model = probe_graph("input" if zoo else "images", size, width, fixed_batch=zoo)
+    path = tmp_path / f"{card_id}.onnx"
+    onnx.save_model(model, str(path))
+    role = "gender" if card.task == "gender" else "age"
+    refs = {"age_model": "", "gender_model": ""}
+    refs[f"{role}_model"] = f"{card_id}={path}"
+    est = Estimator("default", tta=True, **refs)
+    recorder = Recorder(est.models[role].session)
+    est.models[role].session = recorder
+    return est, recorder
+
+
+@pytest.mark.parametrize("card_id", CARDS)
+def test_pipeline_feeds_each_card_exactly_its_contract(card_id: str, photo, tmp_path: Path) -> None:
+    est, recorder = _estimator(card_id, tmp_path)
+    prepared = est.prepare(photo)
+    (detection,) = prepared.detections
+    est.estimate([prepared])
+    (given, fed), (given_flip, fed_flip) = recorder.calls  # the crop, then its mirror (TTA)
+    # the session received exactly what the pipeline handed to it
+    np.testing.assert_array_equal(fed, given)
+    np.testing.assert_array_equal(fed_flip, given_flip)
+    want = expected_tensor(card_id, photo, detection)
+    assert fed.shape == (1, *want.shape) and fed.dtype == np.float32
+    np.testing.assert_allclose(fed[0], want, atol=1e-4)
+    np.testing.assert_allclose(fed_flip[0], want[:, :, ::-1], atol=1e-4)
+    # the test can tell the orders apart: the other one is off by many grey levels
+    other = "RGB" if CONTRACTS[card_id][2] == "BGR" else "BGR"
+    swapped = expected_tensor(card_id, photo, detection, order=other)
+    assert np.abs(fed[0] - swapped).mean() > 10 * CONTRACTS[card_id][4]
+
+
+@pytest.mark.parametrize("card_id", ["dex-imdb-age", "levi-gender"])
+def test_fixed_batch_zoo_signature_is_fed_in_one_batch(card_id: str, photo, tmp_path: Path) -> None:
+    est, recorder = _estimator(card_id, tmp_path)
+    assert est.models["age" if "age" in card_id else "gender"].max_batch > 1
+    mirrored = np.ascontiguousarray(photo[:, ::-1])
+    results = list(est.predict_many([photo, mirrored]))
+    assert [len(r.faces) for r in results] == [1, 1]
+    given, fed = recorder.calls[0]
+    assert fed.shape[0] == 2  # both faces in one run of the once fixed-batch graph
+    np.testing.assert_array_equal(fed, given)
+    for row, image in enumerate((photo, mirrored)):
+        (detection,) = est.prepare(image).detections
+        np.testing.assert_allclose(fed[row], expected_tensor(card_id, image, detection), atol=1e-4)
