@@ -194,3 +194,24 @@ def test_onnx_model_upgrades_and_batches_a_legacy_opset_graph(tmp_path: Path, ca
     reference = standins.googlenet(outputs=2, opset=11, seed=5)
     want = np.concatenate([_one_by_one(reference, preprocess(card, [c])) for c in crops])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_rewrite_false_opens_as_is_and_writes_nothing(tmp_path: Path) -> None:
+    path = standins.save(standins.googlenet(opset=5), tmp_path / "g.onnx")
+    loaded = batching.open_graph(path, rewrite=False)
+    assert not loaded.batched and loaded.session.get_inputs()[0].shape == [1, 3, 224, 224]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
+    model = OnnxModel(get_card("levi-age"), path, batch_rewrite=False)
+    assert model.max_batch == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
+
+
+def test_importing_a_foreign_file_leaves_no_rewrite_beside_it(tmp_path: Path, monkeypatch) -> None:
+    from agegender import store
+
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    downloads = tmp_path / "downloads"
+    path = standins.save(standins.googlenet(outputs=2), downloads / "gender_googlenet.onnx")
+    with pytest.warns(UserWarning, match="UNVERIFIED"):
+        store.import_file(path, "levi-gender")
+    assert sorted(p.name for p in downloads.iterdir()) == ["gender_googlenet.onnx"]

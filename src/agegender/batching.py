@@ -288,17 +288,19 @@ def open_graph(
     providers: Sequence[str] | None = None,
     value_range: tuple[float, float] = (0.0, 255.0),
     name: str | None = None,
+    rewrite: bool = True,
 ) -> LoadedGraph:
     """Open `path` for ONNX Runtime, upgraded from a legacy opset and batch-freed when needed.
 
     `value_range` is the range of the fed tensor (after the card's normalisation), used for
-    the random inputs of the equivalence check.
+    the random inputs of the equivalence check. ``rewrite=False`` opens the graph as it is
+    (after an opset upgrade) and writes nothing: for a look at a file, not for serving.
     """
     path = Path(path)
     label = name or str(path)
     key = file_key(path)
     targets = cache_paths(path, cache_dir)
-    for target in targets:
+    for target in targets if rewrite else ():
         if _cached(target, key):  # checked first: a hit never parses a 500 MB protobuf
             return LoadedGraph(_session(target, options, providers), True, str(target))
     model = onnx.load_model(str(path))
@@ -312,6 +314,9 @@ def open_graph(
     original_name = "<memory>" if changed else str(path)
     if not has_fixed_batch(model):
         return LoadedGraph(_session(original, options, providers), True, original_name)
+    if not rewrite:
+        session = _session(original, options, providers)
+        return LoadedGraph(session, False, original_name, "rewrite not asked for")
 
     try:
         rewritten = free_batch(model)

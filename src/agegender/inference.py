@@ -73,6 +73,7 @@ class OnnxModel:
         *,
         threads: int | None = None,
         max_batch: int = DEFAULT_BATCH,
+        batch_rewrite: bool = True,
     ):
         self.card = card
         self.path = Path(path)
@@ -82,7 +83,11 @@ class OnnxModel:
             options.inter_op_num_threads = 1
         try:
             loaded = batching.open_graph(
-                self.path, options=options, value_range=fed_range(card), name=f"model {card.id}"
+                self.path,
+                options=options,
+                value_range=fed_range(card),
+                name=f"model {card.id}",
+                rewrite=batch_rewrite,
             )
         except AgegenderError:
             raise

@@ -408,7 +408,7 @@ def _check_graph(card: ModelCard, path: Path) -> None:
     """Refuse a file that is not an ONNX graph with the card's input and output shapes."""
     from .inference import OnnxModel  # ONNX Runtime only when an unverified file arrives
 
-    OnnxModel(card, path, threads=1)
+    OnnxModel(card, path, threads=1, batch_rewrite=False)  # no batch-free copy beside it
 
 
 def import_file(
