@@ -98,15 +98,16 @@ class Estimator:
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH,
         workers: int | None = None,
-        align: str = "none",
+        align: str | None = None,
         sweep: tuple[float, float, float] = rotation.DEFAULT_SWEEP,
     ):
+        chosen = get_preset(preset)
+        self.preset = chosen.name
+        align = align if align is not None else chosen.align
         if align not in rotation.ALIGN_MODES:
             raise AgegenderError(
                 f"unknown alignment {align!r}; choose one of {', '.join(rotation.ALIGN_MODES)}"
             )
-        chosen = get_preset(preset)
-        self.preset = chosen.name
         age_ref = age_model if age_model is not None else chosen.age
         gender_ref = gender_model if gender_model is not None else chosen.gender
         self.models: dict[str, OnnxModel] = {}

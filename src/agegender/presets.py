@@ -16,6 +16,7 @@ class Preset:
     detector: str
     age: str | None
     gender: str | None
+    align: str = "none"  # none | landmarks | sweep (rotation.py)
 
 
 def presets() -> dict[str, Preset]:
@@ -23,7 +24,12 @@ def presets() -> dict[str, Preset]:
     data = tomllib.loads(resources.files("agegender").joinpath("presets.toml").read_text("utf-8"))
     return {
         name: Preset(
-            name, t.get("description", ""), t.get("detector", "dlib"), t.get("age"), t.get("gender")
+            name,
+            t.get("description", ""),
+            t.get("detector", "dlib"),
+            t.get("age"),
+            t.get("gender"),
+            t.get("align", "none"),
         )
         for name, t in data.items()
     }

@@ -77,6 +77,8 @@ def settings_from_args(args: argparse.Namespace) -> list[runner.Setting]:
         "pixel_limit": args.pixel_limit,
         "threads": args.threads,
         "batch_size": args.batch_size,
+        "align": args.align,
+        "sweep": args.sweep,
     }
     base = runner.Setting(
         args.preset, args.preset, args.age_model, args.gender_model, args.detector, args.tta, extra

@@ -49,9 +49,10 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--align",
         choices=list(rotation.ALIGN_MODES),
-        default="none",
+        default=None,
         help="turn tilted faces upright for margin crops: 'sweep' runs the detector on "
-        "rotated copies as DEX did, 'landmarks' uses the eye line (default: %(default)s)",
+        "rotated copies as DEX did, 'landmarks' uses the eye line (default: the preset's, "
+        "'none' in the built-in presets)",
     )
     group.add_argument(
         "--sweep",
