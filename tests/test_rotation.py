@@ -168,3 +168,15 @@ def test_unknown_alignment_is_a_one_line_error() -> None:
         Exception, match=r"^unknown alignment 'tilt'; choose one of none, landmarks, sweep$"
     ):
         Estimator(align="tilt")
+
+
+def test_a_preset_may_name_the_alignment_and_the_caller_overrides_it(monkeypatch) -> None:
+    from agegender import pipeline
+    from agegender.presets import Preset, get_preset, presets
+
+    assert {p.align for p in presets().values()} == {"none"}
+    default = get_preset("default")
+    tilted = Preset("tilted", "", default.detector, default.age, default.gender, "landmarks")
+    monkeypatch.setattr(pipeline, "get_preset", lambda name: tilted)
+    assert Estimator("tilted").align == "landmarks"
+    assert Estimator("tilted", align="none").align == "none"
