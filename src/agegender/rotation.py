@@ -88,7 +88,7 @@ def rotate_image(
 ) -> tuple[NDArray[np.uint8], NDArray[np.float64]]:
     """The image rotated about its centre on a canvas that holds all of it, and the 2x3 map."""
     height, width = rgb.shape[:2]
-    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    matrix = np.asarray(cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0), np.float64)
     cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
     new_w = math.ceil(height * sin + width * cos)
     new_h = math.ceil(height * cos + width * sin)
@@ -97,7 +97,7 @@ def rotate_image(
     rotated = cv2.warpAffine(
         rgb, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    return rotated, matrix
+    return np.asarray(rotated, np.uint8), matrix
 
 
 def _apply(matrix: NDArray[np.float64], points: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -149,7 +149,9 @@ class SweepDetector:
         found: list[tuple[float, Upright, NDArray[np.float64] | None, bool]] = []
         for angle in self.angles:
             rotated, matrix = (rgb, None) if angle == 0 else rotate_image(rgb, angle)
-            inverse = None if matrix is None else cv2.invertAffineTransform(matrix)
+            inverse = None
+            if matrix is not None:
+                inverse = np.asarray(cv2.invertAffineTransform(matrix), np.float64)
             for det in self.base.detect(rotated):
                 if det.whole_image:
                     return [det]  # nothing to sweep: the image is the face
@@ -235,6 +237,7 @@ def upright_region(rgb: NDArray[np.uint8], upright: Upright, margin: float) -> N
     matrix = cv2.getRotationMatrix2D((upright.cx, upright.cy), upright.angle, 1.0)
     matrix[0, 2] += length / 2 - upright.cx
     matrix[1, 2] += length / 2 - upright.cy
-    return cv2.warpAffine(
+    region = cv2.warpAffine(
         rgb, matrix, (length, length), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
+    return np.asarray(region, np.uint8)

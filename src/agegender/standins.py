@@ -158,20 +158,19 @@ class _Builder:
         weight *= np.float32(gain * np.sqrt(2.0 / flat))
         bias = np.zeros(out, np.float32)
         y = f"{name}_Gemm_Y"
-        legacy = {"broadcast": 1} if self.opset < 7 else {}
-        self.nodes.append(
-            helper.make_node(
-                "Gemm",
-                [reshaped, self.param(f"{name}_W", weight), self.param(f"{name}_b", bias)],
-                [y],
-                name=f"{name}_Gemm",
-                alpha=1.0,
-                beta=1.0,
-                transA=0,
-                transB=1,
-                **legacy,
-            )
+        gemm = helper.make_node(
+            "Gemm",
+            [reshaped, self.param(f"{name}_W", weight), self.param(f"{name}_b", bias)],
+            [y],
+            name=f"{name}_Gemm",
+            alpha=1.0,
+            beta=1.0,
+            transA=0,
+            transB=1,
         )
+        if self.opset < 7:  # Gemm-1/6 broadcast C only when told to
+            gemm.attribute.append(helper.make_attribute("broadcast", 1))
+        self.nodes.append(gemm)
         self.shapes[y] = [in_shape[0], out]
         return y
 
