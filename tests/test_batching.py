@@ -119,14 +119,14 @@ def test_unwritable_folder_caches_in_the_store(
     models.mkdir()
     path = standins.save(standins.googlenet(), models / "g.onnx")
     store = tmp_path / "store"
-    real_write = batching._write_atomic
+    real_stage = batching._stage
 
-    def read_only_models(model: onnx.ModelProto, target: Path) -> None:
+    def read_only_models(data: bytes, target: Path) -> Path:
         if target.parent == models:  # as root, chmod cannot make a folder unwritable
             raise PermissionError(13, "Permission denied")
-        real_write(model, target)
+        return real_stage(data, target)
 
-    monkeypatch.setattr(batching, "_write_atomic", read_only_models)
+    monkeypatch.setattr(batching, "_stage", read_only_models)
     loaded = batching.open_graph(path, cache_dir=store)
     assert loaded.batched and Path(loaded.source).parent == store
     assert batching.open_graph(path, cache_dir=store).source == loaded.source
@@ -150,7 +150,7 @@ def test_graph_that_mixes_the_batch_falls_back_to_one_by_one(tmp_path: Path, cap
         r.levelno == logging.WARNING and "model mix: fixed batch of 1 kept" in r.getMessage()
         for r in caplog.records
     )
-    assert not (tmp_path / "mix.onnx.batched.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mix.onnx"]  # nothing staged is left
     assert loaded.session.get_inputs()[0].shape == [1, 3, 2, 2]
 
 
@@ -215,3 +215,19 @@ def test_importing_a_foreign_file_leaves_no_rewrite_beside_it(tmp_path: Path, mo
     with pytest.warns(UserWarning, match="UNVERIFIED"):
         store.import_file(path, "levi-gender")
     assert sorted(p.name for p in downloads.iterdir()) == ["gender_googlenet.onnx"]
+
+
+def test_no_writable_folder_still_batches_in_memory(tmp_path: Path, monkeypatch, caplog) -> None:
+    path = standins.save(standins.googlenet(), tmp_path / "g.onnx")
+
+    def nowhere(data: bytes, target: Path) -> Path:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(batching, "_stage", nowhere)
+    with caplog.at_level(logging.WARNING, logger="agegender.batching"):
+        loaded = batching.open_graph(path, cache_dir=tmp_path / "store")
+    assert loaded.batched and loaded.source == "<memory>"
+    assert "batch-free graph not cached" in caplog.text and "Permission denied" in caplog.text
+    x = _inputs(2)
+    (got,) = loaded.session.run(None, {"input": x})
+    np.testing.assert_allclose(got, _one_by_one(standins.googlenet(), x), rtol=1e-4, atol=1e-6)

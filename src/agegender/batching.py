@@ -245,16 +245,17 @@ def _cached(path: Path, key: str) -> bool:
         return False
 
 
-def _write_atomic(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _stage(data: bytes, target: Path) -> Path:
+    """Write `data` to a temporary file beside `target` (renamed into place once trusted)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
     try:
-        onnx.save_model(model, tmp)
-        os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
 
 
 @dataclass(frozen=True)
@@ -320,31 +321,63 @@ def open_graph(
 
     try:
         rewritten = free_batch(model)
-        session = _session(rewritten, options, providers)
     except BatchRewriteError as error:
         reason = str(error)
-    except Exception as error:  # ORT refusing the rewritten graph
-        reason = f"rewritten graph does not load: {f'{error}'.splitlines()[0]}"
     else:
-        reason = check_batch_equivalence(session, low=value_range[0], high=value_range[1]) or ""
-        if not reason:
-            del rewritten.metadata_props[:]
-            rewritten.metadata_props.add(key=KEY_PROP, value=key)
-            return LoadedGraph(session, True, _store(rewritten, targets, key, label))
+        rewritten.metadata_props.add(key=KEY_PROP, value=key)
+        data = rewritten.SerializeToString()  # once: 2 s for a DEX file
+        del rewritten
+        reason, loaded = _open_checked(data, targets, key, label, options, providers, value_range)
+        if loaded is not None:
+            return loaded
     log.warning("%s: fixed batch of 1 kept, faces run one at a time: %s", label, reason)
     return LoadedGraph(_session(original, options, providers), False, original_name, reason)
 
 
-def _store(model: onnx.ModelProto, targets: Sequence[Path], key: str, label: str) -> str:
-    """Write the rewrite to the first writable target; its path, or "<memory>"."""
+def _open_checked(
+    data: bytes,
+    targets: Sequence[Path],
+    key: str,
+    label: str,
+    options: ort.SessionOptions | None,
+    providers: Sequence[str] | None,
+    value_range: tuple[float, float],
+) -> tuple[str, LoadedGraph | None]:
+    """Open the rewritten graph, check it, and cache it: ("", graph) or (reason, None).
+
+    It is staged in the first writable cache folder and opened from there (ONNX Runtime
+    reads a file faster than it takes 500 MB of bytes from Python); the staged file is
+    renamed into place only when the check passes.
+    """
+    staged: tuple[Path, Path] | None = None
     errors = []
     for target in targets:
         try:
             _key_file(target).unlink(missing_ok=True)
-            _write_atomic(model, target)
-            _key_file(target).write_text(key + "\n", encoding="utf-8")
-            return str(target)
+            staged = (_stage(data, target), target)
+            break
         except OSError as error:
             errors.append(f"{target}: {error.strerror or error}")
-    log.warning("%s: batch-free graph not cached (%s)", label, "; ".join(errors))
-    return "<memory>"
+    try:
+        source = str(staged[0]) if staged else data
+        session = ort.InferenceSession(
+            source, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+        reason = check_batch_equivalence(session, low=value_range[0], high=value_range[1])
+        if reason:
+            return reason, None
+        if staged is None:
+            log.warning("%s: batch-free graph not cached (%s)", label, "; ".join(errors))
+            return "", LoadedGraph(session, True, "<memory>")
+        tmp, target = staged
+        os.replace(tmp, target)
+        staged = None
+        _key_file(target).write_text(key + "\n", encoding="utf-8")
+        return "", LoadedGraph(session, True, str(target))
+    except OSError as error:
+        return f"cannot cache the rewritten graph: {error.strerror or error}", None
+    except Exception as error:  # ORT refusing the rewritten graph
+        return f"rewritten graph does not load: {f'{error}'.splitlines()[0]}", None
+    finally:
+        if staged is not None:
+            staged[0].unlink(missing_ok=True)
