@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -132,7 +132,7 @@ class Service:
         self.ready = False
 
     def _run_batch(self, key: Hashable, prepared: list[PreparedImage]) -> list[list[Face]]:
-        tta, age_threshold = key  # type: ignore[misc]
+        tta, age_threshold = cast(tuple[bool | None, float | None], key)
         thresholds = None if age_threshold is None else (age_threshold,)
         return self.estimator.estimate(prepared, tta=tta, age_thresholds=thresholds)
 
