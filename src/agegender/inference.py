@@ -78,6 +78,9 @@ class OnnxModel:
         self.card = card
         self.path = Path(path)
         options = ort.SessionOptions()
+        # Idle ONNX Runtime threads otherwise spin, taking the cores from the threads that
+        # decode and detect the next images: 155 -> 213 images/s on utkface-dev (README).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
