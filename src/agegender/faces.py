@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import dlib
@@ -111,18 +111,28 @@ class HaarDetector:
 
     def __init__(self, min_size: int = 24, max_side: int | None = 1600, min_neighbors: int = 5):
         folder = cv2.data.haarcascades  # type: ignore[attr-defined]
-        path = Path(folder) / "haarcascade_frontalface_default.xml"
-        self._cascade = cv2.CascadeClassifier(str(path))  # type: ignore[attr-defined]
-        if self._cascade.empty():
-            raise AgegenderError(f"OpenCV Haar cascade not found at {path}")
+        self._path = Path(folder) / "haarcascade_frontalface_default.xml"
         self.min_size = min_size
         self.max_side = max_side
         self.min_neighbors = min_neighbors
+        # One cascade per thread, as for dlib: predict_many and serve detect in a pool,
+        # and OpenCV does not document CascadeClassifier as thread-safe.
+        self._local = threading.local()
+        self._cascade()  # fail now, not on the first image, when the file is missing
+
+    def _cascade(self) -> Any:
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cascade = cv2.CascadeClassifier(str(self._path))  # type: ignore[attr-defined]
+            if cascade.empty():
+                raise AgegenderError(f"OpenCV Haar cascade not found at {self._path}")
+            self._local.cascade = cascade
+        return cascade
 
     def detect(self, rgb: NDArray[np.uint8]) -> list[Detection]:
         small, factor = _downscale(rgb, self.max_side)
         gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-        boxes, _, weights = self._cascade.detectMultiScale3(
+        boxes, _, weights = self._cascade().detectMultiScale3(
             gray,
             scaleFactor=1.1,
             minNeighbors=self.min_neighbors,

@@ -119,12 +119,12 @@ class Estimator:
             self.models["gender"] = load_model(gender_ref, threads=threads, max_batch=batch_size)
             if self.models["gender"].card.task != "gender":
                 raise CardError(f"card {self.models['gender'].card.id} is not a gender model")
+        if upsample is None and align == "sweep":
+            upsample = 0  # auto would upsample (4x the time) at every angle without a face
+        self.upsample = upsample
+        self.max_detect_side = max_detect_side
         if isinstance(detector, str) or detector is None:
-            if upsample is None and align == "sweep":
-                upsample = 0  # auto would upsample (4x the time) at every angle without a face
-            detector = make_detector(
-                detector or chosen.detector, upsample=upsample, max_side=max_detect_side
-            )
+            detector = self.make_detector(detector or chosen.detector)
         self.landmarker = Landmarker()
         self.align = align
         if align == "sweep":
@@ -146,6 +146,10 @@ class Estimator:
         self.age_thresholds = tuple(age_thresholds)
         # Threads that decode and detect in predict_many (dlib releases the GIL).
         self.workers = workers or min(4, os.cpu_count() or 1)
+
+    def make_detector(self, name: str) -> FaceDetector:
+        """A detector backend by name, with this estimator's upsampling and size limit."""
+        return make_detector(name, upsample=self.upsample, max_side=self.max_detect_side)
 
     @property
     def cards(self) -> dict[str, ModelCard]:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..errors import AgegenderError
 from ..evaluate import readers, report, runner
-from .predict import add_estimator_options
+from .predict import add_estimator_options, estimator_kwargs
 
 SHOW_UNREADABLE = 10
 
@@ -70,16 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def settings_from_args(args: argparse.Namespace) -> list[runner.Setting]:
     """The --compare settings, or one setting from --preset and the model options."""
-    extra = {
-        "upsample": args.upsample,
-        "max_detect_side": args.max_detect_side,
-        "min_face": args.min_face,
-        "pixel_limit": args.pixel_limit,
-        "threads": args.threads,
-        "batch_size": args.batch_size,
-        "align": args.align,
-        "sweep": args.sweep,
-    }
+    # A setting overrides the models, detector and TTA; every other option is shared.
+    per_setting = ("age_model", "gender_model", "detector", "tta")
+    extra = {k: v for k, v in estimator_kwargs(args).items() if k not in per_setting}
     base = runner.Setting(
         args.preset, args.preset, args.age_model, args.gender_model, args.detector, args.tta, extra
     )

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -109,24 +110,28 @@ def _sweep_range(text: str) -> tuple[float, float, float]:
     return start, stop, step
 
 
+def estimator_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Estimator keyword arguments from `add_estimator_options` (the one place mapping them)."""
+    return {
+        "age_model": args.age_model,
+        "gender_model": args.gender_model,
+        "detector": args.detector,
+        "tta": args.tta,
+        "upsample": args.upsample,
+        "max_detect_side": args.max_detect_side,
+        "min_face": args.min_face,
+        "min_score": args.min_score,
+        "pixel_limit": args.pixel_limit,
+        "age_thresholds": args.age_threshold,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "align": args.align,
+        "sweep": args.sweep,
+    }
+
+
 def estimator_from_args(args: argparse.Namespace) -> Estimator:
-    return Estimator(
-        args.preset,
-        age_model=args.age_model,
-        gender_model=args.gender_model,
-        detector=args.detector,
-        tta=args.tta,
-        upsample=args.upsample,
-        max_detect_side=args.max_detect_side,
-        min_face=args.min_face,
-        min_score=args.min_score,
-        pixel_limit=args.pixel_limit,
-        age_thresholds=args.age_threshold,
-        threads=args.threads,
-        batch_size=args.batch_size,
-        align=args.align,
-        sweep=args.sweep,
-    )
+    return Estimator(args.preset, **estimator_kwargs(args))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -84,17 +84,6 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     return ServeSettings(
         host=args.host,
         port=args.port,
-        preset=args.preset,
-        age_model=args.age_model,
-        gender_model=args.gender_model,
-        detector=args.detector,
-        tta=args.tta,
-        upsample=args.upsample,
-        max_detect_side=args.max_detect_side,
-        min_face=args.min_face,
-        min_score=args.min_score,
-        age_thresholds=tuple(args.age_threshold),
-        batch_size=args.batch_size,
         api_key=api_key,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         pixel_limit=args.pixel_limit,
@@ -104,7 +93,6 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         max_pending=args.max_pending,
         request_timeout_s=args.timeout,
         prepare_workers=args.prepare_workers,
-        threads=args.threads,
     )
 
 
@@ -120,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     settings = settings_from_args(args)
     # The same options as `predict` build the same Estimator (one place maps them).
-    app = create_app(settings, estimator_from_args(args))
+    estimator = estimator_from_args(args)
+    app = create_app(settings, estimator)
     print(
-        f"agegender: serving preset {settings.preset} on http://{settings.host}:{settings.port}/"
+        f"agegender: serving preset {estimator.preset} on http://{settings.host}:{settings.port}/"
         + (" (API key required)" if settings.api_key else ""),
         file=sys.stderr,
     )

@@ -10,7 +10,6 @@ a timeout. Every error answer is `{"error": {"code", "message"}}`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import math
 import time
@@ -30,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, images
 from ..errors import AgegenderError, ImageTooLargeError, UnsupportedImageError
-from ..faces import DETECTORS, make_detector
+from ..faces import DETECTORS
 from ..pipeline import Estimator, PreparedImage
 from ..results import Face, ImageResult
 from .batching import Batcher
@@ -67,17 +66,6 @@ class ServeSettings:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    preset: str = "default"
-    age_model: str | None = None
-    gender_model: str | None = None
-    detector: str | None = None  # None: the preset's
-    tta: bool | None = None  # None: the Estimator's default
-    upsample: int | None = None
-    max_detect_side: int | None = 1600
-    min_face: int = 0
-    min_score: float | None = None
-    age_thresholds: tuple[float, ...] = ()  # reported when a request names no threshold
-    batch_size: int = 32  # faces per model run
     api_key: str | None = None  # every /v1 call and /metrics need it when set
     max_body_bytes: int = 20 << 20
     pixel_limit: int = images.DEFAULT_PIXEL_LIMIT
@@ -87,7 +75,6 @@ class ServeSettings:
     max_pending: int = 32  # estimate requests in flight before 503
     request_timeout_s: float = 30.0
     prepare_workers: int = 2
-    threads: int | None = None  # ONNX Runtime intra-op threads
     retry_after_s: int = 1
 
 
@@ -141,14 +128,8 @@ class Service:
         if name not in self.detectors:
             async with self._detector_lock:
                 if name not in self.detectors:
-                    build = functools.partial(
-                        make_detector,
-                        name,
-                        upsample=self.settings.upsample,
-                        max_side=self.settings.max_detect_side,
-                    )
                     self.detectors[name] = await asyncio.get_running_loop().run_in_executor(
-                        self.prepare_pool, build
+                        self.prepare_pool, self.estimator.make_detector, name
                     )
         return self.detectors[name]
 
@@ -246,24 +227,11 @@ def _error_response(error: ApiError) -> JSONResponse:
 def create_app(
     settings: ServeSettings | None = None, estimator: Estimator | None = None
 ) -> FastAPI:
-    """The service's app; loads the models now unless an `estimator` is given."""
+    """The service's app; loads the default models now unless an `estimator` is given."""
     settings = settings or ServeSettings()
-    if estimator is None:
-        estimator = Estimator(
-            settings.preset,
-            age_model=settings.age_model,
-            gender_model=settings.gender_model,
-            detector=settings.detector,
-            tta=settings.tta,
-            upsample=settings.upsample,
-            max_detect_side=settings.max_detect_side,
-            min_face=settings.min_face,
-            min_score=settings.min_score,
-            pixel_limit=settings.pixel_limit,
-            age_thresholds=settings.age_thresholds,
-            threads=settings.threads,
-            batch_size=settings.batch_size,
-        )
+    # The models and detector are the Estimator's (the command builds it from the same
+    # options as `predict`); the settings are the server's own.
+    estimator = estimator or Estimator()
     service = Service(settings, estimator)
 
     @asynccontextmanager
