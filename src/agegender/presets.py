@@ -1,11 +1,17 @@
-"""Presets: named choices of detector and model cards (``presets.toml``)."""
+"""Presets: named configurations (``presets.toml``): detector, alignment, model heads.
+
+A preset is data read into an :class:`~agegender.config.EstimatorConfig`; a task may list
+several cards (an ensemble) with optional weights.
+"""
 
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
+from .config import EstimatorConfig
 from .errors import AgegenderError
 
 
@@ -14,9 +20,32 @@ class Preset:
     name: str
     description: str
     detector: str
-    age: str | None
-    gender: str | None
+    age: tuple[str, ...]
+    gender: tuple[str, ...]
     align: str = "none"  # none | landmarks | sweep (rotation.py)
+    age_weights: tuple[float, ...] | None = None
+    gender_weights: tuple[float, ...] | None = None
+
+    def config(self) -> EstimatorConfig:
+        return EstimatorConfig(
+            preset=self.name,
+            detector=self.detector,
+            align=self.align,
+            age_models=self.age,
+            gender_models=self.gender,
+            age_weights=self.age_weights,
+            gender_weights=self.gender_weights,
+        )
+
+
+def _cards(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _weights(value: Any) -> tuple[float, ...] | None:
+    return None if value is None else tuple(float(v) for v in value)
 
 
 def presets() -> dict[str, Preset]:
@@ -27,9 +56,11 @@ def presets() -> dict[str, Preset]:
             name,
             t.get("description", ""),
             t.get("detector", "dlib"),
-            t.get("age"),
-            t.get("gender"),
+            _cards(t.get("age")),
+            _cards(t.get("gender")),
             t.get("align", "none"),
+            _weights(t.get("age_weights")),
+            _weights(t.get("gender_weights")),
         )
         for name, t in data.items()
     }

@@ -1,0 +1,194 @@
+"""One configuration for every entry point: a preset's values overlaid with the caller's.
+
+``EstimatorConfig`` is frozen; ``EstimatorConfig.from_preset(name, **overrides)`` takes the
+preset's detector, alignment and model heads and applies the overrides with
+``dataclasses.replace`` (as timm's ``resolve_pretrained_cfg`` and ultralytics'
+``get_cfg(cfg, overrides)`` do). The CLI's defaults, evaluate's settings and serve's
+per-request options are all read from or written into this one object; nothing else
+restates an option or its default.
+
+This module imports nothing heavy (no ONNX Runtime, dlib or OpenCV): ``--help`` reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import AgegenderError
+
+ALIGN_MODES = ("none", "landmarks", "sweep")
+DEFAULT_SWEEP = (-60.0, 60.0, 5.0)  # DEX: -60..60 degrees in 5 degree steps
+DEFAULT_PIXEL_LIMIT = 50_000_000
+DEFAULT_MAX_DETECT_SIDE = 1600
+DEFAULT_BATCH = 32
+
+# Options that change which graphs are loaded or how: an estimator derived for a request
+# or a fallback shares its loaded models, so these must stay the same.
+MODEL_FIELDS = (
+    "age_models",
+    "gender_models",
+    "age_weights",
+    "gender_weights",
+    "threads",
+    "batch_size",
+)
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Everything that decides what an Estimator does (the README's option table)."""
+
+    preset: str = "default"
+    # Heads: a card id, "CARD=path/to/file.onnx", a ModelCard or (card, path), one or
+    # more per task; several are combined by a weighted mean of
+    # their distributions (DEX-style ensembles). Empty: no estimate of that task.
+    age_models: tuple[Any, ...] = ()
+    gender_models: tuple[Any, ...] = ()
+    age_weights: tuple[float, ...] | None = None  # None: equal weights
+    gender_weights: tuple[float, ...] | None = None
+    # faces
+    detector: str = "dlib"
+    upsample: int | None = None  # dlib: None = at size, then once more if nothing found
+    max_detect_side: int | None = DEFAULT_MAX_DETECT_SIDE
+    min_face: int = 0
+    min_score: float | None = None
+    align: str = "none"
+    sweep: tuple[float, float, float] | None = None  # only with align="sweep"
+    # estimates
+    # Measured on utkface-dev (README): flip averaging lowers the CC0 age model's MAE.
+    tta: bool = True
+    age_thresholds: tuple[float, ...] = ()
+    # inputs and execution
+    pixel_limit: int | None = DEFAULT_PIXEL_LIMIT
+    threads: int | None = None  # ONNX Runtime threads per model
+    batch_size: int = DEFAULT_BATCH
+    workers: int | None = None  # decode/detect threads (None: min(4, CPUs))
+
+    def __post_init__(self) -> None:
+        # Sequences given as lists are kept as tuples (hashable, frozen).
+        for name in ("age_models", "gender_models", "age_thresholds"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                value = () if value in (None, "") else (value,)
+            object.__setattr__(self, name, tuple(value))
+        for name in ("age_weights", "gender_weights"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        if self.sweep is not None:
+            object.__setattr__(self, "sweep", tuple(float(v) for v in self.sweep))
+        object.__setattr__(self, "age_thresholds", tuple(float(t) for t in self.age_thresholds))
+        self.validate()
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str = "default", **overrides: Any) -> EstimatorConfig:
+        """The preset's configuration with `overrides` applied (unknown names are an error)."""
+        from .presets import get_preset
+
+        base = get_preset(name).config()
+        return base.with_overrides(**overrides)
+
+    def with_overrides(self, **overrides: Any) -> EstimatorConfig:
+        """A copy with the given fields replaced; a preset override starts from that preset."""
+        unknown = sorted(set(overrides) - set(option_names()))
+        if unknown:
+            raise AgegenderError(
+                f"unknown option {unknown[0]!r}; options are {', '.join(option_names())}"
+            )
+        preset = overrides.pop("preset", None)
+        if preset is not None and preset != self.preset:
+            return EstimatorConfig.from_preset(preset, **overrides)
+        return replace(self, **overrides) if overrides else self
+
+    # -- checks ---------------------------------------------------------------------
+    def validate(self) -> None:
+        """Reject impossible values with one line naming the option (never ignore one)."""
+        if self.align not in ALIGN_MODES:
+            raise AgegenderError(
+                f"unknown alignment {self.align!r}; choose one of {', '.join(ALIGN_MODES)}"
+            )
+        if self.sweep is not None:
+            if self.align != "sweep":
+                raise AgegenderError("--sweep applies only with --align sweep")
+            start, stop, step = self.sweep
+            if not all(math.isfinite(v) for v in self.sweep) or step <= 0 or stop < start:
+                raise AgegenderError(
+                    f"--sweep needs START <= STOP and STEP > 0, got {start:g}:{stop:g}:{step:g}"
+                )
+        for name, low in (("min_face", 0), ("batch_size", 1)):
+            if getattr(self, name) < low:
+                raise AgegenderError(f"--{_flag(name)} must be >= {low}, got {getattr(self, name)}")
+        for name in ("upsample", "max_detect_side", "pixel_limit", "threads", "workers"):
+            value = getattr(self, name)
+            low = 0 if name == "upsample" else 1
+            if value is not None and value < low:
+                raise AgegenderError(f"--{_flag(name)} must be >= {low}, got {value}")
+        if self.min_score is not None and not math.isfinite(self.min_score):
+            raise AgegenderError(f"--min-score must be a number, got {self.min_score}")
+        for t in self.age_thresholds:
+            if not math.isfinite(t):
+                raise AgegenderError(f"--age-threshold must be a number, got {t}")
+        for task in ("age", "gender"):
+            weights = getattr(self, f"{task}_weights")
+            heads = getattr(self, f"{task}_models")
+            if weights is None:
+                continue
+            if len(weights) != len(heads):
+                raise AgegenderError(
+                    f"--{task}-weights: {len(weights)} weights for {len(heads)} {task} models"
+                )
+            if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+                raise AgegenderError(
+                    f"--{task}-weights must be >= 0 with a positive sum, got "
+                    f"{','.join(f'{w:g}' for w in weights)}"
+                )
+
+    # -- views ------------------------------------------------------------------------
+    @property
+    def sweep_range(self) -> tuple[float, float, float]:
+        return self.sweep if self.sweep is not None else DEFAULT_SWEEP  # type: ignore[return-value]
+
+    def models_key(self) -> tuple[Any, ...]:
+        """What decides the loaded graphs (an estimator derived from this one shares them)."""
+        return tuple(getattr(self, name) for name in MODEL_FIELDS)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as plain data (for reports, manifests and logs)."""
+        out: dict[str, Any] = {}
+        for name in option_names():
+            value = getattr(self, name)
+            if name in ("age_models", "gender_models"):
+                value = [_ref_name(v) for v in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out
+
+
+def option_names() -> list[str]:
+    """The configuration's option names, in declaration order."""
+    return [f.name for f in fields(EstimatorConfig)]
+
+
+def default_of(name: str) -> Any:
+    """An option's default (for help texts): the dataclass field's own."""
+    for f in fields(EstimatorConfig):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _ref_name(ref: Any) -> str:
+    if isinstance(ref, str):
+        return ref
+    if isinstance(ref, tuple):
+        return f"{ref[0].id}={ref[1]}"
+    return str(getattr(ref, "id", ref))
