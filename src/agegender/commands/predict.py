@@ -6,132 +6,15 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
-from .. import outputs, rotation, video
-from ..images import DEFAULT_PIXEL_LIMIT, IMAGE_SUFFIXES, ImageInput, expand_inputs
-from ..pipeline import Estimator
+from .. import outputs, video
+from ..images import IMAGE_SUFFIXES, ImageInput, expand_inputs
 from ..results import ImageResult
+from .options import add_estimator_options, estimator_from_args
 
 PROGRESS_MIN_FILES = 4
-
-
-def add_estimator_options(parser: argparse.ArgumentParser) -> None:
-    """Options that choose and tune the Estimator (shared with other commands)."""
-    group = parser.add_argument_group("models and faces")
-    group.add_argument(
-        "--preset", default="default", help="preset of detector and models (default: %(default)s)"
-    )
-    group.add_argument(
-        "--age-model", metavar="CARD[=FILE]", help="age model card id (or CARD=path/to/file.onnx)"
-    )
-    group.add_argument(
-        "--gender-model", metavar="CARD[=FILE]", help="gender model card id (or CARD=FILE)"
-    )
-    group.add_argument(
-        "--detector",
-        choices=["dlib", "haar", "none"],
-        help="face detector; 'none' when inputs are already face crops",
-    )
-    group.add_argument(
-        "--upsample",
-        type=int,
-        default=None,
-        help="dlib upsampling steps for small faces (default: auto)",
-    )
-    group.add_argument(
-        "--max-detect-side",
-        type=int,
-        default=1600,
-        help="detect on a copy with this longer side at most (default: %(default)s)",
-    )
-    group.add_argument(
-        "--align",
-        choices=list(rotation.ALIGN_MODES),
-        default=None,
-        help="turn tilted faces upright for margin crops: 'sweep' runs the detector on "
-        "rotated copies as DEX did, 'landmarks' uses the eye line (default: the preset's, "
-        "'none' in the built-in presets)",
-    )
-    group.add_argument(
-        "--sweep",
-        type=_sweep_range,
-        default=rotation.DEFAULT_SWEEP,
-        metavar="START:STOP:STEP",
-        help="angles of --align sweep in degrees (default: -60:60:5)",
-    )
-    group.add_argument(
-        "--min-face", type=int, default=0, help="ignore faces smaller than this (pixels)"
-    )
-    group.add_argument(
-        "--min-score",
-        type=float,
-        default=None,
-        help="ignore detections scoring lower (dlib: 0.2 drops weak false positives "
-        "on JPEG textures, and a few real faces)",
-    )
-    group.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average each face with its mirror image (default: on)",
-    )
-    group.add_argument(
-        "--age-threshold",
-        type=float,
-        action="append",
-        default=[],
-        metavar="T",
-        help="also report P(age >= T); repeatable",
-    )
-    group.add_argument(
-        "--pixel-limit",
-        type=int,
-        default=DEFAULT_PIXEL_LIMIT,
-        help="refuse images with more pixels (default: %(default)s)",
-    )
-    group.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per model")
-    group.add_argument(
-        "--batch-size", type=int, default=32, help="faces per model run (default: 32)"
-    )
-
-
-def _sweep_range(text: str) -> tuple[float, float, float]:
-    try:
-        start, stop, step = (float(part) for part in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected START:STOP:STEP in degrees, got {text!r}"
-        ) from None
-    if step <= 0 or stop < start:
-        raise argparse.ArgumentTypeError(f"need START <= STOP and STEP > 0, got {text!r}")
-    return start, stop, step
-
-
-def estimator_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Estimator keyword arguments from `add_estimator_options` (the one place mapping them)."""
-    return {
-        "age_model": args.age_model,
-        "gender_model": args.gender_model,
-        "detector": args.detector,
-        "tta": args.tta,
-        "upsample": args.upsample,
-        "max_detect_side": args.max_detect_side,
-        "min_face": args.min_face,
-        "min_score": args.min_score,
-        "pixel_limit": args.pixel_limit,
-        "age_thresholds": args.age_threshold,
-        "threads": args.threads,
-        "batch_size": args.batch_size,
-        "align": args.align,
-        "sweep": args.sweep,
-    }
-
-
-def estimator_from_args(args: argparse.Namespace) -> Estimator:
-    return Estimator(args.preset, **estimator_kwargs(args))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

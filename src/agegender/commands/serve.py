@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import AgegenderError
-from .predict import add_estimator_options, estimator_from_args
+from .options import add_estimator_options, estimator_from_args
 
 if TYPE_CHECKING:
     from ..serve.app import ServeSettings

@@ -1,0 +1,201 @@
+"""Command-line options that choose and tune the Estimator, shared by every command.
+
+Each option maps to one field of :class:`~agegender.config.EstimatorConfig`; its default
+and help come from that class, and an option not given on the command line keeps the
+preset's value (argparse's default is ``SUPPRESS``, so only given options overlay it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import TYPE_CHECKING, Any
+
+from .. import config as cfg
+
+if TYPE_CHECKING:
+    from ..pipeline import Estimator
+
+
+def _finite(kind: type, low: float | None = None) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def sweep_range(text: str) -> tuple[float, float, float]:
+    try:
+        start, stop, step = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected START:STOP:STEP in degrees, got {text!r}"
+        ) from None
+    if not all(math.isfinite(v) for v in (start, stop, step)) or step <= 0 or stop < start:
+        raise argparse.ArgumentTypeError(f"need START <= STOP and STEP > 0, got {text!r}")
+    return start, stop, step
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    parse = _finite(float, 0.0)
+    return tuple(parse(part) for part in text.split(","))
+
+
+def _detector_names() -> list[str]:
+    from ..faces import DETECTORS  # the registry; imported here to keep --help light
+
+    return list(DETECTORS)
+
+
+def add_estimator_options(parser: argparse.ArgumentParser) -> None:
+    """Options that choose and tune the Estimator (EstimatorConfig fields)."""
+    d = cfg.default_of
+    S = argparse.SUPPRESS
+    group = parser.add_argument_group("models and faces")
+    group.add_argument(
+        "--preset", default=S, help=f"preset of detector and models (default: {d('preset')})"
+    )
+    group.add_argument(
+        "--age-model",
+        dest="age_models",
+        action="append",
+        default=S,
+        metavar="CARD[=FILE]",
+        help="age model card id (or CARD=path/to/file.onnx); repeat for an ensemble",
+    )
+    group.add_argument(
+        "--gender-model",
+        dest="gender_models",
+        action="append",
+        default=S,
+        metavar="CARD[=FILE]",
+        help="gender model card id (or CARD=FILE); repeat for an ensemble",
+    )
+    group.add_argument(
+        "--age-weights",
+        type=_weights,
+        default=S,
+        metavar="W,W,...",
+        help="weights of the age models' distributions (default: equal)",
+    )
+    group.add_argument(
+        "--gender-weights",
+        type=_weights,
+        default=S,
+        metavar="W,W,...",
+        help="weights of the gender models' distributions (default: equal)",
+    )
+    group.add_argument(
+        "--detector",
+        choices=_DetectorChoices(),
+        default=S,
+        help="face detector; 'none' when inputs are already face crops (default: the preset's)",
+    )
+    group.add_argument(
+        "--upsample",
+        type=_finite(int, 0),
+        default=S,
+        help="dlib upsampling steps for small faces (default: auto)",
+    )
+    group.add_argument(
+        "--max-detect-side",
+        type=_finite(int, 1),
+        default=S,
+        help=f"detect on a copy with this longer side at most (default: {d('max_detect_side')})",
+    )
+    group.add_argument(
+        "--align",
+        choices=list(cfg.ALIGN_MODES),
+        default=S,
+        help="turn tilted faces upright for margin crops: 'sweep' runs the detector on "
+        "rotated copies as DEX did, 'landmarks' uses the eye line (default: the preset's, "
+        "'none' in the built-in presets)",
+    )
+    start, stop, step = cfg.DEFAULT_SWEEP
+    group.add_argument(
+        "--sweep",
+        type=sweep_range,
+        default=S,
+        metavar="START:STOP:STEP",
+        help=f"angles of --align sweep in degrees (default: {start:g}:{stop:g}:{step:g})",
+    )
+    group.add_argument(
+        "--min-face",
+        type=_finite(int, 0),
+        default=S,
+        help=f"ignore faces smaller than this (pixels; default: {d('min_face')})",
+    )
+    group.add_argument(
+        "--min-score",
+        type=_finite(float),
+        default=S,
+        help="ignore detections scoring lower (dlib: 0.2 drops weak false positives "
+        "on JPEG textures, and a few real faces)",
+    )
+    group.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help=f"average each face with its mirror image (default: {'on' if d('tta') else 'off'})",
+    )
+    group.add_argument(
+        "--age-threshold",
+        dest="age_thresholds",
+        type=_finite(float),
+        action="append",
+        default=S,
+        metavar="T",
+        help="also report P(age >= T); repeatable",
+    )
+    group.add_argument(
+        "--pixel-limit",
+        type=_finite(int, 1),
+        default=S,
+        help=f"refuse images with more pixels (default: {d('pixel_limit')})",
+    )
+    group.add_argument(
+        "--threads", type=_finite(int, 1), default=S, help="ONNX Runtime threads per model"
+    )
+    group.add_argument(
+        "--batch-size",
+        type=_finite(int, 1),
+        default=S,
+        help=f"faces per model run (default: {d('batch_size')})",
+    )
+
+
+class _DetectorChoices:
+    """argparse choices read from the detector registry when first used (not at import)."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in _detector_names()
+
+    def __iter__(self) -> Any:
+        return iter(_detector_names())
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration fields given on the command line (and only those)."""
+    names = set(cfg.option_names())
+    return {k: v for k, v in vars(args).items() if k in names and k != "preset"}
+
+
+def config_from_args(args: argparse.Namespace) -> cfg.EstimatorConfig:
+    """The preset named by --preset (or the default) overlaid with the given options."""
+    preset = getattr(args, "preset", cfg.default_of("preset"))
+    return cfg.EstimatorConfig.from_preset(preset, **overrides_from_args(args))
+
+
+def estimator_from_args(args: argparse.Namespace) -> Estimator:
+    from ..pipeline import Estimator
+
+    return Estimator(config_from_args(args))
