@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from ..errors import AgegenderError
 from ..evaluate import readers, report, runner
-from .predict import add_estimator_options, estimator_kwargs
+from .options import add_estimator_options
+from .options import overrides_from_args as estimator_kwargs  # interim: evaluate moves to configs
 
 SHOW_UNREADABLE = 10
 
