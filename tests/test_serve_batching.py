@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agegender.serve.batching import Batcher
+from agegender.serve.request_batching import Batcher
 
 T = TypeVar("T")
 

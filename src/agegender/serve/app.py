@@ -32,9 +32,9 @@ from ..errors import AgegenderError, ImageTooLargeError, UnsupportedImageError
 from ..faces import DETECTORS
 from ..pipeline import Estimator, PreparedImage
 from ..results import Face, ImageResult
-from .batching import Batcher
 from .errors import ApiError
 from .metrics import Metrics
+from .request_batching import Batcher
 from .uploads import extract_image, read_body
 
 MAX_LABEL = 200

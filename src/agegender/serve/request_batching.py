@@ -1,5 +1,6 @@
-"""Cross-request batching: the faces of requests that arrive together go through each
-model in one pass.
+"""Request batching (across HTTP requests): the faces of requests that arrive together go
+through each model in one pass. (Not `agegender.batching`, which rewrites a graph's batch
+dimension.)
 
 Requests put their prepared images in a queue; one collector task takes the first and,
 while other requests are still on their way (being read, decoded or detected: the
@@ -8,6 +9,9 @@ request never waits. It groups the batch by the options that change inference an
 each group in a worker thread, so the event loop never runs a model. While a batch
 runs, the next requests gather in the queue. With batching off every item runs alone,
 through the same single worker: the baseline the load script compares.
+
+`stop()` answers every item not yet answered, queued or in the batch that is running,
+with `ShuttingDown`: no request waits for its own timeout at shutdown.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+class ShuttingDown(RuntimeError):
+    """The batcher stopped before this item's batch gave its result."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down")
 
 
 @dataclass
@@ -56,6 +67,8 @@ class Batcher(Generic[Item, Result]):
         self._arriving = arriving or (lambda: 0)
         self._queue: asyncio.Queue[_Pending[Item, Result]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._running: list[_Pending[Item, Result]] = []  # the batch being collected or run
+        self._stopped = False
 
     @property
     def waiting(self) -> int:
@@ -65,23 +78,31 @@ class Batcher(Generic[Item, Result]):
     def start(self) -> None:
         """Start the collector on the running event loop."""
         if self._task is None:
+            self._stopped = False
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._collect())
 
     async def stop(self) -> None:
-        """Stop the collector; items still queued are answered with an error."""
+        """Stop the collector; every item not yet answered (queued, or in the batch that
+        is running: its worker thread cannot be interrupted) fails with `ShuttingDown`."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        unanswered = list(self._running)
+        self._running = []
         while self._queue is not None and not self._queue.empty():
-            pending = self._queue.get_nowait()
+            unanswered.append(self._queue.get_nowait())
+        for pending in unanswered:
             if not pending.future.done():
-                pending.future.set_exception(RuntimeError("server is shutting down"))
+                pending.future.set_exception(ShuttingDown())
 
     async def submit(self, key: Hashable, item: Item) -> Result:
         """Queue one item and wait for its result (or the exception its batch raised)."""
+        if self._stopped:
+            raise ShuttingDown()
         if self._queue is None:
             raise RuntimeError("Batcher.start() was not called")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -92,6 +113,7 @@ class Batcher(Generic[Item, Result]):
         assert self._queue is not None
         while True:
             batch = [await self._queue.get()]
+            self._running = batch
             deadline = time.perf_counter() + self.window_s
             while len(batch) < self.max_batch:
                 if not self._queue.empty():
@@ -105,6 +127,7 @@ class Batcher(Generic[Item, Result]):
                 except TimeoutError:
                     break
             await self._run(batch)
+            self._running = []
 
     async def _run(self, batch: list[_Pending[Item, Result]]) -> None:
         # A request that timed out has cancelled its future: skip its work.
