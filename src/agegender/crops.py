@@ -23,8 +23,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .cards import CropSpec
-from .faces import Detection, to_dlib_rect
-from .rotation import get_upright, upright_region
+from .errors import AgegenderError
+from .faces import Box, Detection
+from .landmarks import to_dlib_rect
+from .rotation import upright_region
+
+
+class CropError(AgegenderError):
+    """A face's crop cannot be cut (a missing landmark, a box outside the image)."""
 
 
 def chip(
@@ -32,18 +38,18 @@ def chip(
 ) -> NDArray[np.uint8]:
     """dlib's aligned face chip of `size` (height, width) from 5 landmarks."""
     if detection.landmarks is None:
-        raise ValueError("a chip crop needs landmarks")
+        raise CropError("a chip crop needs landmarks")
     rect = to_dlib_rect(detection.box)
     points = [dlib.point(round(x), round(y)) for x, y in detection.landmarks]
     shape = dlib.full_object_detection(rect, points)
     if size[0] != size[1]:
-        raise ValueError(f"dlib face chips are square, the card asks for {size}")
+        raise CropError(f"dlib face chips are square, the card asks for {size}")
     details = dlib.get_face_chip_details(shape, size[0], padding)
     return np.ascontiguousarray(dlib.extract_image_chip(rgb, details))
 
 
 def margin_region(
-    box: tuple[float, float, float, float], margin: float
+    box: Box, margin: float
 ) -> tuple[int, int, int, int]:
     """The square region [x1, y1, x2, y2) DEX crops: box + margin on every side, squared."""
     x1, y1, x2, y2 = box
@@ -58,7 +64,7 @@ def margin_region(
 
 def margin_crop(
     rgb: NDArray[np.uint8],
-    box: tuple[float, float, float, float],
+    box: Box,
     margin: float,
     size: tuple[int, int],
 ) -> NDArray[np.uint8]:
@@ -69,7 +75,7 @@ def margin_crop(
     pad_r, pad_b = max(0, x2 - width), max(0, y2 - height)
     inside = rgb[max(0, y1) : min(height, y2), max(0, x1) : min(width, x2)]
     if inside.size == 0:
-        raise ValueError(f"box {box} lies outside the {width}x{height} image")
+        raise CropError(f"box {box} lies outside the {width}x{height} image")
     region = np.asarray(
         cv2.copyMakeBorder(inside, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE), np.uint8
     )
@@ -93,7 +99,7 @@ def crop_for(
     if spec.kind == "chip":
         return chip(rgb, detection, size, spec.padding)
     if spec.kind == "margin" and not detection.whole_image:
-        upright = get_upright(detection)
+        upright = detection.upright
         if upright is not None and upright.angle != 0:
             return resize(upright_region(rgb, upright, spec.margin), size)
         return margin_crop(rgb, detection.box, spec.margin, size)

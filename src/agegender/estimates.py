@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .cards import ModelCard
 from .results import AgeEstimate, GenderEstimate
 
 INTERVAL_MASS = 0.8
@@ -87,14 +86,3 @@ def gender_from_probs(probs: NDArray[np.float64], labels: Sequence[str]) -> Gend
     probs = probs / probs.sum()
     best = int(np.argmax(probs))
     return GenderEstimate(labels[best], float(probs[best]))
-
-
-def age_estimate(
-    card: ModelCard, probs: NDArray[np.float64], thresholds: Sequence[float] = ()
-) -> AgeEstimate:
-    """The age estimate an age or age-groups card's output means."""
-    if card.task == "age":
-        return age_from_distribution(probs, card.output.value_array(), thresholds=thresholds)
-    if card.task == "age-groups":
-        return age_from_groups(probs, card.output.groups, card.output.labels, thresholds=thresholds)
-    raise ValueError(f"card {card.id} is a {card.task} model, not an age model")

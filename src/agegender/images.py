@@ -21,9 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import DEFAULT_PIXEL_LIMIT
 from .errors import ImageError, ImageTooLargeError, UnsupportedImageError
-
-DEFAULT_PIXEL_LIMIT = 50_000_000
 
 ChannelOrder = Literal["RGB", "BGR"]
 
@@ -245,16 +244,31 @@ def _from_array(
     return np.ascontiguousarray(array)
 
 
+def expand_each(
+    paths: list[str], suffixes: frozenset[str] = IMAGE_SUFFIXES
+) -> list[tuple[str, list[str]]]:
+    """Each argument with the files it stands for: a file as given (whatever its name or
+    suffix), a folder as its files with these suffixes, recursively, sorted.
+
+    Folder walks skip hidden entries (names starting with "."; macOS "._*" resource
+    forks among them) and hidden folders; a hidden file or folder named itself is used.
+    """
+    return [
+        (item, _walk(Path(item), suffixes) if Path(item).is_dir() else [item]) for item in paths
+    ]
+
+
 def expand_inputs(paths: list[str], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[str]:
-    """Files as given; folders expanded to their files with these suffixes, sorted, recursively."""
-    expanded: list[str] = []
-    for item in paths:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(
-                str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-            )
-            expanded.extend(found)
-        else:
-            expanded.append(item)
-    return expanded
+    """Files as given; folders expanded to their files with these suffixes (see expand_each)."""
+    return [file for _, files in expand_each(paths, suffixes) for file in files]
+
+
+def _walk(folder: Path, suffixes: frozenset[str]) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(root, name)
+            if not name.startswith(".") and path.suffix.lower() in suffixes and path.is_file():
+                found.append(str(path))
+    return sorted(found)

@@ -16,13 +16,12 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from . import batching
 from .cards import ModelCard, check_against_graph
+from .config import DEFAULT_BATCH
 from .errors import AgegenderError, CardError, ModelFileError
+from .onnxgraph import batch_free
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BATCH = 32
 
 
 def preprocess(card: ModelCard, crops: Sequence[NDArray[np.uint8]]) -> NDArray[np.float32]:
@@ -85,7 +84,7 @@ class OnnxModel:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            loaded = batching.open_graph(
+            loaded = batch_free.open_graph(
                 self.path,
                 options=options,
                 value_range=fed_range(card),

@@ -7,7 +7,7 @@ does that around any :class:`~agegender.faces.FaceDetector` (detections of one f
 several angles are merged by the distance of their centres once mapped back), and
 ``align_by_landmarks`` gets the angle from the eye line instead, for one detector run.
 
-A detection that has been aligned carries its upright box in ``Detection.extra``
+A detection that has been aligned carries its upright box in ``Detection.upright``
 (``angle`` in degrees, counter-clockwise as OpenCV counts, plus the centre and size of
 the box in the upright frame); ``crops.crop_for`` then cuts margin crops with
 :func:`upright_region` (one affine warp, border pixels repeated). Landmark chips need
@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .faces import Detection, FaceDetector
+from .config import DEFAULT_SWEEP
+from .errors import AgegenderError
+from .faces import Detection, FaceDetector, Upright
 
-ALIGN_MODES = ("none", "landmarks", "sweep")
-DEFAULT_SWEEP = (-60.0, 60.0, 5.0)  # DEX: -60..60 degrees in 5 degree steps
 # Each rotated copy is another chance of a false positive: a face seen only on rotated
 # copies is kept when its best score reaches this and it was seen at 2+ angles (dlib HOG
 # scores; measured on the astronaut photo rotated by 30 degrees: the face 1.40, a patch
@@ -39,45 +39,12 @@ MERGE_DISTANCE = 0.5
 Landmarks = Callable[[NDArray[np.uint8], tuple[float, float, float, float]], NDArray[np.float64]]
 
 
-@dataclass(frozen=True)
-class Upright:
-    """A face box in the frame where the face is upright: centre (image pixels), size, angle."""
-
-    cx: float
-    cy: float
-    width: float
-    height: float
-    angle: float  # degrees the image is rotated (counter-clockwise) to make the face upright
-
-
-def set_upright(detection: Detection, upright: Upright) -> None:
-    detection.extra.update(
-        angle=upright.angle,
-        upright_cx=upright.cx,
-        upright_cy=upright.cy,
-        upright_width=upright.width,
-        upright_height=upright.height,
-    )
-
-
-def get_upright(detection: Detection) -> Upright | None:
-    """The detection's upright box, or None when it was not aligned."""
-    extra = detection.extra
-    if "angle" not in extra or "upright_cx" not in extra:
-        return None
-    return Upright(
-        extra["upright_cx"],
-        extra["upright_cy"],
-        extra["upright_width"],
-        extra["upright_height"],
-        extra["angle"],
-    )
-
-
 def sweep_angles(start: float, stop: float, step: float) -> list[float]:
     """Angles from start to stop inclusive, 0 first (it settles ties toward no rotation)."""
     if step <= 0 or stop < start:
-        raise ValueError(f"sweep needs start <= stop and step > 0, got {start}, {stop}, {step}")
+        raise AgegenderError(
+            f"rotation sweep needs start <= stop and step > 0, got {start}, {stop}, {step}"
+        )
     count = math.floor((stop - start) / step + 1e-9) + 1
     angles = [round(start + i * step, 6) for i in range(count)]
     return sorted(angles, key=lambda a: (abs(a), a))
@@ -189,10 +156,15 @@ class SweepDetector:
             # Seen upright as the plain detector would, or a strong face seen at 2+ angles.
             if not face.at_zero and (face.score < self.min_score or face.support < 2):
                 continue
-            detection = Detection(_bounds(_corners(face.upright)), face.score, face.points)
-            set_upright(detection, face.upright)
-            detection.extra["sweep_support"] = float(face.support)
-            detections.append(detection)
+            detections.append(
+                Detection(
+                    _bounds(_corners(face.upright)),
+                    face.score,
+                    face.points,
+                    upright=face.upright,
+                    support=face.support,
+                )
+            )
         return detections
 
 
@@ -219,10 +191,10 @@ def eye_line_angle(landmarks: NDArray[np.float64]) -> float:
 def align_by_landmarks(detection: Detection) -> None:
     """Mark a detection upright by its eye line (it must have 5 landmarks)."""
     if detection.landmarks is None or len(detection.landmarks) < 4:
-        raise ValueError("landmark alignment needs the 5 landmarks")
+        raise AgegenderError("landmark alignment needs the 5 landmarks")
     x1, y1, x2, y2 = detection.box
     angle = eye_line_angle(detection.landmarks)
-    set_upright(detection, Upright((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, angle))
+    detection.upright = Upright((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, angle)
 
 
 def upright_region(rgb: NDArray[np.uint8], upright: Upright, margin: float) -> NDArray[np.uint8]:

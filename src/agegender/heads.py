@@ -1,0 +1,209 @@
+"""Heads and tasks: the models that turn face crops into estimates.
+
+A **head** is one card + its ONNX Runtime session + the crop the card asks for; it maps
+a batch of crops to probability vectors (mirror-averaged with TTA). A **task** is the
+heads that fill one field of a :class:`~agegender.results.Face` (``age`` or ``gender``):
+with several heads (a DEX-style ensemble) it maps each head's distribution onto a common
+support and takes their weighted mean, then decodes that one distribution.
+
+Which field a card fills and how its distribution is decoded is data (``TASK_ROLE`` and
+``DECODERS`` below), not branches: a new model family needs a card, not code here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import crops
+from .cards import ModelCard, get_card
+from .config import DEFAULT_BATCH
+from .errors import AgegenderError, CardError
+from .estimates import age_from_distribution, age_from_groups, gender_from_probs
+from .faces import Detection
+from .inference import OnnxModel
+from .results import AgeEstimate, GenderEstimate
+
+# Which Face field a card's task fills.
+TASK_ROLE = {"age": "age", "age-groups": "age", "gender": "gender"}
+ROLES = ("age", "gender")
+
+CropKey = tuple[str, float, float, int, int]
+
+
+@dataclass(frozen=True)
+class Support:
+    """What a task's combined distribution is over: age values, age groups or labels."""
+
+    kind: str  # a card task: "age", "age-groups" or "gender"
+    values: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    labels: tuple[str, ...] = ()
+    groups: tuple[tuple[float, float], ...] = ()
+
+
+Decoder = Callable[[Support, NDArray[np.float64], Sequence[float]], Any]
+
+DECODERS: dict[str, Decoder] = {
+    "age": lambda s, p, t: age_from_distribution(p, s.values, thresholds=t),
+    "age-groups": lambda s, p, t: age_from_groups(p, s.groups, s.labels, thresholds=t),
+    "gender": lambda s, p, t: gender_from_probs(p, s.labels),
+}
+
+
+def load_model(
+    ref: Any, *, threads: int | None = None, max_batch: int = DEFAULT_BATCH
+) -> OnnxModel:
+    """An ONNX model from a card id, a card, ``CARD=PATH`` or (card, path).
+
+    With an explicit path the card's size and hash are not required to match (a user's
+    own conversion of the same model); the graph is still checked against the card.
+    """
+    from . import sources
+
+    path: Path | None = None
+    if isinstance(ref, tuple):
+        card, path = ref[0], Path(ref[1])
+    elif isinstance(ref, ModelCard):
+        card = ref
+    elif isinstance(ref, str) and "=" in ref:
+        card_ref, _, file = ref.partition("=")
+        card, path = get_card(card_ref), Path(file).expanduser()
+    elif isinstance(ref, str):
+        card = get_card(ref)
+    else:
+        raise AgegenderError(f"a model is a card id, CARD=FILE or a ModelCard, not {ref!r}")
+    if path is None:
+        path = sources.resolve(card)
+    elif not path.is_file():
+        raise AgegenderError(f"model {card.id}: {path} is not a file")
+    return OnnxModel(card, path, threads=threads, max_batch=max_batch)
+
+
+@dataclass
+class Head:
+    """One model of a task: its card, session, crop and weight in the task's mean."""
+
+    model: OnnxModel
+    weight: float = 1.0
+
+    @property
+    def card(self) -> ModelCard:
+        return self.model.card
+
+    @property
+    def crop_key(self) -> CropKey:
+        """Heads with equal keys share one crop per face."""
+        card = self.card
+        spec = card.crop
+        return (spec.kind, spec.padding, spec.margin, card.input.height, card.input.width)
+
+    def crop(self, rgb: NDArray[np.uint8], detection: Detection) -> NDArray[np.uint8]:
+        size = (self.card.input.height, self.card.input.width)
+        return crops.crop_for(rgb, detection, self.card.crop, size)
+
+    def run(self, batch: Sequence[NDArray[np.uint8]], *, tta: bool) -> NDArray[np.float64]:
+        """Probabilities (N, outputs); with `tta`, averaged with the mirrored crops'."""
+        out = self.model.run(batch)
+        if tta and len(batch):
+            # Horizontal flip: average the two distributions (the README has the gain).
+            out = (out + self.model.run([np.ascontiguousarray(c[:, ::-1]) for c in batch])) / 2
+        return out
+
+
+def _support(card: ModelCard) -> Support:
+    out = card.output
+    if card.task == "age":
+        return Support("age", values=out.value_array())
+    if card.task == "age-groups":
+        return Support("age-groups", labels=out.labels, groups=out.groups)
+    return Support(card.task, labels=out.labels)
+
+
+def _index_map(head: Support, common: Support) -> NDArray[np.intp]:
+    """Where each of a head's outputs lands in the common support."""
+    if common.kind == "age":
+        return np.searchsorted(common.values, head.values).astype(np.intp)
+    if common.kind == "age-groups":
+        return np.array([common.groups.index(g) for g in head.groups], np.intp)
+    return np.array([common.labels.index(label) for label in head.labels], np.intp)
+
+
+class Task:
+    """The heads that fill one Face field, combined by a weighted mean of distributions."""
+
+    def __init__(self, role: str, heads: Sequence[Head]):
+        if not heads:
+            raise AgegenderError(f"the {role} task has no model")
+        self.role = role
+        self.heads = list(heads)
+        supports = [_support(h.card) for h in self.heads]
+        kinds = {s.kind for s in supports}
+        ids = ", ".join(h.card.id for h in self.heads)
+        if len(kinds) > 1:
+            raise CardError(f"{role} ensemble {ids}: cards of different tasks cannot be combined")
+        first = supports[0]
+        if first.kind == "age":
+            values = np.unique(np.concatenate([s.values for s in supports]))
+            self.support = Support("age", values=values)
+        elif any(set(s.labels) != set(first.labels) for s in supports) or any(
+            set(s.groups) != set(first.groups) for s in supports
+        ):
+            raise CardError(f"{role} ensemble {ids}: the cards' labels or groups differ")
+        else:
+            self.support = first
+        self._maps = [_index_map(s, self.support) for s in supports]
+        total = sum(h.weight for h in self.heads)
+        self._weights = [h.weight / total for h in self.heads]
+        self._identity = len(self.heads) == 1 and np.array_equal(
+            self._maps[0], np.arange(len(self._maps[0]))
+        )
+
+    def combine(self, outputs: Sequence[NDArray[np.float64]]) -> NDArray[np.float64]:
+        """The weighted mean (N, support) of the heads' distributions (N, outputs) each."""
+        if self._identity:
+            return outputs[0]
+        rows = outputs[0].shape[0]
+        width = (
+            len(self.support.values) if self.support.kind == "age" else (len(self.support.labels))
+        )
+        mean = np.zeros((rows, width), np.float64)
+        for out, index, weight in zip(outputs, self._maps, self._weights, strict=True):
+            totals = out.sum(axis=1, keepdims=True)
+            mean[:, index] += weight * out / np.where(totals > 0, totals, 1.0)
+        return mean
+
+    def decode(
+        self, probs: NDArray[np.float64], thresholds: Sequence[float]
+    ) -> AgeEstimate | GenderEstimate:
+        return DECODERS[self.support.kind](self.support, probs, thresholds)
+
+
+def build_tasks(
+    refs: dict[str, Sequence[Any]],
+    weights: dict[str, Sequence[float] | None],
+    *,
+    threads: int | None,
+    batch_size: int,
+) -> dict[str, Task]:
+    """Load every head of every role and check that each card fills its role."""
+    tasks: dict[str, Task] = {}
+    for role in ROLES:
+        role_refs = [r for r in refs.get(role, ()) if r not in ("", None)]
+        if not role_refs:
+            continue
+        role_weights = weights.get(role) or [1.0] * len(role_refs)
+        heads = []
+        for ref, weight in zip(role_refs, role_weights, strict=True):
+            model = load_model(ref, threads=threads, max_batch=batch_size)
+            if TASK_ROLE.get(model.card.task) != role:
+                raise CardError(
+                    f"card {model.card.id} is not a{'n' * (role == 'age')} {role} model"
+                )
+            heads.append(Head(model, float(weight)))
+        tasks[role] = Task(role, heads)
+    return tasks
