@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: the astronaut's geometry, composed scenes, stand-in graphs,
-encoders for odd image files, and a card table to vary."""
+"""Helpers shared by the tests: the astronaut's geometry, composed scenes, encoders for odd
+image files, and a card table to vary (stand-in graphs: `support/standins.py`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 from numpy.typing import NDArray
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 DATA = Path(__file__).parent / "data"
@@ -76,59 +74,6 @@ def box_matches(got, want, tolerance: float = 0.15) -> bool:
     side_got, side_want = got[2] - got[0], want[2] - want[0]
     near = max(abs(gx - wx), abs(gy - wy)) <= tolerance * side_want
     return near and 0.8 <= side_got / side_want <= 1.25
-
-
-def standin_graph(
-    path: Path,
-    *,
-    input_shape: list[int | str],
-    width: int,
-    softmax: bool = True,
-    input_name: str = "images",
-    output_name: str = "probabilities",
-    nhwc: bool = False,
-    seed: int = 0,
-) -> Path:
-    """A small ONNX graph with a card's input/output shapes whose output depends on the pixels.
-
-    NCHW input -> 8x8 average pooling -> flatten -> fixed random linear layer (-> softmax).
-    With `input_shape[0] == 1` the batch is fixed to 1, like some exported zoo graphs.
-    """
-    rng = np.random.default_rng(seed)
-    nodes = []
-    x = input_name
-    if nhwc:
-        nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
-        x = "nchw"
-        h, w = input_shape[1], input_shape[2]
-    else:
-        h, w = input_shape[2], input_shape[3]
-    assert isinstance(h, int) and isinstance(w, int)
-    kh, kw = h // 8, w // 8
-    nodes.append(
-        helper.make_node("AveragePool", [x], ["pooled"], kernel_shape=[kh, kw], strides=[kh, kw])
-    )
-    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], axis=1))
-    features = 3 * (h // kh) * (w // kw)
-    weights = numpy_helper.from_array(rng.normal(0, 0.3, (features, width)).astype(np.float32), "W")
-    bias = numpy_helper.from_array(rng.normal(0, 1.0, (width,)).astype(np.float32), "B")
-    logits = output_name if not softmax else "logits"
-    nodes.append(helper.make_node("Gemm", ["flat", "W", "B"], [logits]))
-    if softmax:
-        nodes.append(helper.make_node("Softmax", ["logits"], [output_name], axis=1))
-    batch = input_shape[0]
-    graph = helper.make_graph(
-        nodes,
-        "standin",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, width])],
-        initializer=[weights, bias],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8  # ONNX Runtime refuses onnx's newest IR versions
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -11,10 +11,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from support import standins
 
-from agegender import batching, standins
 from agegender.cards import get_card
 from agegender.inference import OnnxModel, preprocess
+from agegender.onnxgraph import batch_free
 
 
 def _inputs(n: int, seed: int = 0) -> np.ndarray:
@@ -34,7 +35,7 @@ def test_rewritten_graph_takes_any_batch_and_matches_the_original(
     tmp_path: Path, kind: str, opset: int
 ) -> None:
     path = standins.save(standins.build(kind, opset=opset, seed=7), tmp_path / "m.onnx")
-    loaded = batching.open_graph(path)
+    loaded = batch_free.open_graph(path)
     assert loaded.batched and loaded.reason == ""
     assert loaded.source == str(tmp_path / "m.onnx.batched.onnx")
     (inp,) = loaded.session.get_inputs()
@@ -49,7 +50,7 @@ def test_rewritten_graph_takes_any_batch_and_matches_the_original(
 
 
 def test_reshape_shape_constants_lose_their_baked_batch() -> None:
-    freed = batching.free_batch(standins.vgg16())
+    freed = batch_free.free_batch(standins.vgg16())
     shapes = {t.name: numpy_helper.to_array(t) for t in freed.graph.initializer}
     reshapes = [n for n in freed.graph.node if n.op_type == "Reshape"]
     assert len(reshapes) == 3
@@ -86,7 +87,7 @@ def test_constant_node_and_shared_shape_initializers_are_rewritten(tmp_path: Pat
     ]
     path = tmp_path / "tiny.onnx"
     onnx.save_model(_tiny(nodes, [shape]), str(path))
-    loaded = batching.open_graph(path, value_range=(-1.0, 1.0))
+    loaded = batch_free.open_graph(path, value_range=(-1.0, 1.0))
     assert loaded.batched, loaded.reason
     x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 2, 2)).astype(np.float32)
     (got,) = loaded.session.run(None, {"input": x})
@@ -95,16 +96,16 @@ def test_constant_node_and_shared_shape_initializers_are_rewritten(tmp_path: Pat
 
 def test_cache_is_reused_and_invalidated_when_the_original_changes(tmp_path: Path) -> None:
     path = standins.save(standins.googlenet(seed=1), tmp_path / "g.onnx")
-    first = batching.open_graph(path)
+    first = batch_free.open_graph(path)
     cached = Path(first.source)
     assert cached.is_file() and (tmp_path / "g.onnx.batched.onnx.key").is_file()
     stamp = cached.stat().st_mtime_ns
-    again = batching.open_graph(path)
+    again = batch_free.open_graph(path)
     assert again.source == str(cached) and cached.stat().st_mtime_ns == stamp  # not rewritten
     # a new original (other weights) must not be answered from the old cache
     standins.save(standins.googlenet(seed=2), path)
     os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
-    fresh = batching.open_graph(path)
+    fresh = batch_free.open_graph(path)
     x = _inputs(2, seed=3)
     (got,) = fresh.session.run(None, {"input": x})
     np.testing.assert_allclose(
@@ -119,17 +120,17 @@ def test_unwritable_folder_caches_in_the_store(
     models.mkdir()
     path = standins.save(standins.googlenet(), models / "g.onnx")
     store = tmp_path / "store"
-    real_stage = batching._stage
+    real_stage = batch_free._stage
 
     def read_only_models(data: bytes, target: Path) -> Path:
         if target.parent == models:  # as root, chmod cannot make a folder unwritable
             raise PermissionError(13, "Permission denied")
         return real_stage(data, target)
 
-    monkeypatch.setattr(batching, "_stage", read_only_models)
-    loaded = batching.open_graph(path, cache_dir=store)
+    monkeypatch.setattr(batch_free, "_stage", read_only_models)
+    loaded = batch_free.open_graph(path, cache_dir=store)
     assert loaded.batched and Path(loaded.source).parent == store
-    assert batching.open_graph(path, cache_dir=store).source == loaded.source
+    assert batch_free.open_graph(path, cache_dir=store).source == loaded.source
 
 
 def test_graph_that_mixes_the_batch_falls_back_to_one_by_one(tmp_path: Path, caplog) -> None:
@@ -142,8 +143,8 @@ def test_graph_that_mixes_the_batch_falls_back_to_one_by_one(tmp_path: Path, cap
     onnx.save_model(
         _tiny(nodes, [numpy_helper.from_array(np.array([1, 12], np.int64), "shape")]), str(path)
     )
-    with caplog.at_level(logging.WARNING, logger="agegender.batching"):
-        loaded = batching.open_graph(path, name="model mix")
+    with caplog.at_level(logging.WARNING, logger="agegender.onnxgraph.batch_free"):
+        loaded = batch_free.open_graph(path, name="model mix")
     assert not loaded.batched
     assert "shape" in loaded.reason and "one by one" in loaded.reason
     assert any(
@@ -163,8 +164,8 @@ def test_graph_with_an_expand_is_not_rewritten(tmp_path: Path, caplog) -> None:
     onnx.save_model(
         _tiny(nodes, [numpy_helper.from_array(np.array([1, 12], np.int64), "shape")]), str(path)
     )
-    with caplog.at_level(logging.WARNING, logger="agegender.batching"):
-        loaded = batching.open_graph(path)
+    with caplog.at_level(logging.WARNING, logger="agegender.onnxgraph.batch_free"):
+        loaded = batch_free.open_graph(path)
     assert not loaded.batched and "Expand" in loaded.reason
 
 
@@ -198,7 +199,7 @@ def test_onnx_model_upgrades_and_batches_a_legacy_opset_graph(tmp_path: Path, ca
 
 def test_rewrite_false_opens_as_is_and_writes_nothing(tmp_path: Path) -> None:
     path = standins.save(standins.googlenet(opset=5), tmp_path / "g.onnx")
-    loaded = batching.open_graph(path, rewrite=False)
+    loaded = batch_free.open_graph(path, rewrite=False)
     assert not loaded.batched and loaded.session.get_inputs()[0].shape == [1, 3, 224, 224]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
     model = OnnxModel(get_card("levi-age"), path, batch_rewrite=False)
@@ -223,9 +224,9 @@ def test_no_writable_folder_still_batches_in_memory(tmp_path: Path, monkeypatch,
     def nowhere(data: bytes, target: Path) -> Path:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(batching, "_stage", nowhere)
-    with caplog.at_level(logging.WARNING, logger="agegender.batching"):
-        loaded = batching.open_graph(path, cache_dir=tmp_path / "store")
+    monkeypatch.setattr(batch_free, "_stage", nowhere)
+    with caplog.at_level(logging.WARNING, logger="agegender.onnxgraph.batch_free"):
+        loaded = batch_free.open_graph(path, cache_dir=tmp_path / "store")
     assert loaded.batched and loaded.source == "<memory>"
     assert "batch-free graph not cached" in caplog.text and "Permission denied" in caplog.text
     x = _inputs(2)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from modelserver import serve
-from peaked_graphs import standin_graph
+from support.standins import peaked_graph as standin_graph
 
 from agegender import cards as cardlib
 from agegender.cli import main

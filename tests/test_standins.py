@@ -1,4 +1,5 @@
-"""Stand-in graphs: the zoo's topologies, names and fixed batch, loadable at both opsets."""
+"""The test support's stand-in graphs: the zoo's topologies, names and fixed batch, and the
+card-shaped graphs (shapes, batch, peak)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from support import standins
 
-from agegender import opsets, standins
-from agegender.errors import ModelFileError
+from agegender.cards import get_card
+from agegender.onnxgraph import opsets
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -60,21 +62,6 @@ def test_opset_11_runs_and_gives_a_distribution(kind: str) -> None:
     assert probs.max() < 0.999  # the scaled head keeps the softmax from being one-hot
 
 
-@pytest.mark.parametrize("kind", ["vgg16", "googlenet"])
-def test_opset_5_is_refused_by_onnx_runtime_but_upgrades_to_the_same_outputs(kind: str) -> None:
-    legacy = standins.build(kind, opset=5, seed=3)
-    assert opsets.default_opset(legacy) == 5
-    assert any(a.name == "broadcast" for n in legacy.graph.node for a in n.attribute)
-    with pytest.raises(Exception, match="Could not find an implementation"):
-        _session(legacy)
-    upgraded = opsets.upgrade(legacy)
-    assert opsets.default_opset(upgraded) == opsets.TARGET_OPSET
-    x = np.random.default_rng(2).uniform(0, 255, (1, 3, 224, 224)).astype(np.float32)
-    (got,) = _session(upgraded).run(None, {"input": x})
-    (want,) = _session(standins.build(kind, opset=11, seed=3)).run(None, {"input": x})
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
-
-
 def test_seeds_give_different_weights_and_the_same_seed_the_same() -> None:
     a, b, c = (standins.googlenet(seed=s) for s in (0, 0, 1))
     wa, wb, wc = (onnx.numpy_helper.to_array(m.graph.initializer[0]) for m in (a, b, c))
@@ -88,20 +75,31 @@ def test_cli_writes_a_loadable_file(tmp_path) -> None:
     assert session.get_outputs()[0].shape == [1, 2]
 
 
-def test_upgrade_refuses_what_it_cannot_convert_with_a_one_line_error() -> None:
-    # Upsample-1 is outside the in-place list, and onnx's converter needs the Gemm's shapes.
-    helper, tp = onnx.helper, onnx.TensorProto
-    nodes = [
-        helper.make_node("Gemm", ["input", "w", "b"], ["y"], broadcast=1),
-        helper.make_node("Upsample", ["y"], ["z"], mode="nearest", scales=[1.0, 2.0]),
-    ]
-    inputs = [helper.make_tensor_value_info(n, tp.FLOAT, None) for n in ("input", "w", "b")]
-    graph = helper.make_graph(
-        nodes, "g", inputs, [helper.make_tensor_value_info("z", tp.FLOAT, None)]
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_card_graph_has_the_asked_shapes_and_a_distribution(batch: int | str) -> None:
+    model = standins.card_graph(input_shape=[batch, 3, 64, 64], width=81, seed=2)
+    session = _session(model)
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == ("images", "probabilities")
+    assert inp.shape == [batch, 3, 64, 64] and out.shape == [batch, 81]
+    n = 1 if batch == 1 else 3
+    x = np.random.default_rng(0).uniform(0, 1, (n, 3, 64, 64)).astype(np.float32)
+    (probs,) = session.run(None, {"images": x})
+    # a softmax in float32: each row sums to 1 within a few units of float32's epsilon
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("card_id", ["levi-age", "dex-imdb-gender", "cc0-age-v1"])
+def test_peaked_graph_peaks_where_asked_for_any_pixels(card_id: str) -> None:
+    card = get_card(card_id)
+    peak = card.output.width - 1
+    session = ort.InferenceSession(
+        standins.peaked_graph(card, peak), providers=["CPUExecutionProvider"]
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 5)])
-    with pytest.raises(
-        ModelFileError, match=r"^legacy\.onnx: opset 5 graph cannot be upgraded \("
-    ) as info:
-        opsets.upgrade(model, "legacy.onnx")
-    assert "\n" not in str(info.value)
+    (inp,) = session.get_inputs()
+    assert inp.name == "input" and inp.shape == [1, 3, card.input.height, card.input.width]
+    for value in (0.0, 255.0):
+        x = np.full((1, 3, card.input.height, card.input.width), value, np.float32)
+        (probs,) = session.run(None, {"input": x})
+        assert probs.shape == (1, card.output.width)
+        assert int(np.argmax(probs)) == peak and probs[0, peak] > 0.99

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from modelserver import serve
-from peaked_graphs import standin_graph
+from support.standins import peaked_graph as standin_graph
 
 from agegender import store
 from agegender.cards import ModelCard, parse_card

@@ -1,6 +1,7 @@
-"""Stand-in graphs with the ONNX Model Zoo's age/gender topologies and random weights.
+"""Stand-in ONNX graphs for tests and benchmarks: one generator, two families.
 
-The zoo's DEX (VGG-16) and GoogLeNet files cannot be downloaded on the project's
+**Zoo topologies** (:func:`vgg16`, :func:`googlenet`, :func:`build`, and the command line
+below). The zoo's DEX (VGG-16) and GoogLeNet files cannot be downloaded on the project's
 machines, and weights must never be committed, so tests and benchmarks generate graphs
 of the same shape instead. They copy what the Caffe-to-ONNX converter used for the zoo
 (asiryan/caffe-onnx) writes: input ``input`` of fixed shape 1x3x224x224, outputs named
@@ -9,13 +10,18 @@ shape initializer bakes in batch 1 followed by a Gemm, initializers also declare
 inputs, value_info with fixed shapes for every intermediate, softmax at the end. Opset 5
 (the seed card's) and opset 11 (the zoo's current files) variants are written; opset 5
 uses the legacy attributes (Gemm ``broadcast``) that ONNX Runtime cannot run without the
-upgrade in :mod:`agegender.opsets`.
+upgrade in :mod:`agegender.onnxgraph.opsets`.
 
 Weights are random (seeded) with He scaling so activations neither vanish nor explode,
 and the last layer is scaled down so the softmax is not one-hot: a stand-in says
 nothing about faces, only about shapes, speed and plumbing.
 
-    python -m agegender.standins --kind vgg16 --outputs 101 --width full -o vgg16.onnx
+**Card-shaped graphs** (:func:`standin_graph`, :func:`peaked_graph`): tiny graphs with a
+card's input and output (names, size, layout, fixed or free batch, softmax or logits)
+whose output depends on the pixels; a peaked one puts nearly all its probability on one
+chosen index, so which index a result shows tells a test which file ran for which role.
+
+    python tests/support/standins.py --kind vgg16 --outputs 101 --width full -o vgg16.onnx
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:
+    from agegender.cards import ModelCard
 
 Width = Literal["narrow", "full"]
 
@@ -315,9 +324,111 @@ def save(model: onnx.ModelProto, path: str | Path) -> Path:
     return path
 
 
+# -- card-shaped graphs -----------------------------------------------------------------
+
+
+def card_graph(
+    *,
+    input_shape: Sequence[int | str],
+    width: int,
+    softmax: bool = True,
+    input_name: str = "images",
+    output_name: str = "probabilities",
+    nhwc: bool = False,
+    seed: int = 0,
+    peak: int | None = None,
+) -> onnx.ModelProto:
+    """A small graph with a card's input/output shapes whose output depends on the pixels.
+
+    (NHWC -> NCHW) -> 8x8 average pooling -> flatten -> fixed random linear layer
+    (-> softmax). With ``input_shape[0] == 1`` the batch is fixed to 1, as in the zoo's
+    exports. With `peak`, the linear layer is nearly zero and its bias puts a logit of 30
+    at index `peak`, so the softmax is close to one-hot there whatever the pixels.
+    """
+    rng = np.random.default_rng(seed)
+    nodes = []
+    x = input_name
+    if nhwc:
+        nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
+        x = "nchw"
+        h, w = input_shape[1], input_shape[2]
+    else:
+        h, w = input_shape[2], input_shape[3]
+    if not (isinstance(h, int) and isinstance(w, int)):
+        raise ValueError(f"height and width must be fixed, got {list(input_shape)}")
+    kh, kw = h // 8, w // 8
+    nodes.append(
+        helper.make_node("AveragePool", [x], ["pooled"], kernel_shape=[kh, kw], strides=[kh, kw])
+    )
+    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], axis=1))
+    features = 3 * (h // kh) * (w // kw)
+    if peak is None:
+        weight = rng.normal(0, 0.3, (features, width)).astype(np.float32)
+        bias = rng.normal(0, 1.0, (width,)).astype(np.float32)
+    else:
+        if not 0 <= peak < width:
+            raise ValueError(f"peak {peak} is outside the output width {width}")
+        weight = (rng.standard_normal((features, width)) * 1e-4).astype(np.float32)
+        bias = np.zeros(width, np.float32)
+        bias[peak] = 30.0
+    logits = output_name if not softmax else "logits"
+    nodes.append(helper.make_node("Gemm", ["flat", "W", "B"], [logits]))
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], [output_name], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "standin",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [input_shape[0], width])],
+        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # ONNX Runtime refuses onnx's newest IR versions
+    onnx.checker.check_model(model)
+    return model
+
+
+def standin_graph(
+    path: str | Path,
+    *,
+    input_shape: Sequence[int | str],
+    width: int,
+    softmax: bool = True,
+    input_name: str = "images",
+    output_name: str = "probabilities",
+    nhwc: bool = False,
+    seed: int = 0,
+) -> Path:
+    """:func:`card_graph` written to `path`."""
+    model = card_graph(
+        input_shape=input_shape,
+        width=width,
+        softmax=softmax,
+        input_name=input_name,
+        output_name=output_name,
+        nhwc=nhwc,
+        seed=seed,
+    )
+    return save(model, path)
+
+
+def peaked_graph(card: ModelCard, peak: int) -> bytes:
+    """The bytes of a graph shaped like `card`'s file (``input`` 1x3xHxW -> ``prob``)
+    whose output peaks at index `peak`."""
+    model = card_graph(
+        input_shape=[1, 3, card.input.height, card.input.width],
+        width=card.output.width,
+        input_name="input",
+        output_name="prob",
+        seed=peak,
+        peak=peak,
+    )
+    return model.SerializeToString()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agegender.standins", description=__doc__.split("\n")[0]
+        prog="python tests/support/standins.py", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--kind", choices=sorted(KINDS), default="vgg16")
     parser.add_argument(

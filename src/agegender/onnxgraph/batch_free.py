@@ -28,8 +28,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from . import opsets, sources
-from .errors import AgegenderError
+from .. import sources
+from ..errors import AgegenderError
+from . import opsets
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import onnx
 from onnx import checker, helper, version_converter
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 TARGET_OPSET = 11
 MIN_RUNTIME_OPSET = 7  # ONNX Runtime's oldest supported default-domain opset
