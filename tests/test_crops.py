@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from agegender import crops
 from agegender.cards import CropSpec
+from agegender.crops import CropError
 from agegender.faces import Detection
 
 # dlib get_face_chip_details, 5-point shapes: template positions of parts 0..4
@@ -210,7 +211,7 @@ def test_chip_past_the_image_edge_is_black_there(astronaut_rgb) -> None:
 
 
 def test_chip_needs_landmarks_and_a_square(astronaut_rgb) -> None:
-    with pytest.raises(ValueError, match="landmarks"):
+    with pytest.raises(CropError, match="landmarks"):
         crops.chip(astronaut_rgb, Detection(ASTRONAUT_BOX, 1.0), (64, 64), 0.2)
-    with pytest.raises(ValueError, match="square"):
+    with pytest.raises(CropError, match="square"):
         crops.chip(astronaut_rgb, Detection(ASTRONAUT_BOX, 1.0, ASTRONAUT_LANDMARKS), (64, 32), 0.2)

@@ -9,12 +9,12 @@ import pytest
 
 from agegender.cards import builtin_cards
 from agegender.estimates import (
-    age_estimate,
     age_from_distribution,
     age_from_groups,
     gender_from_probs,
     quantile,
 )
+from agegender.heads import DECODERS, TASK_ROLE, Support
 
 VALUES = np.array([0.0, 10.0, 20.0, 30.0])
 PROBS = np.array([0.1, 0.2, 0.3, 0.4])
@@ -99,24 +99,31 @@ def test_gender() -> None:
     assert (reordered.label, reordered.probability) == ("male", pytest.approx(0.6))
 
 
+def _decode(card, probs, thresholds=()):
+    """Decode as a single-head task does: the card's task picks the decoder."""
+    out = card.output
+    support = Support(card.task, values=out.value_array(), labels=out.labels, groups=out.groups)
+    return DECODERS[card.task](support, probs, thresholds)
+
+
 def test_age_estimate_reads_the_card() -> None:
     cards = builtin_cards()
     cc0 = cards["cc0-age-v1"]
     assert len(cc0.output.values) == 81 and cc0.output.values[:3] == (0.25, 1.0, 2.0)
     probs = np.zeros(81)
     probs[[0, 40]] = 0.5  # half at 0.25 years, half at 40
-    age = age_estimate(cc0, probs, thresholds=(18,))
+    age = _decode(cc0, probs, thresholds=(18,))
     assert age.value == pytest.approx(20.125)
     assert age.std == pytest.approx(19.875)
     assert age.p_at_least == {18.0: 0.5}
     levi = cards["levi-age"]
     probs = np.zeros(len(levi.output.groups))
     probs[3] = 1.0
-    grouped = age_estimate(levi, probs)
+    grouped = _decode(levi, probs)
     assert grouped.group == levi.output.labels[3]
     assert grouped.value == pytest.approx(sum(levi.output.groups[3]) / 2)
-    with pytest.raises(ValueError, match="not an age model"):
-        age_estimate(cards["cc0-gender-v1"], np.array([0.5, 0.5]))
+    assert TASK_ROLE[cards["cc0-gender-v1"].task] == "gender"
+    assert {TASK_ROLE[cc0.task], TASK_ROLE[levi.task]} == {"age"}
 
 
 def test_to_dict_rounds_and_names_thresholds() -> None:

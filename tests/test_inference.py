@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from faceutils import box_matches, card_with, standin_graph
+from faceutils import box_matches, card_with
+from support.standins import standin_graph
 
 from agegender import Estimator
 from agegender.cards import get_card, parse_card
@@ -29,7 +30,8 @@ class CountingSession:
 
 def count_runs(estimator: Estimator) -> dict[str, CountingSession]:
     spies = {}
-    for role, model in estimator.models.items():
+    for role, heads in estimator.heads.items():
+        model = heads[0].model
         spies[role] = CountingSession(model.session)
         model.session = spies[role]  # type: ignore[assignment]
     return spies
@@ -53,8 +55,8 @@ def standins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def standin_estimator(standins: dict[str, Path], kind: str, **options) -> Estimator:
     return Estimator(
-        age_model=(get_card("cc0-age-v1"), standins[f"age-{kind}"]),
-        gender_model=(get_card("cc0-gender-v1"), standins[f"gender-{kind}"]),
+        age_models=[(get_card("cc0-age-v1"), standins[f"age-{kind}"])],
+        gender_models=[(get_card("cc0-gender-v1"), standins[f"gender-{kind}"])],
         **options,
     )
 
@@ -107,11 +109,15 @@ def test_fixed_batch_one_face_at_a_time_same_results(
     if not rewrite:  # the path a graph takes when its batch cannot be freed (batching.py)
         for role, card_id in (("age", "cc0-age-v1"), ("gender", "cc0-gender-v1")):
             path = standins[f"{role}-fixed"]
-            fixed.models[role] = OnnxModel(get_card(card_id), path, batch_rewrite=False)
-        assert (fixed.models["age"].fixed_batch, fixed.models["age"].max_batch) == (1, 1)
+            fixed.heads[role][0].model = OnnxModel(get_card(card_id), path, batch_rewrite=False)
+        fixed_age = fixed.heads["age"][0].model
+        assert (fixed_age.fixed_batch, fixed_age.max_batch) == (1, 1)
     else:  # rewritten to a free batch (and checked against one-by-one runs) when loaded
-        assert fixed.models["age"].fixed_batch is None and fixed.models["age"].max_batch > 1
-    assert free.models["age"].fixed_batch is None and free.models["age"].max_batch > 1
+        fixed_age = fixed.heads["age"][0].model
+        assert fixed_age.fixed_batch is None and fixed_age.max_batch > 1
+    assert (
+        free.heads["age"][0].model.fixed_batch is None and free.heads["age"][0].model.max_batch > 1
+    )
     free_runs, fixed_runs = count_runs(free), count_runs(fixed)
 
     want = free.predict(scene.rgb)
@@ -162,8 +168,9 @@ def test_batch_size_splits_runs(standins, scene) -> None:
 def test_tta_averages_the_mirrored_face(estimator: Estimator, astronaut_rgb) -> None:
     """With TTA the probabilities are the mean of the face's and its mirror's."""
     prepared = estimator.prepare(astronaut_rgb)
-    model = estimator.models["age"]
-    chip = prepared.crops["age"][0]
+    head = estimator.heads["age"][0]
+    model = head.model
+    chip = prepared.crops[head.crop_key][0]
     mean = (model.run([chip]) + model.run([np.ascontiguousarray(chip[:, ::-1])])) / 2
     values = np.asarray(model.card.output.values)
     (face,) = Estimator(tta=True).estimate([prepared])[0]

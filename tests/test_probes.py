@@ -143,11 +143,12 @@ def _estimator(card_id: str, tmp_path: Path) -> tuple[Estimator, Recorder]:
     path = tmp_path / f"{card_id}.onnx"
     onnx.save_model(model, str(path))
     role = "gender" if card.task == "gender" else "age"
-    refs = {"age_model": "", "gender_model": ""}
-    refs[f"{role}_model"] = f"{card_id}={path}"
-    est = Estimator("default", tta=True, **refs)
-    recorder = Recorder(est.models[role].session)
-    est.models[role].session = recorder
+    refs: dict[str, list[str]] = {"age_models": [], "gender_models": []}
+    refs[f"{role}_models"] = [f"{card_id}={path}"]
+    est = Estimator.from_preset("default", tta=True, **refs)
+    model = est.heads[role][0].model
+    recorder = Recorder(model.session)
+    model.session = recorder
     return est, recorder
 
 
@@ -174,7 +175,7 @@ def test_pipeline_feeds_each_card_exactly_its_contract(card_id: str, photo, tmp_
 @pytest.mark.parametrize("card_id", ["dex-imdb-age", "levi-gender"])
 def test_fixed_batch_zoo_signature_is_fed_in_one_batch(card_id: str, photo, tmp_path: Path) -> None:
     est, recorder = _estimator(card_id, tmp_path)
-    assert est.models["age" if "age" in card_id else "gender"].max_batch > 1
+    assert est.heads["age" if "age" in card_id else "gender"][0].model.max_batch > 1
     mirrored = np.ascontiguousarray(photo[:, ::-1])
     results = list(est.predict_many([photo, mirrored]))
     assert [len(r.faces) for r in results] == [1, 1]

@@ -13,11 +13,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from support import standins
 
-from agegender import cli, crops, rotation, standins
+from agegender import cli, crops, rotation
 from agegender.cards import CropSpec
-from agegender.faces import DlibHogDetector, Landmarker
+from agegender.config import DEFAULT_SWEEP
+from agegender.detectors.dlib_hog import DlibHogDetector
+from agegender.errors import AgegenderError
+from agegender.faces import Upright
 from agegender.images import load
+from agegender.landmarks import Landmarker
 from agegender.pipeline import Estimator
 
 DATA = Path(__file__).parent / "data"
@@ -55,11 +60,11 @@ def eye_tilt(crop: np.ndarray, landmarker: Landmarker) -> float:
 
 
 def test_default_sweep_is_deXs_minus_60_to_60_in_5_degree_steps() -> None:
-    angles = rotation.sweep_angles(*rotation.DEFAULT_SWEEP)
+    angles = rotation.sweep_angles(*DEFAULT_SWEEP)
     assert len(angles) == 25 and angles[0] == 0
     assert sorted(angles) == [float(a) for a in range(-60, 61, 5)]
     assert rotation.sweep_angles(-10, 10, 10) == [0, -10, 10]
-    with pytest.raises(ValueError):
+    with pytest.raises(AgegenderError):
         rotation.sweep_angles(10, -10, 5)
 
 
@@ -70,7 +75,7 @@ def test_sweep_finds_the_rotated_face_and_cuts_it_upright(photo, landmarker, deg
     detector = rotation.SweepDetector(DlibHogDetector(upsample=0), landmarks=landmarker)
     found = detector.detect(rotated)
     best = max(found, key=lambda d: d.score)
-    up = rotation.get_upright(best)
+    up = best.upright
     assert up is not None
     # the face's centre, carried through the scene's rotation independently
     x1, y1, x2, y2 = upright_face.box
@@ -96,7 +101,7 @@ def test_landmark_alignment_levels_the_eye_line(photo, landmarker, degrees) -> N
     (face,) = DlibHogDetector().detect(rotated)  # dlib's detector still finds a 30 degree face
     face.landmarks = landmarker(rotated, face.box)
     rotation.align_by_landmarks(face)
-    up = rotation.get_upright(face)
+    up = face.upright
     assert up is not None and abs(up.angle + degrees) <= 6  # the photo's own tilt is ~3 degrees
     assert abs(eye_tilt(crops.crop_for(rotated, face, MARGIN, SIZE), landmarker)) <= 3
 
@@ -106,7 +111,7 @@ def test_angle_zero_keeps_the_plain_margin_crop(photo) -> None:
         photo
     )
     (face,) = found
-    assert rotation.get_upright(face).angle == 0
+    assert face.upright.angle == 0
     plain = crops.margin_crop(photo, face.box, 0.4, SIZE)
     assert np.array_equal(crops.crop_for(photo, face, MARGIN, SIZE), plain)
 
@@ -114,7 +119,7 @@ def test_angle_zero_keeps_the_plain_margin_crop(photo) -> None:
 def test_upright_region_matches_the_margin_crop_when_not_rotated(photo) -> None:
     # the warp path and the copyMakeBorder path agree on an unrotated box
     box = (179.0, 83.0, 267.0, 171.0)
-    up = rotation.Upright(223.0, 127.0, 88.0, 88.0, 0.0)
+    up = Upright(223.0, 127.0, 88.0, 88.0, 0.0)
     region = rotation.upright_region(photo, up, 0.4)
     x1, y1, x2, y2 = crops.margin_region(box, 0.4)
     assert region.shape == (y2 - y1, x2 - x1, 3)
@@ -130,11 +135,13 @@ def _standins(tmp_path: Path) -> tuple[str, str]:
 def test_estimator_sweep_on_a_rotated_photo(tmp_path: Path, photo) -> None:
     age, gender = _standins(tmp_path)
     rotated, _ = scene(photo, 30)
-    est = Estimator("dex-imdb", age_model=age, gender_model=gender, align="sweep", tta=False)
+    est = Estimator.from_preset(
+        "dex-imdb", age_models=[age], gender_models=[gender], align="sweep", tta=False
+    )
     prepared = est.prepare(rotated)
     best = max(range(len(prepared.detections)), key=lambda i: prepared.detections[i].score)
-    assert abs(rotation.get_upright(prepared.detections[best]).angle + 30) <= 10
-    assert prepared.crops["age"][best].shape == (224, 224, 3)
+    assert abs(prepared.detections[best].upright.angle + 30) <= 10
+    assert prepared.crops[est.heads["age"][0].crop_key][best].shape == (224, 224, 3)
     faces = est.estimate([prepared])[0]
     assert len(faces) == len(prepared.detections) and faces[best].age is not None
 
@@ -171,12 +178,13 @@ def test_unknown_alignment_is_a_one_line_error() -> None:
 
 
 def test_a_preset_may_name_the_alignment_and_the_caller_overrides_it(monkeypatch) -> None:
-    from agegender import pipeline
+    from agegender import config
     from agegender.presets import Preset, get_preset, presets
 
     assert {p.align for p in presets().values()} == {"none"}
     default = get_preset("default")
     tilted = Preset("tilted", "", default.detector, default.age, default.gender, "landmarks")
-    monkeypatch.setattr(pipeline, "get_preset", lambda name: tilted)
-    assert Estimator("tilted").align == "landmarks"
-    assert Estimator("tilted", align="none").align == "none"
+    monkeypatch.setattr("agegender.presets.get_preset", lambda name: tilted)
+    assert config.EstimatorConfig.from_preset("tilted").align == "landmarks"
+    assert Estimator.from_preset("tilted").config.align == "landmarks"
+    assert Estimator.from_preset("tilted", align="none").config.align == "none"
