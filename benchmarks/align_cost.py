@@ -22,9 +22,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agegender import standins
-from agegender.faces import DlibHogDetector, Landmarker
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support import standins  # test support: the stand-in graph generator
+
+from agegender.detectors.dlib_hog import DlibHogDetector
 from agegender.images import load
+from agegender.landmarks import Landmarker
 from agegender.pipeline import Estimator
 
 PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "astronaut.png"
@@ -57,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = standins.save(standins.vgg16(), Path(tmp) / "age.onnx")
         for align in ("none", "landmarks", "sweep"):
-            est = Estimator(
-                "dex-imdb", age_model=f"dex-imdb-age={path}", gender_model="", align=align
+            est = Estimator.from_preset(
+                "dex-imdb", age_models=[f"dex-imdb-age={path}"], gender_models=[], align=align
             )
+            crop_key = est.heads["age"][0].crop_key
             for degrees in (0, 30):
                 scene = rotated(photo, degrees)
                 times = []
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 angle = None
                 if faces:
                     best = max(range(faces), key=lambda i: prepared.detections[i].score)
-                    angle = tilt(prepared.crops["age"][best], landmarker)
+                    angle = tilt(prepared.crops[crop_key][best], landmarker)
                 shown = "no face" if angle is None else f"{angle:+.1f} deg"
                 print(
                     f"| {align} | {degrees} | {min(times) * 1e3:.0f} "

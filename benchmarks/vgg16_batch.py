@@ -3,10 +3,10 @@ machine's measured fp32 matrix-multiply rate.
 
     python benchmarks/vgg16_batch.py [--threads 2] [--batches 1 8 32] [--json out.json]
 
-The stand-in (``agegender.standins.vgg16(width="full")``) has the zoo file's topology
+The stand-in (``vgg16(width="full")`` of ``tests/support/standins.py``) has the zoo file's topology
 and sizes with random weights, so its speed is the real model's speed. Three variants:
 the graph as the zoo ships it (fixed batch 1, weights declared as graph inputs), and the
-graph ``batching.open_graph`` makes of it (batch free, weights constant) at each batch.
+graph ``batch_free.open_graph`` makes of it (batch free, weights constant) at each batch.
 FLOPs are counted from the graph (2 per multiply-add); the matmul rate is the best of
 numpy and ONNX Runtime on a 2048 x 2048 fp32 product with the same thread count.
 The variants are timed in turns and the best run is reported beside the median, since
@@ -30,7 +30,11 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from agegender import batching, standins
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support import standins  # test support: the stand-in graph generator
+
+from agegender.onnxgraph import batch_free
 
 
 def graph_flops(model: onnx.ModelProto) -> int:
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             str(path), options(args.threads), providers=["CPUExecutionProvider"]
         )
         t0 = time.perf_counter()
-        loaded = batching.open_graph(path, options=options(args.threads))
+        loaded = batch_free.open_graph(path, options=options(args.threads))
         rewrite_s = time.perf_counter() - t0
         assert loaded.batched, loaded.reason
         print(f"rewrite + equivalence check + cache write: {rewrite_s:.1f} s (once per file)")
