@@ -1,0 +1,189 @@
+"""Configuration overlays, derived estimators, and ensembles of several heads per task.
+
+The heads are stand-in graphs whose softmax is nearly one-hot at a chosen index whatever
+the pixels, so the combined estimate can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from faceutils import ASTRONAUT
+from support.standins import card_graph
+
+from agegender import Estimator
+from agegender.cards import get_card
+from agegender.cli import main
+from agegender.config import EstimatorConfig
+from agegender.errors import AgegenderError, CardError
+from agegender.heads import Support, Task
+
+DEX_LIKE = """\
+id = "{id}"
+task = "{task}"
+title = "stand-in"
+[source]
+file = "{file}"
+[input]
+size = [32, 32]
+channels = "BGR"
+layout = "NCHW"
+[crop]
+kind = "margin"
+margin = 0.4
+[output]
+softmax_in_graph = true
+{output}
+"""
+
+
+def _graph(path: Path, size: int, width: int, peak: int) -> Path:
+    model = card_graph(input_shape=[1, 3, size, size], width=width, peak=peak, seed=peak)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def _card(folder: Path, card_id: str, task: str, output: str, width: int, peak: int) -> Path:
+    """A card TOML with its stand-in graph beside it."""
+    _graph(folder / f"{card_id}.onnx", 32, width, peak)
+    path = folder / f"{card_id}.toml"
+    path.write_text(DEX_LIKE.format(id=card_id, task=task, file=f"{card_id}.onnx", output=output))
+    return path
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("heads")
+    cc0 = get_card("cc0-age-v1")
+    # The CC0 card's 81 bins (0.25, 1..80): index 30 is 30 years.
+    cc0_30 = _graph(folder / "cc0-30.onnx", 64, 81, 30)
+    gender = get_card("cc0-gender-v1")
+    return {
+        "cc0@30": f"cc0-age-v1={cc0_30}",
+        # 101 bins 0..100, margin crops of another size: index 50 is 50 years.
+        "dex@50": str(_card(folder, "dex-50", "age", "range = [0, 100]", 101, 50)),
+        "groups": str(
+            _card(
+                folder,
+                "grp",
+                "age-groups",
+                'labels = ["young", "old"]\ngroups = [[0, 30], [31, 90]]',
+                2,
+                1,
+            )
+        ),
+        # Gender heads with opposite label orders, each sure of its index 0.
+        "female": f"cc0-gender-v1={_graph(folder / 'g-f.onnx', 32, 2, 0)}",
+        "male": str(_card(folder, "g-m", "gender", 'labels = ["male", "female"]', 2, 0)),
+        "cc0_values": ",".join(f"{v:g}" for v in cc0.output.values[:3]),
+        "gender_labels": ",".join(gender.output.labels),
+    }
+
+
+def test_card_facts_the_tests_rely_on(heads) -> None:
+    assert heads["cc0_values"] == "0.25,1,2"
+    assert heads["gender_labels"] == "female,male"
+
+
+def test_two_age_heads_average_their_distributions(heads, astronaut_rgb) -> None:
+    est = Estimator(
+        age_models=[heads["cc0@30"], heads["dex@50"]],
+        age_weights=[3, 1],
+        gender_models=[heads["female"], heads["male"]],
+        gender_weights=[0.6, 0.4],
+        tta=True,
+        age_thresholds=[40],
+    )
+    assert [h.card.id for h in est.heads["age"]] == ["cc0-age-v1", "dex-50"]
+    (face,) = est.predict(astronaut_rgb)
+    # 3/4 of the mass at 30 years, 1/4 at 50 (a common support: 0.25, 0..100)
+    assert face.age.value == pytest.approx(0.75 * 30 + 0.25 * 50, abs=1e-3)
+    assert face.age.std == pytest.approx(np.sqrt(0.75 * 5**2 + 0.25 * 15**2), abs=1e-2)
+    assert face.age.p_at_least[40.0] == pytest.approx(0.25, abs=1e-4)
+    assert face.age.interval == (30.0, 50.0)
+    # female 0.6 (first head) vs male 0.4 (second head, labels in the other order)
+    assert face.gender.label == "female"
+    assert face.gender.probability == pytest.approx(0.6, abs=1e-4)
+
+
+def test_one_head_alone_is_unchanged_by_the_task(heads, astronaut_rgb) -> None:
+    (alone,) = Estimator(age_models=[heads["dex@50"]], gender_models=[]).predict(astronaut_rgb)
+    assert alone.age.value == pytest.approx(50.0, abs=1e-3) and alone.gender is None
+
+
+def test_ensemble_from_the_command_line(heads, capsys) -> None:
+    argv = ["predict", str(ASTRONAUT), "--json", "--no-progress"]
+    argv += ["--age-model", heads["cc0@30"], "--age-model", heads["dex@50"]]
+    argv += ["--age-weights", "1,1", "--gender-model", heads["male"]]
+    assert main(argv) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    (face,) = result["faces"]
+    assert face["age"]["value"] == pytest.approx(40.0, abs=0.01)
+    assert face["gender"] == {"label": "male", "probability": pytest.approx(1.0, abs=1e-4)}
+
+
+def test_heads_of_different_kinds_or_labels_do_not_combine(heads) -> None:
+    with pytest.raises(CardError, match="different tasks"):
+        Estimator(age_models=[heads["cc0@30"], heads["groups"]])
+    with pytest.raises(CardError, match="not a gender model"):
+        Estimator(gender_models=[heads["cc0@30"]])
+    with pytest.raises(AgegenderError, match="2 weights for 1 age models"):
+        Estimator(age_models=[heads["cc0@30"]], age_weights=[1, 2])
+
+
+def test_task_combine_maps_each_support_onto_the_union() -> None:
+    class FakeHead:
+        def __init__(self, card, weight):
+            self.card, self.weight = card, weight
+
+    cc0, dex = get_card("cc0-age-v1"), get_card("dex-imdb-age")
+    task = Task("age", [FakeHead(cc0, 1.0), FakeHead(dex, 1.0)])  # type: ignore[list-item]
+    assert isinstance(task.support, Support)
+    np.testing.assert_array_equal(task.support.values[:3], [0.0, 0.25, 1.0])
+    assert len(task.support.values) == 102  # 0..100 and 0.25
+    p_cc0 = np.zeros((1, 81))
+    p_cc0[0, 0] = 1.0  # 0.25 years
+    p_dex = np.zeros((1, 101))
+    p_dex[0, 100] = 2.0  # unnormalised: each head is normalised before the mean
+    mean = task.combine([p_cc0, p_dex])
+    assert mean.shape == (1, 102) and mean.sum() == pytest.approx(1.0)
+    assert mean[0, 1] == pytest.approx(0.5) and mean[0, -1] == pytest.approx(0.5)
+
+
+def test_config_overlay_and_checks() -> None:
+    base = EstimatorConfig.from_preset("levi", tta=False)
+    assert base.age_models == ("levi-age",) and base.tta is False
+    assert base.with_overrides(min_face=20).min_face == 20
+    assert base.with_overrides(preset="default").age_models == ("cc0-age-v1",)
+    with pytest.raises(AgegenderError, match="unknown option 'colour'"):
+        base.with_overrides(colour=1)
+    # defect 10: --sweep without --align sweep was silently ignored
+    with pytest.raises(AgegenderError, match="--sweep applies only with --align sweep"):
+        EstimatorConfig(sweep=(-30, 30, 5))
+    assert EstimatorConfig(align="sweep", sweep=(-30, 30, 5)).sweep_range == (-30.0, 30.0, 5.0)
+    with pytest.raises(AgegenderError, match="--min-face must be >= 0"):
+        EstimatorConfig(min_face=-1)
+    with pytest.raises(AgegenderError, match="--age-threshold must be a number"):
+        EstimatorConfig(age_thresholds=[float("nan")])
+
+
+def test_sweep_without_align_sweep_is_rejected_on_the_command_line(capsys) -> None:
+    assert main(["predict", str(ASTRONAUT), "--sweep", "-30:30:5", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "agegender: error: --sweep applies only with --align sweep"
+
+
+def test_derived_estimators_share_the_sessions(estimator: Estimator, astronaut_rgb) -> None:
+    whole = estimator.derive(detector="none", age_thresholds=[18])
+    assert whole.heads["age"][0] is estimator.heads["age"][0]
+    assert whole.detector.name == "none" and estimator.detector.name == "dlib"
+    (face,) = whole.predict(astronaut_rgb)
+    assert face.box == (0.0, 0.0, 512.0, 512.0) and 18.0 in face.age.p_at_least
+    with pytest.raises(AgegenderError, match="cannot change"):
+        estimator.derive(age_models=["levi-age"])
+    # the same finder options give the same finder (its per-thread detectors are reused)
+    assert estimator.derive(tta=True).finder is estimator.finder
