@@ -215,7 +215,7 @@ def test_appa_real(tmp_path: Path) -> None:
     assert (first.gender, first.race, first.fold) == ("female", "caucasian", "test")
     assert (second.gender, second.race, second.real_age) == ("male", "afroamerican", 60.0)
 
-    faces = readers.read_appa_real(tmp_path, split="test", faces=True)
+    faces = readers.read_appa_real(tmp_path, split="test", cropped=True)
     assert Path(faces.records[0].path) == tmp_path / "test" / "005613.jpg_face.jpg"
 
     both = readers.read_appa_real(tmp_path)  # every split whose csv is there
@@ -361,3 +361,15 @@ def test_read_dataset_dispatch_and_sample(tmp_path: Path) -> None:
     assert picked == readers.sample(records, 4, seed=1)
     assert picked != readers.sample(records, 4, seed=2)
     assert readers.sample(records, 50) == records
+
+
+def test_registry_is_the_one_list_of_formats(tmp_path: Path) -> None:
+    # --split help names exactly the readers that take a split; --root only csv, chalearn.
+    for name, entry in readers.READERS.items():
+        assert (entry.split is not None) == ("split" in entry.options), name
+        assert entry.description, name
+    assert readers.formats_taking("root") == ["chalearn", "csv"]
+    assert readers.formats_taking("cropped") == ["appa-real"]
+    # An option the format does not use is an error, not ignored (it was ignored before).
+    with pytest.raises(DatasetError, match="--root is for chalearn, csv, not utkface"):
+        readers.read_dataset("utkface", tmp_path, root=tmp_path)

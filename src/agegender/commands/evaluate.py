@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument("source", help="the dataset: a folder, a .mat file, a CSV or a fold file")
     parser.add_argument(
-        "--format", required=True, choices=readers.FORMATS, help="how the labels are stored"
+        "--format", required=True, choices=list(readers.READERS), help="how the labels are stored"
     )
     parser.add_argument(
         "--split",

@@ -3,23 +3,34 @@
 Each reader takes the dataset as its publisher ships it (file names, ``.mat`` structs, fold
 files, CSVs) and returns ``Record`` objects plus a count of every entry it dropped and why,
 so a number measured here can be compared with a paper's.
+
+``READERS`` (at the end) is the one registry of formats: name -> :class:`Reader` (the read
+function, a description, and what ``--split`` selects, if anything). The CLI's ``--format``
+choices and help read it; a new dataset format is one ``read_*`` function and one line
+there. A reader takes the options it understands as keyword arguments (``split``, ``root``,
+``cropped``); an option given to a reader without that parameter is an error, never ignored.
+
+Malformed label files give one ``DatasetError`` naming the file (and line or entry) and
+the fault; entries a reader's design leaves out (no face, unknown code) are counted in
+``Dataset.dropped``. This module imports nothing heavy at import time (``--help`` reads it).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
 from ..errors import AgegenderError
-from ..images import IMAGE_SUFFIXES
 
 Box = tuple[float, float, float, float]
 
@@ -35,7 +46,7 @@ ADIENCE_GROUPS: tuple[tuple[str, float, float], ...] = (
     ("60-100", 60, 100),
 )
 UTKFACE_RACES = ("white", "black", "asian", "indian", "other")
-FORMATS = ("utkface", "imdb-wiki", "chalearn", "appa-real", "adience", "fgnet", "csv")
+MAX_AGE = 120  # a label above this (or below 0) is not an age
 
 
 class DatasetError(AgegenderError):
@@ -79,23 +90,76 @@ class Dataset:
 
 
 def _images_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files under `root`, recursively; hidden files and folders (``.x.jpg``, macOS
+    ``._*`` resource forks, ``.git``) are not part of a dataset."""
+    from ..images import IMAGE_SUFFIXES  # here: reading the registry stays light
+
+    found = []
+    for path in root.rglob("*"):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            found.append(path)
+    return sorted(found)
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists that says False for names the OS cannot look up (too long, NUL)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _need_dir(path: Path, what: str) -> None:
-    if not path.exists():
+    if not _exists(path):
         raise DatasetError(f"{path}: no such file or folder")
     if not path.is_dir():
         raise DatasetError(f"{path}: {what} expects a folder")
 
 
 def _float(value: Any) -> float | None:
-    """A number from a label cell; None for empty, NaN or non-numeric."""
+    """A number from a label cell; None for empty, NaN, infinite or non-numeric."""
     try:
         number = float(str(value).strip())
     except ValueError:
         return None
-    return None if math.isnan(number) else number
+    return number if math.isfinite(number) else None
+
+
+def _bad_path(text: str) -> bool:
+    """A path no file can have (a NUL character)."""
+    return "\0" in text
+
+
+def _text_of(path: Path) -> str:
+    """A label file's text; one-line DatasetError when it cannot be read as UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason})"
+        ) from None
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def _csv_rows(path: Path, rows: Iterator[Any]) -> Iterator[Any]:
+    """`rows` of a csv reader, with the csv module's faults as one-line DatasetErrors."""
+    try:
+        yield from rows
+    except csv.Error as error:
+        raise DatasetError(f"{path}: malformed CSV ({error})") from None
+
+
+def _cells(row: dict[Any, Any]) -> dict[str, str]:
+    """A DictReader row with stripped names and values; cells past the header (key None)
+    are dropped and missing cells are empty."""
+    return {
+        k.strip(): (v if isinstance(v, str) else "").strip()
+        for k, v in row.items()
+        if isinstance(k, str)
+    }
 
 
 def _gender(value: str | None) -> str | None:
@@ -184,8 +248,85 @@ def _text(cell: Any) -> str:
     if array.size == 0:
         return ""
     if array.dtype.kind in ("U", "S"):
-        return str(array.reshape(-1)[0])
+        value = array.reshape(-1)[0]
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return str(array)
+
+
+class _EntryError(Exception):
+    """A field of one .mat entry that is not what IMDB-WIKI stores there."""
+
+
+def _number(cell: Any, field: str) -> float:
+    """One number from a .mat cell (a 1x1 array or a scalar)."""
+    import numpy as np
+
+    try:
+        array = np.asarray(cell)
+    except Exception:  # numpy refuses ragged or odd objects in several ways
+        raise _EntryError(f"{field} is not a number") from None
+    if array.size != 1 or array.dtype.kind not in "biuf":
+        raise _EntryError(f"{field} is not a number")
+    return float(array.reshape(-1)[0])
+
+
+def _box(cell: Any) -> Box | None:
+    """face_location (MATLAB, 1-based x1 y1 x2 y2) as a 0-based box; None when unusable."""
+    import numpy as np
+
+    try:
+        array = np.asarray(cell, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    if array.size != 4 or not np.isfinite(array).all():
+        return None
+    x1, y1, x2, y2 = (float(v) - 1 for v in array)
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+
+IMDB_FIELDS = (
+    "full_path",
+    "dob",
+    "photo_taken",
+    "gender",
+    "face_score",
+    "second_face_score",
+    "face_location",
+)
+
+
+def _imdb_struct(mat_path: Path) -> dict[str, list[Any]]:
+    """The columns of an IMDB-WIKI .mat (each as long as full_path), or a DatasetError."""
+    import numpy as np
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(mat_path))
+    except Exception as error:  # scipy raises several types for a bad file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DatasetError(f"{mat_path}: not a readable MATLAB file ({reason})") from None
+    keys = [k for k in ("imdb", "wiki") if k in mat]
+    if not keys:
+        raise DatasetError(f"{mat_path}: no 'imdb' or 'wiki' struct in the file")
+    struct = mat[keys[0]]
+    if not isinstance(struct, np.ndarray) or struct.dtype.names is None or struct.size != 1:
+        raise DatasetError(f"{mat_path}: '{keys[0]}' is not a 1x1 struct")
+    meta = struct.reshape(-1)[0]
+    columns: dict[str, list[Any]] = {}
+    try:
+        for name in IMDB_FIELDS:
+            columns[name] = _mat_column(meta, name)
+    except KeyError as missing:
+        raise DatasetError(f"{mat_path}: struct lacks the field {missing}") from None
+    if "name" in meta.dtype.names:
+        columns["name"] = _mat_column(meta, "name")
+    n = len(columns["full_path"])
+    for name, column in columns.items():
+        if len(column) != n:
+            raise DatasetError(
+                f"{mat_path}: field '{name}' has {len(column)} entries, full_path has {n}"
+            )
+    return columns
 
 
 def read_imdb_wiki(
@@ -200,9 +341,9 @@ def read_imdb_wiki(
     ``face_location`` (MATLAB, 1-based) is in the full photo, so it becomes the record's
     0-based box only for the full-image release; the face-only releases (``imdb_crop``,
     ``wiki_crop``) ship the same .mat with crops in another frame. `boxes` overrides the guess.
+    A field that is not a number where IMDB-WIKI stores one is an error naming the entry;
+    entries with values the cleaning rules leave out are counted.
     """
-    from scipy.io import loadmat
-
     source = Path(source)
     if source.is_dir():
         found = [source / n for n in ("imdb.mat", "wiki.mat") if (source / n).is_file()]
@@ -213,74 +354,78 @@ def read_imdb_wiki(
         mat_path = source
     else:
         raise DatasetError(f"{source}: no such file or folder")
-    try:
-        mat = loadmat(str(mat_path))
-    except Exception as error:  # scipy raises several types for a bad file
-        raise DatasetError(f"{mat_path}: not a readable MATLAB file ({error})") from None
-    keys = [k for k in ("imdb", "wiki") if k in mat]
-    if not keys:
-        raise DatasetError(f"{mat_path}: no 'imdb' or 'wiki' struct in the file")
-    meta = mat[keys[0]][0, 0]
-    try:
-        paths = _mat_column(meta, "full_path")
-        dobs = _mat_column(meta, "dob")
-        taken = _mat_column(meta, "photo_taken")
-        genders = _mat_column(meta, "gender")
-        scores = _mat_column(meta, "face_score")
-        second = _mat_column(meta, "second_face_score")
-        locations = _mat_column(meta, "face_location")
-    except KeyError as missing:
-        raise DatasetError(f"{mat_path}: struct lacks the field {missing}") from None
-    names = _mat_column(meta, "name") if "name" in meta.dtype.names else [None] * len(paths)
+    columns = _imdb_struct(mat_path)
+    names = columns.get("name")
     root = mat_path.parent
     if boxes is None:
         boxes = not root.resolve().name.endswith("_crop")
     data = Dataset("imdb-wiki", str(mat_path), [])
-    for i, cell in enumerate(paths):
-        score, second_score = float(scores[i]), float(second[i])
-        if math.isinf(score):
-            data.dropped["no face (face_score -inf)"] += 1
-            continue
-        if not math.isnan(second_score):
-            data.dropped["second face"] += 1
-            continue
-        if min_face_score is not None and score < min_face_score:
-            data.dropped[f"face_score < {min_face_score:g}"] += 1
-            continue
-        dob = float(dobs[i])
-        if math.isnan(dob):
-            data.dropped["no date of birth"] += 1
-            continue
-        age = dex_age(dob, float(taken[i]))
-        if not 0 <= age <= 100:
-            data.dropped["age outside 0..100"] += 1
-            continue
-        sex = float(genders[i])
-        gender = None if math.isnan(sex) else ("female", "male")[int(sex)]
-        loc = [float(v) for v in locations[i].reshape(-1)]
-        box = (loc[0] - 1, loc[1] - 1, loc[2] - 1, loc[3] - 1) if boxes and len(loc) == 4 else None
-        name = _text(names[i]) if names[i] is not None else None
-        data.records.append(
-            Record(
-                str(root / _text(cell)),
-                age=float(age),
-                gender=gender,
-                box=box,
-                subject=name or None,
-            )
-        )
+    for i in range(len(columns["full_path"])):
+        try:
+            record, reason = _imdb_entry(columns, i, root, boxes, min_face_score, names)
+        except _EntryError as error:
+            raise DatasetError(f"{mat_path}: entry {i + 1}: {error}") from None
+        if record is None:
+            data.dropped[reason] += 1
+        else:
+            data.records.append(record)
     return data
+
+
+def _imdb_entry(
+    columns: dict[str, list[Any]],
+    i: int,
+    root: Path,
+    boxes: bool,
+    min_face_score: float | None,
+    names: list[Any] | None,
+) -> tuple[Record | None, str]:
+    """Entry `i` as a Record, or (None, why it is left out)."""
+    score = _number(columns["face_score"][i], "face_score")
+    second_score = _number(columns["second_face_score"][i], "second_face_score")
+    if math.isnan(score):
+        return None, "no face score"
+    if math.isinf(score):
+        return None, "no face (face_score -inf)"
+    if not math.isnan(second_score):
+        return None, "second face"
+    if min_face_score is not None and score < min_face_score:
+        return None, f"face_score < {min_face_score:g}"
+    dob = _number(columns["dob"][i], "dob")
+    if math.isnan(dob):
+        return None, "no date of birth"
+    taken = _number(columns["photo_taken"][i], "photo_taken")
+    if not math.isfinite(taken):
+        return None, "no photo year"
+    try:
+        age = dex_age(dob, taken)
+    except (ValueError, OverflowError):
+        return None, "date of birth out of range"
+    if not 0 <= age <= 100:
+        return None, "age outside 0..100"
+    sex = _number(columns["gender"][i], "gender")
+    if not math.isnan(sex) and sex not in (0.0, 1.0):
+        return None, "gender code not 0/1"
+    gender = None if math.isnan(sex) else ("female", "male")[int(sex)]
+    path = _text(columns["full_path"][i]).strip()
+    if not path or _bad_path(path):
+        return None, "no usable image path"
+    box = _box(columns["face_location"][i]) if boxes else None
+    name = _text(names[i]) if names is not None else None
+    return Record(
+        str(root / path), age=float(age), gender=gender, box=box, subject=name or None
+    ), ""
 
 
 # -- ChaLearn LAP 2015 -------------------------------------------------------------------
 def _resolve(root: Path, name: str, extra_dirs: Sequence[str] = ()) -> str:
     """`name` under `root`, or under one of `extra_dirs` of root if it is there instead."""
     direct = root / name
-    if direct.exists():
+    if _exists(direct):
         return str(direct)
     for extra in extra_dirs:
         candidate = root / extra / name
-        if candidate.exists():
+        if _exists(candidate):
             return str(candidate)
     return str(direct)
 
@@ -289,7 +434,7 @@ def _label_file(source: Path, pattern: str, what: str) -> list[Path]:
     if source.is_file():
         return [source]
     if source.is_dir():
-        found = sorted(source.glob(pattern))
+        found = sorted(p for p in source.glob(pattern) if not p.name.startswith("."))
         if not found:
             raise DatasetError(f"{source}: no {pattern} file in this folder ({what})")
         return found
@@ -306,22 +451,28 @@ def read_chalearn(source: str | Path, *, root: str | Path | None = None) -> Data
     data = Dataset("chalearn", str(source), [])
     for csv_path in files:
         base = Path(root) if root else csv_path.parent
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            for line_no, row in enumerate(csv.reader(handle, delimiter=";"), start=1):
-                if not row or not "".join(row).strip():
-                    continue
-                if len(row) < 3:
-                    raise DatasetError(
-                        f"{csv_path}:{line_no}: expected image;mean;stdev, got {row!r}"
-                    )
-                mean, std = _float(row[1]), _float(row[2])
-                if mean is None:
-                    if line_no == 1:
-                        continue  # header
-                    data.dropped["no mean age"] += 1
-                    continue
-                path = _resolve(base, row[0].strip(), (csv_path.stem,))
-                data.records.append(Record(path, age=mean, age_std=std, fold=csv_path.stem))
+        lines = io.StringIO(_text_of(csv_path), newline="")
+        rows = _csv_rows(csv_path, csv.reader(lines, delimiter=";"))
+        for line_no, row in enumerate(rows, start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 3:
+                raise DatasetError(f"{csv_path}:{line_no}: expected image;mean;stdev, got {row!r}")
+            mean, std = _float(row[1]), _float(row[2])
+            if mean is not None and not 0 <= mean <= MAX_AGE:
+                data.dropped[f"mean age outside 0..{MAX_AGE}"] += 1
+                continue
+            if mean is None:
+                if line_no == 1:
+                    continue  # header
+                data.dropped["no mean age"] += 1
+                continue
+            name = row[0].strip()
+            if not name or _bad_path(name):
+                data.dropped["no usable image name"] += 1
+                continue
+            path = _resolve(base, name, (csv_path.stem,))
+            data.records.append(Record(path, age=mean, age_std=std, fold=csv_path.stem))
     return data
 
 
@@ -329,12 +480,12 @@ def read_chalearn(source: str | Path, *, root: str | Path | None = None) -> Data
 APPA_SPLITS = ("train", "valid", "test")
 
 
-def read_appa_real(root: str | Path, *, split: str | None = None, faces: bool = False) -> Dataset:
+def read_appa_real(root: str | Path, *, split: str | None = None, cropped: bool = False) -> Dataset:
     """APPA-REAL: ``gt_avg_{train,valid,test}.csv`` and the images in ``{split}/``.
 
-    ``faces`` picks the published ``<name>_face.jpg`` crops instead of the full images. The
-    age is the mean apparent age (its vote std kept for the epsilon-error); real age is kept
-    too. Gender and race come from ``allcategories_{split}.csv`` when it is there.
+    ``cropped`` picks the published ``<name>_face.jpg`` crops instead of the full images.
+    The age is the mean apparent age (its vote std kept for the epsilon-error); real age is
+    kept too. Gender and race come from ``allcategories_{split}.csv`` when it is there.
     """
     root = Path(root)
     _need_dir(root, "--format appa-real")
@@ -351,32 +502,39 @@ def read_appa_real(root: str | Path, *, split: str | None = None, faces: bool = 
         categories: dict[str, dict[str, str]] = {}
         cat_path = root / f"allcategories_{name}.csv"
         if cat_path.is_file():
-            with cat_path.open(newline="", encoding="utf-8-sig") as handle:
-                categories = {row["file"]: row for row in csv.DictReader(handle)}
-        with gt.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            need = {"file_name", "apparent_age_avg", "apparent_age_std", "real_age"}
-            if not need <= set(reader.fieldnames or ()):
-                raise DatasetError(f"{gt}: needs columns {', '.join(sorted(need))}")
-            for row in reader:
-                file_name = row["file_name"].strip()
-                apparent = _float(row["apparent_age_avg"])
-                if apparent is None:
-                    data.dropped["no apparent age"] += 1
-                    continue
-                image = root / name / (file_name + "_face.jpg" if faces else file_name)
-                extra = categories.get(file_name, {})
-                data.records.append(
-                    Record(
-                        str(image),
-                        age=apparent,
-                        age_std=_float(row["apparent_age_std"]),
-                        gender=_gender(extra.get("gender")),
-                        race=(extra.get("race") or "").strip().lower() or None,
-                        fold=name,
-                        real_age=_float(row["real_age"]),
-                    )
+            reader = csv.DictReader(io.StringIO(_text_of(cat_path), newline=""))
+            for row in _csv_rows(cat_path, reader):
+                cells = _cells(row)
+                if "file" not in cells:
+                    raise DatasetError(f"{cat_path}: needs a 'file' column")
+                categories[cells["file"]] = cells
+        reader = csv.DictReader(io.StringIO(_text_of(gt), newline=""))
+        need = {"file_name", "apparent_age_avg", "apparent_age_std", "real_age"}
+        if not need <= {(f or "").strip() for f in reader.fieldnames or ()}:
+            raise DatasetError(f"{gt}: needs columns {', '.join(sorted(need))}")
+        for row in _csv_rows(gt, reader):
+            cells = _cells(row)
+            file_name = cells["file_name"]
+            apparent = _float(cells["apparent_age_avg"])
+            if apparent is None:
+                data.dropped["no apparent age"] += 1
+                continue
+            if not file_name or _bad_path(file_name):
+                data.dropped["no usable file name"] += 1
+                continue
+            image = root / name / (file_name + "_face.jpg" if cropped else file_name)
+            extra = categories.get(file_name, {})
+            data.records.append(
+                Record(
+                    str(image),
+                    age=apparent,
+                    age_std=_float(cells["apparent_age_std"]),
+                    gender=_gender(extra.get("gender")),
+                    race=(extra.get("race") or "").lower() or None,
+                    fold=name,
+                    real_age=_float(cells["real_age"]),
                 )
+            )
     return data
 
 
@@ -390,7 +548,8 @@ def adience_group(label: str) -> tuple[str | None, float | None, bool]:
 
     The eight published groups map to themselves; a number, or a range that is not one of
     the eight (``(38, 42)``), maps to the group nearest its midpoint and counts as
-    relabelled; ``None`` or empty gives no group.
+    relabelled; ``None``, empty, or anything that is not an age from 0 to MAX_AGE gives no
+    group.
     """
     text = label.strip()
     if match := _RANGE.match(text):
@@ -398,9 +557,11 @@ def adience_group(label: str) -> tuple[str | None, float | None, bool]:
         for name, g_lo, g_hi in ADIENCE_GROUPS:
             if (lo, hi) == (g_lo, g_hi):
                 return name, None, False
+        if lo > hi or hi > MAX_AGE:
+            return None, None, False
         return group_of((lo + hi) / 2), None, True
     number = _float(text)
-    if number is None:
+    if number is None or not 0 <= number <= MAX_AGE:
         return None, None, False
     return group_of(number), number, True
 
@@ -432,32 +593,32 @@ def read_adience(source: str | Path, *, split: str | None = None) -> Dataset:
     for fold_path in files:
         fold_match = _ADIENCE_FOLD.match(fold_path.name)
         fold = fold_match[1] if fold_match else fold_path.stem
-        with fold_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, delimiter="\t")
-            need = {"user_id", "original_image", "face_id", "age", "gender"}
-            if not need <= {(f or "").strip() for f in reader.fieldnames or ()}:
-                raise DatasetError(
-                    f"{fold_path}: not an Adience fold file (needs {', '.join(sorted(need))})"
-                )
-            for row in reader:
-                row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                group, exact, relabelled = adience_group(row["age"])
-                gender = _gender(row["gender"])
-                if group is None and gender is None:
-                    data.dropped["no age and no gender label"] += 1
-                    continue
-                if relabelled:
-                    data.adjusted["age label mapped to the nearest group"] += 1
-                user, image, face_id = row["user_id"], row["original_image"], row["face_id"]
-                if aligned:
-                    path = root / "aligned" / user / f"landmark_aligned_face.{face_id}.{image}"
-                else:
-                    path = root / "faces" / user / f"coarse_tilt_aligned_face.{face_id}.{image}"
-                data.records.append(
-                    Record(
-                        str(path), age=exact, gender=gender, group=group, subject=user, fold=fold
-                    )
-                )
+        reader = csv.DictReader(io.StringIO(_text_of(fold_path), newline=""), delimiter="\t")
+        need = {"user_id", "original_image", "face_id", "age", "gender"}
+        if not need <= {(f or "").strip() for f in reader.fieldnames or ()}:
+            raise DatasetError(
+                f"{fold_path}: not an Adience fold file (needs {', '.join(sorted(need))})"
+            )
+        for row in _csv_rows(fold_path, reader):
+            cells = _cells(row)
+            group, exact, relabelled = adience_group(cells["age"])
+            gender = _gender(cells["gender"])
+            if group is None and gender is None:
+                data.dropped["no age and no gender label"] += 1
+                continue
+            user, image, face_id = cells["user_id"], cells["original_image"], cells["face_id"]
+            if not user or not image or any(map(_bad_path, (user, image, face_id))):
+                data.dropped["no usable user_id or original_image"] += 1
+                continue
+            if relabelled:
+                data.adjusted["age label mapped to the nearest group"] += 1
+            if aligned:
+                path = root / "aligned" / user / f"landmark_aligned_face.{face_id}.{image}"
+            else:
+                path = root / "faces" / user / f"coarse_tilt_aligned_face.{face_id}.{image}"
+            data.records.append(
+                Record(str(path), age=exact, gender=gender, group=group, subject=user, fold=fold)
+            )
     return data
 
 
@@ -495,59 +656,112 @@ _STD_COLUMNS = ("age_std", "std", "stdev")
 def read_csv(source: str | Path, *, root: str | Path | None = None) -> Dataset:
     """A CSV with a header: path (or file/image), age, and optional gender, age_std, race,
     and box columns x1, y1, x2, y2. Comma, semicolon or tab separated; relative paths are
-    taken from the CSV's folder (or `root`). An empty age keeps the row for gender only."""
+    taken from the CSV's folder (or `root`). An empty age (or NaN) keeps the row for gender
+    only; an age that is not a number from 0 to 120, or a gender not f/m, is an error
+    naming the line."""
     source = Path(source)
     if not source.is_file():
         raise DatasetError(f"{source}: no such CSV file")
     base = Path(root) if root else source.parent
-    text = source.read_text(encoding="utf-8-sig")
+    text = _text_of(source)
     first = text.splitlines()[0] if text.strip() else ""
     delimiter = max((",", ";", "\t"), key=first.count)
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    columns = {(c or "").strip().lower(): c for c in reader.fieldnames or ()}
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        fieldnames = reader.fieldnames or ()
+    except csv.Error as error:
+        raise DatasetError(f"{source}: malformed CSV ({error})") from None
+    columns = {(c or "").strip().lower(): (c or "").strip() for c in fieldnames}
     path_col = next((columns[c] for c in _PATH_COLUMNS if c in columns), None)
     if path_col is None:
         raise DatasetError(f"{source}: no path column (one of {', '.join(_PATH_COLUMNS)})")
     if "age" not in columns and "gender" not in columns:
         raise DatasetError(f"{source}: needs an 'age' or a 'gender' column")
-    std_col = next((columns[c] for c in _STD_COLUMNS if c in columns), None)
+    std_col = next((columns[c] for c in _STD_COLUMNS if c in columns), "")
     has_box = all(c in columns for c in ("x1", "y1", "x2", "y2"))
     data = Dataset("csv", str(source), [])
-    for line_no, row in enumerate(reader, start=2):
-        path = (row.get(path_col) or "").strip()
+    for row in _csv_rows(source, reader):
+        line_no = reader.line_num
+        cells = _cells(row)
+        path = cells.get(path_col, "")
         if not path:
             data.dropped["empty path"] += 1
             continue
-        age = _float(row.get(columns.get("age", ""), ""))
-        raw_gender = (row.get(columns.get("gender", ""), "") or "").strip()
+        if _bad_path(path):
+            data.dropped["path with a NUL character"] += 1
+            continue
+        raw_age = cells.get(columns.get("age", ""), "")
+        age = _float(raw_age)
+        if raw_age and raw_age.lower() != "nan" and (age is None or not 0 <= age <= MAX_AGE):
+            raise DatasetError(
+                f"{source}:{line_no}: age {raw_age[:40]!r} is not a number from 0 to {MAX_AGE}"
+            )
+        raw_gender = cells.get(columns.get("gender", ""), "")
         gender = _gender(raw_gender)
         if raw_gender and gender is None:
             raise DatasetError(
-                f"{source}:{line_no}: gender {raw_gender!r} is not one of f, m, female, male"
+                f"{source}:{line_no}: gender {raw_gender[:40]!r} is not one of f, m, female, male"
             )
         if age is None and gender is None:
             data.dropped["no age and no gender"] += 1
             continue
         box: Box | None = None
         if has_box:
-            x1, y1, x2, y2 = (_float(row[columns[c]]) for c in ("x1", "y1", "x2", "y2"))
+            x1, y1, x2, y2 = (_float(cells.get(columns[c], "")) for c in ("x1", "y1", "x2", "y2"))
             if x1 is not None and y1 is not None and x2 is not None and y2 is not None:
                 box = (x1, y1, x2, y2)
         full = Path(path) if Path(path).is_absolute() else base / path
+        std = _float(cells.get(std_col, "")) if std_col else None
         data.records.append(
             Record(
                 str(full),
                 age=age,
-                age_std=_float(row[std_col]) if std_col else None,
+                age_std=std if std is not None and std >= 0 else None,
                 gender=gender,
-                race=(row.get(columns.get("race", ""), "") or "").strip().lower() or None,
+                race=cells.get(columns.get("race", ""), "").lower() or None,
                 box=box,
             )
         )
     return data
 
 
-# -- dispatch ----------------------------------------------------------------------------
+# -- the registry --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reader:
+    """A dataset format: its read function, one line for the help, and what --split picks.
+
+    `read` takes the source and, as keyword arguments, the options it understands:
+    ``split`` (then `split` below says what it selects), ``root``, ``cropped``.
+    """
+
+    read: Callable[..., Dataset]
+    description: str
+    split: str | None = None
+
+    @property
+    def options(self) -> frozenset[str]:
+        """The read function's keyword options (split, root, cropped, ...)."""
+        parameters = list(signature(self.read).parameters.values())[1:]
+        return frozenset(p.name for p in parameters)
+
+
+# One line per format: the CLI's --format choices and help, and read_dataset, read this.
+READERS: dict[str, Reader] = {
+    "utkface": Reader(read_utkface, "folder of age_gender_race_date.jpg files"),
+    "imdb-wiki": Reader(read_imdb_wiki, "imdb.mat / wiki.mat, or the folder holding it"),
+    "chalearn": Reader(read_chalearn, "ChaLearn LAP 2015 image;mean;stdev CSV (or folder)"),
+    "appa-real": Reader(read_appa_real, "APPA-REAL release folder", "train, valid or test"),
+    "adience": Reader(read_adience, "folder of fold_N_data.txt (or one)", "fold numbers (0,1)"),
+    "fgnet": Reader(read_fgnet, "folder of 001A02.JPG files", "subject ids (001,002)"),
+    "csv": Reader(read_csv, "CSV with path, age, gender, ... columns"),
+}
+
+
+def formats_taking(option: str) -> list[str]:
+    """The formats whose reader takes `option` (split, root, cropped)."""
+    return [name for name, entry in READERS.items() if option in entry.options]
+
+
 def read_dataset(
     fmt: str,
     source: str | Path,
@@ -556,21 +770,21 @@ def read_dataset(
     cropped: bool = False,
     root: str | Path | None = None,
 ) -> Dataset:
-    """Read `source` as `fmt` (one of FORMATS)."""
-    readers: dict[str, Callable[[], Dataset]] = {
-        "utkface": lambda: read_utkface(source),
-        "imdb-wiki": lambda: read_imdb_wiki(source),
-        "chalearn": lambda: read_chalearn(source, root=root),
-        "appa-real": lambda: read_appa_real(source, split=split, faces=cropped),
-        "adience": lambda: read_adience(source, split=split),
-        "fgnet": lambda: read_fgnet(source, split=split),
-        "csv": lambda: read_csv(source, root=root),
-    }
-    if fmt not in readers:
-        raise DatasetError(f"--format {fmt!r}: known formats are {', '.join(FORMATS)}")
-    if split is not None and fmt not in ("appa-real", "adience", "fgnet"):
-        raise DatasetError(f"--split is for appa-real, adience and fgnet, not {fmt}")
-    return readers[fmt]()
+    """Read `source` as `fmt` (a name in READERS); an option the format has no use for
+    (--split, --root) is an error, never ignored."""
+    entry = READERS.get(fmt)
+    if entry is None:
+        raise DatasetError(f"--format {fmt!r}: known formats are {', '.join(READERS)}")
+    options: dict[str, Any] = {}
+    for flag, name, value in (("--split", "split", split), ("--root", "root", root)):
+        if value is None:
+            continue
+        if name not in entry.options:
+            raise DatasetError(f"{flag} is for {', '.join(formats_taking(name))}, not {fmt}")
+        options[name] = value
+    if cropped and "cropped" in entry.options:
+        options["cropped"] = True
+    return entry.read(source, **options)
 
 
 def sample(records: list[Record], limit: int | None, seed: int = 0) -> list[Record]:
