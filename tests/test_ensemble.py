@@ -187,3 +187,17 @@ def test_derived_estimators_share_the_sessions(estimator: Estimator, astronaut_r
         estimator.derive(age_models=["levi-age"])
     # the same finder options give the same finder (its per-thread detectors are reused)
     assert estimator.derive(tta=True).finder is estimator.finder
+
+
+def test_a_preset_listing_two_cards_is_an_ensemble(heads, monkeypatch, astronaut_rgb) -> None:
+    from agegender import presets
+
+    real = presets.presets()
+    pair = presets.Preset(
+        "pair", "", "dlib", (heads["cc0@30"], heads["dex@50"]), (), age_weights=(1.0, 3.0)
+    )
+    monkeypatch.setattr(presets, "presets", lambda: {**real, "pair": pair})
+    est = Estimator.from_preset("pair", tta=False)
+    assert len(est.heads["age"]) == 2 and "gender" not in est.heads
+    (face,) = est.predict(astronaut_rgb)
+    assert face.age.value == pytest.approx(0.25 * 30 + 0.75 * 50, abs=1e-3)
