@@ -39,7 +39,11 @@ MODEL_FIELDS = (
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """Everything that decides what an Estimator does (the README's option table)."""
+    """Everything that decides what an Estimator does (the README's option table).
+
+    Build one with :meth:`from_preset` (the preset supplies detector, alignment and
+    models): a bare ``EstimatorConfig()`` names no model, which is a detector-only setup.
+    """
 
     preset: str = "default"
     # Heads: a card id, "CARD=path/to/file.onnx", a ModelCard or (card, path), one or
