@@ -104,7 +104,13 @@ def test_summarize_by_hand() -> None:
     # genders a, b, c, f: right, wrong, right, right
     assert found["gender"]["accuracy"] == pytest.approx(3 / 4)
     assert found["gender"]["confusion"] == [[1, 0], [1, 2]]
-    assert found["groups"] == {"n": 1, "accuracy": 0.0, "one_off": 1.0}
+    assert found["groups"] == {
+        "n": 1,
+        "accuracy": 0.0,
+        "one_off": 1.0,
+        "labels": list(metrics.GROUP_LABELS),
+        "relabelled": 0,
+    }
 
     fallback = s["with_fallback"]
     # adds d: error 7
@@ -133,7 +139,87 @@ def test_group_model_output_is_used_as_is() -> None:
     records = [Record("g.jpg", group="4-6"), Record("h.jpg", group="60-100")]
     outcomes = [Outcome("ok", age=5.0, group="4-6"), Outcome("ok", age=50.0, group="38-43")]
     groups = metrics.summarize(records, outcomes)["excluding_no_face"]["groups"]
-    assert groups == {"n": 2, "accuracy": 0.5, "one_off": 0.5}  # 38-43 is two groups from 60-100
+    assert (groups["n"], groups["accuracy"], groups["one_off"]) == (2, 0.5, 0.5)  # 38-43 is
+    # two groups from 60-100
+
+
+# A card whose groups are not Adience's (defect 8: GROUP_LABELS.index raised ValueError).
+CHILD_ADULT = (("child", 0, 12), ("teen", 13, 17), ("adult", 18, 64), ("senior", 65, 100))
+
+
+def test_groups_are_scored_in_the_cards_own_scheme() -> None:
+    records = [
+        Record("a.jpg", group="4-6"),  # -> child (midpoint 5)
+        Record("b.jpg", group="25-32"),  # -> adult
+        Record("c.jpg", group="60-100"),  # midpoint 80 -> senior
+        Record("d.jpg", group="15-20", age=16.0),  # exact age 16 -> teen
+        Record("e.jpg", group="child"),  # the scheme's own label is used as is
+    ]
+    outcomes = [
+        Outcome("ok", age=6.0, group="child"),
+        Outcome("ok", age=40.0, group="adult"),
+        Outcome("ok", age=40.0, group="adult"),  # one off
+        Outcome("ok", age=30.0, group="adult"),  # one off
+        Outcome("ok", age=70.0, group="senior"),  # three off
+    ]
+    s = metrics.summarize(records, outcomes, groups=CHILD_ADULT)
+    groups = s["excluding_no_face"]["groups"]
+    assert groups["n"] == 5 and groups["labels"] == ["child", "teen", "adult", "senior"]
+    assert groups["accuracy"] == pytest.approx(2 / 5)
+    assert groups["one_off"] == pytest.approx(4 / 5)
+    assert groups["relabelled"] == 4
+    # An age model's value (no group) is mapped into the same scheme.
+    records, outcomes = [Record("x.jpg", group="25-32")], [Outcome("ok", age=14.0)]
+    teen = metrics.score(records, outcomes, groups=CHILD_ADULT)["groups"]  # teen vs adult
+    assert (teen["accuracy"], teen["one_off"]) == (0.0, 1.0)
+
+
+def test_nearest_group() -> None:
+    assert metrics.nearest_group(3.0, metrics.ADIENCE_GROUPS) == 0  # a tie goes to the younger
+    assert metrics.nearest_group(2.4, metrics.ADIENCE_GROUPS) == 0
+    assert metrics.nearest_group(13.5, CHILD_ADULT) == 1
+    assert metrics.nearest_group(200, CHILD_ADULT) == 3
+
+
+def test_age_threshold_decisions_by_hand() -> None:
+    # Defect 10: --age-threshold was accepted by evaluate and did nothing.
+    records = [
+        Record("a.jpg", age=10),  # under 18, judged under: right
+        Record("b.jpg", age=16),  # under, judged over: false accept
+        Record("c.jpg", age=30),  # over, judged over: right
+        Record("d.jpg", age=20),  # over, judged under: false reject
+        Record("e.jpg", age=50),  # no face: only with the fallback (judged over)
+        Record("f.jpg", group="60-100"),  # Adience group wholly over 18: over, judged over
+        Record("g.jpg", group="15-20"),  # straddles 18: not scored
+        Record("h.jpg", gender="male"),  # no age label: not scored
+    ]
+
+    def ok(p: float) -> Outcome:
+        return Outcome("ok", age=1.0, p_at_least={18.0: p})
+
+    outcomes = [
+        ok(0.1),
+        ok(0.5),
+        ok(0.9),
+        ok(0.49),
+        Outcome("no_face", fallback_age=50, fallback_p_at_least={18.0: 0.99}),
+        ok(0.7),
+        ok(0.7),
+        ok(0.7),
+    ]
+    s = metrics.summarize(records, outcomes, thresholds=(18.0,))
+    t = s["excluding_no_face"]["thresholds"]["18"]
+    assert t == {
+        "n": 5,
+        "accuracy": pytest.approx(3 / 5),
+        "n_at_least": 3,
+        "n_under": 2,
+        "false_accept": pytest.approx(1 / 2),
+        "false_reject": pytest.approx(1 / 3),
+    }
+    fallback = s["with_fallback"]["thresholds"]["18"]
+    assert fallback["n"] == 6 and fallback["accuracy"] == pytest.approx(4 / 6)
+    assert "thresholds" not in metrics.summarize(records, outcomes)["excluding_no_face"]
 
 
 def test_clean_rounds_and_nulls_nan() -> None:

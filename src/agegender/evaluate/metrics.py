@@ -1,9 +1,15 @@
 """Metrics: the numbers papers report, as pure functions of labels and predictions.
 
-MAE, RMSE, CS@k, ChaLearn's epsilon-error, accuracies (gender, Adience groups, 1-off), and
-``summarize``, which turns one setting's per-image outcomes into the report's numbers and
-breaks them down by decade, gender, race and fold. No I/O here, so every number can be
-checked by hand in a test.
+MAE, RMSE, CS@k, ChaLearn's epsilon-error, accuracies (gender, age groups, 1-off), the
+accuracy of P(age >= t) >= 0.5 as a decision at each --age-threshold, and ``summarize``,
+which turns one setting's per-image outcomes into the report's numbers and breaks them
+down by decade, gender, race and fold. No I/O here, so every number can be checked by hand
+in a test.
+
+Groups are scored in a *scheme*, a list of (label, low, high) age spans: Adience's eight
+by default, or the groups of the setting's age-groups card. A labelled group the scheme
+does not have is mapped to the scheme's nearest group (by the exact age when the labels
+give one, else by the group's midpoint) and counted as relabelled.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .readers import ADIENCE_GROUPS, Record, group_of
+from .readers import ADIENCE_GROUPS, Record
 
+GroupScheme = Sequence[tuple[str, float, float]]  # (label, low, high), ordered by low
 GROUP_LABELS = tuple(g[0] for g in ADIENCE_GROUPS)
+ADIENCE_SPANS = {label: (lo, hi) for label, lo, hi in ADIENCE_GROUPS}
 GENDERS = ("female", "male")
+DECISION_P = 0.5  # P(age >= t) at or above this: judged at least t
 
 
 def _arrays(pred: Sequence[float], true: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +130,51 @@ def age_metrics(
     return out
 
 
+def nearest_group(age: float, groups: GroupScheme) -> int:
+    """Index of the group containing `age`, or of the nearest one when it falls in a gap
+    (ties go to the younger group)."""
+    best, best_distance = 0, math.inf
+    for i, (_, lo, hi) in enumerate(groups):
+        distance = 0.0 if lo <= age <= hi else min(abs(age - lo), abs(age - hi))
+        if distance < best_distance:
+            best, best_distance = i, distance
+    return best
+
+
+def threshold_metrics(p_at_least: Sequence[float], at_least: Sequence[bool]) -> dict[str, Any]:
+    """P(age >= t) >= 0.5 taken as the decision "at least t", against the truth.
+
+    accuracy over all; false_accept: share of those under t judged at least t (a minor
+    let through at t = 18); false_reject: share of those at or over t judged under it.
+    """
+    if len(p_at_least) != len(at_least):
+        raise ValueError(f"{len(p_at_least)} predictions for {len(at_least)} labels")
+    judged = [p >= DECISION_P for p in p_at_least]
+    below = [j for j, truth in zip(judged, at_least, strict=True) if not truth]
+    above = [j for j, truth in zip(judged, at_least, strict=True) if truth]
+    return {
+        "n": len(judged),
+        "accuracy": accuracy(judged, list(at_least)),
+        "n_at_least": len(above),
+        "n_under": len(below),
+        "false_accept": sum(below) / len(below) if below else None,
+        "false_reject": (len(above) - sum(above)) / len(above) if above else None,
+    }
+
+
+def _at_least(record: Record, t: float) -> bool | None:
+    """Whether the labelled age is at least `t`: from the age label, else from an Adience
+    group that lies wholly on one side of `t`; None when the labels do not tell."""
+    if record.age is not None:
+        return record.age >= t
+    span = ADIENCE_SPANS.get(record.group or "")
+    if span is None:
+        return None
+    if span[0] >= t:
+        return True
+    return False if span[1] < t else None
+
+
 @dataclass
 class Outcome:
     """What one setting made of one record.
@@ -139,6 +193,8 @@ class Outcome:
     fallback_age: float | None = None
     fallback_group: str | None = None
     fallback_gender: str | None = None
+    p_at_least: dict[float, float] | None = None  # --age-threshold t -> P(age >= t)
+    fallback_p_at_least: dict[float, float] | None = None
 
     def final(self, with_fallback: bool) -> tuple[float | None, str | None, str | None]:
         """(age, group, gender) used for scoring, with or without the fallback."""
@@ -148,11 +204,30 @@ class Outcome:
             return self.fallback_age, self.fallback_group, self.fallback_gender
         return None, None, None
 
+    def final_p(self, with_fallback: bool) -> dict[float, float] | None:
+        """P(age >= t) per threshold used for scoring, with or without the fallback."""
+        if self.status == "ok":
+            return self.p_at_least
+        if self.status == "no_face" and with_fallback:
+            return self.fallback_p_at_least
+        return None
 
-def _predicted_group(age: float | None, group: str | None) -> str | None:
-    if group is not None:
-        return group
-    return group_of(age) if age is not None else None
+
+def _group_index(
+    label: str | None, age: float | None, groups: GroupScheme
+) -> tuple[int | None, bool]:
+    """(index in the scheme, relabelled): the label itself when the scheme has it, else
+    the nearest group to `age`, else to the midpoint of the label's Adience span."""
+    if label is not None:
+        for i, group in enumerate(groups):
+            if group[0] == label:
+                return i, False
+    if age is not None:
+        return nearest_group(age, groups), label is not None
+    span = ADIENCE_SPANS.get(label or "")
+    if span is not None:
+        return nearest_group((span[0] + span[1]) / 2, groups), True
+    return None, False
 
 
 def score(
@@ -161,10 +236,15 @@ def score(
     *,
     k: float = 5,
     with_fallback: bool = False,
+    groups: GroupScheme = ADIENCE_GROUPS,
+    thresholds: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Age, gender and group metrics over the records that have each label and a prediction."""
+    """Age, gender, group and threshold metrics over the records that have each label and
+    a prediction; groups in the scheme `groups` (the card's own, or Adience's)."""
     ages, labels, stds, real_pred, real_true = [], [], [], [], []
     g_pred, g_true, grp_pred, grp_true = [], [], [], []
+    relabelled = 0
+    decisions: dict[float, tuple[list[float], list[bool]]] = {t: ([], []) for t in thresholds}
     for record, outcome in zip(records, outcomes, strict=True):
         age, group, gender = outcome.final(with_fallback)
         if record.age is not None and age is not None:
@@ -177,10 +257,19 @@ def score(
         if record.gender is not None and gender is not None:
             g_pred.append(gender)
             g_true.append(record.gender)
-        predicted_group = _predicted_group(age, group)
-        if record.group is not None and predicted_group is not None:
-            grp_pred.append(GROUP_LABELS.index(predicted_group))
-            grp_true.append(GROUP_LABELS.index(record.group))
+        if record.group is not None:
+            predicted, _ = _group_index(group, age, groups)
+            true, mapped = _group_index(record.group, record.age, groups)
+            if predicted is not None and true is not None:
+                grp_pred.append(predicted)
+                grp_true.append(true)
+                relabelled += mapped
+        p_at_least = outcome.final_p(with_fallback) or {}
+        for t, (p_list, truth_list) in decisions.items():
+            truth = _at_least(record, t)
+            if truth is not None and t in p_at_least:
+                p_list.append(p_at_least[t])
+                truth_list.append(truth)
     out: dict[str, Any] = {}
     if labels:
         out["age"] = age_metrics(
@@ -200,6 +289,13 @@ def score(
             "n": len(grp_true),
             "accuracy": accuracy(grp_pred, grp_true),
             "one_off": one_off_accuracy(grp_pred, grp_true),
+            "labels": [g[0] for g in groups],
+            "relabelled": relabelled,
+        }
+    if thresholds:
+        out["thresholds"] = {
+            f"{t:g}": threshold_metrics(p_list, truth_list)
+            for t, (p_list, truth_list) in decisions.items()
         }
     return out
 
@@ -210,6 +306,7 @@ def _breakdown(
     key: Callable[[Record], str | None],
     k: float,
     order: Callable[[str], Any] = str,
+    **scoring: Any,
 ) -> dict[str, Any]:
     buckets: dict[str, list[int]] = {}
     for i, record in enumerate(records):
@@ -217,19 +314,27 @@ def _breakdown(
         if name is not None:
             buckets.setdefault(name, []).append(i)
     return {
-        name: score([records[i] for i in idx], [outcomes[i] for i in idx], k=k)
+        name: score([records[i] for i in idx], [outcomes[i] for i in idx], k=k, **scoring)
         for name, idx in sorted(buckets.items(), key=lambda item: order(item[0]))
     }
 
 
 def summarize(
-    records: Sequence[Record], outcomes: Sequence[Outcome], *, k: float = 5
+    records: Sequence[Record],
+    outcomes: Sequence[Outcome],
+    *,
+    k: float = 5,
+    groups: GroupScheme | None = None,
+    thresholds: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Everything the report shows for one setting.
 
     Main numbers count only images whose face was found ("excluding no-face images");
     ``with_fallback`` adds the whole-image estimates of the images with no face found.
+    `groups`: the scheme group accuracy is scored in (None: Adience's); `thresholds`: the
+    --age-threshold values whose decisions are scored.
     """
+    scoring: dict[str, Any] = {"groups": groups or ADIENCE_GROUPS, "thresholds": thresholds}
     readable = [o for o in outcomes if o.status != "error"]
     found = [o for o in outcomes if o.status == "ok"]
     unreadable = [
@@ -246,8 +351,8 @@ def summarize(
             "of": len(readable),
             "share": len(found) / len(readable) if readable else None,
         },
-        "excluding_no_face": score(records, outcomes, k=k),
-        "with_fallback": score(records, outcomes, k=k, with_fallback=True),
+        "excluding_no_face": score(records, outcomes, k=k, **scoring),
+        "with_fallback": score(records, outcomes, k=k, with_fallback=True, **scoring),
         "no_face_images": [
             r.path for r, o in zip(records, outcomes, strict=True) if o.status == "no_face"
         ],
@@ -257,14 +362,15 @@ def summarize(
             lambda r: decade(r.age) if r.age is not None else None,
             k,
             _decade_order,
+            **scoring,
         ),
-        "by_gender": _breakdown(records, outcomes, lambda r: r.gender, k),
+        "by_gender": _breakdown(records, outcomes, lambda r: r.gender, k, **scoring),
     }
     if any(r.race for r in records):
-        out["by_race"] = _breakdown(records, outcomes, lambda r: r.race, k)
+        out["by_race"] = _breakdown(records, outcomes, lambda r: r.race, k, **scoring)
     folds = {r.fold for r in records if r.fold is not None}
     if len(folds) > 1:
-        by_fold = _breakdown(records, outcomes, lambda r: r.fold, k, _natural)
+        by_fold = _breakdown(records, outcomes, lambda r: r.fold, k, _natural, **scoring)
         out["by_fold"] = by_fold
         # Papers with folds (FG-NET leave-one-person-out, Adience's five) average over folds.
         fold_mean = {
