@@ -1,15 +1,41 @@
-"""agegender: age and gender of every face, with explicit per-model preprocessing."""
+"""agegender: age and gender of every face, with explicit per-model preprocessing.
 
-from .cards import ModelCard, get_card
-from .errors import AgegenderError, CardError, ImageError, ModelFileError, ModelNotInstalledError
-from .pipeline import Estimator, PreparedImage
-from .results import AgeEstimate, Face, GenderEstimate, ImageResult
+The public names are resolved on first use (PEP 562 module ``__getattr__``), so
+``import agegender`` and ``agegender --version`` do not load ONNX Runtime, dlib, OpenCV
+or onnx; ``from agegender import Estimator`` loads what the Estimator needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> the module (under agegender) that defines it
+_EXPORTS: dict[str, str] = {
+    "AgeEstimate": "results",
+    "AgegenderError": "errors",
+    "CardError": "errors",
+    "Estimator": "pipeline",
+    "EstimatorConfig": "config",
+    "Face": "results",
+    "GenderEstimate": "results",
+    "ImageError": "errors",
+    "ImageResult": "results",
+    "ModelCard": "cards",
+    "ModelFileError": "errors",
+    "ModelNotInstalledError": "errors",
+    "PreparedImage": "pipeline",
+    "get_card": "cards",
+}
 
 __all__ = [
     "AgeEstimate",
     "AgegenderError",
     "CardError",
     "Estimator",
+    "EstimatorConfig",
     "Face",
     "GenderEstimate",
     "ImageError",
@@ -20,4 +46,29 @@ __all__ = [
     "PreparedImage",
     "get_card",
 ]
-__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
+    from .cards import ModelCard, get_card
+    from .config import EstimatorConfig
+    from .errors import (
+        AgegenderError,
+        CardError,
+        ImageError,
+        ModelFileError,
+        ModelNotInstalledError,
+    )
+    from .pipeline import Estimator, PreparedImage
+    from .results import AgeEstimate, Face, GenderEstimate, ImageResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # resolved once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

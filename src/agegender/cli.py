@@ -1,10 +1,19 @@
-"""The ``agegender`` command: one module per subcommand under ``agegender.commands``."""
+"""The ``agegender`` command: one module per subcommand under ``agegender.commands``.
+
+Parsing the command line imports only argparse-level code: the package ``__init__`` is
+lazy and each command module imports ONNX Runtime, dlib, OpenCV and numpy inside its
+``run``, so ``--version`` and ``--help`` answer at once.
+
+When the reader of stdout goes away (``agegender predict ... | head -1``), the command
+ends quietly, as Unix tools do: no traceback, exit status 141 (128 + SIGPIPE).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +22,8 @@ from .errors import AgegenderError
 
 # Each module has add_parser(subparsers) and run(args) -> int.
 COMMANDS = ["predict", "models", "evaluate", "serve"]
+
+BROKEN_PIPE_STATUS = 141  # what a shell reports for a process ended by SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +39,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at /dev/null, so the flush at exit cannot fail again.
+
+    Python's documentation on SIGPIPE advises this: the unwritten rest of the buffer goes
+    nowhere instead of raising BrokenPipeError once more at shutdown.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here (also after --help and --version), so that a reader gone away
+            # is seen below rather than as an "Exception ignored" message at exit.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return BROKEN_PIPE_STATUS
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
