@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from faceutils import GOOD, card_with, standin_graph
+from faceutils import GOOD, card_with
+from support.standins import standin_graph
 
 from agegender import Estimator
 from agegender.cards import (
@@ -19,7 +20,7 @@ from agegender.cards import (
 )
 from agegender.errors import CardError
 from agegender.inference import OnnxModel
-from agegender.sources import resolve
+from agegender.store import resolve
 
 
 def test_good_card_parses() -> None:
@@ -44,12 +45,12 @@ def test_good_card_parses() -> None:
         ({"input.size": [64]}, "size must be [height, width] positive integers"),
         ({"input.size": [64, 0]}, "size must be [height, width] positive integers"),
         ({"input.size": [64.5, 64]}, "size must be [height, width] positive integers"),
-        ({"input.channels": "RGBA"}, "channels must be RGB or BGR, got 'RGBA'"),
-        ({"input.layout": "CHW"}, "layout must be NCHW or NHWC, got 'CHW'"),
-        ({"input.std": [1, 0, 1]}, "std must be positive"),
-        ({"input.mean": [1, 2]}, "'mean' must be a number or a list of 3 numbers"),
+        ({"input.channels": "RGBA"}, "[input] channels must be one of RGB, BGR, got 'RGBA'"),
+        ({"input.layout": "CHW"}, "[input] layout must be one of NCHW, NHWC, got 'CHW'"),
+        ({"input.std": [1, 0, 1]}, "[input] std must be a positive number or a list of 3 positive numbers"),
+        ({"input.mean": [1, 2]}, "[input] mean must be a finite number or a list of 3 finite numbers"),
         ({"crop.kind": "blur"}, "[crop] kind must be one of chip, margin, none"),
-        ({"crop.margin": -0.1}, "padding and margin must be >= 0"),
+        ({"crop.margin": -0.1}, "[crop] margin must be a finite number >= 0, got -0.1"),
         ({"output.range": None}, "an age card needs [output] 'values' or 'range'"),
         ({"output": {"values": [1, 3, 2]}}, "age values must be increasing"),
         ({"output.width": 100}, "[output] width 100 disagrees with 101 values/labels"),
@@ -155,7 +156,7 @@ def test_card_contradicting_graph(tmp_path: Path, cc0_age, kwargs: dict, message
     assert str(caught.value).startswith("card cc0-age-v1: ")
     # The same refusal through the public API and the command line's CARD=FILE form.
     with pytest.raises(CardError, match=re.escape(message)):
-        Estimator(age_model=f"cc0-age-v1={path}", gender_model="", detector="none")
+        Estimator(age_models=[f"cc0-age-v1={path}"], gender_models=[], detector="none")
 
 
 def test_nhwc_card_and_graph(tmp_path: Path) -> None:
@@ -204,4 +205,4 @@ def test_names_and_files(tmp_path: Path, cc0_age) -> None:
 
 def test_a_gender_card_is_not_an_age_model(tmp_path: Path) -> None:
     with pytest.raises(CardError, match="card cc0-gender-v1 is not an age model"):
-        Estimator(age_model="cc0-gender-v1", detector="none")
+        Estimator(age_models=["cc0-gender-v1"], detector="none")

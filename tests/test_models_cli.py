@@ -19,7 +19,7 @@ from support.standins import peaked_graph as standin_graph
 
 from agegender import cards as cardlib
 from agegender.cli import main
-from agegender.sources import store_path
+from agegender.store import store_path
 
 ASTRONAUT = str(Path(__file__).parent / "data" / "astronaut.png")
 REAL_CARDS = cardlib.builtin_cards()

@@ -8,16 +8,20 @@ session opens (input rank and size, output width).
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-from numpy.typing import NDArray
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from urllib.parse import urlsplit
 
 from .errors import CardError
+
+if TYPE_CHECKING:  # numpy only where a card's values become an array (``--help`` stays light)
+    import numpy as np
+    from numpy.typing import NDArray
 
 Task = Literal["age", "age-groups", "gender"]
 CropKind = Literal["chip", "margin", "none"]
@@ -75,6 +79,8 @@ class OutputSpec:
     name: str | None = None
 
     def value_array(self) -> NDArray[np.float64]:
+        import numpy as np
+
         return np.asarray(self.values, dtype=np.float64)
 
 
@@ -93,139 +99,412 @@ class ModelCard:
     notes: str = ""
     origin: str = field(default="", compare=False)
 
+    def to_dict(self, public: bool = True) -> dict[str, Any]:
+        """The card as JSON-ready data (``models list --json``, the server's ``/v1/models``).
 
-def _req(table: dict[str, Any], key: str, where: str) -> Any:
-    if key not in table:
-        raise CardError(f"{where}: missing required field '{key}'")
-    return table[key]
+        ``public=True``: id, task, title, license, where the file comes from (``source``:
+        package, resource, url, file, bytes, sha256, absent ones left out), the input size,
+        channels and layout, and the crop kind; never a path on this machine.
+        ``public=False`` adds what else the card says: ``notes``, the input's scale, mean,
+        std and name, ``crop_options`` (padding, margin), ``output`` and ``origin`` (the
+        card's own file).
+        """
+        src = self.source
+        source = {
+            key: value
+            for key, value in (
+                ("package", src.package),
+                ("resource", src.resource),
+                ("url", src.url),
+                ("file", src.file),
+                ("bytes", src.bytes),
+                ("sha256", src.sha256),
+            )
+            if value is not None
+        }
+        data: dict[str, Any] = {
+            "id": self.id,
+            "task": self.task,
+            "title": self.title,
+            "license": self.license,
+            "source": source,
+            "input": {
+                "size": [self.input.height, self.input.width],
+                "channels": self.input.channels,
+                "layout": self.input.layout,
+            },
+            "crop": self.crop.kind,
+        }
+        if not public:
+            data["notes"] = self.notes
+            data["input"].update(
+                scale=self.input.scale,
+                mean=list(self.input.mean),
+                std=list(self.input.std),
+                name=self.input.name,
+            )
+            data["crop_options"] = {"padding": self.crop.padding, "margin": self.crop.margin}
+            out = self.output
+            data["output"] = {
+                "width": out.width,
+                "softmax_in_graph": out.softmax_in_graph,
+                "values": list(out.values),
+                "labels": list(out.labels),
+                "groups": [list(g) for g in out.groups],
+                "name": out.name,
+            }
+            data["origin"] = self.origin
+        return data
 
 
-def _triple(value: Any, where: str, key: str) -> tuple[float, float, float]:
-    if isinstance(value, (int, float)):
-        return (float(value),) * 3  # type: ignore[return-value]
-    if not isinstance(value, list) or len(value) != 3:
-        raise CardError(f"{where}: '{key}' must be a number or a list of 3 numbers")
-    return tuple(float(v) for v in value)  # type: ignore[return-value]
+# -- parsing: every fault is one CardError naming the card, the field and what is expected --
+
+TOP_FIELDS = ("id", "task", "title", "license", "notes", "source", "input", "crop", "output")
+TABLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "source": ("package", "resource", "url", "file", "bytes", "sha256"),
+    "input": ("size", "channels", "layout", "scale", "mean", "std", "name"),
+    "crop": ("kind", "padding", "margin"),
+    "output": ("softmax_in_graph", "values", "range", "labels", "groups", "width", "name"),
+}
+MAX_OUTPUT_WIDTH = 100_000  # a card's output vector; more is a typo, not a model
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_MISSING = object()
 
 
-def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
-    """Build and validate a card from its TOML table."""
-    where = origin
-    card_id = str(_req(data, "id", where))
-    where = f"card {card_id} ({origin})"
-    task = _req(data, "task", where)
-    if task not in TASKS:
-        raise CardError(f"{where}: task must be one of {', '.join(TASKS)}, got {task!r}")
+def _one_line(text: str) -> str:
+    """``text`` as is when printable, else its repr (no newline reaches a message)."""
+    return text if text.isprintable() else repr(text)
 
-    src = _req(data, "source", where)
-    package, url = src.get("package"), src.get("url")
+
+def _show(value: Any) -> str:
+    """A short description of a value a card gave, for 'got ...'."""
+    if isinstance(value, dict):
+        return "a table"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _CardReader:
+    """Typed reads of one card's TOML tables; each fault raises a one-line CardError."""
+
+    def __init__(self, origin: str) -> None:
+        self.where = _one_line(origin)
+
+    def named(self, card_id: str, origin: str) -> None:
+        self.where = f"card {card_id} ({_one_line(origin)})"
+
+    def fail(self, message: str) -> NoReturn:
+        raise CardError(f"{self.where}: {message}")
+
+    def expect(self, name: str, expected: str, value: Any = _MISSING) -> NoReturn:
+        got = "" if value is _MISSING else f", got {_show(value)}"
+        self.fail(f"{name} must be {expected}{got}")
+
+    @staticmethod
+    def label(table: str | None, key: str) -> str:
+        return f"[{table}] {key}" if table else key
+
+    def table(self, data: dict[str, Any], key: str) -> dict[str, Any]:
+        if key not in data:
+            self.fail(f"missing required field '{key}'")
+        value = data[key]
+        if not isinstance(value, dict):
+            self.expect(key, f"a table ([{key}] with {', '.join(TABLE_FIELDS[key])})", value)
+        unknown = [k for k in value if k not in TABLE_FIELDS[key]]
+        if unknown:
+            self.fail(
+                f"unknown field {unknown[0]!r} in [{key}] (known: {', '.join(TABLE_FIELDS[key])})"
+            )
+        return value
+
+    def get(
+        self, table: dict[str, Any], tname: str | None, key: str, required: bool = False
+    ) -> Any:
+        if key not in table:
+            if required:
+                where = f" in [{tname}]" if tname else ""
+                self.fail(f"missing required field '{key}'{where}")
+            return None
+        return table[key]
+
+    def string(
+        self,
+        table: dict[str, Any],
+        tname: str | None,
+        key: str,
+        *,
+        required: bool = False,
+        choices: tuple[str, ...] = (),
+    ) -> str | None:
+        value = self.get(table, tname, key, required)
+        if value is None:
+            return None
+        name = self.label(tname, key)
+        if choices and value not in choices:
+            self.expect(name, f"one of {', '.join(choices)}", value)
+        if not isinstance(value, str) or not value.strip():
+            self.expect(name, "a non-empty string", value)
+        return value
+
+    def number(
+        self,
+        table: dict[str, Any],
+        tname: str,
+        key: str,
+        default: float,
+        *,
+        positive: bool = False,
+    ) -> float:
+        value = self.get(table, tname, key)
+        if value is None:
+            return default
+        bound = "a finite number > 0" if positive else "a finite number >= 0"
+        if not _is_number(value) or value < 0 or (positive and value == 0):
+            self.expect(self.label(tname, key), bound, value)
+        return float(value)
+
+    def triple(
+        self, table: dict[str, Any], tname: str, key: str, default: float, *, positive: bool
+    ) -> tuple[float, float, float]:
+        value = self.get(table, tname, key)
+        if value is None:
+            value = default
+        what = "positive" if positive else "finite"
+        items = value if isinstance(value, list) else [value]
+        if (
+            (isinstance(value, list) and len(value) != 3)
+            or not all(_is_number(v) for v in items)
+            or (positive and any(v <= 0 for v in items))
+        ):
+            self.expect(
+                self.label(tname, key), f"a {what} number or a list of 3 {what} numbers", value
+            )
+        floats = [float(v) for v in items] * (3 if len(items) == 1 else 1)
+        return (floats[0], floats[1], floats[2])
+
+    def boolean(self, table: dict[str, Any], tname: str, key: str, default: bool) -> bool:
+        value = self.get(table, tname, key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.expect(self.label(tname, key), "true or false", value)
+        return value
+
+
+def _file_name_of(url: str) -> str:
+    return PurePosixPath(urlsplit(url).path).name
+
+
+def _parse_source(r: _CardReader, src: dict[str, Any]) -> Source:
+    package = r.string(src, "source", "package")
+    resource = r.string(src, "source", "resource")
+    url = r.string(src, "source", "url")
+    file_name = r.string(src, "source", "file")
     if package and url:
-        raise CardError(f"{where}: [source] needs at most one of 'package' or 'url'")
-    if not package and not url and not src.get("file"):
-        raise CardError(f"{where}: [source] needs 'package', 'url' or a local 'file'")
-    if package and not src.get("resource"):
-        raise CardError(f"{where}: [source] with 'package' needs 'resource'")
+        r.fail("[source] needs at most one of 'package' or 'url'")
+    if not package and not url and not file_name:
+        r.fail("[source] needs 'package', 'url' or a local 'file'")
+    if package and not resource:
+        r.fail("[source] with 'package' needs 'resource' (the file's path in the package)")
+    if url is not None and not _URL.fullmatch(url):
+        r.expect("[source] url", "an address such as https://host/model.onnx", url)
     sha = src.get("sha256")
-    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-        raise CardError(f"{where}: [source] sha256 must be 64 lowercase hex digits")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        r.expect("[source] sha256", "64 lowercase hex digits", sha)
     if url and not sha:
-        raise CardError(f"{where}: a downloaded file must have a sha256")
-    file_name = src.get("file") or Path(src.get("resource") or url).name
-    source = Source(
-        file=file_name,
-        bytes=src.get("bytes"),
-        sha256=sha,
-        package=package,
-        resource=src.get("resource"),
-        url=url,
+        r.fail("[source] sha256: a downloaded file must have a sha256")
+    size = src.get("bytes")
+    if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        r.expect("[source] bytes", "a positive integer (the file's size)", size)
+    if file_name is None:
+        file_name = PurePosixPath(resource).name if resource else _file_name_of(url or "")
+        if not file_name:
+            r.fail(f"[source] file is needed: no file name in {resource or url!r}")
+    if url and (
+        file_name in (".", "..") or "/" in file_name or "\\" in file_name or ":" in file_name
+    ):
+        r.expect("[source] file", "a plain file name for a downloaded model", file_name)
+    return Source(
+        file=file_name, bytes=size, sha256=sha, package=package, resource=resource, url=url
     )
 
-    inp = _req(data, "input", where)
-    size = _req(inp, "size", where)
+
+def _parse_input(r: _CardReader, inp: dict[str, Any]) -> InputSpec:
+    size = r.get(inp, "input", "size", required=True)
     if not (
         isinstance(size, list)
         and len(size) == 2
-        and all(isinstance(s, int) and s > 0 for s in size)
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
     ):
-        raise CardError(f"{where}: [input] size must be [height, width] positive integers")
-    channels = inp.get("channels", "RGB")
-    if channels not in ("RGB", "BGR"):
-        raise CardError(f"{where}: [input] channels must be RGB or BGR, got {channels!r}")
-    layout = inp.get("layout", "NCHW")
-    if layout not in ("NCHW", "NHWC"):
-        raise CardError(f"{where}: [input] layout must be NCHW or NHWC, got {layout!r}")
-    std = _triple(inp.get("std", 1.0), where, "std")
-    if any(s <= 0 for s in std):
-        raise CardError(f"{where}: [input] std must be positive")
-    input_spec = InputSpec(
+        r.expect("[input] size", "[height, width] positive integers", size)
+    channels = r.string(inp, "input", "channels", choices=("RGB", "BGR")) or "RGB"
+    layout = r.string(inp, "input", "layout", choices=("NCHW", "NHWC")) or "NCHW"
+    return InputSpec(
         height=size[0],
         width=size[1],
-        channels=channels,
-        layout=layout,
-        scale=float(inp.get("scale", 1.0)),
-        mean=_triple(inp.get("mean", 0.0), where, "mean"),
-        std=std,
-        name=inp.get("name"),
+        channels=channels,  # type: ignore[arg-type]  # checked against the choices
+        layout=layout,  # type: ignore[arg-type]
+        scale=r.number(inp, "input", "scale", 1.0, positive=True),
+        mean=r.triple(inp, "input", "mean", 0.0, positive=False),
+        std=r.triple(inp, "input", "std", 1.0, positive=True),
+        name=r.string(inp, "input", "name"),
     )
 
-    crop = _req(data, "crop", where)
-    kind = _req(crop, "kind", where)
-    if kind not in CROP_KINDS:
-        raise CardError(f"{where}: [crop] kind must be one of {', '.join(CROP_KINDS)}")
-    crop_spec = CropSpec(
-        kind=kind, padding=float(crop.get("padding", 0.2)), margin=float(crop.get("margin", 0.4))
-    )
-    if crop_spec.padding < 0 or crop_spec.margin < 0:
-        raise CardError(f"{where}: [crop] padding and margin must be >= 0")
 
-    out = _req(data, "output", where)
-    values: tuple[float, ...] = ()
-    labels = tuple(str(x) for x in out.get("labels", ()))
-    groups: tuple[tuple[float, float], ...] = ()
-    if task == "age":
-        if "values" in out:
-            values = tuple(float(v) for v in out["values"])
-        elif "range" in out:
-            lo, hi = out["range"]
-            values = tuple(float(v) for v in range(int(lo), int(hi) + 1))
-        else:
-            raise CardError(f"{where}: an age card needs [output] 'values' or 'range'")
+def _parse_crop(r: _CardReader, crop: dict[str, Any], inp: InputSpec) -> CropSpec:
+    kind = r.string(crop, "crop", "kind", required=True, choices=CROP_KINDS)
+    if kind == "chip" and inp.height != inp.width:
+        r.fail(
+            f"[crop] kind 'chip' needs a square [input] size (landmark chips are square), "
+            f"got [{inp.height}, {inp.width}]"
+        )
+    return CropSpec(
+        kind=kind,  # type: ignore[arg-type]  # checked against the choices
+        padding=r.number(crop, "crop", "padding", 0.2),
+        margin=r.number(crop, "crop", "margin", 0.4),
+    )
+
+
+def _labels(r: _CardReader, out: dict[str, Any]) -> tuple[str, ...]:
+    labels = r.get(out, "output", "labels")
+    if labels is None:
+        return ()
+    if not (
+        isinstance(labels, list)
+        and labels
+        and all(isinstance(x, str) and x.strip() for x in labels)
+    ):
+        r.expect("[output] labels", "a list of non-empty strings", labels)
+    if len(labels) > MAX_OUTPUT_WIDTH:
+        r.fail(f"[output] labels: more than {MAX_OUTPUT_WIDTH} labels")
+    return tuple(labels)
+
+
+def _age_values(r: _CardReader, out: dict[str, Any]) -> tuple[float, ...]:
+    values, span = r.get(out, "output", "values"), r.get(out, "output", "range")
+    if values is not None and span is not None:
+        r.fail("[output] needs one of 'values' or 'range', not both")
+    if values is not None:
+        if not (isinstance(values, list) and values and all(_is_number(v) for v in values)):
+            r.expect("[output] values", "a list of finite numbers (the age of each bin)", values)
+        if len(values) > MAX_OUTPUT_WIDTH:
+            r.fail(f"[output] values: more than {MAX_OUTPUT_WIDTH} bins")
         if list(values) != sorted(values):
-            raise CardError(f"{where}: [output] age values must be increasing")
+            r.fail("[output] values: age values must be increasing")
+        return tuple(float(v) for v in values)
+    if span is not None:
+        if not (
+            isinstance(span, list)
+            and len(span) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+            and 0 <= span[1] - span[0] < MAX_OUTPUT_WIDTH
+        ):
+            r.expect(
+                "[output] range",
+                f"[low, high] integers with low <= high (at most {MAX_OUTPUT_WIDTH} bins)",
+                span,
+            )
+        return tuple(float(v) for v in range(span[0], span[1] + 1))
+    r.fail("[output] an age card needs [output] 'values' or 'range'")
+
+
+def _groups(r: _CardReader, out: dict[str, Any]) -> tuple[tuple[float, float], ...]:
+    groups = r.get(out, "output", "groups")
+    if groups is None:
+        return ()
+    if not (
+        isinstance(groups, list)
+        and groups
+        and len(groups) <= MAX_OUTPUT_WIDTH
+        and all(
+            isinstance(g, list) and len(g) == 2 and all(_is_number(v) for v in g) and g[0] <= g[1]
+            for g in groups
+        )
+    ):
+        r.expect("[output] groups", "a list of [first, last] year pairs", groups)
+    return tuple((float(a), float(b)) for a, b in groups)
+
+
+def _parse_output(r: _CardReader, out: dict[str, Any], task: str) -> OutputSpec:
+    labels = _labels(r, out)
+    groups = _groups(r, out)
+    values: tuple[float, ...] = ()
+    if task == "age":
+        values = _age_values(r, out)
         width = len(values)
     elif task == "gender":
         if sorted(label.lower() for label in labels) != ["female", "male"]:
-            raise CardError(
-                f"{where}: a gender card needs labels 'female' and 'male' in output order"
+            r.fail(
+                "[output] labels: a gender card needs labels 'female' and 'male' in output order"
             )
         labels = tuple(label.lower() for label in labels)
         width = 2
     else:
-        groups = tuple((float(a), float(b)) for a, b in out.get("groups", ()))
         if not groups or len(groups) != len(labels):
-            raise CardError(f"{where}: an age-groups card needs as many 'groups' as 'labels'")
+            r.fail("[output] groups: an age-groups card needs as many 'groups' as 'labels'")
         width = len(groups)
-    declared = out.get("width")
+    declared = r.get(out, "output", "width")
+    if declared is not None and not (
+        isinstance(declared, int) and not isinstance(declared, bool) and declared > 0
+    ):
+        r.expect("[output] width", "a positive integer", declared)
     if declared is not None and declared != width:
-        raise CardError(f"{where}: [output] width {declared} disagrees with {width} values/labels")
-    output = OutputSpec(
+        r.fail(f"[output] width {declared} disagrees with {width} values/labels")
+    return OutputSpec(
         width=width,
-        softmax_in_graph=bool(out.get("softmax_in_graph", True)),
+        softmax_in_graph=r.boolean(out, "output", "softmax_in_graph", True),
         values=values,
         labels=labels,
         groups=groups,
-        name=out.get("name"),
+        name=r.string(out, "output", "name"),
     )
+
+
+def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
+    """Build and validate a card from its TOML table.
+
+    Every fault (a field missing, of the wrong type, out of range, unknown, or
+    contradicting another) raises a one-line :class:`CardError` that names the card (its
+    file, and its id once known), the field and what is expected.
+    """
+    r = _CardReader(origin)
+    if not isinstance(data, dict):
+        r.expect("a card", "a TOML table", data)
+    card_id = r.get(data, None, "id", required=True)
+    if not (isinstance(card_id, str) and _ID.fullmatch(card_id)):
+        r.expect("id", "a name of letters, digits and . _ + - (such as my-age-v1)", card_id)
+    r.named(card_id, origin)
+    unknown = [k for k in data if k not in TOP_FIELDS]
+    if unknown:
+        r.fail(f"unknown field {unknown[0]!r} (known: {', '.join(TOP_FIELDS)})")
+    task = r.string(data, None, "task", required=True, choices=TASKS)
+    assert task is not None
+    title = r.string(data, None, "title") or card_id
+    license_ = r.get(data, None, "license")
+    notes = r.get(data, None, "notes")
+    for key, value in (("license", license_), ("notes", notes)):
+        if value is not None and not isinstance(value, str):
+            r.expect(key, "a string", value)
+    source = _parse_source(r, r.table(data, "source"))
+    input_spec = _parse_input(r, r.table(data, "input"))
+    crop_spec = _parse_crop(r, r.table(data, "crop"), input_spec)
+    output = _parse_output(r, r.table(data, "output"), task)
     return ModelCard(
         id=card_id,
-        task=task,
-        title=str(data.get("title", card_id)),
+        task=task,  # type: ignore[arg-type]  # checked against TASKS
+        title=title,
         source=source,
         input=input_spec,
         crop=crop_spec,
         output=output,
-        license=str(data.get("license", "")),
-        notes=str(data.get("notes", "")),
+        license=license_ or "",
+        notes=notes or "",
         origin=origin,
     )
 
@@ -235,8 +514,12 @@ def load_card_file(path: str | Path) -> ModelCard:
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except IsADirectoryError:
+        raise CardError(f"{path}: is a folder, not a card (a .toml file)") from None
     except OSError as error:
         raise CardError(f"{path}: cannot read card ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise CardError(f"{path}: not a card: a card is a UTF-8 TOML text file") from None
     except tomllib.TOMLDecodeError as error:
         raise CardError(f"{path}: not valid TOML ({error})") from None
     return parse_card(data, str(path))

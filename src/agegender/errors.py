@@ -33,3 +33,7 @@ class ModelFileError(AgegenderError):
 
 class DownloadError(AgegenderError):
     """A model file could not be downloaded (HTTP error, connection lost, wrong size)."""
+
+
+class NetworkError(DownloadError):
+    """The server could not be reached, or would not serve the file (after the retries)."""

@@ -63,7 +63,7 @@ def load_model(
     With an explicit path the card's size and hash are not required to match (a user's
     own conversion of the same model); the graph is still checked against the card.
     """
-    from . import sources
+    from . import store
 
     path: Path | None = None
     if isinstance(ref, tuple):
@@ -78,7 +78,7 @@ def load_model(
     else:
         raise AgegenderError(f"a model is a card id, CARD=FILE or a ModelCard, not {ref!r}")
     if path is None:
-        path = sources.resolve(card)
+        path = store.resolve(card)
     elif not path.is_file():
         raise AgegenderError(f"model {card.id}: {path} is not a file")
     return OnnxModel(card, path, threads=threads, max_batch=max_batch)

@@ -10,10 +10,33 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import cards as cardlib
-from .. import sources, store
+from .. import store
 from ..cards import ModelCard
 from ..errors import AgegenderError, CardError
 from ..presets import presets
+from ..store import DownloadPolicy
+
+_POLICY = DownloadPolicy()  # the defaults the options show
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,13 +64,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="never touch the network (also AGEGENDER_OFFLINE=1): say what to fetch instead",
     )
     pull.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds per connect/read (default: 30)"
+        "--timeout",
+        type=_positive_seconds,
+        default=_POLICY.timeout,
+        help=f"seconds per connect/read (default: {_POLICY.timeout:g})",
     )
     pull.add_argument(
         "--retries",
-        type=int,
-        default=4,
-        help="tries without progress before giving up (default: 4)",
+        type=_count,
+        default=_POLICY.retries,
+        metavar="N",
+        help="after a try that brings no new bytes, try again up to N times before giving up; "
+        f"a try that brings bytes resets the count (default: {_POLICY.retries})",
     )
     pull.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     pull.set_defaults(run=run_pull)
@@ -78,8 +106,7 @@ def expand_names(names: list[str]) -> list[ModelCard]:
     result: list[ModelCard] = []
     for name in names:
         if name in known:
-            ids = [i for i in (known[name].age, known[name].gender) if i]
-            found = [cardlib.get_card(i) for i in ids]
+            found = [cardlib.get_card(i) for i in (*known[name].age, *known[name].gender)]
         elif name.endswith(".toml") or "/" in name or "\\" in name:
             found = [cardlib.get_card(name)]  # a card file: its own error names it
         else:
@@ -109,15 +136,20 @@ def _size(n: int | None) -> str:
 
 
 def model_entries() -> list[dict[str, Any]]:
-    """What ``models list --json`` prints: one object per built-in card."""
+    """What ``models list --json`` prints: one object per built-in card.
+
+    The card's public description (``ModelCard.to_dict``, as the server's ``/v1/models``
+    gives it), the flat source fields earlier versions printed, and the install state.
+    """
+    layout = store.StoreLayout.default()
     entries = []
     for card in cardlib.builtin_cards().values():
-        state = store.install_state(card)
+        state = store.install_state(card, layout)
+        described = card.to_dict(public=True)
         entries.append(
             {
                 "name": card.id,
-                "task": card.task,
-                "title": card.title,
+                **described,
                 "file": card.source.file,
                 "bytes": card.source.bytes,
                 "sha256": card.source.sha256,
@@ -126,7 +158,7 @@ def model_entries() -> list[dict[str, Any]]:
                 "status": state.status,
                 "installed": state.status in ("installed", "unverified"),
                 "path": str(state.path) if state.path is not None else None,
-                "store_path": str(sources.store_path(card)) if card.source.url else None,
+                "store_path": str(layout.model_path(card)) if card.source.url else None,
             }
         )
     return entries
@@ -150,7 +182,7 @@ def run_list(args: argparse.Namespace) -> int:
     print(f"\nstore: {store.models_dir()}")
     print("presets (agegender models pull PRESET; agegender predict --preset PRESET):")
     for preset in presets().values():
-        models = " + ".join(i for i in (preset.age, preset.gender) if i)
+        models = " + ".join((*preset.age, *preset.gender))
         print(f"  {preset.name}: {models} (detector {preset.detector})")
     return 0
 
@@ -162,15 +194,10 @@ def _error(message: str) -> None:
 def run_pull(args: argparse.Namespace) -> int:
     failures = 0
     progress = False if args.no_progress else None
+    policy = DownloadPolicy(timeout=args.timeout, retries=args.retries, offline=args.offline)
     for card in expand_names(args.names):
         try:
-            result = store.pull(
-                card,
-                offline=args.offline,
-                progress=progress,
-                timeout=args.timeout,
-                retries=args.retries,
-            )
+            result = store.pull(card, policy=policy, progress=progress)
         except AgegenderError as error:
             _error(str(error))
             failures += 1
@@ -179,6 +206,7 @@ def run_pull(args: argparse.Namespace) -> int:
             "downloaded": "downloaded and verified",
             "present": "already installed, sha256 verified",
             "package": f"ships with package {card.source.package}",
+            "local": "read from next to its card, size and sha256 checked",
         }[result.action]
         print(f"{card.id}: {what}: {result.path}")
     return 1 if failures else 0
@@ -204,6 +232,12 @@ def run_import(args: argparse.Namespace) -> int:
         result = store.import_file(args.file, args.card)
     for warning in caught:
         print(f"agegender: warning: {warning.message}", file=sys.stderr)
+    if result.action == "package":
+        print(
+            f"{result.card.id}: already available: this file ships with package "
+            f"{result.card.source.package} ({result.path}); nothing was copied"
+        )
+        return 0
     state = "verified (sha256 matches the card)" if result.verified else "UNVERIFIED"
     print(f"{result.card.id}: {state}: {result.path}")
     return 0

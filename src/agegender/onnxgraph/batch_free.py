@@ -28,8 +28,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from .. import sources
 from ..errors import AgegenderError
+from ..store.layout import StoreLayout
 from . import opsets
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def file_key(path: Path) -> str:
 
 def default_cache_dir() -> Path:
     """The store's ``batched`` folder (``$AGEGENDER_HOME``, else the user cache folder)."""
-    return sources.home() / "batched"
+    return StoreLayout.default().graph_cache_dir()
 
 
 def cache_paths(original: Path, cache_dir: Path | None = None) -> list[Path]:

