@@ -6,14 +6,14 @@ half the body then closes the first time, then honours Range; ``/drop-always`` d
 every time and ignores Range; ``/drop-then-full`` drops once, then answers Range with 200
 and the whole file; ``/short`` serves a shorter file with an honest length; ``/missing``
 is 404; ``/unavailable-once`` is 503 the first time; ``/stall-once`` sends half the body
-then goes silent for a second the first time, then honours Range.
+then goes silent the first time, until the client gives up and asks again (so a client's
+timeout fires however slow the machine), then honours Range.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +26,8 @@ class ServerState:
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     hits: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # set when a stalled route is asked again (the client timed out) or the server stops
+    stall_over: threading.Event = field(default_factory=threading.Event)
 
     def count(self, path: str) -> int:
         with self.lock:
@@ -91,9 +93,10 @@ def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(data[:half])
                 self.wfile.flush()
-                time.sleep(1.0)
+                state.stall_over.wait(60)  # silent until the client has given up
                 self.close_connection = True
             elif self.path == "/stall-once":
+                state.stall_over.set()
                 self._send_range(data, rng) if rng else self._send_whole(data)
             elif self.path == "/drop-always":
                 self._send_whole(data, cut=half)
@@ -121,6 +124,7 @@ def serve(data: bytes) -> Iterator[tuple[str, ServerState]]:
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", state
     finally:
+        state.stall_over.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
