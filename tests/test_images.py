@@ -5,7 +5,6 @@ pixels are decoded."""
 from __future__ import annotations
 
 import io
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -199,16 +198,14 @@ def test_decompression_bomb_refused_before_decoding(
     spy = LoadSpy(monkeypatch)
     data = png_bomb(width, height)
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         with pytest.raises(ImageTooLargeError, match=message):
             images.decode_bytes(data, name="bomb.png")
-        elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert spy.calls == 0  # the pixels were never decoded
-    assert elapsed < 0.5
+    # The pixels were never decoded (no wall-clock limit: it would measure the machine)
+    assert spy.calls == 0
     assert peak < 5_000_000
 
 
