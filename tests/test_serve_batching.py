@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agegender.serve.request_batching import Batcher
+from agegender.serve.request_batching import Batcher, ShuttingDown
 
 T = TypeVar("T")
 
@@ -144,3 +144,39 @@ def test_submit_before_start_is_an_error() -> None:
                 await batcher.submit("k", 1)
 
     run(main())
+
+
+def test_stop_fails_the_batch_in_flight_and_later_submits() -> None:
+    # Issue 8, defect 7: stop() cancelled the collector but left the futures of the batch
+    # that was running unanswered, so their requests hung until their own timeout.
+    entered = threading.Event()
+    release = threading.Event()
+
+    def stuck(key: Hashable, items: list[int]) -> list[int]:
+        entered.set()
+        release.wait(30)  # a model run that cannot be interrupted
+        return items
+
+    async def main() -> tuple[object, object, object]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher: Batcher[int, int] = Batcher(stuck, pool, window_s=0.0, max_batch=8)
+            batcher.start()
+            running = asyncio.ensure_future(batcher.submit("k", 1))
+            while not entered.is_set():
+                await asyncio.sleep(0.005)
+            queued = asyncio.ensure_future(batcher.submit("k", 2))
+            await asyncio.sleep(0)
+            try:
+                await batcher.stop()
+                results = await asyncio.wait_for(
+                    asyncio.gather(running, queued, return_exceptions=True), 30
+                )
+                late = await asyncio.gather(batcher.submit("k", 3), return_exceptions=True)
+            finally:
+                release.set()
+            return results[0], results[1], late[0]
+
+    running, queued, late = run(main())
+    for outcome in (running, queued, late):
+        assert isinstance(outcome, ShuttingDown), outcome
+        assert "shutting down" in str(outcome)

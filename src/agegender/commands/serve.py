@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -11,7 +13,36 @@ from ..errors import AgegenderError
 from .options import add_estimator_options, estimator_from_args
 
 if TYPE_CHECKING:
-    from ..serve.app import ServeSettings
+    from ..serve.settings import ServeSettings
+
+
+def port_number(text: str) -> int:
+    """A TCP port for --port: 1-65535, else argparse's one-line usage error."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {port}")
+    return port
+
+
+def _number(kind: type, low: float, *, above: bool = False) -> object:
+    """A finite number >= low (> low with `above`), else argparse's one-line error."""
+
+    def parse(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'>' if above else '>='} {low:g}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
-    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=port_number, default=8000, help="port, 1-65535 (default: %(default)s)"
+    )
     parser.add_argument(
         "--api-key-env",
         metavar="VAR",
@@ -32,16 +65,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
-        "--max-body-mb", type=float, default=20.0, help="largest request body (default: 20 MB)"
+        "--max-body-mb",
+        type=_number(float, 0, above=True),
+        default=20.0,
+        help="largest request body (default: 20 MB)",
     )
     limits.add_argument(
         "--max-pending",
-        type=int,
+        type=_number(int, 1),
         default=32,
         help="estimate requests in flight before 503 (default: %(default)s)",
     )
     limits.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)"
+        "--timeout",
+        type=_number(float, 0, above=True),
+        default=30.0,
+        help="seconds per request (default: %(default)s)",
     )
     batching = parser.add_argument_group("batching")
     batching.add_argument(
@@ -52,17 +91,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     batching.add_argument(
         "--batch-window-ms",
-        type=float,
+        type=_number(float, 0),
         default=20.0,
         help="how long a batch waits for requests still being decoded and detected; a lone "
         "request never waits (default: %(default)s)",
     )
     batching.add_argument(
-        "--max-batch", type=int, default=16, help="images per model batch (default: %(default)s)"
+        "--max-batch",
+        type=_number(int, 1),
+        default=16,
+        help="images per model batch (default: %(default)s)",
     )
     batching.add_argument(
         "--prepare-workers",
-        type=int,
+        type=_number(int, 1),
         default=2,
         help="threads that decode and detect faces (default: %(default)s)",
     )
@@ -72,7 +114,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     """The server's settings from the command line; the API key is read from the env."""
-    from ..serve.app import ServeSettings
+    from ..serve.settings import ServeSettings
 
     api_key = None
     if args.api_key_env:
@@ -86,7 +128,6 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         port=args.port,
         api_key=api_key,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        pixel_limit=args.pixel_limit,
         batching=args.batching,
         batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch,
@@ -94,6 +135,28 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         request_timeout_s=args.timeout,
         prepare_workers=args.prepare_workers,
     )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a one-line error (address in use, unknown host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise AgegenderError(f"--host {host}: cannot resolve it ({error.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        reason = error.strerror or str(error)
+        hint = "; choose another --port or stop the other server" if port else ""
+        raise AgegenderError(f"cannot listen on {host}:{port}: {reason.lower()}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,22 +170,36 @@ def run(args: argparse.Namespace) -> int:
             "pip install 'agegender[serve]'"
         ) from None
     settings = settings_from_args(args)
-    # The same options as `predict` build the same Estimator (one place maps them).
-    estimator = estimator_from_args(args)
-    app = create_app(settings, estimator)
-    print(
-        f"agegender: serving preset {estimator.preset} on http://{settings.host}:{settings.port}/"
-        + (" (API key required)" if settings.api_key else ""),
-        file=sys.stderr,
-    )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        # A last guard on open connections (the app's own 503 comes at --max-pending).
-        limit_concurrency=8 * settings.max_pending + 64,
-        timeout_keep_alive=5,
-    )
+    # Bound before the models load: a port in use fails at once, and nothing says
+    # "serving" before the address is ours.
+    try:
+        sock = bind(settings.host, settings.port)
+    except AgegenderError as error:  # a run-time failure (exit 1), not a usage error
+        print(f"agegender: error: {error}", file=sys.stderr)
+        return 1
+    try:
+        # The same options as `predict` build the same Estimator (one place maps them).
+        estimator = estimator_from_args(args)
+        app = create_app(settings, estimator)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            # A last guard on open connections (the app's own 503 comes at --max-pending).
+            limit_concurrency=8 * settings.max_pending + 64,
+            timeout_keep_alive=5,
+        )
+        print(
+            f"agegender: serving preset {estimator.preset} on "
+            f"http://{_url_host(settings.host)}:{settings.port}/"
+            + (" (API key required)" if settings.api_key else ""),
+            file=sys.stderr,
+        )
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

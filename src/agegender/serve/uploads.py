@@ -57,16 +57,31 @@ def extract_image(body: bytes, content_type: str | None) -> Upload:
     if kind == b"multipart/form-data":
         boundary = params.get(b"boundary")
         if not boundary:
-            raise ApiError(400, "bad_request", "multipart body without a boundary")
+            raise ApiError(
+                400,
+                "bad_request",
+                "multipart/form-data without a boundary parameter; let the HTTP client "
+                f"build the form (curl -F {IMAGE_FIELD}=@photo.jpg)",
+            )
         return _from_multipart(body, boundary)
     if kind == b"application/x-www-form-urlencoded":
+        # curl's default for --data/--data-binary: a form type that cannot carry a file.
         raise ApiError(
             415,
             "unsupported_media_type",
-            "send the image as multipart/form-data (field 'image') or as the raw body",
+            "Content-Type application/x-www-form-urlencoded cannot carry an image: send "
+            f"multipart/form-data with an '{IMAGE_FIELD}' file part (curl -F "
+            f"{IMAGE_FIELD}=@photo.jpg), or the raw image with Content-Type image/* or "
+            "application/octet-stream (curl --data-binary @photo.jpg -H 'Content-Type: "
+            "image/jpeg')",
         )
     if not body:
-        raise ApiError(400, "missing_image", "the request has no body; send an image")
+        raise ApiError(
+            400,
+            "missing_image",
+            "the request has no body; send the image as the body or as a multipart "
+            f"'{IMAGE_FIELD}' part",
+        )
     return Upload(body, None)
 
 
@@ -125,10 +140,27 @@ def _from_multipart(body: bytes, boundary: bytes) -> Upload:
         parser.write(body)
         parser.finalize()
     except Exception as error:  # python_multipart raises its own exception types
-        raise ApiError(400, "bad_request", f"malformed multipart body ({error})") from None
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise ApiError(400, "bad_request", f"malformed multipart body ({reason})") from None
     chosen = next((p for p in parts if p.name == IMAGE_FIELD), None)
     if chosen is None:
         chosen = next((p for p in parts if p.filename), None)
-    if chosen is None or not chosen.data:
-        raise ApiError(400, "missing_image", f"the form has no '{IMAGE_FIELD}' file part")
+    if chosen is None:
+        raise ApiError(
+            400,
+            "missing_image",
+            f"the form has no '{IMAGE_FIELD}' file part; attach the image as '{IMAGE_FIELD}'",
+        )
+    if not chosen.data:
+        name = f" ({_printable(chosen.filename)})" if chosen.filename else ""
+        raise ApiError(
+            400,
+            "missing_image",
+            f"the form's '{chosen.name or IMAGE_FIELD}' part{name} is empty (0 bytes); "
+            "attach the image file's contents",
+        )
     return Upload(bytes(chosen.data), chosen.filename)
+
+
+def _printable(text: str) -> str:
+    return "".join(c for c in text if c.isprintable())[:200]

@@ -1,0 +1,9 @@
+"""The routers, one per concern; `create_app` includes them all."""
+
+from __future__ import annotations
+
+from . import estimate, health, models, pages
+
+ROUTERS = (estimate.router, models.router, health.router, pages.router)
+
+__all__ = ["ROUTERS"]

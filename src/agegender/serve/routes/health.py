@@ -1,0 +1,36 @@
+"""Probes and metrics: /healthz (the process answers), /readyz (warmed and taking
+requests), /metrics (Prometheus text, behind the API key when one is set)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from ..deps import ServiceDep, require_key
+from ..errors import ApiError
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="The process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Models loaded, every worker warmed, requests being taken")
+async def readyz(service: ServiceDep) -> Any:
+    if not service.ready:
+        raise ApiError(503, "not_ready", "the server is starting or stopping; retry shortly")
+    return {"status": "ready", "models": service.model_ids()}
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_key)],
+    summary="Prometheus metrics (text format)",
+)
+async def metrics(service: ServiceDep) -> Response:
+    service.metrics.batch_waiting.set(service.batcher.waiting)
+    return Response(service.metrics.render(), media_type=service.metrics.content_type)
