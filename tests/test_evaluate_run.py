@@ -11,6 +11,7 @@ from PIL import Image
 
 from agegender import Estimator
 from agegender.cli import main
+from agegender.config import EstimatorConfig
 from agegender.errors import AgegenderError
 from agegender.evaluate import report as report_module
 from agegender.evaluate import runner
@@ -49,22 +50,36 @@ def test_select_face_by_box_then_by_size_and_centre() -> None:
     assert runner.select_face([], None, 100, 100) is None
 
 
-def test_parse_setting() -> None:
-    base = runner.Setting("default", detector="haar", extra={"threads": 1})
-    s = runner.parse_setting("dex-imdb:age=cc0-age-v1,tta=off", base)
-    assert (s.name, s.preset, s.age_model, s.gender_model, s.detector, s.tta) == (
-        "dex-imdb:age=cc0-age-v1,tta=off",
-        "dex-imdb",
-        "cc0-age-v1",
-        None,
-        "haar",
-        False,
+def test_parse_setting_is_the_command_lines_config_with_the_settings_keys() -> None:
+    cli = {"detector": "haar", "threads": 1, "min_score": 0.2, "age_thresholds": (18.0,)}
+    s = runner.parse_setting("dex-imdb:age=cc0-age-v1,tta=off", cli)
+    assert s.name == "dex-imdb:age=cc0-age-v1,tta=off" and s.error is None
+    expected = EstimatorConfig.from_preset("dex-imdb", **cli).with_overrides(
+        age_models=("cc0-age-v1",), tta=False
     )
-    assert s.extra == {"threads": 1} and base.preset == "default"
+    assert s.config == expected
+    # Every command-line option reaches every setting; the preset's own heads otherwise.
+    assert s.config.min_score == 0.2 and s.config.age_thresholds == (18.0,)
+    assert s.config.gender_models == EstimatorConfig.from_preset("dex-imdb").gender_models
+    # An ensemble: A+B or the key repeated.
+    both = runner.parse_setting("default:age=cc0-age-v1+dex-imdb-age").config
+    assert both is not None and both.age_models == ("cc0-age-v1", "dex-imdb-age")
+    again = runner.parse_setting("default:age=cc0-age-v1,age=dex-imdb-age").config
+    assert again == both
+    # A setting's card replaces the command line's cards and (unless given) their weights.
+    weighted = {"age_models": ("a", "b"), "age_weights": (1.0, 2.0)}
+    fits = runner.parse_setting("default:age=x+y", weighted).config
+    assert fits is not None and fits.age_weights == (1.0, 2.0)
+    assert "2 weights for 1 age models" in str(runner.parse_setting("default:age=x", weighted))
+    # Names that do not exist: an error row, not an exception.
+    missing = runner.parse_setting("no-such-preset")
+    assert missing.config is None and "unknown preset" in (missing.error or "")
     with pytest.raises(AgegenderError, match="options are"):
         runner.parse_setting("default:colour=red")
     with pytest.raises(AgegenderError, match="tta is on or off"):
         runner.parse_setting("default:tta=yes")
+    with pytest.raises(AgegenderError, match="starts with a preset"):
+        runner.parse_setting(":tta=on")
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +311,7 @@ def test_adience_groups_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     ]
     (tmp_path / "adience" / "fold_0_data.txt").write_text("\n".join([header, *lines]) + "\n")
 
-    reference = Estimator(age_model=f"levi-age={model}", detector="none")
+    reference = Estimator(age_models=(f"levi-age={model}",), detector="none")
     truth = ["38-43", "25-32", "48-53"]
     order = [label for label, _, _ in ADIENCE_GROUPS]
     paths = sorted(user.iterdir())

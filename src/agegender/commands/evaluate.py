@@ -1,20 +1,29 @@
-"""``agegender evaluate``: accuracy on a labelled dataset, one or more settings side by side."""
+"""``agegender evaluate``: accuracy on a labelled dataset, one or more settings side by side.
+
+Nothing heavy is imported here at module level (``--help`` stays fast): the readers'
+registry is plain Python; the runner, metrics and report load in ``run``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
-
-from tqdm import tqdm
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AgegenderError
-from ..evaluate import readers, report, runner
-from .options import add_estimator_options
-from .options import overrides_from_args as estimator_kwargs  # interim: evaluate moves to configs
+from ..evaluate.readers import READERS, formats_taking
+from .options import add_estimator_options, overrides_from_args
+
+if TYPE_CHECKING:
+    from ..evaluate import runner
 
 SHOW_UNREADABLE = 10
+# Options that only steer face detection, which --cropped skips (the image is the face).
+DETECTION_ONLY = ("upsample", "max_detect_side", "min_score", "align", "sweep")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,35 +37,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument("source", help="the dataset: a folder, a .mat file, a CSV or a fold file")
     parser.add_argument(
-        "--format", required=True, choices=list(readers.READERS), help="how the labels are stored"
+        "--format",
+        required=True,
+        choices=list(READERS),
+        help="how the labels are stored: "
+        + "; ".join(f"{name}: {entry.description}" for name, entry in READERS.items()),
     )
     parser.add_argument(
         "--split",
-        help="appa-real: train, valid or test; adience: fold numbers (0,1); fgnet: subject ids",
+        help="; ".join(f"{name}: {e.split}" for name, e in READERS.items() if e.split),
     )
     parser.add_argument(
         "--cropped",
         action="store_true",
-        help="inputs are already faces: no detection, the whole image is the face "
-        "(appa-real: use the _face.jpg crops)",
+        help="inputs are already faces: no detection, the whole image is the face"
+        + "".join(f" ({name}: its face crops)" for name in formats_taking("cropped")),
     )
     parser.add_argument(
-        "--root", help="folder that relative image paths start from (csv, chalearn)"
+        "--root",
+        help=f"folder that relative image paths start from ({', '.join(formats_taking('root'))})",
     )
     parser.add_argument("--limit", type=int, help="evaluate a random sample of this many images")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the --limit sample (default: 0)"
+        "--seed", type=int, default=None, help="seed of the --limit sample (default: 0)"
     )
     parser.add_argument(
         "--compare",
         nargs="+",
         metavar="SETTING",
-        help="several settings over the same images: PRESET or PRESET:age=CARD,gender=CARD,"
-        "detector=NAME,tta=on|off",
+        help="several settings over the same images: PRESET or PRESET:age=CARD[+CARD],"
+        "gender=CARD,detector=NAME,tta=on|off; every other option applies to every setting",
     )
     parser.add_argument("--k", type=float, default=5, help="CS@k: within k years (default: 5)")
     parser.add_argument(
-        "--report", metavar="DIR", help="write report.json, report.md, predictions.csv, plots"
+        "--report",
+        metavar="DIR",
+        help="write report.json, report.md, predictions.csv and plots into this folder "
+        "(created if missing). Checked before the evaluation starts: an existing file there "
+        "is replaced only if an earlier evaluate wrote it (listed in DIR/.agegender-report); "
+        "never a file of the dataset, nor a folder inside the dataset's",
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     parser.add_argument(
@@ -69,36 +88,74 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.set_defaults(run=run)
 
 
-def settings_from_args(args: argparse.Namespace) -> list[runner.Setting]:
-    """The --compare settings, or one setting from --preset and the model options."""
-    # A setting overrides the models, detector and TTA; every other option is shared.
-    per_setting = ("age_model", "gender_model", "detector", "tta")
-    extra = {k: v for k, v in estimator_kwargs(args).items() if k not in per_setting}
-    base = runner.Setting(
-        args.preset, args.preset, args.age_model, args.gender_model, args.detector, args.tta, extra
-    )
-    if not args.compare:
-        options = [
-            f"{key}={value}"
-            for key, value in (
-                ("age", args.age_model),
-                ("gender", args.gender_model),
-                ("detector", args.detector),
-            )
-            if value
-        ]
-        if args.tta is not None:
-            options.append(f"tta={'on' if args.tta else 'off'}")
-        base.name = args.preset + (":" + ",".join(options) if options else "")
-        return [base]
-    if len(set(args.compare)) != len(args.compare):
+def _check_options(args: argparse.Namespace, cli: dict[str, Any]) -> None:
+    """Refuse option combinations that would be ignored (never ignore an option)."""
+    if args.limit is not None and args.limit <= 0:
+        raise AgegenderError(f"--limit {args.limit}: must be a positive number of images")
+    if args.seed is not None and args.limit is None:
+        raise AgegenderError("--seed picks the --limit sample: give --limit too")
+    if not math.isfinite(args.k) or args.k <= 0:
+        raise AgegenderError(f"--k {args.k:g}: must be a positive number")
+    if args.compare and hasattr(args, "preset"):
+        raise AgegenderError(
+            "--preset with --compare: each setting names its preset (--compare PRESET ...)"
+        )
+    if args.compare and len(set(args.compare)) != len(args.compare):
         raise AgegenderError("--compare: the same setting is named twice")
-    return [runner.parse_setting(spec, base) for spec in args.compare]
+    if args.cropped:
+        if cli.get("detector", "none") != "none":
+            raise AgegenderError(
+                f"--cropped with --detector {cli['detector']}: with --cropped the whole image "
+                "is the face (no detector)"
+            )
+        for name in DETECTION_ONLY:
+            if name in cli:
+                raise AgegenderError(
+                    f"--cropped with --{name.replace('_', '-')}: that option steers face "
+                    "detection, which --cropped skips"
+                )
+
+
+def _name(preset: str, cli: dict[str, Any]) -> str:
+    """The single setting's name: the preset and the setting keys given on the command line."""
+    options = []
+    for key, field in (("age", "age_models"), ("gender", "gender_models")):
+        if field in cli:
+            options.append(f"{key}=" + "+".join(str(ref) for ref in cli[field]))
+    if "detector" in cli:
+        options.append(f"detector={cli['detector']}")
+    if "tta" in cli:
+        options.append(f"tta={'on' if cli['tta'] else 'off'}")
+    return preset + (":" + ",".join(options) if options else "")
+
+
+def settings_from_args(args: argparse.Namespace) -> list[runner.Setting]:
+    """The --compare settings, or one setting from --preset; every option given on the
+    command line applies to every setting (a setting's own keys override it)."""
+    from ..evaluate import runner
+
+    cli = overrides_from_args(args)
+    shared = dict(cli)
+    if args.cropped:
+        shared.update(detector="none", align="none")  # the whole image is the face
+        if args.compare:
+            for spec in args.compare:
+                detector = runner.setting_overrides(spec)[1].get("detector", "none")
+                if detector != "none":
+                    raise AgegenderError(
+                        f"--cropped with --compare {spec}: with --cropped the whole image is "
+                        "the face (no detector)"
+                    )
+    if args.compare:
+        return [runner.parse_setting(spec, shared) for spec in args.compare]
+    preset = getattr(args, "preset", "default")
+    return [replace(runner.parse_setting(preset, shared), name=_name(preset, cli))]
 
 
 def _progress(enabled: bool) -> Callable[[str, int], Callable[[int], None]] | None:
     if not enabled:
         return None
+    from tqdm import tqdm
 
     def start(name: str, total: int) -> Callable[[int], None]:
         bar = tqdm(total=total, desc=name, unit="img", file=sys.stderr, mininterval=0.5, leave=True)
@@ -113,25 +170,41 @@ def _progress(enabled: bool) -> Callable[[str, int], Callable[[int], None]] | No
     return start
 
 
+def _dataset_folders(args: argparse.Namespace) -> list[str]:
+    """Folders the dataset is read from: the report must not go inside them."""
+    from pathlib import Path
+
+    folders = [args.source] if Path(args.source).is_dir() else []
+    if args.root:
+        folders.append(args.root)
+    return folders
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit <= 0:
-        raise AgegenderError(f"--limit {args.limit}: must be a positive number of images")
-    if args.k <= 0:
-        raise AgegenderError(f"--k {args.k:g}: must be positive")
+    from ..evaluate import readers, report, runner
+
+    cli = overrides_from_args(args)
+    _check_options(args, cli)
+    settings = settings_from_args(args)
+    folders = _dataset_folders(args)
+    if args.report:  # before reading anything: a wrong path costs nothing
+        report.check_target(args.report, dataset_folders=folders)
     dataset = readers.read_dataset(
         args.format, args.source, split=args.split, cropped=args.cropped, root=args.root
     )
     if not dataset.records:
         dropped = ", ".join(f"{n} {why}" for why, n in dataset.dropped.items()) or "nothing found"
         raise AgegenderError(f"{args.source}: no labelled images to evaluate ({dropped})")
-    records = readers.sample(dataset.records, args.limit, args.seed)
-    settings = settings_from_args(args)
+    if args.report:  # and with the inputs known, before the work
+        inputs = [args.source, *(r.path for r in dataset.records)]
+        report.check_target(args.report, inputs=inputs, dataset_folders=folders)
+    seed = 0 if args.seed is None else args.seed
+    records = readers.sample(dataset.records, args.limit, seed)
     runs = runner.run(
         records,
         settings,
-        cropped=args.cropped,
         fallback=not args.no_fallback,
-        progress=_progress(not args.no_progress),
+        progress=_progress(not args.no_progress and sys.stderr.isatty()),
     )
     result = report.build(dataset, records, runs, k=args.k, cropped=args.cropped)
 
@@ -157,9 +230,18 @@ def run(args: argparse.Namespace) -> int:
                 "(--report lists all)",
                 file=sys.stderr,
             )
+    _warn_unscored_thresholds(result)
     if args.report:
-        written = report.write(args.report, result, records, runs)
-        print(f"agegender: report written to {args.report} ({len(written)} files)", file=sys.stderr)
+        try:
+            written = report.write(args.report, result, records, runs)
+        except AgegenderError as error:  # the table and JSON below still come out
+            failed = True
+            print(f"agegender: error: {error}", file=sys.stderr)
+        else:
+            print(
+                f"agegender: report written to {args.report} ({len(written)} files)",
+                file=sys.stderr,
+            )
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -170,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
             f"{ds['format']} {ds['source']}: {ds['records']} labelled images"
             + (f" (dropped: {dropped})" if dropped else "")
             + (
-                f", evaluated a sample of {len(records)} (seed {args.seed})"
+                f", evaluated a sample of {len(records)} (seed {seed})"
                 if len(records) < ds["records"]
                 else ""
             )
@@ -178,3 +260,19 @@ def run(args: argparse.Namespace) -> int:
         )
         print(report.table(result))
     return 1 if failed else 0
+
+
+def _warn_unscored_thresholds(result: dict[str, Any]) -> None:
+    """An --age-threshold that no image could be scored at is said, not silently dropped."""
+    counts: dict[str, int] = {}
+    for entry in result["settings"]:
+        scored = entry.get("metrics", {}).get("with_fallback", {}).get("thresholds", {})
+        for t, numbers in scored.items():
+            counts[t] = counts.get(t, 0) + numbers["n"]
+    for t, n in counts.items():
+        if n == 0:
+            print(
+                f"agegender: warning: --age-threshold {t}: no image has both an age label "
+                "on one side of it and an age estimate; nothing scored",
+                file=sys.stderr,
+            )

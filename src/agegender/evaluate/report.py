@@ -1,18 +1,28 @@
 """Report: the numbers as a stdout table, one JSON object, a Markdown page and PNG plots.
 
 matplotlib is imported only when plots are drawn, with the Agg backend (no display).
+
+The report folder (``--report DIR``) is checked before any work (:func:`check_target`) and
+again before each file is written. agegender writes only the files in ``REPORT_FILES``
+and lists what it wrote in ``DIR/.agegender-report`` (JSON); an existing file of those
+names is replaced only when that list names it, so a file agegender did not write (or an
+input of the evaluation) is never overwritten. Each file is written beside its name and
+renamed into place, so an interrupted write leaves the previous one whole.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import AgegenderError
 from .metrics import GENDERS, clean, summarize
 from .readers import Dataset, Record
 
@@ -20,6 +30,20 @@ if TYPE_CHECKING:
     from .runner import SettingRun
 
 PLOT_BIN = 5  # years per bin on the error-by-age curve
+MANIFEST = ".agegender-report"
+WRITTEN_BY = "agegender evaluate"
+REPORT_FILES = (
+    "report.json",
+    "report.md",
+    "predictions.csv",
+    "error_by_age.png",
+    "predicted_vs_true.png",
+    "gender_confusion.png",
+)
+
+
+class ReportError(AgegenderError):
+    """The report cannot be written where asked without losing a file, or at all."""
 
 
 def build(
@@ -33,18 +57,23 @@ def build(
     """The whole evaluation as one JSON-able object."""
     settings = []
     for run in runs:
-        entry: dict[str, Any] = {
-            "name": run.setting.name,
-            "preset": run.setting.preset,
-            "age_model": run.setting.age_model,
-            "gender_model": run.setting.gender_model,
-            "detector": "none" if cropped else run.setting.detector,
-            "tta": run.setting.tta,
-        }
+        config = run.setting.config
+        entry: dict[str, Any] = {"name": run.setting.name}
+        if config is not None:
+            options = config.as_dict()
+            for key in ("preset", "age_models", "gender_models", "detector", "tta"):
+                entry[key] = options[key]
+            entry["config"] = options
         if run.error is not None:
             entry["error"] = run.error
         else:
-            entry["metrics"] = summarize(records, run.outcomes, k=k)
+            entry["metrics"] = summarize(
+                records,
+                run.outcomes,
+                k=k,
+                groups=run.groups,
+                thresholds=config.age_thresholds if config is not None else (),
+            )
         settings.append(entry)
     return clean(
         {
@@ -96,6 +125,13 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ("fold-mean MAE", ("fold_mean", "mae"), "f2"),
         ("fold-mean group acc", ("fold_mean", "group_accuracy"), "pct"),
     ]
+    for t in thresholds_of(report):
+        where = ("excluding_no_face", "thresholds", t)
+        columns += [
+            (f">={t} acc", (*where, "accuracy"), "pct"),
+            (f"<{t} accepted", (*where, "false_accept"), "pct"),
+            (f">={t} rejected", (*where, "false_reject"), "pct"),
+        ]
     present = [
         c
         for c in columns
@@ -113,6 +149,15 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             cells.append(str(value) if kind == "int" and value is not None else _fmt(value, kind))
         body.append(cells)
     return header, body
+
+
+def thresholds_of(report: dict[str, Any]) -> list[str]:
+    """The --age-threshold values the report scored, as their JSON keys ("18")."""
+    seen: dict[str, None] = {}
+    for s in report["settings"]:
+        for t in _get(s.get("metrics", {}), "excluding_no_face", "thresholds") or {}:
+            seen[t] = None
+    return list(seen)
 
 
 def table(report: dict[str, Any]) -> str:
@@ -371,26 +416,158 @@ def write_predictions(records: Sequence[Record], runs: Sequence[SettingRun], pat
                 )
 
 
+def _manifest(directory: Path) -> set[str] | None:
+    """The names an earlier report listed as its own; None when the list is not ours."""
+    path = directory / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return set()
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != WRITTEN_BY:
+        return None
+    files = data.get("files")
+    if not isinstance(files, list):
+        return None
+    return {f for f in files if isinstance(f, str) and f in REPORT_FILES}
+
+
+def _resolved(path: str | Path) -> Path | None:
+    try:
+        return Path(path).resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_target(
+    directory: str | Path,
+    *,
+    inputs: Iterable[str | Path] = (),
+    dataset_folders: Iterable[str | Path] = (),
+) -> Path:
+    """Raise ReportError (one line) unless the report can go to `directory` without
+    replacing a file agegender did not write or an input; creates the folder and checks
+    that a file can be written in it. Called before the evaluation starts."""
+    out = Path(directory)
+    where = f"--report {directory}"
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"{where}: exists and is not a folder (the report is a folder)")
+    resolved = _resolved(out)
+    if resolved is None:
+        raise ReportError(f"{where}: not a usable folder name")
+    for folder in dataset_folders:
+        folder_path = _resolved(folder)
+        if folder_path is not None and folder_path.is_dir() and _inside(resolved, folder_path):
+            raise ReportError(
+                f"{where}: inside the dataset folder {folder}; write the report elsewhere"
+            )
+    wanted = {name: resolved / name for name in (*REPORT_FILES, MANIFEST)}
+    targets = {path: name for name, path in wanted.items()}
+    for item in inputs:
+        if Path(item).name in wanted:
+            found = _resolved(item)
+            if found in targets:
+                raise ReportError(f"{where}: {targets[found]} there is an input ({item})")
+    if out.is_dir():
+        _check_existing(out, where)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".agegender-probe-", dir=out)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ReportError(f"{where}: cannot write there ({error.strerror or error})") from None
+    return out
+
+
+def _check_existing(out: Path, where: str) -> set[str]:
+    """The names agegender may replace in `out`; ReportError when one exists otherwise."""
+    own = _manifest(out)
+    if own is None:
+        raise ReportError(
+            f"{where}: {MANIFEST} there was not written by agegender; choose another folder"
+        )
+    for name in REPORT_FILES:
+        path = out / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if name not in own or path.is_symlink() or not path.is_file():
+            raise ReportError(
+                f"{where}: {name} exists and was not written by agegender evaluate; "
+                "choose another folder or move it away"
+            )
+    return own
+
+
+def _replace(out: Path, name: str, write: Callable[[Path], Any]) -> Any:
+    """Write `name` under a temporary name in `out` and rename it into place."""
+    suffix = Path(name).suffix
+    handle, tmp = tempfile.mkstemp(prefix=f".{Path(name).stem}-", suffix=suffix, dir=out)
+    os.close(handle)
+    try:
+        result = write(Path(tmp))
+        if result is not False:
+            os.replace(tmp, out / name)
+        return result
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write(
     directory: str | Path,
     report: dict[str, Any],
     records: Sequence[Record],
     runs: Sequence[SettingRun],
 ) -> list[Path]:
-    """report.json, report.md, predictions.csv and the PNG plots in `directory`."""
+    """report.json, report.md, predictions.csv and the PNG plots in `directory`.
+
+    Only files listed in the folder's manifest (written by an earlier report) are replaced;
+    a report file of an earlier run that this one does not write (a plot with nothing to
+    draw) is removed, so the folder never mixes two runs."""
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = []
-    for name, draw in (
-        ("error_by_age.png", lambda p: plot_error_by_age(records, runs, p)),
-        ("predicted_vs_true.png", lambda p: plot_predicted_vs_true(records, runs, p)),
-        ("gender_confusion.png", lambda p: plot_gender_confusion(report, p)),
-    ):
-        if draw(out / name):
-            plots.append(out / name)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(
-        markdown(report, [str(p) for p in plots]) + "\n", encoding="utf-8"
-    )
-    write_predictions(records, runs, out / "predictions.csv")
-    return [out / "report.json", out / "report.md", out / "predictions.csv", *plots]
+    where = f"--report {directory}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ReportError(f"{where}: cannot write there ({error.strerror or error})") from None
+    own = _check_existing(out, where)
+    manifest = {"written_by": WRITTEN_BY, "files": sorted(own | set(REPORT_FILES))}
+    try:
+        # Listed before they are written: a file left by an interrupted run is still ours.
+        _replace(out, MANIFEST, lambda p: p.write_text(json.dumps(manifest) + "\n"))
+        written: list[str] = []
+        for name, draw in (
+            ("error_by_age.png", lambda p: plot_error_by_age(records, runs, p)),
+            ("predicted_vs_true.png", lambda p: plot_predicted_vs_true(records, runs, p)),
+            ("gender_confusion.png", lambda p: plot_gender_confusion(report, p)),
+        ):
+            if _replace(out, name, draw):
+                written.append(name)
+        plots = [str(out / name) for name in written]
+        _replace(
+            out,
+            "report.json",
+            lambda p: p.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"),
+        )
+        _replace(
+            out,
+            "report.md",
+            lambda p: p.write_text(markdown(report, plots) + "\n", encoding="utf-8"),
+        )
+        _replace(out, "predictions.csv", lambda p: write_predictions(records, runs, p))
+        written = ["report.json", "report.md", "predictions.csv", *written]
+        for stale in sorted(own - set(written)):
+            (out / stale).unlink(missing_ok=True)
+        manifest["files"] = sorted(written)
+        _replace(out, MANIFEST, lambda p: p.write_text(json.dumps(manifest) + "\n"))
+    except OSError as error:
+        raise ReportError(f"{where}: cannot write the report ({error.strerror or error})") from None
+    return [out / name for name in written]

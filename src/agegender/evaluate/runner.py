@@ -1,22 +1,24 @@
-"""Runner: one or more settings (preset, models, detector) over the same records.
+"""Runner: one or more settings over the same records.
 
-Each setting is one ``Estimator``; its faces are matched to the labelled face, images with
-no face found get a whole-image estimate from the same models (detector "none"), and
-unreadable images are recorded with their reason. Nothing here computes a metric.
+A setting is a name and an :class:`~agegender.config.EstimatorConfig`: the command line's
+configuration with the setting's own overrides (``PRESET:age=A+B,gender=G,detector=D,
+tta=on|off``), so every other option of the command line applies to every setting. Each
+setting is one ``Estimator``; its faces are matched to the labelled face, images with no
+face found get a whole-image estimate from the same loaded models (``derive(detector=
+"none")``), and unreadable images are recorded with their reason. Nothing here computes a
+metric.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from ..config import EstimatorConfig
 from ..errors import AgegenderError
-from ..faces import make_detector
-from ..pipeline import Estimator
 from ..results import Face, ImageResult
-from .metrics import Outcome
+from .metrics import GroupScheme, Outcome
 from .readers import Box, Record
 
 # A detection must overlap the labelled box at least this much to be the labelled face.
@@ -24,58 +26,71 @@ MATCH_IOU = 0.3
 SETTING_KEYS = ("age", "gender", "detector", "tta")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Setting:
-    """A named pipeline configuration: a preset and the options that override it."""
+    """A named configuration, or why the name could not become one (unknown preset...)."""
 
     name: str
-    preset: str = "default"
-    age_model: str | None = None
-    gender_model: str | None = None
-    detector: str | None = None
-    tta: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # other Estimator keyword arguments
-
-    def estimator(self, *, cropped: bool = False) -> Estimator:
-        """The Estimator of this setting; with `cropped`, the whole image is the face."""
-        return Estimator(
-            self.preset,
-            age_model=self.age_model,
-            gender_model=self.gender_model,
-            detector="none" if cropped else self.detector,
-            tta=self.tta,
-            **self.extra,
-        )
+    config: EstimatorConfig | None
+    error: str | None = None
 
 
-def parse_setting(spec: str, base: Setting | None = None) -> Setting:
-    """``PRESET`` or ``PRESET:key=value,...`` (keys: age, gender, detector, tta=on|off).
+def _cards(value: str) -> list[str]:
+    return [v.strip() for v in value.split("+") if v.strip()]
 
-    Options not given come from `base` (the command line's own --age-model etc.).
+
+def setting_overrides(spec: str) -> tuple[str, dict[str, Any]]:
+    """(preset, configuration overrides) of ``PRESET[:key=value,...]``.
+
+    Keys: age (a card; ``A+B`` or the key repeated: an ensemble), gender (likewise),
+    detector, tta=on|off. A malformed spec is an AgegenderError.
     """
     preset, _, options = spec.partition(":")
     preset = preset.strip()
     if not preset:
         raise AgegenderError(f"--compare {spec!r}: a setting starts with a preset name")
-    setting = copy.deepcopy(base) if base else Setting(spec)
-    setting.name, setting.preset = spec, preset
+    overrides: dict[str, Any] = {}
     for item in filter(None, (o.strip() for o in options.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or key not in SETTING_KEYS:
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or key not in SETTING_KEYS or not value:
             raise AgegenderError(
                 f"--compare {spec!r}: options are {', '.join(k + '=...' for k in SETTING_KEYS)}"
             )
         if key == "tta":
             if value not in ("on", "off"):
                 raise AgegenderError(f"--compare {spec!r}: tta is on or off")
-            setting.tta = value == "on"
-        elif key == "age":
-            setting.age_model = value
-        elif key == "gender":
-            setting.gender_model = value
+            overrides["tta"] = value == "on"
+        elif key in ("age", "gender"):
+            field = f"{key}_models"
+            overrides[field] = (*overrides.get(field, ()), *_cards(value))
+        elif "detector" in overrides:
+            raise AgegenderError(f"--compare {spec!r}: detector is named twice")
         else:
-            setting.detector = value
-    return setting
+            overrides["detector"] = value
+    return preset, overrides
+
+
+def parse_setting(spec: str, cli: Mapping[str, Any] | None = None) -> Setting:
+    """The setting ``PRESET[:key=value,...]`` over the command line's configuration.
+
+    `cli` holds the options given on the command line (``overrides_from_args``): the
+    setting's configuration is the command line's, ``from_preset(PRESET, **cli)``, that
+    is ``cli_config.with_overrides(preset=PRESET, **cli)``, with the setting's own keys
+    over it. A card named in the setting replaces the command line's cards of that task
+    (and their weights, unless --age-weights/--gender-weights were given: then they must
+    fit). A malformed spec raises; a preset, option value or card that does not exist
+    gives a Setting with its error (its row reports it, the other settings run).
+    """
+    preset, overrides = setting_overrides(spec)
+    cli = dict(cli or {})
+    for task in ("age", "gender"):
+        if f"{task}_models" in overrides and f"{task}_weights" not in cli:
+            overrides[f"{task}_weights"] = None
+    try:
+        config = EstimatorConfig.from_preset(preset, **cli).with_overrides(**overrides)
+    except AgegenderError as error:
+        return Setting(spec, None, str(error))
+    return Setting(spec, config)
 
 
 def iou(a: Box, b: Box) -> float:
@@ -122,12 +137,15 @@ def select_face(faces: Sequence[Face], box: Box | None, width: int, height: int)
     return max(faces, key=weight)
 
 
-def _estimates(face: Face) -> tuple[float | None, str | None, str | None, float | None]:
+def _estimates(
+    face: Face,
+) -> tuple[float | None, str | None, str | None, float | None, dict[float, float] | None]:
     age = face.age.value if face.age is not None else None
     group = face.age.group if face.age is not None else None
+    p_at_least = dict(face.age.p_at_least) if face.age is not None else None
     gender = face.gender.label if face.gender is not None else None
     probability = face.gender.probability if face.gender is not None else None
-    return age, group, gender, probability
+    return age, group, gender, probability, p_at_least
 
 
 def outcome_of(record: Record, result: ImageResult) -> Outcome:
@@ -137,24 +155,43 @@ def outcome_of(record: Record, result: ImageResult) -> Outcome:
     face = select_face(result.faces, record.box, result.width or 0, result.height or 0)
     if face is None:
         return Outcome("no_face", faces=len(result.faces))
-    age, group, gender, probability = _estimates(face)
-    return Outcome("ok", age, group, gender, probability, faces=len(result.faces))
+    age, group, gender, probability, p_at_least = _estimates(face)
+    return Outcome(
+        "ok", age, group, gender, probability, faces=len(result.faces), p_at_least=p_at_least
+    )
 
 
 @dataclass
 class SettingRun:
-    """One setting's outcome for every record, in record order, or why it could not run."""
+    """One setting's outcome for every record, in record order, or why it could not run.
+
+    `groups` is the scheme its group accuracy is scored in: the groups of its age-groups
+    card, or None (Adience's eight)."""
 
     setting: Setting
     outcomes: list[Outcome]
     error: str | None = None
+    groups: GroupScheme | None = None
 
 
 Progress = Callable[[str, int], Callable[[int], None]]
 
 
+def group_scheme(estimator: Any) -> GroupScheme | None:
+    """The (label, low, high) groups of the estimator's first age-groups card, by low."""
+    for card in estimator.cards.get("age", []):
+        if card.task == "age-groups":
+            spans = zip(card.output.labels, card.output.groups, strict=True)
+            return tuple(sorted(((label, lo, hi) for label, (lo, hi) in spans), key=_low))
+    return None
+
+
+def _low(group: tuple[str, float, float]) -> float:
+    return group[1]
+
+
 def run_setting(
-    estimator: Estimator,
+    estimator: Any,
     records: Sequence[Record],
     *,
     fallback: bool = True,
@@ -170,15 +207,16 @@ def run_setting(
             advance(1)
     missed = [i for i, o in enumerate(outcomes) if o.status == "no_face"]
     if fallback and missed:
-        whole = copy.copy(estimator)  # same loaded models, the whole image as the face
-        whole.detector = make_detector("none")
+        # The same loaded models; the whole image is the face (no detector, no sweep).
+        whole = estimator.derive(detector="none", align="none", sweep=None)
         for i, result in zip(
             missed, whole.predict_many(records[i].path for i in missed), strict=True
         ):
             if result.error is None and result.faces:
-                age, group, gender, _ = _estimates(result.faces[0])
+                age, group, gender, _, p_at_least = _estimates(result.faces[0])
                 outcomes[i].fallback_age, outcomes[i].fallback_group = age, group
                 outcomes[i].fallback_gender = gender
+                outcomes[i].fallback_p_at_least = p_at_least
     return outcomes
 
 
@@ -186,22 +224,27 @@ def run(
     records: Sequence[Record],
     settings: Sequence[Setting],
     *,
-    cropped: bool = False,
     fallback: bool = True,
     progress: Progress | None = None,
 ) -> list[SettingRun]:
-    """Every setting over the same records, one loaded at a time. A setting whose models
-    cannot be loaded gets its error and no outcomes; the other settings still run."""
+    """Every setting over the same records, one loaded at a time. A setting that cannot
+    be built or loaded, or fails while running, gets its error and no outcomes; the other
+    settings still run."""
+    from ..pipeline import Estimator, describe_error  # here: --help stays light
+
     runs = []
     for setting in settings:
-        try:
-            estimator = setting.estimator(cropped=cropped)
-        except AgegenderError as error:
-            runs.append(SettingRun(setting, [], str(error)))
+        if setting.config is None:
+            runs.append(SettingRun(setting, [], setting.error or "no configuration"))
             continue
-        advance = progress(setting.name, len(records)) if progress else None
-        runs.append(
-            SettingRun(setting, run_setting(estimator, records, fallback=fallback, advance=advance))
-        )
+        try:
+            estimator = Estimator(setting.config)
+            advance = progress(setting.name, len(records)) if progress else None
+            outcomes = run_setting(estimator, records, fallback=fallback, advance=advance)
+            scheme = group_scheme(estimator)
+        except Exception as error:  # one setting's failure must not lose the others
+            runs.append(SettingRun(setting, [], describe_error(error)))
+            continue
+        runs.append(SettingRun(setting, outcomes, groups=scheme))
         del estimator
     return runs
