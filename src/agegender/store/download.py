@@ -169,8 +169,10 @@ def _content_range_start(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _retries(n: int) -> str:
-    return "at once (no retries allowed)" if n == 0 else f"after {n} retr{'y' if n == 1 else 'ies'}"
+def _gave_up(retries: int) -> str:
+    if retries == 0:
+        return "gave up: no progress, and no retries allowed"
+    return f"gave up after {retries} retr{'y' if retries == 1 else 'ies'} without progress"
 
 
 @dataclass
@@ -217,8 +219,7 @@ class _Download:
                         else "nothing was received"
                     )
                     raise NetworkError(
-                        f"{self.url}: {error}; gave up {_retries(self.policy.retries)} "
-                        f"without progress ({kept})"
+                        f"{self.url}: {error}; {_gave_up(self.policy.retries)} ({kept})"
                     ) from None
                 self.policy.sleep(self.policy.backoff * 2 ** max(failures - 1, 0))
                 continue
