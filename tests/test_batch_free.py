@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from support import standins
+from support.tolerance import DEEP_RTOL
 
 from agegender.cards import get_card
 from agegender.inference import OnnxModel, preprocess
@@ -45,7 +46,7 @@ def test_rewritten_graph_takes_any_batch_and_matches_the_original(
     # the reference is the opset-11 graph with the same seed, run as the zoo ships it
     want = _one_by_one(standins.build(kind, opset=11, seed=7), x)
     assert got.shape == want.shape == (5, 101 if kind == "vgg16" else 8)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=DEEP_RTOL, atol=1e-6)
     assert not np.allclose(got[0], got[1])  # different inputs, different outputs
 
 
@@ -109,7 +110,7 @@ def test_cache_is_reused_and_invalidated_when_the_original_changes(tmp_path: Pat
     x = _inputs(2, seed=3)
     (got,) = fresh.session.run(None, {"input": x})
     np.testing.assert_allclose(
-        got, _one_by_one(standins.googlenet(seed=2), x), rtol=1e-4, atol=1e-6
+        got, _one_by_one(standins.googlenet(seed=2), x), rtol=DEEP_RTOL, atol=1e-6
     )
 
 
@@ -180,7 +181,7 @@ def test_onnx_model_batches_a_dex_stand_in_and_matches_one_by_one(tmp_path: Path
     got = model.run(crops)
     single = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = np.concatenate([single.run(None, {"input": preprocess(card, [c])})[0] for c in crops])
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=DEEP_RTOL, atol=1e-6)
 
 
 def test_onnx_model_upgrades_and_batches_a_legacy_opset_graph(tmp_path: Path, caplog) -> None:
@@ -194,7 +195,7 @@ def test_onnx_model_upgrades_and_batches_a_legacy_opset_graph(tmp_path: Path, ca
     got = model.run(crops)
     reference = standins.googlenet(outputs=2, opset=11, seed=5)
     want = np.concatenate([_one_by_one(reference, preprocess(card, [c])) for c in crops])
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=DEEP_RTOL, atol=1e-6)
 
 
 def test_rewrite_false_opens_as_is_and_writes_nothing(tmp_path: Path) -> None:
@@ -231,4 +232,4 @@ def test_no_writable_folder_still_batches_in_memory(tmp_path: Path, monkeypatch,
     assert "batch-free graph not cached" in caplog.text and "Permission denied" in caplog.text
     x = _inputs(2)
     (got,) = loaded.session.run(None, {"input": x})
-    np.testing.assert_allclose(got, _one_by_one(standins.googlenet(), x), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, _one_by_one(standins.googlenet(), x), rtol=DEEP_RTOL, atol=1e-6)

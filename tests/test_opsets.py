@@ -8,6 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from support import standins
+from support.tolerance import DEEP_RTOL
 
 from agegender.errors import ModelFileError
 from agegender.onnxgraph import opsets
@@ -29,7 +30,8 @@ def test_opset_5_is_refused_by_onnx_runtime_but_upgrades_to_the_same_outputs(kin
     x = np.random.default_rng(2).uniform(0, 255, (1, 3, 224, 224)).astype(np.float32)
     (got,) = _session(upgraded).run(None, {"input": x})
     (want,) = _session(standins.build(kind, opset=11, seed=3)).run(None, {"input": x})
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # two sessions of a deep float32 graph: equal within rounding, not bit for bit
+    np.testing.assert_allclose(got, want, rtol=DEEP_RTOL, atol=1e-6)
 
 
 def test_upgrade_refuses_what_it_cannot_convert_with_a_one_line_error() -> None:
