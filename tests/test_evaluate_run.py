@@ -148,8 +148,10 @@ def test_end_to_end_on_real_faces(
     errors = [abs(portrait[0].age.value - LABEL_AGE), abs(labelled[0].age.value - LABEL_AGE)]
     found = m["excluding_no_face"]
     assert found["age"]["n"] == 2
-    assert found["age"]["mae"] == pytest.approx(np.mean(errors), abs=1e-4)
-    assert found["age"]["rmse"] == pytest.approx(np.sqrt(np.mean(np.square(errors))), abs=1e-4)
+    # The report rounds to 4 decimals, and its sessions are not ours: float32 rounding of
+    # ages up to 100 years (relative 1e-5, tests/support/tolerance.py) adds up to 1e-3.
+    assert found["age"]["mae"] == pytest.approx(np.mean(errors), abs=1e-3)
+    assert found["age"]["rmse"] == pytest.approx(np.sqrt(np.mean(np.square(errors))), abs=1e-3)
     genders = [portrait[0].gender.label, labelled[0].gender.label]
     assert found["gender"]["accuracy"] == pytest.approx(
         np.mean([g == "female" for g in genders]), abs=1e-4
@@ -158,7 +160,7 @@ def test_end_to_end_on_real_faces(
     fallback = m["with_fallback"]
     assert fallback["age"]["n"] == 3
     expected = np.mean([*errors, abs(whole.age.value - 30)])
-    assert fallback["age"]["mae"] == pytest.approx(expected, abs=1e-4)
+    assert fallback["age"]["mae"] == pytest.approx(expected, abs=1e-3)
 
     out = tmp_path / "out"
     for name in (
@@ -206,11 +208,12 @@ def test_cropped_and_compare_with_a_failing_setting(
     assert "setting no-such-preset: unknown preset 'no-such-preset'" in err
     first, second, third = report["settings"]
     assert first["detector"] == "none" and first["metrics"]["faces_found"]["share"] == 1.0
+    # rounding + other sessions, as in test_end_to_end_on_real_faces
     assert first["metrics"]["excluding_no_face"]["age"]["mae"] == pytest.approx(
-        abs(whole.age.value - LABEL_AGE), abs=1e-4
+        abs(whole.age.value - LABEL_AGE), abs=1e-3
     )
     assert second["metrics"]["excluding_no_face"]["age"]["mae"] == pytest.approx(
-        abs(whole_no_tta.age.value - LABEL_AGE), abs=1e-4
+        abs(whole_no_tta.age.value - LABEL_AGE), abs=1e-3
     )
     assert third["error"].startswith("unknown preset")
     lines = report_module.table(report).splitlines()
@@ -287,8 +290,9 @@ def _stand_in_group_model(path: Path) -> Path:
     return path
 
 
-def test_adience_groups_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = _stand_in_group_model(tmp_path / "age_googlenet_stand_in.onnx")
+def _adience_folder(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """Three face crops of the portrait in Adience's layout (and a fourth entry whose image
+    is missing); labels 38-43, 25-32, 48-53 and 8-12."""
     portrait = Image.open(ASTRONAUT).convert("RGB")
     faces = {
         "1.a.jpg": portrait.crop((140, 40, 306, 214)),
@@ -310,11 +314,16 @@ def test_adience_groups_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
         "7153718@N04\tmissing.jpg\t4\t(8, 12)\tm\t0\t0\t10\t10\t0\t0\t0",
     ]
     (tmp_path / "adience" / "fold_0_data.txt").write_text("\n".join([header, *lines]) + "\n")
+    return tmp_path / "adience", sorted(user.iterdir())
+
+
+def test_adience_groups_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _stand_in_group_model(tmp_path / "age_googlenet_stand_in.onnx")
+    folder, paths = _adience_folder(tmp_path)
 
     reference = Estimator(age_models=(f"levi-age={model}",), detector="none")
     truth = ["38-43", "25-32", "48-53"]
     order = [label for label, _, _ in ADIENCE_GROUPS]
-    paths = sorted(user.iterdir())
     predicted = [reference.predict(path)[0].age.group for path in paths]
     assert len(set(predicted)) > 1, predicted  # the stand-in tells these faces apart
     assert all(p in order for p in predicted)
@@ -324,14 +333,7 @@ def test_adience_groups_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     ]
 
     code, report, _ = _run_json(
-        [
-            str(tmp_path / "adience"),
-            "--format",
-            "adience",
-            "--cropped",
-            "--age-model",
-            f"levi-age={model}",
-        ],
+        [str(folder), "--format", "adience", "--cropped", "--age-model", f"levi-age={model}"],
         capsys,
     )
 
@@ -339,7 +341,281 @@ def test_adience_groups_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     m = report["settings"][0]["metrics"]
     assert m["unreadable"] == 1 and m["faces_found"] == {"n": 3, "of": 3, "share": 1.0}
     groups = m["excluding_no_face"]["groups"]
-    assert groups["n"] == 3
+    assert groups["n"] == 3 and groups["relabelled"] == 0
     assert groups["accuracy"] == pytest.approx(np.mean(hits), abs=1e-4)
     assert groups["one_off"] == pytest.approx(np.mean(one_off), abs=1e-4)
     assert m["excluding_no_face"]["gender"]["n"] == 2  # "u" is no gender label
+
+
+# -- defect 8: an age-groups card whose labels are not Adience's --------------------------
+OWN_GROUPS = {
+    "baby": (0, 3),
+    "child": (4, 9),
+    "teen": (10, 17),
+    "young": (18, 24),
+    "adult": (25, 39),
+    "middle": (40, 54),
+    "older": (55, 69),
+    "senior": (70, 100),
+}
+
+
+def _own_groups_card(tmp_path: Path) -> Path:
+    """A card for the stand-in graph with eight groups of its own (not Adience's)."""
+    _stand_in_group_model(tmp_path / "stand_in_groups.onnx")
+    labels = ", ".join(f'"{label}"' for label in OWN_GROUPS)
+    groups = ", ".join(f"[{lo}, {hi}]" for lo, hi in OWN_GROUPS.values())
+    card = tmp_path / "own-groups.toml"
+    card.write_text(
+        'id = "own-groups"\ntask = "age-groups"\ntitle = "stand-in"\nlicense = "CC0"\n'
+        '[source]\nfile = "stand_in_groups.onnx"\n'
+        '[input]\nsize = [224, 224]\nchannels = "BGR"\nlayout = "NCHW"\nscale = 1.0\n'
+        "mean = [104.0, 117.0, 123.0]\n"
+        '[crop]\nkind = "margin"\nmargin = 0.4\n'
+        f"[output]\nsoftmax_in_graph = true\nlabels = [{labels}]\ngroups = [{groups}]\n"
+    )
+    return card
+
+
+def test_groups_are_scored_with_the_cards_own_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: ValueError from GROUP_LABELS.index('young') after the whole run (traceback).
+    card = _own_groups_card(tmp_path)
+    folder, paths = _adience_folder(tmp_path)
+    reference = Estimator(age_models=(str(card),), detector="none", gender_models=())
+    predicted = [reference.predict(path)[0].age.group for path in paths]
+    assert all(p in OWN_GROUPS for p in predicted)
+    order = list(OWN_GROUPS)
+    # Adience's 38-43, 25-32, 48-53 by their midpoints: middle, adult, middle.
+    truth = ["middle", "adult", "middle"]
+    hits = [p == t for p, t in zip(predicted, truth, strict=True)]
+    near = [
+        abs(order.index(p) - order.index(t)) <= 1 for p, t in zip(predicted, truth, strict=True)
+    ]
+
+    code, report, err = _run_json(
+        [str(folder), "--format", "adience", "--cropped", "--age-model", str(card)], capsys
+    )
+
+    assert code == 0, err
+    groups = report["settings"][0]["metrics"]["excluding_no_face"]["groups"]
+    assert groups["labels"] == order and groups["n"] == 3 and groups["relabelled"] == 3
+    assert groups["accuracy"] == pytest.approx(np.mean(hits), abs=1e-4)
+    assert groups["one_off"] == pytest.approx(np.mean(near), abs=1e-4)
+
+
+# -- defect 3: a bad report path is refused before the work, nothing overwritten ---------
+def test_report_path_is_checked_before_the_work(
+    scenes: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    # Before: the evaluation ran to the end, then mkdir raised (traceback, results lost).
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the evaluation started before the report path was checked")
+
+    monkeypatch.setattr(runner, "run", no_work)
+    root = scenes["root"]
+    labels = root / "labels.csv"
+    afile = tmp_path / "afile.jpg"
+    afile.write_bytes(b"a photo")
+    utk = tmp_path / "UTKFace"
+    utk.mkdir()
+    Image.new("RGB", (8, 8)).save(utk / "26_0_2_20170104023102422.jpg")
+    # A label CSV named like a report file, in the folder the report would go to; once a
+    # file agegender did not write, once one an earlier report wrote (still an input now).
+    shared, earlier = tmp_path / "shared", tmp_path / "earlier"
+    for folder in (shared, earlier):
+        folder.mkdir()
+        (folder / "predictions.csv").write_text(f"path,age\n{root / 'astronaut.png'},41\n")
+    manifest = {"written_by": "agegender evaluate", "files": ["predictions.csv"]}
+    (earlier / report_module.MANIFEST).write_text(json.dumps(manifest))
+    cases = [
+        ([str(labels), "--format", "csv"], afile, "exists and is not a folder"),
+        ([str(labels), "--format", "csv"], "/proc/nope", "cannot write there"),
+        ([str(labels), "--format", "csv"], labels, "exists and is not a folder"),
+        ([str(utk), "--format", "utkface"], utk, "inside the dataset folder"),
+        ([str(utk), "--format", "utkface"], utk / "out", "inside the dataset folder"),
+        (
+            [str(shared / "predictions.csv"), "--format", "csv"],
+            shared,
+            "predictions.csv exists and was not written by agegender",
+        ),
+        (
+            [str(earlier / "predictions.csv"), "--format", "csv"],
+            earlier,
+            "predictions.csv there is an input",
+        ),
+    ]
+    inputs = (afile, labels, shared / "predictions.csv", earlier / "predictions.csv")
+    before = {p: p.read_bytes() for p in inputs}
+    for args, target, message in cases:
+        code = main(["evaluate", *args, "--report", str(target), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2, (target, err)
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in shared.iterdir()) == ["predictions.csv"]
+    assert len(list(earlier.iterdir())) == 2
+
+
+def test_report_replaces_only_its_own_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    portrait = Image.open(ASTRONAUT).convert("RGB")
+    portrait.crop((140, 40, 306, 214)).save(tmp_path / "face.png")
+    (tmp_path / "faces.csv").write_text(f"path,age,gender\nface.png,{LABEL_AGE},female\n")
+    out = tmp_path / "out"
+    args = ["evaluate", str(tmp_path / "faces.csv"), "--format", "csv", "--cropped"]
+    args += ["--no-progress", "--report", str(out)]
+    assert main(args) == 0
+    first = (out / "report.json").read_text()
+    manifest = json.loads((out / report_module.MANIFEST).read_text())
+    assert manifest["written_by"] == "agegender evaluate"
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {report_module.MANIFEST}
+    # A second run replaces the files the first one wrote (and listed).
+    (out / "report.md").write_text("stale")
+    assert main(args) == 0
+    assert (out / "report.md").read_text() != "stale" and (out / "report.json").read_text()
+    assert not [p for p in out.iterdir() if p.name.startswith(".report")]  # no partial files
+    capsys.readouterr()
+    # A file of a report name that agegender did not write is never replaced.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    args[-1] = str(mine)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "report.md exists and was not written by agegender evaluate" in err
+    assert (mine / "report.md").read_text() == "my notes" and len(list(mine.iterdir())) == 1
+    assert first  # the first report was complete
+
+
+# -- defect 10 and the option audit: nothing accepted and ignored ------------------------
+def test_age_threshold_is_scored(scenes: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: --age-threshold was accepted by evaluate and changed nothing.
+    root = scenes["root"]
+    labels = root / "labels.csv"
+    estimator = Estimator(age_thresholds=(18.0, 45.0))
+    portrait = estimator.predict(root / "astronaut.png")[0]
+    code, report, _ = _run_json(
+        [str(labels), "--format", "csv", "--age-threshold", "18", "--age-threshold", "45"],
+        capsys,
+    )
+    assert code == 0
+    found = report["settings"][0]["metrics"]["excluding_no_face"]
+    assert set(found["thresholds"]) == {"18", "45"}
+    # Both found faces are labelled 41: at least 18, under 45.
+    at18, at45 = found["thresholds"]["18"], found["thresholds"]["45"]
+    assert (at18["n"], at18["n_at_least"], at18["n_under"]) == (2, 2, 0)
+    assert (at45["n"], at45["n_at_least"], at45["n_under"]) == (2, 0, 2)
+    assert at18["false_accept"] is None and at45["false_reject"] is None
+    assert portrait.age.p_at_least[18.0] > 0.5  # the portrait's decision at 18 is right
+    assert at18["accuracy"] >= 0.5
+    assert report["settings"][0]["config"]["age_thresholds"] == [18.0, 45.0]
+    assert main(["evaluate", str(labels), "--format", "csv", "--no-progress",
+                 "--age-threshold", "18"]) == 0  # fmt: skip
+    header = capsys.readouterr().out.splitlines()[1]
+    # No minor among the labels: the "<18 accepted" column has no value and is left out.
+    assert ">=18 acc" in header and ">=18 rejected" in header and "<18" not in header
+
+
+def test_age_threshold_with_nothing_to_score_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.open(ASTRONAUT).convert("RGB").crop((140, 40, 306, 214)).save(tmp_path / "face.png")
+    (tmp_path / "genders.csv").write_text("path,gender\nface.png,f\n")
+    args = [str(tmp_path / "genders.csv"), "--format", "csv", "--cropped", "--no-progress"]
+    assert main(["evaluate", *args, "--age-threshold", "18"]) == 0
+    assert "--age-threshold 18: no image has both an age label" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--cropped", "--min-score", "0.5"], "--cropped with --min-score"),
+        (["--cropped", "--detector", "haar"], "--cropped with --detector haar"),
+        (["--cropped", "--compare", "default:detector=haar"], "--cropped with --compare"),
+        (["--preset", "levi", "--compare", "default"], "--preset with --compare"),
+        (["--seed", "3"], "--seed picks the --limit sample"),
+        (["--root", "."], "--root is for chalearn, csv, not utkface"),
+        (["--split", "0"], "--split is for appa-real, adience, fgnet, not utkface"),
+        (["--k", "nan"], "--k nan: must be a positive number"),
+        (["--compare", "default", "default"], "the same setting is named twice"),
+    ],
+)
+def test_options_that_would_be_ignored_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    assert main(["evaluate", str(tmp_path), "--format", "utkface", *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_every_command_line_option_reaches_every_setting(
+    monkeypatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[EstimatorConfig] = []
+
+    def record(records: list, settings: list, **kwargs: object) -> list:
+        seen.extend(s.config for s in settings)
+        return [runner.SettingRun(s, [runner.Outcome("error", error="x")] * len(records))
+                for s in settings]  # fmt: skip
+
+    monkeypatch.setattr(runner, "run", record)
+    (tmp_path / "a.csv").write_text("path,age\na.jpg,3\n")
+    options = ["--min-score", "0.3", "--age-threshold", "18", "--threads", "1", "--min-face", "9"]
+    options += ["--compare", "default", "levi:tta=off", "default:detector=haar"]
+    main(["evaluate", str(tmp_path / "a.csv"), "--format", "csv", "--no-progress", *options])
+    capsys.readouterr()
+    assert [c.preset for c in seen] == ["default", "levi", "default"]
+    for config in seen:
+        assert (config.min_score, config.age_thresholds, config.threads, config.min_face) == (
+            0.3,
+            (18.0,),
+            1,
+            9,
+        )
+    assert seen[1].tta is False and seen[2].detector == "haar"
+    assert seen[1].age_models == EstimatorConfig.from_preset("levi").age_models
+
+
+# -- defect 6: output into a closed pipe ends quietly -----------------------------------
+def test_json_into_a_closed_pipe_prints_no_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    Image.open(ASTRONAUT).convert("RGB").crop((140, 40, 306, 214)).save(tmp_path / "face.png")
+    (tmp_path / "faces.csv").write_text(f"path,age,gender\nface.png,{LABEL_AGE},female\n")
+    command = [sys.executable, "-m", "agegender", "evaluate", str(tmp_path / "faces.csv")]
+    command += ["--format", "csv", "--cropped", "--json", "--no-progress"]
+    # A reader that is gone before anything is written: every write fails (EPIPE).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        closed = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, timeout=600)
+    finally:
+        os.close(write_end)
+    # The shell's way: `| head -c 10`.
+    shell = " ".join(f"'{part}'" for part in command) + " | head -c 10"
+    headed = subprocess.run(["sh", "-c", shell], capture_output=True, timeout=600)
+    assert headed.stdout == b'{\n  "datas'
+    for done in (closed, headed):
+        err = done.stderr.decode()
+        assert "Traceback" not in err and "BrokenPipeError" not in err, err
+        assert "Exception ignored" not in err, err
+
+
+def test_help_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import agegender.commands.evaluate\n"
+        "heavy = {'numpy', 'onnxruntime', 'dlib', 'cv2', 'onnx', 'PIL', 'matplotlib', 'scipy'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
