@@ -297,6 +297,7 @@ def test_card_files_that_are_not_cards(tmp_path: Path) -> None:
 
 
 WRONG_VALUES: list[Any] = [
+    None,  # not TOML, but parse_card also takes tables built in Python
     "x",
     "",
     "a\nb",

@@ -226,7 +226,8 @@ class _CardReader:
     def get(
         self, table: dict[str, Any], tname: str | None, key: str, required: bool = False
     ) -> Any:
-        if key not in table:
+        # TOML has no null: a None from Python callers means the field is absent.
+        if table.get(key) is None:
             if required:
                 where = f" in [{tname}]" if tname else ""
                 self.fail(f"missing required field '{key}'{where}")

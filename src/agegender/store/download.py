@@ -19,11 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.error import HTTPError, URLError
-from urllib.request import Request, urlopen
 
 from ..errors import DownloadError, ModelFileError, NetworkError
 from .hashing import CHUNK, Sha256
@@ -249,6 +246,11 @@ class _Download:
         Raises _Retry when the connection fails or ends early, _Restart when the server
         will not continue the part file, DownloadError when retrying cannot help.
         """
+        # urllib (with ssl and email) only when a download starts: `--help` stays light.
+        from http.client import HTTPException
+        from urllib.error import HTTPError, URLError
+        from urllib.request import Request, urlopen
+
         url, size = self.url, self.size
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if have:
