@@ -136,6 +136,18 @@ def test_other_output_to_a_reader_gone_is_quiet(args: list[str], tmp_path: Path)
     assert done.returncode in ((0, 141) if args[0].startswith("--") else (141,))
 
 
+def test_evaluate_json_to_a_reader_gone_is_quiet(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copyfile(ASTRONAUT, folder / "astronaut.png")
+    (folder / "labels.csv").write_text("path,age,gender\nastronaut.png,45,female\n")
+    command = [sys.executable, "-m", "agegender", "evaluate", str(folder / "labels.csv")]
+    command += ["--format", "csv", "--cropped", "--json", "--no-progress"]
+    done = _closed_pipe_run(command, tmp_path)
+    assert done.stderr == ""
+    assert done.returncode == 141
+
+
 def test_models_list_json_still_whole_when_read(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "agegender", "models", "list", "--json"],
