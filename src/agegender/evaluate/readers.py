@@ -295,11 +295,39 @@ IMDB_FIELDS = (
 )
 
 
-def _imdb_struct(mat_path: Path) -> dict[str, list[Any]]:
+def _imdb_struct_isolated(mat_path: Path) -> dict[str, list[Any]]:
+    """`_imdb_struct` in a child process: SciPy's MATLAB reader can crash the process on a
+    damaged file (a segmentation fault, not an exception), which must cost one line, not
+    the run."""
+    import pickle
+    import subprocess
+    import sys
+
+    code = (
+        "import pickle, sys\n"
+        "from agegender.evaluate.readers import DatasetError, _imdb_struct\n"
+        "try:\n"
+        "    out = ('ok', _imdb_struct(sys.argv[1]))\n"
+        "except DatasetError as error:\n"
+        "    out = ('error', str(error))\n"
+        "sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(mat_path)], capture_output=True)
+    if done.returncode != 0:
+        how = "crashed" if done.returncode < 0 else "failed"
+        raise DatasetError(f"{mat_path}: not a readable MATLAB file (the reader {how} on it)")
+    kind, value = pickle.loads(done.stdout)  # our own child's output
+    if kind == "error":
+        raise DatasetError(value)
+    return value  # type: ignore[no-any-return]
+
+
+def _imdb_struct(mat_path: str | Path) -> dict[str, list[Any]]:
     """The columns of an IMDB-WIKI .mat (each as long as full_path), or a DatasetError."""
     import numpy as np
     from scipy.io import loadmat
 
+    mat_path = Path(mat_path)
     try:
         mat = loadmat(str(mat_path))
     except Exception as error:  # scipy raises several types for a bad file
@@ -330,7 +358,11 @@ def _imdb_struct(mat_path: Path) -> dict[str, list[Any]]:
 
 
 def read_imdb_wiki(
-    source: str | Path, *, min_face_score: float | None = None, boxes: bool | None = None
+    source: str | Path,
+    *,
+    min_face_score: float | None = None,
+    boxes: bool | None = None,
+    isolate: bool = True,
 ) -> Dataset:
     """IMDB-WIKI: ``imdb.mat`` or ``wiki.mat`` (a file, or the folder holding one).
 
@@ -342,7 +374,8 @@ def read_imdb_wiki(
     0-based box only for the full-image release; the face-only releases (``imdb_crop``,
     ``wiki_crop``) ship the same .mat with crops in another frame. `boxes` overrides the guess.
     A field that is not a number where IMDB-WIKI stores one is an error naming the entry;
-    entries with values the cleaning rules leave out are counted.
+    entries with values the cleaning rules leave out are counted. The file is parsed in a
+    child process (`isolate`), since a damaged one can crash SciPy's reader.
     """
     source = Path(source)
     if source.is_dir():
@@ -354,7 +387,7 @@ def read_imdb_wiki(
         mat_path = source
     else:
         raise DatasetError(f"{source}: no such file or folder")
-    columns = _imdb_struct(mat_path)
+    columns = _imdb_struct_isolated(mat_path) if isolate else _imdb_struct(mat_path)
     names = columns.get("name")
     root = mat_path.parent
     if boxes is None:
