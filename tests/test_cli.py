@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -243,7 +244,10 @@ def test_annotate_writes_images(
     assert not changed[400:, 400:].any()  # far from the face nothing is drawn
 
 
-def test_progress_bar_on_stderr_only(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_progress_bar_on_stderr_only(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a bar is drawn on a terminal only
     paths = []
     for i in range(5):
         path = tmp_path / f"{i}.png"

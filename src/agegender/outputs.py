@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -16,6 +17,8 @@ from .results import Face, ImageResult
 
 CSV_FIELDS = [
     "path",
+    "frame",  # video frames only (index in the video); empty for images
+    "time",  # video frames only (seconds)
     "face",
     "x1",
     "y1",
@@ -29,8 +32,19 @@ CSV_FIELDS = [
     "age_group",
     "gender",
     "gender_probability",
+    # then one "p_age_ge_<t>" column per --age-threshold (see csv_fields)
     "error",
 ]
+
+
+def threshold_field(threshold: float) -> str:
+    """The CSV column of P(age >= threshold): p_age_ge_18, p_age_ge_65.5."""
+    return f"p_age_ge_{threshold:g}"
+
+
+def csv_fields(thresholds: Sequence[float] = ()) -> list[str]:
+    """The CSV header: CSV_FIELDS with a column per age threshold before "error"."""
+    return [*CSV_FIELDS[:-1], *(threshold_field(t) for t in thresholds), CSV_FIELDS[-1]]
 
 
 def face_label(face: Face) -> str:
@@ -53,9 +67,10 @@ def source_label(result: ImageResult) -> str:
 
 
 def table_rows(result: ImageResult) -> list[str]:
-    """Lines of the human-readable table for one image."""
+    """Lines of the human-readable table for one image (none for an error: the command
+    reports errors on stderr)."""
     if result.error:
-        return [f"error: {result.error}"]
+        return []
     if not result.faces:
         return [f"{source_label(result)}: no face found"]
     lines = []
@@ -67,6 +82,8 @@ def table_rows(result: ImageResult) -> list[str]:
             age = f"{face.age.value:5.1f} +- {face.age.std:4.1f} [{low:g}-{high:g}]"
             if face.age.group:
                 age = f"{face.age.group} (p {face.age.group_probability:.2f}) ~{face.age.value:.0f}"
+            for threshold, p in face.age.p_at_least.items():
+                age += f"  P(age>={threshold:g}) {p:.2f}"
         gender = (
             "-" if face.gender is None else f"{face.gender.label:<6} {face.gender.probability:.2f}"
         )
@@ -95,6 +112,7 @@ def write_json(results: Iterable[ImageResult], out: IO[str]) -> None:
 
 
 def csv_rows(result: ImageResult) -> list[dict[str, object]]:
+    """Rows of csv_fields() for one image: one per face, or one (maybe with the error)."""
     where: dict[str, object] = {"path": result.path}
     if result.frame is not None:
         where.update(frame=result.frame, time=round(result.time or 0.0, 3))
@@ -112,6 +130,7 @@ def csv_rows(result: ImageResult) -> list[dict[str, object]]:
                 age_high=face.age.interval[1],
                 age_group=face.age.group or "",
             )
+            row.update({threshold_field(t): round(p, 4) for t, p in face.age.p_at_least.items()})
         if face.gender is not None:
             row.update(
                 gender=face.gender.label, gender_probability=round(face.gender.probability, 4)
@@ -120,8 +139,13 @@ def csv_rows(result: ImageResult) -> list[dict[str, object]]:
     return rows
 
 
-def write_csv(results: Iterable[ImageResult], out: IO[str]) -> None:
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, restval="")
+def write_csv(
+    results: Iterable[ImageResult], out: IO[str], thresholds: Sequence[float] = ()
+) -> None:
+    """A header (csv_fields(thresholds)), then csv_rows of each result, flushed as they come."""
+    writer = csv.DictWriter(
+        out, fieldnames=csv_fields(thresholds), restval="", extrasaction="ignore"
+    )
     writer.writeheader()
     for result in results:
         writer.writerows(csv_rows(result))
@@ -155,9 +179,10 @@ def annotate(rgb: NDArray[np.uint8], faces: list[Face]) -> NDArray[np.uint8]:
 
 
 def annotated_path(out_dir: Path, name: str, used: set[Path], frame: int | None = None) -> Path:
-    """out_dir/<file name>, made unique when two inputs share a name.
+    """out_dir/<file name>, made unique: never a path in `used` or one that exists.
 
-    A video frame is written as <video stem>-<frame index>.jpg.
+    A video frame is written as <video stem>-<frame index>.jpg; a name taken (by another
+    input of this run, or by any file already there) gets -1, -2, ... before its suffix.
     """
     base = Path(name).name or "image.png"
     stem, suffix = Path(base).stem, Path(base).suffix.lower() or ".png"
@@ -167,7 +192,7 @@ def annotated_path(out_dir: Path, name: str, used: set[Path], frame: int | None 
         suffix = ".png"
     path = out_dir / f"{stem}{suffix}"
     counter = 1
-    while path in used:
+    while path in used or os.path.lexists(path):
         path = out_dir / f"{stem}-{counter}{suffix}"
         counter += 1
     used.add(path)
@@ -175,6 +200,30 @@ def annotated_path(out_dir: Path, name: str, used: set[Path], frame: int | None 
 
 
 def save_rgb(path: Path, rgb: NDArray[np.uint8]) -> None:
+    """Encode (by the suffix) and write a new file; FileExistsError if `path` exists."""
+    try:
+        ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    except cv2.error as error:
+        raise OSError(f"cannot encode as {path.suffix} ({error})") from None
+    if not ok:
+        raise OSError(f"cannot encode as {path.suffix}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{path}: cannot write image")
+    with path.open("xb") as handle:  # "x": never replaces a file, even one made meanwhile
+        handle.write(encoded.tobytes())
+
+
+def write_annotated(
+    out_dir: Path, result: ImageResult, rgb: NDArray[np.uint8], used: set[Path]
+) -> Path:
+    """Draw `result`'s faces on `rgb` and write it as a new file in out_dir (its path).
+
+    Raises OSError when it cannot be written.
+    """
+    drawn = annotate(rgb, result.faces)
+    while True:
+        path = annotated_path(out_dir, result.path, used, result.frame)
+        try:
+            save_rgb(path, drawn)
+        except FileExistsError:  # made since annotated_path looked: take the next name
+            continue
+        return path

@@ -6,6 +6,9 @@ image, named ``<path>@<seconds>s``; results carry the frame index and time.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,11 @@ import cv2
 import numpy as np
 
 from .images import Frame
+
+# FFmpeg's own messages ("moov atom not found", "overread 8", ...) would go straight to
+# stderr, beside the one line per bad input; the error is reported from what OpenCV
+# returns instead. Read when FFmpeg is first used; a value set by the user is kept.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"})
 DEFAULT_STEP_SECONDS = 1.0
@@ -23,37 +31,96 @@ def is_video(path: str | Path) -> bool:
 
 
 def frames(
-    path: str | Path, *, step: float = DEFAULT_STEP_SECONDS, max_frames: int | None = None
+    path: str | Path,
+    *,
+    step: float = DEFAULT_STEP_SECONDS,
+    max_frames: int | None = None,
+    pixel_limit: int | None = None,
 ) -> Iterator[Frame]:
     """Frames every `step` seconds (step <= 0: every frame), lazily, in order.
 
-    A video that cannot be opened or has no frames yields one Frame carrying the error.
+    A video whose frames have more than `pixel_limit` pixels is refused before decoding
+    (one error, not one per frame).
+
+    Never raises for a bad file: a video that cannot be opened or has no frames yields
+    one Frame carrying the error, and one that breaks off after some frames (truncated,
+    corrupt) ends there, with its good frames kept.
     """
+    if not math.isfinite(step):
+        raise ValueError(f"step must be a finite number of seconds, got {step!r}")
     name = str(path)
     if not Path(path).is_file():
-        yield Frame(name, 0, 0.0, error=f"{name}: no such file")
+        reason = "is a directory" if Path(path).is_dir() else "no such file"
+        yield Frame(name, 0, 0.0, error=f"{name}: {reason}")
         return
-    capture = cv2.VideoCapture(name)
+    if not os.access(path, os.R_OK):
+        yield Frame(name, 0, 0.0, error=f"{name}: permission denied")
+        return
+    if Path(path).stat().st_size == 0:
+        yield Frame(name, 0, 0.0, error=f"{name}: empty file")
+        return
+    capture = None
+    index = emitted = 0
     try:
+        capture = _open(name)
         if not capture.isOpened():
             yield Frame(name, 0, 0.0, error=f"{name}: cannot open as a video")
             return
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
         every = 1 if step <= 0 else max(1, round(step * fps))
-        index = emitted = 0
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if pixel_limit is not None and width * height > pixel_limit:
+            yield Frame(
+                name,
+                0,
+                0.0,
+                error=f"{name}: {width}x{height} = {width * height} pixels per frame exceeds "
+                f"the limit of {pixel_limit} (raise it with --pixel-limit)",
+            )
+            return
         while max_frames is None or emitted < max_frames:
             # grab() skips decoding of frames that are not sampled.
-            if not capture.grab():
+            with _opencv_quiet():
+                grabbed = capture.grab()
+            if not grabbed:
                 break
             if index % every == 0:
-                ok, bgr = capture.retrieve()
-                if ok and bgr is not None:
-                    rgb = np.ascontiguousarray(bgr[:, :, ::-1], dtype=np.uint8)
+                with _opencv_quiet():
+                    ok, bgr = capture.retrieve()
+                if ok and bgr is not None and bgr.ndim == 3 and bgr.size:
+                    rgb = np.ascontiguousarray(bgr[:, :, 2::-1], dtype=np.uint8)
                     yield Frame(name, index, index / fps, rgb)
                     emitted += 1
             index += 1
-        if index == 0:
-            yield Frame(name, 0, 0.0, error=f"{name}: video has no readable frames")
+    except cv2.error as error:  # OpenCV's own failure on a broken file: end this video
+        if emitted == 0:
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else "OpenCV error"
+            yield Frame(name, index, 0.0, error=f"{name}: cannot decode the video ({reason})")
+        return
     finally:
-        capture.release()
+        if capture is not None:
+            capture.release()
+    if emitted == 0:
+        yield Frame(name, 0, 0.0, error=f"{name}: video has no readable frames")
+
+
+def _open(name: str) -> cv2.VideoCapture:
+    """A capture through FFmpeg (whose messages are silenced) when OpenCV has it."""
+    backend = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+    with _opencv_quiet():
+        return cv2.VideoCapture(name, backend)
+
+
+@contextlib.contextmanager
+def _opencv_quiet() -> Iterator[None]:
+    """OpenCV's log lines about a file it cannot read ("[ERROR:0@0.1] ... Could not find
+    decoder") held back while it reads one; what it returns is reported instead."""
+    logging = cv2.utils.logging
+    previous = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(previous)

@@ -3,18 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import math
+import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
+from ..errors import AgegenderError
+from .options import add_estimator_options, config_from_args
 
-from .. import outputs, video
-from ..images import IMAGE_SUFFIXES, ImageInput, expand_inputs
-from ..results import ImageResult
-from .options import add_estimator_options, estimator_from_args
+if TYPE_CHECKING:  # the heavy modules (numpy, OpenCV, ONNX Runtime) load in run()
+    from ..images import ImageInput
+    from ..results import ImageResult
 
 PROGRESS_MIN_FILES = 4
+DEFAULT_VIDEO_STEP = 1.0  # = video.DEFAULT_STEP_SECONDS (video.py imports OpenCV)
+
+
+def _video_step(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _max_frames(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more frames, got {text!r}")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description="Estimate age and gender of every face in images and folders.",
     )
     parser.add_argument(
-        "inputs", nargs="+", help="image and video files, and folders (searched recursively)"
+        "inputs",
+        nargs="+",
+        help="image and video files, and folders (searched recursively; hidden files "
+        "and folders, names starting with '.', are skipped there)",
     )
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument(
@@ -41,65 +71,168 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--csv", action="store_const", dest="format", const="csv", help="one CSV row per face"
     )
     parser.add_argument(
-        "--annotate", metavar="DIR", type=Path, help="also write images with boxes and labels"
+        "--annotate",
+        metavar="DIR",
+        type=Path,
+        help="also write images with boxes and labels into DIR (made if missing). A file "
+        "there is never replaced: a name taken gets -1, -2, ... DIR may not be an input "
+        "folder or inside one (a later run would read the annotated copies as inputs)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (drawn on stderr only when it is a terminal)",
+    )
     parser.add_argument(
         "--video-step",
-        type=float,
-        default=video.DEFAULT_STEP_SECONDS,
+        type=_video_step,
+        default=DEFAULT_VIDEO_STEP,
         metavar="SECONDS",
         help="videos: analyse one frame every SECONDS (0: every frame; default %(default)s)",
     )
     parser.add_argument(
-        "--max-frames", type=int, default=None, help="videos: at most this many frames each"
+        "--max-frames",
+        type=_max_frames,
+        default=None,
+        metavar="N",
+        help="videos: at most N frames each",
     )
     add_estimator_options(parser)
     parser.set_defaults(run=run, format="table")
 
 
+def check_annotate_dir(folder: Path, inputs: list[str]) -> None:
+    """Refuse (AgegenderError, exit 2) an annotation folder that cannot take new files or
+    lies in an input folder; make it when missing. Runs before any image is read."""
+    where = f"--annotate {folder}"
+    target = folder.resolve()
+    for item in inputs:
+        if Path(item).is_dir():
+            source = Path(item).resolve()
+            if target == source or source in target.parents:
+                raise AgegenderError(
+                    f"{where}: inside the input folder {item} (a later run would read the "
+                    "annotated images as inputs); choose a folder outside it"
+                )
+    if folder.exists() and not folder.is_dir():
+        raise AgegenderError(f"{where}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AgegenderError(f"{where}: cannot make the folder ({_reason(error)})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AgegenderError(f"{where}: not writable (permission denied)")
+
+
+def _reason(error: OSError) -> str:
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{reason}: {error.filename}" if error.filename else reason
+
+
+def _folder_problem(folder: str) -> str:
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return "cannot read the folder (permission denied)"
+    return "folder holds no image files"
+
+
 def run(args: argparse.Namespace) -> int:
-    files = expand_inputs(args.inputs, IMAGE_SUFFIXES | video.VIDEO_SUFFIXES)
+    with _quiet_libraries(verbose=getattr(args, "verbose", False)):
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Pillow's warnings and log records about a bad file ("Truncated File Read", ...)
+    would be more stderr lines beside the one error line that reports the file; they
+    are shown with -v."""
+    if verbose:
+        yield
+        return
+    pil = logging.getLogger("PIL")
+    level = pil.level
+    pil.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+            yield
+    finally:
+        pil.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .. import outputs, video
+    from ..images import IMAGE_SUFFIXES, expand_each
+    from ..pipeline import Estimator
+
+    config = config_from_args(args)  # a bad option or preset: exit 2 before anything
+    if args.annotate is not None:
+        check_annotate_dir(args.annotate, args.inputs)
     failures = 0
-    for item in args.inputs:
-        if Path(item).is_dir() and not any(f.startswith(str(Path(item))) for f in files):
-            print(f"agegender: error: {item}: folder holds no image files", file=sys.stderr)
+    files: list[str] = []
+    for item, found in expand_each(args.inputs, IMAGE_SUFFIXES | video.VIDEO_SUFFIXES):
+        if Path(item).is_dir() and not found:
+            print(f"agegender: error: {item}: {_folder_problem(item)}", file=sys.stderr)
             failures += 1
+        files.extend(found)
     videos = [f for f in files if video.is_video(f)]
 
     def sources() -> Iterator[ImageInput]:
         for file in files:
             if video.is_video(file):
-                yield from video.frames(file, step=args.video_step, max_frames=args.max_frames)
+                yield from video.frames(
+                    file,
+                    step=args.video_step,
+                    max_frames=args.max_frames,
+                    pixel_limit=config.pixel_limit,
+                )
             else:
                 yield file
 
-    estimator = estimator_from_args(args)
-    if args.annotate:
-        args.annotate.mkdir(parents=True, exist_ok=True)
-    results = estimator.predict_many(sources(), keep_images=bool(args.annotate))
-    show = (len(files) >= PROGRESS_MIN_FILES or bool(videos)) and not args.no_progress
+    estimator = Estimator(config)
+    results = estimator.predict_many(sources(), keep_images=args.annotate is not None)
+    show = (
+        (len(files) >= PROGRESS_MIN_FILES or bool(videos))
+        and not args.no_progress
+        and sys.stderr.isatty()  # never into a log file or a CI transcript
+    )
     total = None if videos else len(files)  # frames of a video are not counted ahead
     bar = tqdm(total=total, unit="img", file=sys.stderr, disable=not show, mininterval=0.5)
     state = {"failures": failures}
     used: set[Path] = set()
 
+    def report(message: str) -> None:
+        state["failures"] += 1
+        line = f"agegender: error: {message}"
+        if show:
+            bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
     def watched() -> Iterator[ImageResult]:
         for result in results:
             bar.update(1)
             if result.error:
-                state["failures"] += 1
-                bar.write(f"agegender: error: {result.error}", file=sys.stderr)
-            elif args.annotate and result.image is not None:
-                path = outputs.annotated_path(args.annotate, result.path, used, result.frame)
-                outputs.save_rgb(path, outputs.annotate(result.image, result.faces))
+                report(result.error)
+            elif args.annotate is not None and result.image is not None:
+                try:
+                    outputs.write_annotated(args.annotate, result, result.image, used)
+                except OSError as error:
+                    report(
+                        f"{outputs.source_label(result)}: cannot write the annotated image "
+                        f"({_reason(error)})"
+                    )
             yield result
+
+    def write_csv(items: Iterator[ImageResult], out: TextIO) -> None:
+        outputs.write_csv(items, out, thresholds=config.age_thresholds)
 
     writer = {
         "table": outputs.write_table,
         "json": outputs.write_json,
         "jsonl": outputs.write_jsonl,
-        "csv": outputs.write_csv,
+        "csv": write_csv,
     }[args.format]
     try:
         writer(watched(), sys.stdout)
