@@ -86,3 +86,33 @@ def test_unreadable_video_is_one_error(tmp_path: Path, capsys: pytest.CaptureFix
     errors = [line for line in captured.err.splitlines() if line.startswith("agegender: error:")]
     assert errors == [f"agegender: error: {bad}: cannot open as a video"]
     assert "Traceback" not in captured.err
+
+
+def test_broken_videos_are_one_error_each(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Empty, truncated to its header, random bytes: one line each, the photo still answered;
+    a real video cut in the middle keeps the frames before the cut."""
+    data = clip.read_bytes()
+    broken = {
+        tmp_path / "empty.mp4": (b"", "empty file"),
+        tmp_path / "header.avi": (data[:200], ""),
+        tmp_path / "noise.mkv": (bytes(range(256)) * 8, ""),
+    }
+    for path, (content, _) in broken.items():
+        path.write_bytes(content)
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 3 // 5])
+    inputs = [*map(str, broken), str(cut), "tests/data/astronaut.png"]
+    code = main(["predict", *inputs, "--jsonl", "--no-progress", "--detector", "none"])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == len(broken), captured.err
+    for (path, (_, reason)), line in zip(broken.items(), lines, strict=True):
+        assert line.startswith(f"agegender: error: {path}: ") and reason in line
+    results = [json.loads(line) for line in captured.out.splitlines()]
+    kept = [r for r in results if r["path"] == str(cut)]
+    assert kept and all(r["error"] is None for r in kept)
+    assert [r["frame"] for r in kept] == [0, 10][: len(kept)]
+    assert results[-1]["path"] == "tests/data/astronaut.png" and results[-1]["error"] is None
