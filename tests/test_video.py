@@ -116,3 +116,9 @@ def test_broken_videos_are_one_error_each(
     assert kept and all(r["error"] is None for r in kept)
     assert [r["frame"] for r in kept] == [0, 10][: len(kept)]
     assert results[-1]["path"] == "tests/data/astronaut.png" and results[-1]["error"] is None
+
+
+def test_predict_default_step_is_the_video_modules() -> None:
+    from agegender.commands import predict
+
+    assert predict.DEFAULT_VIDEO_STEP == video.DEFAULT_STEP_SECONDS
