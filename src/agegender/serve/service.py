@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from .. import images
+from ..cards import ModelCard
 from ..errors import AgegenderError, ImageTooLargeError, UnsupportedImageError
 from ..faces import DETECTORS
 from ..pipeline import Estimator, PreparedImage, describe_error
@@ -247,33 +248,6 @@ class Service:
         return [h.card.id for task in self.estimator.heads.values() for h in task]
 
 
-def card_info(card: Any) -> dict[str, Any]:
-    """A card as the client may see it: what it is and where it came from, no paths."""
-    to_dict = getattr(card, "to_dict", None)
-    if to_dict is not None:
-        return cast(dict[str, Any], to_dict(public=True))
-    source = {
-        k: v
-        for k, v in (
-            ("package", card.source.package),
-            ("resource", card.source.resource),
-            ("url", card.source.url),
-            ("file", card.source.file),
-            ("bytes", card.source.bytes),
-            ("sha256", card.source.sha256),
-        )
-        if v is not None
-    }
-    return {
-        "id": card.id,
-        "task": card.task,
-        "title": card.title,
-        "license": card.license,
-        "source": source,
-        "input": {
-            "size": [card.input.height, card.input.width],
-            "channels": card.input.channels,
-            "layout": card.input.layout,
-        },
-        "crop": card.crop.kind,
-    }
+def card_info(card: ModelCard) -> dict[str, Any]:
+    """A card as the client may see it (the same data as `models list --json`, no paths)."""
+    return card.to_dict(public=True)

@@ -37,8 +37,10 @@ async function loadModels() {
       return;
     }
     const info = await response.json();
-    const ids = Object.values(info.models).map((m) => m.id);
-    $("models").textContent = "preset " + info.preset + ": " + ids.join(" + ") + ", detector " + info.detector;
+    const ids = Object.values(info.heads).flat().map((h) => h.id);  // every model of every task
+    const align = info.align !== "none" ? ", align " + info.align : "";
+    $("models").textContent =
+      "preset " + info.preset + ": " + ids.join(" + ") + ", detector " + info.detector + align;
     const select = $("detector");
     select.options[0].textContent = "preset's (" + info.detector + ")";
     for (const name of info.detectors) {
