@@ -172,7 +172,7 @@ def test_config_overlay_and_checks() -> None:
 
 
 def test_sweep_without_align_sweep_is_rejected_on_the_command_line(capsys) -> None:
-    assert main(["predict", str(ASTRONAUT), "--sweep", "-30:30:5", "--no-progress"]) == 2
+    assert main(["predict", str(ASTRONAUT), "--sweep=-30:30:5", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "agegender: error: --sweep applies only with --align sweep"
 
@@ -185,8 +185,12 @@ def test_derived_estimators_share_the_sessions(estimator: Estimator, astronaut_r
     assert face.box == (0.0, 0.0, 512.0, 512.0) and 18.0 in face.age.p_at_least
     with pytest.raises(AgegenderError, match="cannot change"):
         estimator.derive(age_models=["levi-age"])
-    # the same finder options give the same finder (its per-thread detectors are reused)
-    assert estimator.derive(tta=True).finder is estimator.finder
+    # the same detection options share one detector (its per-thread state is reused),
+    # whatever the filters: a request's min_face does not build a detector
+    built = len(estimator._shared.detectors)
+    for min_face in range(1, 50):
+        assert estimator.derive(tta=True, min_face=min_face).detector is estimator.detector
+    assert len(estimator._shared.detectors) == built
 
 
 def test_a_preset_listing_two_cards_is_an_ensemble(heads, monkeypatch, astronaut_rgb) -> None:

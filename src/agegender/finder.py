@@ -18,40 +18,44 @@ from .config import EstimatorConfig
 from .faces import Detection, FaceDetector, make_detector
 from .landmarks import Landmarker
 
-# Fields of the configuration a finder depends on (estimators that agree on them can
-# share one finder and its per-thread detectors).
-FINDER_FIELDS = (
-    "detector",
-    "upsample",
-    "max_detect_side",
-    "min_face",
-    "min_score",
-    "align",
-    "sweep",
-)
+# Fields of the configuration the detector depends on: estimators that agree on them
+# share one detector (and its per-thread state) whatever their filters.
+DETECTOR_FIELDS = ("detector", "upsample", "max_detect_side", "align", "sweep")
 
 
-def finder_key(config: EstimatorConfig) -> tuple[object, ...]:
-    return tuple(getattr(config, name) for name in FINDER_FIELDS)
+def detector_key(config: EstimatorConfig) -> tuple[object, ...]:
+    return tuple(getattr(config, name) for name in DETECTOR_FIELDS)
+
+
+def build_detector(config: EstimatorConfig, landmarker: Landmarker) -> FaceDetector:
+    """The configured detector, wrapped in DEX's rotation sweep with align="sweep"."""
+    detection = config
+    if config.upsample is None and config.align == "sweep":
+        # auto would upsample (4x the time) at every angle without a face
+        detection = replace(config, upsample=0)
+    detector: FaceDetector = make_detector(config.detector, detection)
+    if config.align == "sweep":
+        start, stop, step = config.sweep_range
+        detector = rotation.SweepDetector(
+            detector, start=start, stop=stop, step=step, landmarks=landmarker
+        )
+    return detector
 
 
 class FaceFinder:
     """An RGB image -> its Detections, as the configuration says."""
 
-    def __init__(self, config: EstimatorConfig, *, landmarker: Landmarker | None = None):
+    def __init__(
+        self,
+        config: EstimatorConfig,
+        *,
+        landmarker: Landmarker | None = None,
+        detector: FaceDetector | None = None,
+    ):
+        """`detector`: one built by :func:`build_detector` for an equal `detector_key`."""
         self.config = config
         self.landmarker = landmarker or Landmarker()
-        detection = config
-        if config.upsample is None and config.align == "sweep":
-            # auto would upsample (4x the time) at every angle without a face
-            detection = replace(config, upsample=0)
-        detector: FaceDetector = make_detector(config.detector, detection)
-        if config.align == "sweep":
-            start, stop, step = config.sweep_range
-            detector = rotation.SweepDetector(
-                detector, start=start, stop=stop, step=step, landmarks=self.landmarker
-            )
-        self.detector = detector
+        self.detector = detector or build_detector(config, self.landmarker)
 
     def find(self, rgb: NDArray[np.uint8]) -> list[Detection]:
         config = self.config

@@ -31,7 +31,7 @@ from .cards import ModelCard
 from .config import EstimatorConfig
 from .errors import AgegenderError
 from .faces import Detection, FaceDetector
-from .finder import FaceFinder, finder_key
+from .finder import FaceFinder, build_detector, detector_key
 from .heads import CropKey, Head, Task, build_tasks
 from .landmarks import Landmarker
 from .results import Face, ImageResult
@@ -65,16 +65,18 @@ class _Shared:
             batch_size=config.batch_size,
         )
         self.landmarker = Landmarker()
-        self.finders: dict[tuple[object, ...], FaceFinder] = {}
+        # One detector per distinct detection setup (a handful: the registry's names and
+        # alignments); filters such as min_face are per finder and cost nothing.
+        self.detectors: dict[tuple[object, ...], FaceDetector] = {}
         self.lock = threading.Lock()
 
     def finder(self, config: EstimatorConfig) -> FaceFinder:
-        key = finder_key(config)
+        key = detector_key(config)
         with self.lock:
-            found = self.finders.get(key)
-            if found is None:
-                found = self.finders[key] = FaceFinder(config, landmarker=self.landmarker)
-        return found
+            detector = self.detectors.get(key)
+            if detector is None:
+                detector = self.detectors[key] = build_detector(config, self.landmarker)
+        return FaceFinder(config, landmarker=self.landmarker, detector=detector)
 
 
 def describe_error(error: BaseException) -> str:
