@@ -69,14 +69,32 @@ def test_annotate_into_the_input_folder_is_refused_before_any_work(
 ) -> None:
     same = tmp_path / "same"
     copy_astronaut(same / "zoo-bruce.png")
+    copy_astronaut(same / "mine" / "kept.png")  # a user's own subfolder of inputs
     before = tree(same)
-    for annotate in (same, same / "annotated"):
+    for annotate in (same, same / "mine"):
         status, out, err = run(capsys, str(same), "--annotate", str(annotate), "--detector", "none")
         assert status == 2 and out == ""
         (line,) = err.splitlines()
-        assert line.startswith(f"agegender: error: --annotate {annotate}: ") and str(same) in line
+        assert line.startswith(f"agegender: error: --annotate {annotate}: ")
         assert tree(same) == before  # nothing written, nothing replaced
-        assert not (same / "annotated").exists()
+
+
+def test_annotate_into_a_new_subfolder_is_marked_and_never_read_back(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    same = tmp_path / "same"
+    photo = copy_astronaut(same / "zoo-bruce.png")
+    out_dir = same / "annotated"
+    for _ in range(2):  # the second run neither reads nor refuses the marked folder
+        status, out, err = run(capsys, str(same), "--annotate", str(out_dir), "--jsonl")
+        assert status == 0, err
+        assert [json.loads(line)["path"] for line in out.splitlines()] == [str(photo)]
+    assert photo.read_bytes() == ASTRONAUT.read_bytes()
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        ".agegender-output",
+        "zoo-bruce-1.png",
+        "zoo-bruce.png",
+    ]
 
 
 def test_annotate_beside_a_named_input_keeps_the_original(

@@ -263,10 +263,19 @@ def expand_inputs(paths: list[str], suffixes: frozenset[str] = IMAGE_SUFFIXES) -
     return [file for _, files in expand_each(paths, suffixes) for file in files]
 
 
+# A folder agegender writes outputs into inside an input folder holds this (empty) file;
+# folder searches skip it, so outputs are never read back as inputs.
+OUTPUT_MARKER = ".agegender-output"
+
+
+def is_output_folder(folder: Path) -> bool:
+    return (folder / OUTPUT_MARKER).is_file()
+
+
 def _walk(folder: Path, suffixes: frozenset[str]) -> list[str]:
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(Path(root, d))]
         for name in files:
             path = Path(root, name)
             if not name.startswith(".") and path.suffix.lower() in suffixes and path.is_file():

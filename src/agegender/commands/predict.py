@@ -76,7 +76,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         type=Path,
         help="also write images with boxes and labels into DIR (made if missing). A file "
         "there is never replaced: a name taken gets -1, -2, ... DIR may not be an input "
-        "folder or inside one (a later run would read the annotated copies as inputs)",
+        "folder; a DIR inside one is marked (.agegender-output) and later folder searches "
+        "skip it, so annotated copies are never read as inputs",
     )
     parser.add_argument(
         "--no-progress",
@@ -104,20 +105,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def check_annotate_dir(folder: Path, inputs: list[str]) -> None:
     """Refuse (AgegenderError, exit 2) an annotation folder that cannot take new files or
     lies in an input folder; make it when missing. Runs before any image is read."""
+    from ..images import OUTPUT_MARKER, is_output_folder
+
     where = f"--annotate {folder}"
     target = folder.resolve()
+    inside = False
     for item in inputs:
         if Path(item).is_dir():
             source = Path(item).resolve()
-            if target == source or source in target.parents:
+            if target == source:
                 raise AgegenderError(
-                    f"{where}: inside the input folder {item} (a later run would read the "
-                    "annotated images as inputs); choose a folder outside it"
+                    f"{where}: is the input folder {item} (annotated copies would sit among "
+                    "the originals); choose another folder"
                 )
+            inside = inside or source in target.parents
     if folder.exists() and not folder.is_dir():
         raise AgegenderError(f"{where}: exists and is not a folder")
+    if inside and folder.is_dir() and not is_output_folder(folder):
+        raise AgegenderError(
+            f"{where}: an existing folder inside an input folder that agegender did not "
+            "make (its images are inputs); choose a new or an outside folder"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if inside:
+            # Later folder searches skip a folder with this marker (images.expand_each).
+            (folder / OUTPUT_MARKER).touch()
     except OSError as error:
         raise AgegenderError(f"{where}: cannot make the folder ({_reason(error)})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
