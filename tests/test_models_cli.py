@@ -404,3 +404,13 @@ def test_pull_and_verify_a_card_with_its_file_next_to_it(
     (folder / "g.onnx").unlink()
     code, _, err = run_cli(capsys, "models", "pull", card)
     assert code == 1 and "put the model file there, next to its card" in err
+
+
+def test_models_list_names_every_registered_detector(capsys) -> None:
+    from agegender.cli import main
+    from agegender.faces import DETECTORS
+
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("detectors (agegender predict --detector NAME):\n", 1)[1].splitlines()
+    assert [line.split(":")[0].strip() for line in listed] == list(DETECTORS)

@@ -184,6 +184,11 @@ def run_list(args: argparse.Namespace) -> int:
     for preset in presets().values():
         models = " + ".join((*preset.age, *preset.gender))
         print(f"  {preset.name}: {models} (detector {preset.detector})")
+    from ..faces import DETECTORS
+
+    print("detectors (agegender predict --detector NAME):")
+    for spec in DETECTORS.values():
+        print(f"  {spec.name}: {spec.description}")
     return 0
 
 
