@@ -48,9 +48,7 @@ def chip(
     return np.ascontiguousarray(dlib.extract_image_chip(rgb, details))
 
 
-def margin_region(
-    box: Box, margin: float
-) -> tuple[int, int, int, int]:
+def margin_region(box: Box, margin: float) -> tuple[int, int, int, int]:
     """The square region [x1, y1, x2, y2) DEX crops: box + margin on every side, squared."""
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1

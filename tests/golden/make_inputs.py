@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from faceutils import ASTRONAUT, SCENE_PLACEMENTS, compose_scene  # noqa: E402
+from faceutils import ASTRONAUT, SCENE_PLACEMENTS, compose_scene
 
 
 def write_inputs(folder: Path) -> list[Path]:
