@@ -117,11 +117,7 @@ class Head:
 
 def _support(card: ModelCard) -> Support:
     out = card.output
-    if card.task == "age":
-        return Support("age", values=out.value_array())
-    if card.task == "age-groups":
-        return Support("age-groups", labels=out.labels, groups=out.groups)
-    return Support(card.task, labels=out.labels)
+    return Support(card.task, values=out.value_array(), labels=out.labels, groups=out.groups)
 
 
 def _index_map(head: Support, common: Support) -> NDArray[np.intp]:
