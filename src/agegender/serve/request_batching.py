@@ -1,6 +1,6 @@
 """Request batching (across HTTP requests): the faces of requests that arrive together go
-through each model in one pass. (Not `agegender.batching`, which rewrites a graph's batch
-dimension.)
+through each model in one pass. (Not `agegender.onnxgraph.batch_free`, which rewrites a
+graph's batch dimension.)
 
 Requests put their prepared images in a queue; one collector task takes the first and,
 while other requests are still on their way (being read, decoded or detected: the
