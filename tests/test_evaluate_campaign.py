@@ -260,7 +260,7 @@ MAT_VALUES = st.sampled_from(
 
 
 @st.composite
-def mat_faults(draw: st.DrawFn) -> bytes:
+def mat_faults(draw: st.DrawFn) -> tuple[bytes, bool]:
     struct = _imdb_struct()
     for _ in range(draw(st.integers(1, 3))):
         name = draw(st.sampled_from(sorted(struct) or ["dob"]))
@@ -289,18 +289,20 @@ def mat_faults(draw: st.DrawFn) -> bytes:
         data = bytes(raw)
     elif fault == "zero":
         data = b""
-    return data
+    return data, fault in ("truncate", "flip")
 
 
-@settings(CAMPAIGN, max_examples=300 * SCALE)
-@given(data=mat_faults())
-def test_imdb_mat_gives_records_or_one_line(data: bytes) -> None:
-    # The default run's fixed cases are parsed in this process (fast); the long run's new
-    # ones in a child, as the command does, since a damaged file can crash SciPy's reader.
+@settings(CAMPAIGN, max_examples=150 * SCALE)
+@given(case=mat_faults())
+def test_imdb_mat_gives_records_or_one_line(case: tuple[bytes, bool]) -> None:
+    # A damaged file can crash SciPy's reader (a segmentation fault, not always the same
+    # bytes: it reads past its buffers), so it is parsed in a child as the command does;
+    # files savemat wrote intact are parsed in this process (fast).
+    data, damaged = case
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "imdb.mat"
         path.write_bytes(data)
-        outcome = _check(lambda: readers.read_imdb_wiki(path, isolate=SCALE > 1), [path])
+        outcome = _check(lambda: readers.read_imdb_wiki(path, isolate=damaged), [path])
     _count(f"imdb .mat files ({outcome})")
 
 
