@@ -45,7 +45,10 @@ def test_good_card_parses() -> None:
     "changes, message",
     [
         ({"id": None}, "missing required field 'id'"),
-        ({"task": "height"}, "task must be one of age, age-groups, gender, got 'height'"),
+        (
+            {"task": "height"},
+            "task must be one of age, age-groups, gender, face-detection, got 'height'",
+        ),
         ({"source": {}}, "[source] needs 'package', 'url' or a local 'file'"),
         ({"source.package": "somepkg"}, "[source] needs at most one of 'package' or 'url'"),
         ({"source": {"package": "somepkg"}}, "with 'package' needs 'resource'"),

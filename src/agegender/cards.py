@@ -23,9 +23,9 @@ if TYPE_CHECKING:  # numpy only where a card's values become an array (``--help`
     import numpy as np
     from numpy.typing import NDArray
 
-Task = Literal["age", "age-groups", "gender"]
+Task = Literal["age", "age-groups", "gender", "face-detection"]
 CropKind = Literal["chip", "margin", "none"]
-TASKS: tuple[Task, ...] = ("age", "age-groups", "gender")
+TASKS: tuple[Task, ...] = ("age", "age-groups", "gender", "face-detection")
 CROP_KINDS: tuple[CropKind, ...] = ("chip", "margin", "none")
 
 
@@ -85,6 +85,28 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class DetectionSpec:
+    """A face detector's contract: how its input is sized and how its outputs decode.
+
+    The graph takes any input size that is a multiple of `multiple` (images are scaled so
+    the longer side is at most `max_side`, then padded); `decoder` names the decoding in
+    ``agegender.detectors`` (e.g. "centerface": heatmap, scale, offset and 5 landmarks at
+    `stride`), `outputs` maps each decoder input to the graph's output name.
+    """
+
+    decoder: str
+    multiple: int
+    max_side: int
+    stride: int
+    threshold: float
+    nms_iou: float
+    outputs: tuple[tuple[str, str], ...]
+
+    def output(self, role: str) -> str:
+        return dict(self.outputs)[role]
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A declarative description of one model file."""
 
@@ -98,6 +120,7 @@ class ModelCard:
     license: str = ""
     notes: str = ""
     origin: str = field(default="", compare=False)
+    detection: DetectionSpec | None = None  # face-detection cards only
 
     def to_dict(self, public: bool = True) -> dict[str, Any]:
         """The card as JSON-ready data (``models list --json``, the server's ``/v1/models``).
@@ -135,6 +158,10 @@ class ModelCard:
             },
             "crop": self.crop.kind,
         }
+        if self.detection is not None:
+            det = self.detection
+            data["input"]["size"] = f"any multiple of {det.multiple}, longer side <= {det.max_side}"
+            data["detection"] = {"decoder": det.decoder, "threshold": det.threshold}
         if not public:
             data["notes"] = self.notes
             data["input"].update(
@@ -210,17 +237,18 @@ class _CardReader:
     def label(table: str | None, key: str) -> str:
         return f"[{table}] {key}" if table else key
 
-    def table(self, data: dict[str, Any], key: str) -> dict[str, Any]:
+    def table(
+        self, data: dict[str, Any], key: str, known: tuple[str, ...] | None = None
+    ) -> dict[str, Any]:
+        known = TABLE_FIELDS[key] if known is None else known
         if key not in data:
             self.fail(f"missing required field '{key}'")
         value = data[key]
         if not isinstance(value, dict):
-            self.expect(key, f"a table ([{key}] with {', '.join(TABLE_FIELDS[key])})", value)
-        unknown = [k for k in value if k not in TABLE_FIELDS[key]]
+            self.expect(key, f"a table ([{key}] with {', '.join(known)})", value)
+        unknown = [k for k in value if k not in known]
         if unknown:
-            self.fail(
-                f"unknown field {unknown[0]!r} in [{key}] (known: {', '.join(TABLE_FIELDS[key])})"
-            )
+            self.fail(f"unknown field {unknown[0]!r} in [{key}] (known: {', '.join(known)})")
         return value
 
     def get(
@@ -493,6 +521,8 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
         if value is not None and not isinstance(value, str):
             r.expect(key, "a string", value)
     source = _parse_source(r, r.table(data, "source"))
+    if task == "face-detection":
+        return _parse_detector(r, data, card_id, title, source, license_, notes, origin)
     input_spec = _parse_input(r, r.table(data, "input"))
     crop_spec = _parse_crop(r, r.table(data, "crop"), input_spec)
     output = _parse_output(r, r.table(data, "output"), task)
@@ -507,6 +537,89 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
         license=license_ or "",
         notes=notes or "",
         origin=origin,
+    )
+
+
+DETECTOR_INPUT = ("channels", "layout", "scale", "mean", "std", "name", "multiple", "max_side")
+DETECTOR_OUTPUT = ("decoder", "stride", "threshold", "nms_iou", "outputs")
+# What each decoder reads from the graph (``[output] outputs`` maps these to output names).
+DECODER_OUTPUTS = {"centerface": ("heatmap", "scale", "offset", "landmarks")}
+
+
+def _positive_int(r: _CardReader, table: dict[str, Any], tname: str, key: str, default: int) -> int:
+    value = r.get(table, tname, key)
+    if value is None:
+        return default
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 16):
+        r.expect(r.label(tname, key), "a positive integer", value)
+    return int(value)
+
+
+def _parse_detector(
+    r: _CardReader,
+    data: dict[str, Any],
+    card_id: str,
+    title: str,
+    source: Source,
+    license_: str | None,
+    notes: str | None,
+    origin: str,
+) -> ModelCard:
+    """A face-detection card: [source], [input] (no fixed size), [output] (the decoder)."""
+    if "crop" in data:
+        r.fail("a face-detection card has no [crop] table")
+    inp = r.table(data, "input", DETECTOR_INPUT)
+    out = r.table(data, "output", DETECTOR_OUTPUT)
+    channels = r.string(inp, "input", "channels", choices=("RGB", "BGR")) or "RGB"
+    layout = r.string(inp, "input", "layout", choices=("NCHW", "NHWC")) or "NCHW"
+    input_spec = InputSpec(
+        height=0,
+        width=0,
+        channels=channels,  # type: ignore[arg-type]  # checked against the choices
+        layout=layout,  # type: ignore[arg-type]
+        scale=r.number(inp, "input", "scale", 1.0, positive=True),
+        mean=r.triple(inp, "input", "mean", 0.0, positive=False),
+        std=r.triple(inp, "input", "std", 1.0, positive=True),
+        name=r.string(inp, "input", "name"),
+    )
+    decoder = r.string(out, "output", "decoder", required=True, choices=tuple(DECODER_OUTPUTS))
+    assert decoder is not None
+    outputs = r.get(out, "output", "outputs", required=True)
+    roles = DECODER_OUTPUTS[decoder]
+    if not (
+        isinstance(outputs, dict)
+        and sorted(outputs) == sorted(roles)
+        and all(isinstance(v, str) and v for v in outputs.values())
+    ):
+        r.expect(
+            "[output] outputs", f"a table naming the graph output of {', '.join(roles)}", outputs
+        )
+    threshold = r.number(out, "output", "threshold", 0.5)
+    nms_iou = r.number(out, "output", "nms_iou", 0.3)
+    for key, value in (("threshold", threshold), ("nms_iou", nms_iou)):
+        if not 0 < value < 1:
+            r.expect(f"[output] {key}", "a number between 0 and 1", value)
+    detection = DetectionSpec(
+        decoder=decoder,
+        multiple=_positive_int(r, inp, "input", "multiple", 1),
+        max_side=_positive_int(r, inp, "input", "max_side", 1024),
+        stride=_positive_int(r, out, "output", "stride", 1),
+        threshold=threshold,
+        nms_iou=nms_iou,
+        outputs=tuple((role, outputs[role]) for role in roles),
+    )
+    return ModelCard(
+        id=card_id,
+        task="face-detection",
+        title=title,
+        source=source,
+        input=input_spec,
+        crop=CropSpec("none"),
+        output=OutputSpec(width=0, softmax_in_graph=True),
+        license=license_ or "",
+        notes=notes or "",
+        origin=origin,
+        detection=detection,
     )
 
 

@@ -56,7 +56,7 @@ class EstimatorConfig:
     # faces
     detector: str = "dlib"
     upsample: int | None = None  # dlib: None = at size, then once more if nothing found
-    max_detect_side: int | None = DEFAULT_MAX_DETECT_SIDE
+    max_detect_side: int | None = None  # None: the detector's own (dlib, haar: 1600)
     min_face: int = 0
     min_score: float | None = None
     align: str = "none"

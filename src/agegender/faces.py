@@ -39,8 +39,11 @@ class Upright:
 class Detection:
     """One face: box [x1, y1, x2, y2] in image pixels, a score, optional 5 landmarks.
 
-    ``upright`` is set when the face was aligned (``rotation.py``: DEX's sweep or the
-    eye line); ``support`` counts the sweep angles the face was seen at.
+    ``landmarks`` are dlib's 5 points (eye corners, base of the nose), which chip crops
+    are cut by; ``keypoints`` are a CNN detector's own 5 points (CenterFace: eye centres,
+    nose tip, mouth corners). ``upright`` is set when the face was aligned
+    (``rotation.py``: DEX's sweep or the eye line); ``support`` counts the sweep angles
+    the face was seen at.
     """
 
     box: Box
@@ -49,6 +52,10 @@ class Detection:
     whole_image: bool = False
     upright: Upright | None = None
     support: int | None = None
+    keypoints: NDArray[np.float64] | None = None  # (5, 2) x, y: the detector's own points
+    # The box dlib's 5-point predictor is run on, when it differs from `box` (a CNN's box
+    # mapped to the geometry of the dlib HOG boxes the predictor was trained with).
+    landmark_box: Box | None = None
 
     @property
     def width(self) -> float:
@@ -77,15 +84,29 @@ class DetectorSpec:
 
 
 def _dlib(config: EstimatorConfig) -> FaceDetector:
+    from .config import DEFAULT_MAX_DETECT_SIDE
     from .detectors.dlib_hog import DlibHogDetector
 
-    return DlibHogDetector(upsample=config.upsample, max_side=config.max_detect_side)
+    side = config.max_detect_side or DEFAULT_MAX_DETECT_SIDE
+    return DlibHogDetector(upsample=config.upsample, max_side=side)
 
 
 def _haar(config: EstimatorConfig) -> FaceDetector:
+    from .config import DEFAULT_MAX_DETECT_SIDE
     from .detectors.haar import HaarDetector
 
-    return HaarDetector(max_side=config.max_detect_side)
+    return HaarDetector(max_side=config.max_detect_side or DEFAULT_MAX_DETECT_SIDE)
+
+
+def _centerface(config: EstimatorConfig) -> FaceDetector:
+    from . import store
+    from .cards import get_card
+    from .detectors.centerface import CenterFaceDetector
+
+    card = get_card("centerface")
+    return CenterFaceDetector(
+        card, store.resolve(card), max_side=config.max_detect_side, threads=config.threads
+    )
 
 
 def _whole(config: EstimatorConfig) -> FaceDetector:
@@ -99,6 +120,11 @@ DETECTORS: dict[str, DetectorSpec] = {
     for spec in (
         DetectorSpec("dlib", "dlib HOG + linear SVM, frontal faces of ~80 px and up", _dlib),
         DetectorSpec("haar", "OpenCV Haar cascade (frontal faces)", _haar),
+        DetectorSpec(
+            "centerface",
+            "CenterFace CNN (model file: agegender models pull centerface)",
+            _centerface,
+        ),
         DetectorSpec("none", "no detection: the whole image is the face (face crops)", _whole),
     )
 }

@@ -110,7 +110,8 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         "--max-detect-side",
         type=_finite(int, 1),
         default=S,
-        help=f"detect on a copy with this longer side at most (default: {d('max_detect_side')})",
+        help="detect on a copy with this longer side at most (default: the detector's: "
+        f"{cfg.DEFAULT_MAX_DETECT_SIDE} for dlib and haar, the card's for CNN detectors)",
     )
     group.add_argument(
         "--align",

@@ -1,0 +1,220 @@
+"""CenterFace (MIT, Star-Clouds): a small CNN face detector with 5 landmarks.
+
+Everything model-specific is read from its card (``model_cards/centerface.toml``): the
+channel order and scaling of the input, the size rule (a multiple of 32, the longer side
+capped), the output names and the decoder's threshold. The published file has fixed
+1 x 3 x 32 x 32 dims; they are made symbolic when the graph is opened (in memory).
+
+Decoding (``decode``): each heatmap cell above the threshold is a face centred at
+((j + offset_x + 0.5) * stride, (i + offset_y + 0.5) * stride) of size
+exp(scale) * stride; the 10 landmark channels place 5 points relative to the box
+(eye centres, nose tip, mouth corners); non-maximum suppression keeps the best of
+overlapping boxes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from ..cards import ModelCard
+from ..errors import CardError, ModelFileError
+from ..faces import Detection
+
+
+def nms(boxes: NDArray[np.float64], scores: NDArray[np.float64], iou: float) -> list[int]:
+    """Indices kept by greedy non-maximum suppression, best score first."""
+    order = list(np.argsort(-scores, kind="stable"))
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep: list[int] = []
+    while order:
+        best = order.pop(0)
+        keep.append(int(best))
+        if not order:
+            break
+        rest = np.array(order)
+        w = np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0])
+        h = np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1])
+        inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+        overlap = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
+        order = [int(i) for i, o in zip(rest, overlap, strict=True) if o <= iou]
+    return keep
+
+
+def decode(
+    heatmap: NDArray[np.float32],
+    scale: NDArray[np.float32],
+    offset: NDArray[np.float32],
+    landmarks: NDArray[np.float32],
+    *,
+    stride: int,
+    threshold: float,
+    nms_iou: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Boxes (N, 4) [x1, y1, x2, y2], scores (N,) and landmarks (N, 5, 2) of one image.
+
+    Inputs are one image's maps: heatmap (H, W), scale (2, H, W) as log(height, width) /
+    stride, offset (2, H, W) as (y, x) in cells, landmarks (10, H, W) as (y, x) pairs in
+    units of the box's height and width from its top left corner.
+    """
+    ys, xs = np.nonzero(heatmap > threshold)
+    if len(ys) == 0:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+    h = np.exp(scale[0, ys, xs].astype(np.float64)) * stride
+    w = np.exp(scale[1, ys, xs].astype(np.float64)) * stride
+    cy = (ys + offset[0, ys, xs] + 0.5) * stride
+    cx = (xs + offset[1, ys, xs] + 0.5) * stride
+    x1, y1 = cx - w / 2, cy - h / 2
+    boxes = np.stack([x1, y1, x1 + w, y1 + h], axis=1)
+    scores = heatmap[ys, xs].astype(np.float64)
+    points = np.empty((len(ys), 5, 2))
+    for k in range(5):
+        points[:, k, 0] = x1 + landmarks[2 * k + 1, ys, xs] * w
+        points[:, k, 1] = y1 + landmarks[2 * k, ys, xs] * h
+    keep = nms(boxes, scores, nms_iou)
+    return boxes[keep], scores[keep], points[keep]
+
+
+def free_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with batch, height and width of its input and outputs made symbolic."""
+    graph = model.graph
+    initialisers = {i.name for i in graph.initializer}
+    # The exporter declared every weight as a graph input too; as inputs they could be
+    # overridden, so ONNX Runtime would not fold them (and warns once per weight).
+    kept = [v for v in graph.input if v.name not in initialisers]
+    del graph.input[:]
+    graph.input.extend(kept)
+    used = {name for node in graph.node for name in node.input}
+    weights = [i for i in graph.initializer if i.name in used]  # BatchNorm counters are not
+    del graph.initializer[:]
+    graph.initializer.extend(weights)
+    for value in [*graph.input, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4:
+            for index, name in ((0, "N"), (2, "H"), (3, "W")):
+                dims[index].ClearField("dim_value")
+                dims[index].dim_param = f"{value.name}_{name}" if value in graph.output else name
+    del graph.value_info[:]
+    return model
+
+
+def feed_size(height: int, width: int, max_side: int, multiple: int) -> tuple[float, int, int]:
+    """The factor an image is scaled by and the padded (height, width) it is fed at."""
+    factor = min(1.0, max_side / max(height, width))
+    fed_h = max(multiple, math.ceil(round(height * factor) / multiple) * multiple)
+    fed_w = max(multiple, math.ceil(round(width * factor) / multiple) * multiple)
+    return factor, fed_h, fed_w
+
+
+class CenterFaceDetector:
+    """CenterFace run by ONNX Runtime, as its card says."""
+
+    name = "centerface"
+
+    def __init__(
+        self,
+        card: ModelCard,
+        path: str | Path,
+        *,
+        max_side: int | None = None,
+        threshold: float | None = None,
+        threads: int | None = None,
+    ):
+        if card.detection is None or card.detection.decoder != "centerface":
+            raise CardError(f"card {card.id} is not a CenterFace detector card")
+        self.card = card
+        self.spec = card.detection
+        self.max_side = max_side or self.spec.max_side
+        self.threshold = self.spec.threshold if threshold is None else threshold
+        try:
+            model = free_dims(onnx.load(str(path)))
+        except Exception as error:  # protobuf raises its own types
+            raise ModelFileError(
+                f"model {card.id}: {path} is not an ONNX graph ({error})"
+            ) from None
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # errors only: the file's own quirks are handled here
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = card.input.name or self.session.get_inputs()[0].name
+        self.output_names = [
+            self.spec.output(role) for role in ("heatmap", "scale", "offset", "landmarks")
+        ]
+        # One run at a time per session is what ONNX Runtime documents as safe for every
+        # provider; detection threads take turns here (the model itself uses the cores).
+        self._lock = threading.Lock()
+
+    def _tensor(
+        self, rgb: NDArray[np.uint8], factor: float, fed: tuple[int, int]
+    ) -> NDArray[np.float32]:
+        height, width = rgb.shape[:2]
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        small = (
+            rgb if size == (width, height) else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        )
+        canvas = np.zeros((fed[0], fed[1], 3), np.float32)
+        canvas[: small.shape[0], : small.shape[1]] = small
+        spec = self.card.input
+        if spec.channels == "BGR":
+            canvas = canvas[..., ::-1]
+        canvas = (canvas - np.asarray(spec.mean, np.float32)) * (
+            np.float32(spec.scale) / np.asarray(spec.std, np.float32)
+        )
+        if spec.layout == "NCHW":
+            canvas = canvas.transpose(2, 0, 1)
+        return np.ascontiguousarray(canvas[None], dtype=np.float32)
+
+    def detect(self, rgb: NDArray[np.uint8]) -> list[Detection]:
+        return self.detect_many([rgb])[0]
+
+    def detect_many(self, images: Sequence[NDArray[np.uint8]]) -> list[list[Detection]]:
+        """Faces of several images; images fed at the same size share one run."""
+        spec = self.spec
+        plans = [feed_size(im.shape[0], im.shape[1], self.max_side, spec.multiple) for im in images]
+        results: list[list[Detection]] = [[] for _ in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, (_, fed_h, fed_w) in enumerate(plans):
+            groups.setdefault((fed_h, fed_w), []).append(index)
+        for fed, members in groups.items():
+            batch = np.concatenate([self._tensor(images[i], plans[i][0], fed) for i in members])
+            with self._lock:
+                heat, scale, offset, marks = self.session.run(
+                    self.output_names, {self.input_name: batch}
+                )
+            for row, index in enumerate(members):
+                boxes, scores, points = decode(
+                    heat[row, 0],
+                    scale[row],
+                    offset[row],
+                    marks[row],
+                    stride=spec.stride,
+                    threshold=self.threshold,
+                    nms_iou=spec.nms_iou,
+                )
+                factor = plans[index][0]
+                height, width = images[index].shape[:2]
+                for box, score, pts in zip(boxes / factor, scores, points / factor, strict=True):
+                    x1, y1 = max(0.0, box[0]), max(0.0, box[1])
+                    x2, y2 = min(float(width), box[2]), min(float(height), box[3])
+                    if x2 - x1 < 2 or y2 - y1 < 2:
+                        continue
+                    results[index].append(
+                        Detection(
+                            (float(x1), float(y1), float(x2), float(y2)),
+                            float(score),
+                            keypoints=pts,
+                        )
+                    )
+        return results

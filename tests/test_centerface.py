@@ -1,0 +1,184 @@
+"""CenterFace: the decoder against hand-computed maps, the size rule, the card, and the
+session plumbing with a stand-in graph of the published file's signature (input ``input.1``
+fixed at 1x3x32x32, outputs ``537``..``540`` at stride 4) whose heatmap is the brightness
+of each 4x4 cell, so where a face is reported says exactly what the graph was fed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from agegender import Estimator, cards
+from agegender.cards import load_card_file, parse_card
+from agegender.detectors.centerface import CenterFaceDetector, decode, feed_size, nms
+from agegender.errors import CardError
+
+CARD = """\
+id = "centerface"
+task = "face-detection"
+title = "stand-in"
+[source]
+file = "centerface.onnx"
+[input]
+channels = "RGB"
+multiple = 32
+max_side = {max_side}
+[output]
+decoder = "centerface"
+stride = 4
+threshold = 0.5
+nms_iou = 0.3
+outputs = {{ heatmap = "537", scale = "538", offset = "539", landmarks = "540" }}
+"""
+
+
+def standin_graph() -> onnx.ModelProto:
+    """heatmap = mean of the cell's pixels / 255; scale, offset and landmarks all zero."""
+    zero = numpy_helper.from_array(np.zeros(1, np.float32), "zero")
+    scale = numpy_helper.from_array(np.full(1, 1 / 255, np.float32), "k")
+    nodes = [
+        helper.make_node(
+            "AveragePool", ["input.1"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]
+        ),
+        helper.make_node("ReduceMean", ["pooled"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["mean", "k"], ["537"]),
+        helper.make_node("Mul", ["mean", "zero"], ["z"]),
+        helper.make_node("Concat", ["z", "z"], ["538"], axis=1),
+        helper.make_node("Concat", ["z", "z"], ["539"], axis=1),
+        helper.make_node("Concat", ["z"] * 10, ["540"], axis=1),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, c, 8, 8])
+        for name, c in (("537", 1), ("538", 2), ("539", 2), ("540", 10))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "centerface-standin",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 32, 32])],
+        outputs,
+        initializer=[zero, scale],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture
+def card_file(tmp_path: Path) -> Path:
+    onnx.save_model(standin_graph(), str(tmp_path / "centerface.onnx"))
+    path = tmp_path / "centerface.toml"
+    path.write_text(CARD.format(max_side=960))
+    return path
+
+
+def test_decode_one_cell_by_hand() -> None:
+    heat = np.zeros((8, 8), np.float32)
+    heat[2, 5] = 0.9
+    scale = np.zeros((2, 8, 8), np.float32)
+    scale[:, 2, 5] = (np.log(10.0), np.log(6.0))  # height 40, width 24 at stride 4
+    offset = np.zeros((2, 8, 8), np.float32)
+    offset[:, 2, 5] = (0.25, -0.5)  # y, x in cells
+    marks = np.zeros((10, 8, 8), np.float32)
+    marks[:, 2, 5] = [0.3, 0.2, 0.3, 0.8, 0.5, 0.5, 0.8, 0.25, 0.8, 0.75]  # (y, x) pairs
+    boxes, scores, points = decode(heat, scale, offset, marks, stride=4, threshold=0.5, nms_iou=0.3)
+    cx, cy = (5 - 0.5 + 0.5) * 4, (2 + 0.25 + 0.5) * 4  # 20, 11
+    np.testing.assert_allclose(boxes, [[cx - 12, cy - 20, cx + 12, cy + 20]], atol=1e-4)
+    np.testing.assert_allclose(scores, [0.9], rtol=1e-6)
+    x1, y1 = cx - 12, cy - 20
+    want = [[x1 + 0.2 * 24, y1 + 0.3 * 40], [x1 + 0.8 * 24, y1 + 0.3 * 40], [x1 + 12, y1 + 20]]
+    np.testing.assert_allclose(points[0, :3], want, atol=1e-4)
+
+
+def test_decode_nothing_above_the_threshold() -> None:
+    maps = (
+        np.zeros((8, 8), np.float32),
+        np.zeros((2, 8, 8)),
+        np.zeros((2, 8, 8)),
+        np.zeros((10, 8, 8)),
+    )
+    boxes, scores, points = decode(*maps, stride=4, threshold=0.5, nms_iou=0.3)  # type: ignore[arg-type]
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and points.shape == (0, 5, 2)
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]], float)
+    scores = np.array([0.6, 0.9, 0.5, 0.7])
+    assert nms(boxes, scores, 0.3) == [1, 2]
+    assert sorted(nms(boxes, scores, 0.99)) == [0, 1, 2, 3]
+
+
+def test_feed_size_caps_the_longer_side_and_pads_to_the_multiple() -> None:
+    assert feed_size(1080, 1920, 960, 32) == (0.5, 544, 960)
+    assert feed_size(200, 200, 960, 32) == (1.0, 224, 224)
+    assert feed_size(10, 5, 960, 32) == (1.0, 32, 32)
+
+
+def test_detector_maps_boxes_back_to_the_image(card_file: Path) -> None:
+    det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"))
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    image[400:408, 800:808] = 255  # one 4x4 cell once the image is halved to 960 wide
+    (face,) = det.detect(image)
+    # cell (50, 100) at stride 4 -> centre (402, 202) fed, (804, 404) in the image; 4 px
+    # wide fed (exp(0) * 4) -> 8 px in the image
+    np.testing.assert_allclose(face.box, (800, 400, 808, 408), atol=1e-3)
+    assert face.score == pytest.approx(1.0, rel=1e-5)
+    # two images of the same fed size share a run and give the same faces
+    other = np.zeros((1080, 1920, 3), np.uint8)
+    other[96:104, 40:48] = 255
+    first, second = det.detect_many([image, other])
+    assert len(first) == 1 and len(second) == 1
+    np.testing.assert_allclose(second[0].box, (40, 96, 48, 104), atol=1e-3)
+
+
+def test_max_side_is_the_cards_unless_overridden(card_file: Path) -> None:
+    card = load_card_file(card_file)
+    assert CenterFaceDetector(card, card_file.with_suffix(".onnx")).max_side == 960
+    assert CenterFaceDetector(card, card_file.with_suffix(".onnx"), max_side=640).max_side == 640
+
+
+def test_the_registry_builds_it_into_the_pipeline(card_file: Path, monkeypatch) -> None:
+    real = cards.get_card
+    monkeypatch.setattr(
+        cards,
+        "get_card",
+        lambda ref: load_card_file(card_file) if ref == "centerface" else real(ref),
+    )
+    est = Estimator(detector="centerface", tta=False)
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[200:264, 300:364] = 200  # a 64 px bright square: 16 cells over the threshold
+    faces = est.predict(image)
+    assert faces and all(300 <= (f.box[0] + f.box[2]) / 2 <= 364 for f in faces)
+    assert est.detector.name == "centerface"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"output": {"decoder": "yolo"}}, "[output] decoder must be one of centerface"),
+        ({"output": {"decoder": "centerface", "outputs": {"heatmap": "537"}}}, "[output] outputs"),
+        ({"crop": {"kind": "margin"}}, "a face-detection card has no [crop] table"),
+        ({"input": {"multiple": 0}}, "[input] multiple must be a positive integer"),
+        ({"input": {"size": [32, 32]}}, "unknown field 'size' in [input]"),
+    ],
+)
+def test_detector_card_faults_are_one_line(change: dict, message: str) -> None:
+    data = {
+        "id": "cf",
+        "task": "face-detection",
+        "source": {"file": "cf.onnx"},
+        "input": {"channels": "RGB"},
+        "output": {
+            "decoder": "centerface",
+            "outputs": {"heatmap": "a", "scale": "b", "offset": "c", "landmarks": "d"},
+        },
+    }
+    parse_card(data)  # the base is valid
+    for key, value in change.items():
+        data[key] = value
+    with pytest.raises(CardError) as info:
+        parse_card(data)
+    assert message in str(info.value) and "\n" not in str(info.value)
