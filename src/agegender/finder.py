@@ -67,9 +67,7 @@ class FaceFinder:
         ]
         for detection in detections:
             if detection.landmarks is None:
-                detection.landmarks = self.landmarker(
-                    rgb, detection.landmark_box or detection.box
-                )
+                detection.landmarks = self.landmarker(rgb, detection.landmark_box or detection.box)
             if config.align == "landmarks" and not detection.whole_image:
                 rotation.align_by_landmarks(detection)
         return detections
