@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[serve,test]"
+.venv/bin/python -m pip install -q -e ".[serve,test,batch,ray]"

@@ -1,0 +1,378 @@
+"""The output folder of a batch job: manifest, lock, atomic parts with their input keys.
+
+    DEST/part-<run>-<seq>.parquet     rows (or .jsonl / .csv), written to a temporary name
+                                      and renamed: readers never see half a part
+    DEST/_agegender/manifest.json     configuration, model hashes, sink, key mode
+    DEST/_agegender/keys/<part>.npy   the input keys a part holds: written (temp + rename)
+                                      after its part; a part is committed once its keys are
+    DEST/_agegender/lock              held (flock) by the one job writing DEST
+
+On resume a part without its keys file (the job died between the two renames) and any
+temporary file are removed, and the committed keys say which inputs are done: a job
+killed at any moment redoes at most the parts it had in flight. Readers that skip names
+starting with ``_`` or ``.`` (pyarrow.dataset, DuckDB's ``DEST/*.parquet``) see rows only.
+DEST may be a local folder or an object-store URI (pyarrow.fs; no lock there: run one job
+per DEST).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .. import __version__
+from ..errors import AgegenderError
+from . import sources
+
+META = "_agegender"
+MANIFEST = f"{META}/manifest.json"
+KEYS = f"{META}/keys"
+LOCK = f"{META}/lock"
+FORMAT = "agegender-batch/1"
+SINKS = {"parquet": ".parquet", "jsonl": ".jsonl", "csv": ".csv"}
+TMP_PREFIX = ".tmp-"
+PART_PREFIX = "part-"
+# Below this many keys a Python set answers "done?"; above, sorted arrays (8 bytes a key).
+SET_LIMIT = 1_000_000
+
+
+class _Files:
+    """The few file operations the dataset needs, on a local folder or an object store."""
+
+    def __init__(self, dest: str):
+        self.dest = dest
+        self.remote = sources.is_uri(dest)
+        if self.remote:
+            self.fs, self.root = sources.filesystem(dest)
+            self.root = self.root.rstrip("/")
+
+    def _p(self, name: str) -> str:
+        return f"{self.root}/{name}" if self.remote else os.path.join(self.dest, name)
+
+    def kind(self, name: str = "") -> str:
+        """'missing', 'file' or 'dir'."""
+        if self.remote:
+            from pyarrow import fs as pafs
+
+            info = self.fs.get_file_info(self._p(name) if name else self.root)
+            return {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(
+                info.type, "missing"
+            )
+        path = self._p(name) if name else self.dest
+        if os.path.isdir(path):
+            return "dir"
+        return "file" if os.path.lexists(path) else "missing"
+
+    def names(self, sub: str = "") -> list[str]:
+        if self.remote:
+            from pyarrow import fs as pafs
+
+            base = self._p(sub) if sub else self.root
+            selector = pafs.FileSelector(base, allow_not_found=True)
+            return sorted(Path(f.path).name for f in self.fs.get_file_info(selector))
+        try:
+            return sorted(os.listdir(self._p(sub) if sub else self.dest))
+        except FileNotFoundError:
+            return []
+
+    def mkdirs(self) -> None:
+        if self.remote:
+            self.fs.create_dir(self._p(KEYS), recursive=True)
+        else:
+            os.makedirs(self._p(KEYS), exist_ok=True)
+
+    def read(self, name: str) -> bytes:
+        if self.remote:
+            with self.fs.open_input_stream(self._p(name)) as stream:
+                return bytes(stream.read())
+        with open(self._p(name), "rb") as f:
+            return f.read()
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        """`data` under `name`, never half written: a temporary name, then a rename."""
+        folder, _, base = name.rpartition("/")
+        tmp = f"{folder + '/' if folder else ''}{TMP_PREFIX}{os.getpid()}-{base}"
+        if self.remote:
+            with self.fs.open_output_stream(self._p(tmp)) as stream:
+                stream.write(data)
+            self.fs.move(self._p(tmp), self._p(name))
+            return
+        fd = os.open(self._p(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self._p(tmp), self._p(name))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(self._p(tmp))
+            raise
+
+    def delete(self, name: str) -> None:
+        if self.remote:
+            self.fs.delete_file(self._p(name))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._p(name))
+
+
+def check_dest(dest: str) -> None:
+    """Refuse, before any work, a DEST that is a file or a folder agegender did not make
+    (other files in a folder agegender made are left alone: only its own names are
+    written or removed)."""
+    files = _Files(dest)
+    kind = files.kind()
+    if kind == "file":
+        raise AgegenderError(f"--out {dest}: exists and is not a folder (batch writes a folder)")
+    if kind == "dir":
+        names = [n for n in files.names() if n != META]
+        if files.kind(MANIFEST) != "file" and names:
+            raise AgegenderError(
+                f"--out {dest}: a folder agegender batch did not make (no {MANIFEST}); "
+                "choose a new or empty folder"
+            )
+    if not files.remote:
+        parent = os.path.dirname(os.path.abspath(dest))
+        if kind == "missing" and not os.path.isdir(parent):
+            raise AgegenderError(f"--out {dest}: the folder {parent} does not exist")
+        target = dest if kind == "dir" else parent
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise AgegenderError(f"--out {dest}: not writable (permission denied)")
+
+
+def _ours(name: str) -> bool:
+    return (
+        name.startswith(PART_PREFIX) and Path(name).suffix in SINKS.values()
+    ) or name.startswith(TMP_PREFIX)
+
+
+class Dataset:
+    """An open output folder: which inputs are done, and commit of new parts."""
+
+    def __init__(self, dest: str, manifest: dict[str, Any], sink: str, overwrite: bool):
+        self.dest = dest
+        self.sink = sink
+        self.suffix = SINKS[sink]
+        self.files = _Files(dest)
+        self.manifest = manifest
+        self._lock_file: Any = None
+        check_dest(dest)
+        self.files.mkdirs()
+        self._lock()
+        old = self._read_manifest()
+        if old is not None and old != manifest and not overwrite:
+            raise AgegenderError(f"--out {dest}: {_difference(old, manifest)}")
+        if overwrite:
+            self._remove_all()
+        self._recover()
+        if old is None or overwrite:
+            self.files.write_atomic(MANIFEST, json.dumps(manifest, indent=2).encode())
+        # Unique per run (two runs in one second and process must not share names).
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+        self.seq = 0
+        self.parts_written = 0
+        self._sorted: list[NDArray[np.uint64]] = []
+        self._set: set[int] = set()
+        self.done_before = self._load_keys()
+
+    # -- opening ------------------------------------------------------------------------
+    def _lock(self) -> None:
+        if self.files.remote:
+            return
+        import fcntl
+
+        self._lock_file = open(os.path.join(self.dest, LOCK), "a+b")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise AgegenderError(
+                f"--out {self.dest}: another agegender batch is writing it"
+            ) from None
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        if self.files.kind(MANIFEST) != "file":
+            return None
+        try:
+            data = json.loads(self.files.read(MANIFEST))
+        except (OSError, ValueError) as error:
+            raise AgegenderError(f"--out {self.dest}: unreadable {MANIFEST} ({error})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise AgegenderError(f"--out {self.dest}: {MANIFEST} is not agegender's")
+        return data
+
+    def _remove_all(self) -> None:
+        for name in self.files.names():
+            if _ours(name):
+                self.files.delete(name)
+        for name in self.files.names(KEYS):
+            self.files.delete(f"{KEYS}/{name}")
+        self.files.delete(MANIFEST)
+
+    def _recover(self) -> None:
+        """Drop what a killed job left uncommitted: temporary files, parts without keys."""
+        keyed = {n[: -len(".npy")] for n in self.files.names(KEYS) if n.endswith(".npy")}
+        parts = set()
+        for name in self.files.names():
+            if name.startswith(TMP_PREFIX):
+                self.files.delete(name)
+            elif _ours(name):
+                stem = name[: -len(Path(name).suffix)]
+                if stem in keyed:
+                    parts.add(stem)
+                else:
+                    self.files.delete(name)  # written, never committed: redone now
+        for name in self.files.names(KEYS):
+            committed = name.endswith(".npy") and name[: -len(".npy")] in parts
+            if name.startswith(TMP_PREFIX) or not committed:
+                self.files.delete(f"{KEYS}/{name}")
+
+    def _load_keys(self) -> int:
+        arrays = []
+        for name in self.files.names(KEYS):
+            arrays.append(np.load(io.BytesIO(self.files.read(f"{KEYS}/{name}"))))
+        if not arrays:
+            return 0
+        keys = np.unique(np.concatenate(arrays).astype(np.uint64))
+        if len(keys) <= SET_LIMIT:
+            self._set = set(keys.tolist())
+        else:
+            self._sorted = [keys]
+        return len(keys)
+
+    # -- keys -----------------------------------------------------------------------------
+    def is_done(self, key: int) -> bool:
+        if key in self._set:
+            return True
+        for array in self._sorted:
+            i = int(np.searchsorted(array, np.uint64(key)))
+            if i < len(array) and int(array[i]) == key:
+                return True
+        return False
+
+    def mark(self, key: int) -> None:
+        """Remember a key taken in this run (a later duplicate input is skipped)."""
+        self._set.add(key)
+        if len(self._set) > SET_LIMIT:
+            merged = np.fromiter(self._set, dtype=np.uint64, count=len(self._set))
+            merged.sort()
+            self._sorted.append(merged)
+            self._set = set()
+            if len(self._sorted) > 4:
+                self._sorted = [np.unique(np.concatenate(self._sorted))]
+
+    # -- parts ------------------------------------------------------------------------------
+    def commit(self, rows: list[dict[str, Any]], keys: list[int], thresholds: Any) -> str:
+        """Write a part with its rows, then its keys: from then on those inputs are done."""
+        stem = f"{PART_PREFIX}{self.run}-{self.seq:06d}"
+        self.seq += 1
+        self.files.write_atomic(stem + self.suffix, encode(rows, self.sink, thresholds))
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(keys, dtype=np.uint64))
+        self.files.write_atomic(f"{KEYS}/{stem}.npy", buffer.getvalue())
+        self.parts_written += 1
+        return stem + self.suffix
+
+    def part_names(self) -> list[str]:
+        return [n for n in self.files.names() if n.startswith(PART_PREFIX)]
+
+
+def encode(rows: list[dict[str, Any]], sink: str, thresholds: Any) -> bytes:
+    from .rows import arrow_schema, columns, text_value
+
+    names = [name for name, _ in columns(thresholds)]
+    if sink == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows, schema=arrow_schema(thresholds))
+        out = pa.BufferOutputStream()
+        pq.write_table(table, out, compression="zstd")
+        return bytes(out.getvalue())
+    if sink == "jsonl":
+        return "".join(
+            json.dumps({n: row.get(n) for n in names}, allow_nan=False) + "\n" for row in rows
+        ).encode()
+    import csv
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow([text_value(row.get(n)) for n in names])
+    return text.getvalue().encode()
+
+
+def make_manifest(
+    config: dict[str, Any],
+    models: list[dict[str, str]],
+    sink: str,
+    key: str,
+    video: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "sink": sink,
+        "key": key,
+        "config": config,
+        "models": models,
+        "video": video,
+        "agegender_version": __version__,
+    }
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    for section in ("sink", "key", "config", "models", "video", "agegender_version"):
+        a, b = old.get(section), new.get(section)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            for name in sorted(set(a) | set(b)):
+                if a.get(name) != b.get(name):
+                    return (
+                        f"made with another configuration ({section} {name}: "
+                        f"{a.get(name)!r} there, {b.get(name)!r} now); --overwrite starts "
+                        "over, or choose another --out"
+                    )
+        return (
+            f"made with another configuration ({section}: {a!r} there, {b!r} now); "
+            "--overwrite starts over, or choose another --out"
+        )
+    return "made with another configuration; --overwrite starts over"
+
+
+def iter_rows(dest: str) -> Iterator[dict[str, Any]]:
+    """Every committed row of a dataset (tests and small tools; Parquet, JSONL or CSV)."""
+    files = _Files(dest)
+    keyed = {n[: -len(".npy")] for n in files.names(KEYS)}
+    for name in files.names():
+        if not _ours(name) or name.startswith(TMP_PREFIX) or Path(name).stem not in keyed:
+            continue
+        data = files.read(name)
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            yield from pq.read_table(io.BytesIO(data)).to_pylist()
+        elif name.endswith(".jsonl"):
+            for line in data.decode().splitlines():
+                yield json.loads(line)
+        else:
+            import csv
+
+            yield from csv.DictReader(io.StringIO(data.decode()))

@@ -1,0 +1,280 @@
+"""Inputs of a batch job, streamed: every argument becomes a sequence of Input records.
+
+An argument is, in this order of checks:
+
+- a URI with a scheme (``s3://bucket/prefix/``, ``gs://...``, ``file:///...``): a file or
+  a prefix listed recursively through ``pyarrow.fs``;
+- a list of paths, by its suffix: ``.txt``/``.lst`` (one path a line; blank lines and
+  ``#`` comments skipped), ``.csv`` (the ``path`` column, else the first), ``.parquet``
+  (the ``path`` column); relative entries are relative to the list's folder; read in
+  blocks, never whole;
+- a folder: its image and video files, recursively, with predict's rules (hidden files
+  and folders skipped, folders agegender marked as outputs skipped), each folder's
+  entries in name order, walked lazily;
+- a glob (``photos/**/*.jpg``) that names no existing file: its matches, sorted;
+- anything else: one image or video file (a missing one becomes an error row).
+
+Each Input carries its resume key: a 64-bit hash of (path, size, mtime) or, with
+``--key hash``, of (path, sha256 of the content).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import AgegenderError
+from ..images import IMAGE_SUFFIXES, OUTPUT_MARKER
+
+# = video.VIDEO_SUFFIXES (video.py imports OpenCV; this module stays light)
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"})
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+TEXT_LISTS = frozenset({".txt", ".lst"})
+LIST_SUFFIXES = TEXT_LISTS | {".csv", ".parquet"}
+KEY_MODES = ("stat", "hash")
+_GLOB_CHARS = set("*?[")
+_LIST_BLOCK = 8192  # rows read at a time from a Parquet list
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input file: its path as reported, how to read it, and what keys it."""
+
+    path: str
+    size: int = -1  # -1: unknown (missing or unreadable: the estimator reports why)
+    mtime_ns: int = -1
+    remote: bool = False  # read through pyarrow.fs (path is a URI)
+
+
+def is_uri(text: str) -> bool:
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.isalnum() and len(scheme) > 1
+
+
+def is_video(path: str) -> bool:
+    return Path(path.split("?", 1)[0]).suffix.lower() in VIDEO_SUFFIXES
+
+
+def stat_key(path: str, size: int, mtime_ns: int) -> int:
+    return _key64(f"{path}\0{size}\0{mtime_ns}")
+
+
+def hash_key(path: str, sha256: str) -> int:
+    return _key64(f"{path}\0sha256:{sha256}")
+
+
+def _key64(text: str) -> int:
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def check_sources(items: list[str]) -> None:
+    """One-line errors, before any work, for arguments that cannot stand for anything."""
+    for item in items:
+        if is_uri(item) or Path(item).exists():
+            continue
+        if _GLOB_CHARS & set(item):
+            continue  # a glob may match nothing: no inputs from it
+        suffix = Path(item).suffix.lower()
+        if suffix in LIST_SUFFIXES:
+            raise AgegenderError(f"{item}: no such list file")
+        # a missing image is an error row of its own, as in predict
+
+
+def iter_inputs(items: list[str], stat: bool = True) -> Iterator[Input]:
+    """Every input of the arguments, in order, streamed (without `stat`: paths only, for
+    counting)."""
+    for item in items:
+        yield from _expand(item, stat)
+
+
+def _expand(item: str, stat: bool) -> Iterator[Input]:
+    if is_uri(item):
+        yield from _expand_uri(item, stat)
+        return
+    path = Path(item)
+    if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+        yield from _local_list(item, stat)
+    elif path.is_dir():
+        yield from _walk(item, stat)
+    elif not path.exists() and _GLOB_CHARS & set(item):
+        for match in sorted(glob.glob(item, recursive=True)):
+            if Path(match).is_dir():
+                yield from _walk(match, stat)
+            elif Path(match).name.startswith("."):
+                continue
+            else:
+                yield local_input(match, stat)
+    else:
+        yield local_input(item, stat)
+
+
+def local_input(path: str, stat: bool = True) -> Input:
+    if not stat:
+        return Input(path)
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return Input(path)
+    return Input(path, st.st_size, st.st_mtime_ns)
+
+
+def _walk(folder: str, stat: bool = True) -> Iterator[Input]:
+    """predict's folder rules (images.expand_each), walked lazily in name order."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir():
+                if not os.path.isfile(os.path.join(entry.path, OUTPUT_MARKER)):
+                    yield from _walk(entry.path, stat)
+            elif entry.is_file() and Path(entry.name).suffix.lower() in MEDIA_SUFFIXES:
+                if not stat:
+                    yield Input(entry.path)
+                    continue
+                st = entry.stat()
+                yield Input(entry.path, st.st_size, st.st_mtime_ns)
+        except OSError:
+            continue
+
+
+def _resolve(entry: str, base: str) -> str:
+    if is_uri(entry) or os.path.isabs(entry) or not base:
+        return entry
+    return os.path.join(base, entry)
+
+
+def _local_list(item: str, stat: bool) -> Iterator[Input]:
+    base = os.path.dirname(item)
+    for entry in list_entries(item):
+        yield _entry_input(_resolve(entry, base), stat)
+
+
+def _entry_input(path: str, stat: bool = True) -> Input:
+    if is_uri(path):
+        return remote_input(path) if stat else Input(path, remote=True)
+    return local_input(path, stat)
+
+
+def list_entries(item: str, stream: Any = None) -> Iterator[str]:
+    """The paths of a list file (text, CSV or Parquet), streamed."""
+    suffix = Path(item.split("?", 1)[0]).suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(stream if stream is not None else item)
+        except Exception as error:
+            raise AgegenderError(f"{item}: not a readable Parquet list ({error})") from None
+        names = parquet.schema_arrow.names
+        if "path" not in names:
+            raise AgegenderError(f"{item}: a Parquet list needs a 'path' column")
+        for block in parquet.iter_batches(batch_size=_LIST_BLOCK, columns=["path"]):
+            for value in block.column(0).to_pylist():
+                if value:
+                    yield str(value)
+        return
+    text = (
+        io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+        if stream is not None
+        else open(item, encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
+    )
+    with text:
+        if suffix == ".csv":
+            reader = csv.reader(text)
+            header = next(reader, None)
+            if header is None:
+                return
+            column = header.index("path") if "path" in header else 0
+            if "path" not in header and header and header[0].strip():
+                yield header[0].strip()  # no header: the first line is an entry
+            for row in reader:
+                if len(row) > column and row[column].strip():
+                    yield row[column].strip()
+            return
+        for line in text:
+            entry = line.rstrip("\r\n")
+            if entry.strip() and not entry.lstrip().startswith("#"):
+                yield entry
+
+
+# -- object stores (pyarrow.fs) ----------------------------------------------------------
+def filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow FileSystem, path inside it) of a URI; a one-line error if unsupported."""
+    from pyarrow import fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as error:
+        raise AgegenderError(f"{uri}: cannot open ({_one_line(error)})") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def _expand_uri(uri: str, stat: bool) -> Iterator[Input]:
+    from pyarrow import fs as pafs
+
+    fs, path = filesystem(uri)
+    scheme = uri.split("://", 1)[0]
+    prefix = uri[: len(uri) - len(uri.split("://", 1)[1])]  # "s3://"
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        selector = pafs.FileSelector(path.rstrip("/"), recursive=True)
+        found = [
+            f
+            for f in fs.get_file_info(selector)
+            if f.type == pafs.FileType.File
+            and Path(f.path).suffix.lower() in MEDIA_SUFFIXES
+            and not any(part.startswith(".") for part in Path(f.path).parts)
+        ]
+        for f in sorted(found, key=lambda f: f.path):
+            yield Input(prefix + f.path, f.size or 0, f.mtime_ns or 0, remote=True)
+    elif Path(path).suffix.lower() in LIST_SUFFIXES and info.type == pafs.FileType.File:
+        base = prefix + os.path.dirname(path) if scheme else ""
+        with fs.open_input_file(path) as stream:
+            for entry in list_entries(uri, stream):
+                yield _entry_input(_resolve(entry, base), stat)
+    else:
+        yield remote_input(uri, info)
+
+
+def remote_input(uri: str, info: Any = None) -> Input:
+    from pyarrow import fs as pafs
+
+    if info is None:
+        try:
+            fs, path = filesystem(uri)
+            info = fs.get_file_info(path)
+        except Exception:
+            return Input(uri, remote=True)
+    if info.type != pafs.FileType.File:
+        return Input(uri, remote=True)
+    return Input(uri, info.size or 0, info.mtime_ns or 0, remote=True)
+
+
+def read_remote(uri: str) -> bytes:
+    from ..errors import ImageError
+
+    try:
+        fs, path = filesystem(uri)
+        with fs.open_input_stream(path) as stream:
+            return bytes(stream.read())
+    except AgegenderError as error:
+        raise ImageError(str(error)) from None
+    except FileNotFoundError:
+        raise ImageError(f"{uri}: no such file") from None
+    except Exception as error:
+        raise ImageError(f"{uri}: cannot read ({_one_line(error)})") from None

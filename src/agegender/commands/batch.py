@@ -1,0 +1,165 @@
+"""``agegender batch``: resumable, exactly-once jobs over many images into a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import AgegenderError
+from .options import add_estimator_options, config_from_args
+from .predict import DEFAULT_VIDEO_STEP, _max_frames, _quiet_libraries, _video_step
+
+DEFAULT_PART_SIZE = 1000
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "batch",
+        help="resumable job over many images into a Parquet (JSONL, CSV) dataset",
+        description="Estimate age and gender of every face in many images into a dataset "
+        "folder of part files. Run it again with the same --out after a crash: inputs "
+        "already done are skipped, and the dataset ends as an uninterrupted run's.",
+    )
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="image/video files, folders (recursive; hidden names skipped), globs, lists "
+        "of paths (.txt/.lst one a line, .csv 'path' column, .parquet 'path' column) and "
+        "object-store URIs (s3://bucket/prefix/)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DEST", help="dataset folder (local or s3://...)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=["parquet", "jsonl", "csv"],
+        default="parquet",
+        help="part file format (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--key",
+        choices=["stat", "hash"],
+        default="stat",
+        help="what marks an input done: path + size + mtime (stat), or path + sha256 of "
+        "the content (hash) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over: remove the parts agegender wrote in DEST (other files are kept)",
+    )
+    parser.add_argument(
+        "--part-size",
+        type=_positive,
+        default=DEFAULT_PART_SIZE,
+        metavar="N",
+        help="inputs per part file: the most a crash makes redo (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="(default: %(default)s)"
+    )
+    ray = parser.add_argument_group("ray engine")
+    ray.add_argument(
+        "--address", default=None, help="Ray cluster to join ('auto'; default: start a local one)"
+    )
+    ray.add_argument(
+        "--concurrency", type=_positive, default=1, metavar="N", help="Estimator actors"
+    )
+    ray.add_argument("--num-cpus", type=_fraction, default=1.0, help="CPUs per actor")
+    ray.add_argument("--num-gpus", type=_fraction, default=0.0, help="GPUs per actor")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (drawn on stderr only when it is a terminal)",
+    )
+    parser.add_argument(
+        "--video-step",
+        type=_video_step,
+        default=DEFAULT_VIDEO_STEP,
+        metavar="SECONDS",
+        help="videos: one frame every SECONDS (0: every frame; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frames", type=_max_frames, default=None, metavar="N", help="videos: at most N"
+    )
+    add_estimator_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with _quiet_libraries(verbose=getattr(args, "verbose", False)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # a bad option or preset: exit 2 before anything
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise AgegenderError(
+            "agegender batch needs pyarrow: pip install 'agegender[batch]'"
+        ) from None
+    from ..batch import dataset, job, sources
+
+    sources.check_sources(args.sources)
+    dataset.check_dest(args.out)  # before any model is loaded
+    if args.engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise AgegenderError(
+                "--engine ray needs Ray Data: pip install 'agegender[ray]'"
+            ) from None
+    from ..pipeline import Estimator
+
+    estimator = Estimator(config)
+    models = job.model_identities(estimator)
+    video = {"step": args.video_step, "max_frames": args.max_frames}
+    manifest = dataset.make_manifest(config.as_dict(), models, args.format, args.key, video)
+    out = dataset.Dataset(args.out, manifest, args.format, args.overwrite)
+    try:
+        the_job = job.Job(
+            sources=args.sources,
+            dataset=out,
+            config=config,
+            constants=job.row_constants(estimator, models),
+            key=args.key,
+            part_size=args.part_size,
+            video_step=args.video_step,
+            max_frames=args.max_frames,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+        if args.engine == "ray":
+            from ..batch.ray_engine import run_ray
+
+            del estimator  # the actors load their own
+            tally = run_ray(the_job, args)
+        else:
+            from ..batch.local import run_local
+
+            tally = run_local(the_job, estimator)
+        job.print_summary(the_job, tally)
+    finally:
+        out.close()
+    return 1 if tally.failed else 0

@@ -1,0 +1,337 @@
+"""agegender batch, local engine: rows equal predict's, resume after kill -9 equals an
+uninterrupted run, bad inputs are error rows, configuration changes refused, lists
+streamed. Inputs are generated from tests/data/astronaut.png; nothing from ../shared."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from faceutils import ASTRONAUT
+from PIL import Image
+
+pytest.importorskip("pyarrow", reason="agegender[batch] (pyarrow) is not installed")
+
+import agegender
+from agegender import cli
+from agegender.batch import dataset, sources
+
+SRC = Path(agegender.__file__).resolve().parent.parent
+REL = 1e-5
+# predict's JSON rounds (value, std, interval: 2 digits; probabilities, score: 4; box: 1)
+ROUNDING = {"age_value": 0.006, "age_std": 0.006, "age_low": 0.006, "age_high": 0.006}
+
+
+def make_images(folder: Path, count: int) -> list[Path]:
+    """`count` images: rescaled, cropped and mirrored astronauts, and faceless ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = Image.open(ASTRONAUT).convert("RGB")
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(count):
+        if i % 5 == 4:
+            image = Image.fromarray(rng.integers(90, 110, (96, 128, 3), dtype=np.uint8))
+        else:
+            side = 200 + 31 * (i % 7)
+            image = base.resize((side, side))
+            if i % 2:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        path = folder / f"img{i:03d}.{'png' if i % 3 else 'jpg'}"
+        image.save(path)
+        out.append(path)
+    return out
+
+
+def batch(*args: str) -> int:
+    return cli.main(["batch", "--no-progress", *args])
+
+
+def rows_of(dest: Path) -> list[dict[str, Any]]:
+    rows = list(dataset.iter_rows(str(dest)))
+    return sorted(
+        rows, key=lambda r: (r["path"], r["frame"] or 0, -1 if r["face"] is None else r["face"])
+    )
+
+
+def assert_rows_equal(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            x, y = a[name], b[name]
+            if isinstance(x, float) and isinstance(y, float):
+                assert math.isclose(x, y, rel_tol=REL, abs_tol=1e-9), (name, x, y)
+            elif isinstance(x, list) and x and isinstance(x[0], float):
+                assert np.allclose(x, y, rtol=REL), (name, x, y)
+            else:
+                assert x == y, (name, x, y)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    make_images(folder, 30)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / ".hidden.jpg").write_bytes(b"skipped: hidden")
+    return folder
+
+
+def test_rows_equal_predict_jsonl(photos: Path, tmp_path: Path, capsys: Any) -> None:
+    listing = tmp_path / "list.txt"
+    names = sorted(p.name for p in photos.iterdir() if not p.name.startswith("."))
+    listing.write_text("# a comment\n" + "".join(f"{photos / n}\n" for n in names) + "\n")
+    missing = str(tmp_path / "missing.jpg")
+    with open(listing, "a") as f:
+        f.write(missing + "\n")
+
+    assert cli.main(["predict", "--jsonl", "--no-progress", str(photos), missing]) == 1
+    predicted = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert batch(str(listing), "--out", str(tmp_path / "out")) == 1  # some inputs failed
+    summary = capsys.readouterr().err
+    assert "33 inputs done" in summary and "3 failed" in summary, summary
+    rows = rows_of(tmp_path / "out")
+
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_path.setdefault(row["path"], []).append(row)
+    assert set(by_path) == {r["path"] for r in predicted}
+    faces = 0
+    for result in predicted:
+        mine = by_path[result["path"]]
+        if result["error"]:
+            assert [r["error"] for r in mine] == [result["error"]]
+            continue
+        assert (mine[0]["width"], mine[0]["height"]) == (result["width"], result["height"])
+        if not result["faces"]:
+            assert len(mine) == 1 and mine[0]["face"] is None and mine[0]["error"] is None
+            continue
+        assert [r["face"] for r in mine] == list(range(len(result["faces"])))
+        for row, face in zip(mine, result["faces"], strict=True):
+            faces += 1
+            assert [row["box_x1"], row["box_y1"], row["box_x2"], row["box_y2"]] == pytest.approx(
+                face["box"], abs=0.051
+            )
+            assert row["score"] == pytest.approx(face["score"], abs=5.1e-5)
+            age, gender = face["age"], face["gender"]
+            assert row["age_value"] == pytest.approx(age["value"], abs=0.0051)
+            assert row["age_std"] == pytest.approx(age["std"], abs=0.0051)
+            assert [row["age_low"], row["age_high"]] == pytest.approx(age["interval"], abs=0.0051)
+            assert row["gender_label"] == gender["label"]
+            assert row["gender_probability"] == pytest.approx(gender["probability"], abs=5.1e-5)
+            assert row["age_models"] == "cc0-age-v1" and row["agegender_version"] == "0.1.0"
+            assert row["source_size"] == os.path.getsize(row["path"])
+    assert faces >= 20
+    # the folder itself as a source gives the same rows (the same walk as predict)
+    assert batch(str(photos), missing, "--out", str(tmp_path / "out2")) == 1
+    assert_rows_equal(rows_of(tmp_path / "out2"), rows)
+
+
+def test_sinks_jsonl_and_csv(photos: Path, tmp_path: Path) -> None:
+    some = [str(p) for p in sorted(photos.glob("img00*"))][:4]
+    batch(*some, "--out", str(tmp_path / "pq"))
+    batch(*some, "--out", str(tmp_path / "js"), "--format", "jsonl")
+    batch(*some, "--out", str(tmp_path / "cs"), "--format", "csv")
+    want = rows_of(tmp_path / "pq")
+    assert_rows_equal(rows_of(tmp_path / "js"), want)
+    csv_rows = rows_of(tmp_path / "cs")
+    assert [r["path"] for r in csv_rows] == [r["path"] for r in want]
+    assert [float(r["age_value"]) for r in csv_rows if r["age_value"]] == pytest.approx(
+        [r["age_value"] for r in want if r["age_value"] is not None], rel=REL
+    )
+    assert list(tmp_path.joinpath("js").glob("part-*.jsonl"))
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["AGEGENDER_HOME"] = str(tmp_path / "home")
+    return env
+
+
+def _committed(dest: Path) -> int:
+    return len(list((dest / dataset.KEYS).glob("part-*.npy"))) if dest.exists() else 0
+
+
+def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    make_images(folder, 40)
+    command = [sys.executable, "-m", "agegender", "batch", str(folder), "--part-size", "2"]
+    env = _env(tmp_path)
+    whole = tmp_path / "whole"
+    done = subprocess.run(
+        [*command, "--out", str(whole)], env=env, capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--out", str(killed)], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600  # a hang guard, not a speed limit
+    while _committed(killed) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the job ended before it was killed"
+    parts_before = _committed(killed)
+    assert 3 <= parts_before < 20
+
+    again = subprocess.run(
+        [*command, "--out", str(killed)], env=env, capture_output=True, check=False
+    )
+    assert again.returncode == 0, again.stderr
+    assert "skipped (done before" in again.stderr.decode()
+    got, want = rows_of(killed), rows_of(whole)
+    assert len({(r["path"], r["face"]) for r in got}) == len(got)  # no duplicates
+    assert_rows_equal(got, want)
+    leftovers = [p.name for p in killed.rglob("*") if p.name.startswith(dataset.TMP_PREFIX)]
+    assert not leftovers
+    # a third run has nothing left to do
+    third = subprocess.run(
+        [*command, "--out", str(killed)], env=env, capture_output=True, check=False
+    )
+    assert third.returncode == 0 and "0 inputs done" in third.stderr.decode()
+
+
+def test_uncommitted_part_and_temp_files_are_redone(photos: Path, tmp_path: Path) -> None:
+    """A kill between a part's rename and its keys' rename: the part is dropped, redone."""
+    some = [str(p) for p in sorted(photos.glob("img01*"))][:6]
+    out = tmp_path / "out"
+    assert batch(*some, "--out", str(out), "--part-size", "2") == 0
+    want = rows_of(out)
+    keys = sorted((out / dataset.KEYS).glob("*.npy"))
+    keys[-1].unlink()  # the last part written but not committed
+    (out / f"{dataset.TMP_PREFIX}123-part-x.parquet").write_bytes(b"half")
+    (out / dataset.KEYS / f"{dataset.TMP_PREFIX}123-part-x.npy").write_bytes(b"half")
+    assert batch(*some, "--out", str(out), "--part-size", "2") == 0
+    assert_rows_equal(rows_of(out), want)
+    assert not [p for p in out.rglob(f"{dataset.TMP_PREFIX}*")]
+    assert len(list(out.glob("part-*.parquet"))) == 3
+
+
+def test_duplicates_and_key_hash(photos: Path, tmp_path: Path, capsys: Any) -> None:
+    one = str(photos / "img001.png")
+    out = tmp_path / "out"
+    assert batch(one, one, "--out", str(out), "--key", "hash") == 0
+    rows = rows_of(out)
+    assert {r["path"] for r in rows} == {one} and rows[0]["source_sha256"]
+    capsys.readouterr()
+    os.utime(one)  # a new mtime: the content key still says done
+    assert batch(one, "--out", str(out), "--key", "hash") == 0
+    assert "1 skipped" in capsys.readouterr().err
+    assert rows_of(out) == rows
+
+
+def test_configuration_change_refused_and_overwrite(
+    photos: Path, tmp_path: Path, capsys: Any
+) -> None:
+    one = str(photos / "img001.png")
+    out = tmp_path / "out"
+    assert batch(one, "--out", str(out)) == 0
+    capsys.readouterr()
+    assert batch(one, "--out", str(out), "--no-tta") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "another configuration" in err and "tta" in err
+    assert batch(one, "--out", str(out), "--format", "csv") == 2
+    assert "sink" in capsys.readouterr().err
+    (out / "notes.txt").write_text("mine")
+    assert batch(one, "--out", str(out), "--no-tta", "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "mine"  # never touched
+    manifest = json.loads((out / dataset.MANIFEST).read_text())
+    assert manifest["config"]["tta"] is False and manifest["models"][0]["sha256"]
+    assert len(list(out.glob("part-*"))) == 1 and {r["path"] for r in rows_of(out)} == {one}
+
+
+def test_output_paths_checked_before_work(tmp_path: Path, capsys: Any) -> None:
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.parquet").write_bytes(b"someone's")
+    assert batch(str(ASTRONAUT), "--out", str(foreign)) == 2
+    assert "did not make" in capsys.readouterr().err
+    assert (foreign / "data.parquet").read_bytes() == b"someone's"
+    assert sorted(p.name for p in foreign.iterdir()) == ["data.parquet"]
+    a_file = tmp_path / "file.parquet"
+    a_file.write_bytes(b"x")
+    assert batch(str(ASTRONAUT), "--out", str(a_file)) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert batch(str(tmp_path / "nolist.txt"), "--out", str(tmp_path / "o")) == 2
+    assert "no such list file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_lists_are_streamed(tmp_path: Path) -> None:
+    """100,000 listed paths (text, CSV and Parquet) pass through in bounded memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    count = 100_000
+    names = [f"missing/dir{i % 100}/photo-{i:07d}.jpg" for i in range(count)]
+    text = tmp_path / "list.txt"
+    text.write_text("\n".join(names) + "\n")
+    table = tmp_path / "list.csv"
+    table.write_text("id,path\n" + "".join(f"{i},{n}\n" for i, n in enumerate(names)))
+    parquet = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"path": names}), parquet, row_group_size=10_000)
+    held = sum(sys.getsizeof(n) for n in names)  # what a list in memory would take
+    del names
+    for listing in (text, table, parquet):
+        tracemalloc.start()
+        n = 0
+        last = None
+        for item in sources.iter_inputs([str(listing)]):
+            n += 1
+            last = item
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert n == count and last is not None and last.path.endswith("photo-0099999.jpg")
+        assert last.path.startswith(str(tmp_path))  # relative to the list's folder
+        assert peak < held / 5, (listing.name, peak, held)
+
+
+def test_walk_matches_predict_rules(tmp_path: Path) -> None:
+    from agegender.images import expand_inputs
+
+    root = tmp_path / "tree"
+    for rel in [
+        "a/x.jpg",
+        "a/.h.jpg",
+        ".hid/y.png",
+        "b/c/z.PNG",
+        "b/c/n.txt",
+        "b.jpg",
+        "a-b/w.png",
+    ]:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    walked = [i.path for i in sources.iter_inputs([str(root)])]
+    assert sorted(walked) == sorted(expand_inputs([str(root)]))
+    globbed = [i.path for i in sources.iter_inputs([str(root / "**" / "*.jpg")])]
+    assert sorted(globbed) == sorted(str(root / p) for p in ["a/x.jpg", "b.jpg"])
+
+
+def test_help_loads_nothing_heavy(tmp_path: Path) -> None:
+    probe = (
+        "import sys\nfrom agegender import cli\n"
+        "try:\n    cli.main(['batch', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        check=False,
+    )
+    assert "--out DEST" in done.stdout
+    heavy = {"numpy", "pyarrow", "ray", "onnxruntime", "cv2", "dlib"}
+    assert not heavy & {m.split(".")[0] for m in done.stderr.split()}
