@@ -1,0 +1,472 @@
+"""``agegender video``: people in a video or live stream, tracked, one fused estimate each.
+
+Exit status: 0 done (a live run ended with Ctrl-C or SIGTERM included), 1 the input could
+not be read or a live stream was lost (the tracks so far are still written), 2 a bad
+option or output path (checked before any model is loaded), 130 a file run interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from ..errors import AgegenderError
+from .options import add_estimator_options, config_from_args
+
+if TYPE_CHECKING:  # numpy, OpenCV and ONNX Runtime load in run()
+    from ..people import FrameReport, Person
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LOST = 1.0  # = people.DEFAULT_MAX_LOST_SECONDS (people.py imports OpenCV)
+DEFAULT_CORRELATION = 0.5  # = fusion.DEFAULT_CORRELATION
+DEFAULT_RETRIES = 5  # = streams.DEFAULT_RETRIES
+ANNOTATE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+
+def _number(kind: type, low: float, high: float | None = None) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            bounds = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"expected a number {bounds}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "video",
+        help="track the people in a video or live stream, one fused estimate each",
+        description="Detect and track faces in a video file, a webcam or a stream, and "
+        "fuse each person's frames into one age and gender estimate whose interval "
+        "narrows as the person stays in view.",
+    )
+    parser.add_argument(
+        "input",
+        help="a video file (any format OpenCV/FFmpeg reads), a webcam index (0) or a "
+        "stream URL (rtsp://, http://, ...)",
+    )
+    parser.add_argument(
+        "--tracks",
+        default="-",
+        metavar="PATH",
+        help="one JSON object per person, written when the person's track ends "
+        "('-': stdout, the default). Never replaces an existing file",
+    )
+    parser.add_argument(
+        "--frames",
+        metavar="PATH",
+        help="also one JSON object per frame: boxes, track ids, per-frame and fused "
+        "estimates ('-': stdout)",
+    )
+    parser.add_argument(
+        "--annotate",
+        metavar="OUT.mp4",
+        type=Path,
+        help="also write the video with boxes, track ids and each person's current "
+        f"estimate ({', '.join(ANNOTATE_CODECS)}); never replaces an existing file",
+    )
+    parser.add_argument(
+        "--thumbs",
+        metavar="DIR",
+        type=Path,
+        help="folder for each person's best face crop (default: TRACKS-thumbs next to "
+        "the tracks file; none when tracks go to stdout). A new folder, or one "
+        "agegender made",
+    )
+    parser.add_argument(
+        "--detect-every",
+        type=_number(int, 1),
+        default=1,
+        metavar="K",
+        help="run the detector and models on every K-th frame; the tracker carries the "
+        "boxes between (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="a live source: keep only the newest frame (drop frames to keep up), "
+        "reconnect a lost stream, run until the stream ends or Ctrl-C; reports the "
+        "processing latency",
+    )
+    parser.add_argument(
+        "--retries",
+        type=_number(int, 0),
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help="--live: reconnection attempts (0.5 s, 1 s, 2 s, ... apart) before a lost "
+        "stream is an error (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=_number(int, 1),
+        default=None,
+        metavar="N",
+        help="stop after N frames",
+    )
+    parser.add_argument(
+        "--max-lost",
+        type=_number(float, 0),
+        default=DEFAULT_MAX_LOST,
+        metavar="SECONDS",
+        help="a track ends when its face is not seen for this long; a face that comes "
+        "back later is a new person (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-hits",
+        type=_number(int, 1),
+        default=3,
+        metavar="N",
+        help="detections before a track counts as a person (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--correlation",
+        type=_number(float, 0, 1),
+        default=DEFAULT_CORRELATION,
+        metavar="RHO",
+        help="share of a frame's error common to all frames of a person: 1 keeps a "
+        "track's interval as wide as one frame's, 0 treats frames as independent "
+        "(default: %(default)s)",
+    )
+    add_estimator_options(parser)
+    parser.set_defaults(run=run)
+
+
+# -- output paths, checked before any work ----------------------------------------------
+
+
+def _check_new_file(option: str, path: Path) -> None:
+    where = f"{option} {path}"
+    if path.exists() or path.is_symlink():
+        raise AgegenderError(
+            f"{where}: exists; agegender never replaces a file (choose a new name)"
+        )
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise AgegenderError(f"{where}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AgegenderError(f"{where}: the folder {parent} is not writable")
+
+
+def _check_thumbs(folder: Path) -> None:
+    from ..images import is_output_folder
+
+    where = f"--thumbs {folder}"
+    if folder.exists() and not folder.is_dir():
+        raise AgegenderError(f"{where}: exists and is not a folder")
+    if folder.is_dir() and not is_output_folder(folder):
+        raise AgegenderError(
+            f"{where}: an existing folder agegender did not make; choose a new folder"
+        )
+    parent = folder.parent
+    if not folder.exists() and not parent.is_dir():
+        raise AgegenderError(f"{where}: the folder {parent} does not exist")
+
+
+def check_outputs(args: argparse.Namespace) -> Path | None:
+    """Refuse outputs that would replace a file or clash; returns the thumbnails folder."""
+    files = []
+    if args.tracks != "-":
+        files.append(("--tracks", Path(args.tracks)))
+    if args.frames not in (None, "-"):
+        files.append(("--frames", Path(args.frames)))
+    if args.annotate is not None:
+        suffix = args.annotate.suffix.lower()
+        if suffix not in ANNOTATE_CODECS:
+            raise AgegenderError(
+                f"--annotate {args.annotate}: use one of {', '.join(ANNOTATE_CODECS)}"
+            )
+        files.append(("--annotate", args.annotate))
+    if args.tracks == "-" and args.frames == "-":
+        raise AgegenderError("--tracks and --frames cannot both go to stdout")
+    seen: dict[Path, str] = {}
+    for option, path in files:
+        key = path.resolve()
+        if key in seen:
+            raise AgegenderError(f"{option} and {seen[key]} name the same file {path}")
+        seen[key] = option
+        _check_new_file(option, path)
+    thumbs = args.thumbs
+    if thumbs is None and args.tracks != "-":
+        tracks = Path(args.tracks)
+        thumbs = tracks.with_name(f"{tracks.stem}-thumbs")
+    if thumbs is not None:
+        _check_thumbs(thumbs)
+    return thumbs
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # a bad option or preset: exit 2 before anything
+    thumbs = check_outputs(args)
+    from ..streams import check_input
+
+    try:
+        check_input(args.input)
+    except AgegenderError as error:
+        print(f"agegender: error: {error}", file=sys.stderr)
+        return 1
+    return _Run(args, config, thumbs).run()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a run as Ctrl-C does (tracks flushed), in the main thread only."""
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Run:
+    def __init__(self, args: argparse.Namespace, config: Any, thumbs: Path | None):
+        self.args = args
+        self.config = config
+        self.thumbs = thumbs
+        self.tracks_out: IO[str] | None = None
+        self.frames_out: IO[str] | None = None
+        self.writer: Any = None
+        self.people = 0
+        self.latencies: list[float] = []
+        self.used_thumbs: set[str] = set()
+
+    def _open(self, path: str | None) -> IO[str] | None:
+        if path is None:
+            return None
+        if path == "-":
+            return sys.stdout
+        try:
+            return open(path, "x", encoding="utf-8")  # exclusive: never replaces a file
+        except OSError as error:
+            raise AgegenderError(f"{path}: cannot create ({error.strerror or error})") from None
+
+    def run(self) -> int:
+        from ..fusion import FusionSettings
+        from ..people import PeopleTracker
+        from ..pipeline import Estimator
+        from ..streams import Source, StreamLost
+
+        args = self.args
+        estimator = Estimator(self.config)
+        source = Source(
+            args.input, live=args.live, retries=args.retries, pixel_limit=self.config.pixel_limit
+        )
+        status = 0
+        interrupted = False
+        tracker: PeopleTracker | None = None
+        started = time.monotonic()
+        frames = 0
+        try:
+            self.tracks_out = self._open(args.tracks)
+            self.frames_out = self._open(args.frames)
+            if self.thumbs is not None:
+                self._make_thumbs_folder(self.thumbs)
+            with _sigterm_as_interrupt():
+                try:
+                    for frame in source.frames():
+                        if tracker is None:
+                            tracker = PeopleTracker(
+                                estimator,
+                                fps=source.fps,
+                                detect_every=args.detect_every,
+                                max_lost=args.max_lost,
+                                min_hits=args.min_hits,
+                                fusion=FusionSettings(correlation=args.correlation),
+                                thumbnails=self.thumbs is not None,
+                            )
+                        report, ended = tracker.process(frame)
+                        frames += 1
+                        if args.live:
+                            self.latencies.append(time.monotonic() - frame.captured)
+                        self._frame(report, frame.rgb, source.fps)
+                        self._people(ended)
+                        if args.max_frames is not None and frames >= args.max_frames:
+                            break
+                except KeyboardInterrupt:
+                    interrupted = True
+                    source.stop()
+                except StreamLost as error:
+                    print(f"agegender: error: {error}", file=sys.stderr)
+                    status = 1
+                except AgegenderError as error:
+                    print(f"agegender: error: {error}", file=sys.stderr)
+                    status = 1
+                finally:
+                    source.stop()
+                # the people still in view: written whatever ended the run
+                if tracker is not None:
+                    self._people(tracker.finish())
+        finally:
+            self._close()
+        elapsed = time.monotonic() - started
+        self._summary(frames, tracker, source, elapsed, interrupted)
+        if interrupted and not args.live:
+            print("agegender: interrupted", file=sys.stderr)
+            return 130
+        return status
+
+    # -- outputs -------------------------------------------------------------------------
+    def _make_thumbs_folder(self, folder: Path) -> None:
+        from ..images import OUTPUT_MARKER
+
+        try:
+            folder.mkdir(exist_ok=True)
+            (folder / OUTPUT_MARKER).touch()
+        except OSError as error:
+            raise AgegenderError(
+                f"--thumbs {folder}: cannot make the folder ({error.strerror or error})"
+            ) from None
+
+    def _frame(self, report: FrameReport, rgb: Any, fps: float) -> None:
+        import json
+
+        if self.frames_out is not None:
+            self.frames_out.write(json.dumps(report.to_dict()) + "\n")
+        if self.args.annotate is not None:
+            self._annotate(report, rgb, fps)
+
+    def _annotate(self, report: FrameReport, rgb: Any, fps: float) -> None:
+        import cv2
+        import numpy as np
+
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        if self.writer is None:
+            height, width = bgr.shape[:2]
+            fourcc = cv2.VideoWriter.fourcc(*ANNOTATE_CODECS[self.args.annotate.suffix.lower()])
+            path = self.args.annotate
+            if path.exists():  # made since the check: still never replaced
+                raise AgegenderError(f"--annotate {path}: exists; agegender never replaces a file")
+            self.writer = cv2.VideoWriter(str(path), fourcc, fps, (width, height))
+            if not self.writer.isOpened():
+                raise AgegenderError(f"--annotate {path}: OpenCV cannot write this video format")
+        scale = max(0.4, min(bgr.shape[:2]) / 720)
+        for face in report.faces:
+            x1, y1, x2, y2 = (round(v) for v in face.box)
+            if face.track is None:
+                cv2.rectangle(bgr, (x1, y1), (x2, y2), (160, 160, 160), 1)
+                continue
+            colour = _colour(face.track)
+            cv2.rectangle(bgr, (x1, y1), (x2, y2), colour, 2 if face.detected else 1)
+            label = f"#{face.track}"
+            if face.fused_age is not None:
+                low, high = face.fused_age.interval
+                label += f" {face.fused_age.value:.0f} ({low:.0f}-{high:.0f})"
+            if face.fused_gender is not None:
+                label += f" {face.fused_gender.label[:1].upper()}"
+                label += f" {face.fused_gender.probability:.2f}"
+            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
+            top = max(0, y1 - th - base - 4)
+            cv2.rectangle(bgr, (x1, top), (x1 + tw + 4, top + th + base + 4), colour, -1)
+            cv2.putText(
+                bgr,
+                label,
+                (x1 + 2, top + th + 2),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.5 * scale,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
+        self.writer.write(bgr)
+
+    def _people(self, people: list[Person]) -> None:
+        import json
+
+        for person in people:
+            path = self._thumbnail(person)
+            if self.tracks_out is not None:
+                self.tracks_out.write(json.dumps(person.to_dict(path)) + "\n")
+                self.tracks_out.flush()
+            self.people += 1
+
+    def _thumbnail(self, person: Person) -> str | None:
+        import cv2
+
+        if self.thumbs is None or person.thumbnail is None or not person.thumbnail.size:
+            return None
+        stem = Path(self.args.tracks).stem if self.args.tracks != "-" else "track"
+        base = f"{stem}-{person.id:04d}"
+        for n in range(1000):
+            name = base + (f"-{n}" if n else "") + ".jpg"
+            target = self.thumbs / name
+            if name in self.used_thumbs or target.exists():
+                continue
+            ok, data = cv2.imencode(".jpg", person.thumbnail[:, :, ::-1])
+            if not ok:
+                return None
+            try:
+                with open(target, "xb") as out:
+                    out.write(data.tobytes())
+            except FileExistsError:
+                continue
+            except OSError as error:
+                print(
+                    f"agegender: error: {target}: cannot write ({error.strerror or error})",
+                    file=sys.stderr,
+                )
+                return None
+            self.used_thumbs.add(name)
+            return str(target)
+        return None
+
+    def _close(self) -> None:
+        for out in (self.tracks_out, self.frames_out):
+            if out is not None and out is not sys.stdout:
+                out.close()
+        if self.writer is not None:
+            self.writer.release()
+
+    def _summary(
+        self, frames: int, tracker: Any, source: Any, elapsed: float, interrupted: bool
+    ) -> None:
+        rate = frames / elapsed if elapsed > 0 else 0.0
+        detected = tracker.frames_detected if tracker is not None else 0
+        line = f"{frames} frames ({detected} detected), {self.people} people, {rate:.1f} frames/s"
+        if self.args.live:
+            import numpy as np
+
+            lat = np.array(self.latencies) * 1000 if self.latencies else np.zeros(1)
+            line += (
+                f"; live: {source.dropped} frames dropped to keep up, "
+                f"{source.reconnects} reconnections, latency mean {lat.mean():.0f} ms, "
+                f"p95 {np.percentile(lat, 95):.0f} ms"
+            )
+            print(f"agegender: {line}", file=sys.stderr)
+        else:
+            log.info(line)
+
+
+def _colour(track: int) -> tuple[int, int, int]:
+    """A distinct, stable colour (BGR) per track id."""
+    hue = (track * 0.618034) % 1.0
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.8, 0.9)
+    return (int(b * 255), int(g * 255), int(r * 255))

@@ -1,0 +1,357 @@
+"""People in a video: faces detected, followed across frames and estimated once per person.
+
+:class:`PeopleTracker` takes frames in order. On a detection frame (every
+``detect_every``-th) it runs the Estimator's detector and heads, matches the faces to
+tracks (:mod:`agegender.tracking`) and adds each matched face's age and gender
+distributions to its track's evidence, with a quality weight (face size, sharpness,
+detector score: :func:`agegender.fusion.frame_weight`). Between detection frames the
+tracks' boxes are carried by their Kalman filters and add no evidence. A track's
+estimate at any time is its evidence fused by :func:`agegender.fusion.pool`, decoded by the
+task's own decoder (so its interval, std and P(age >= t) read as a single frame's do).
+
+A track ends when no face has matched it for ``max_lost`` seconds; only confirmed tracks
+(``min_hits`` detections) become :class:`Person` records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from .fusion import FusionSettings, centres_of, frame_weight, pool, sharpness
+from .pipeline import Estimator
+from .results import AgeEstimate, GenderEstimate
+from .streams import SourceFrame
+from .tracking import DEFAULT_MIN_HITS, Box, Track, Tracker
+
+DEFAULT_MAX_LOST_SECONDS = 1.0
+MAX_EVIDENCE = 1000  # frames kept per track; beyond, the lowest-weight frame is dropped
+THUMB_SIDE = 160
+THUMB_MARGIN = 0.3
+PATH_POINTS = 10
+
+
+def _r(value: float, digits: int = 2) -> float:
+    return round(float(value), digits)
+
+
+@dataclass
+class Evidence:
+    """What one track has gathered: per detection frame its box, weight, distributions."""
+
+    frames: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    probs: dict[str, list[NDArray[np.float64]]] = field(default_factory=dict)
+    best_weight: float = -1.0
+    thumbnail: NDArray[np.uint8] | None = None
+    thumbnail_frame: int | None = None
+    seen: int = 0  # detection frames matched (also those dropped beyond MAX_EVIDENCE)
+    fused: tuple[dict[str, Any], int] | None = None  # (estimates, frames_used), cached
+    path: list[tuple[float, float, float, float]] = field(default_factory=list)  # t, cx, cy, side
+
+
+@dataclass
+class FaceInFrame:
+    """A track's face in one frame (or an untracked, unconfirmed detection)."""
+
+    track: int | None
+    box: Box
+    detected: bool
+    score: float | None = None
+    age: AgeEstimate | None = None  # this frame's own estimate (detection frames)
+    gender: GenderEstimate | None = None
+    fused_age: AgeEstimate | None = None  # the track's estimate so far
+    fused_gender: GenderEstimate | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "track": self.track,
+            "box": [_r(v, 1) for v in self.box],
+            "detected": self.detected,
+        }
+        if self.detected:
+            out["score"] = None if self.score is None else _r(self.score, 4)
+            out["age"] = None if self.age is None else self.age.to_dict()
+            out["gender"] = None if self.gender is None else self.gender.to_dict()
+        if self.track is not None:
+            out["fused"] = {
+                "age": None if self.fused_age is None else self.fused_age.to_dict(),
+                "gender": None if self.fused_gender is None else self.fused_gender.to_dict(),
+            }
+        return out
+
+
+@dataclass
+class FrameReport:
+    index: int
+    time: float
+    detected: bool  # the detector ran on this frame
+    faces: list[FaceInFrame]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frame": self.index,
+            "time": round(self.time, 3),
+            "detected": self.detected,
+            "faces": [f.to_dict() for f in self.faces],
+        }
+
+
+@dataclass
+class Person:
+    """One confirmed track, finished: the record written to tracks.jsonl."""
+
+    id: int
+    first_frame: int
+    last_frame: int
+    first_time: float
+    last_time: float
+    frames_seen: int
+    frames_used: int
+    path: dict[str, Any]
+    age: AgeEstimate | None
+    gender: GenderEstimate | None
+    thumbnail: NDArray[np.uint8] | None = field(default=None, repr=False)
+    thumbnail_frame: int | None = None
+
+    def to_dict(self, thumbnail_path: str | None = None) -> dict[str, Any]:
+        return {
+            "track": self.id,
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+            "first_time": round(self.first_time, 3),
+            "last_time": round(self.last_time, 3),
+            "frames_seen": self.frames_seen,
+            "frames_used": self.frames_used,
+            "path": self.path,
+            "age": None if self.age is None else self.age.to_dict(),
+            "gender": None if self.gender is None else self.gender.to_dict(),
+            "thumbnail": thumbnail_path,
+            "thumbnail_frame": self.thumbnail_frame,
+        }
+
+
+def face_distributions(estimator: Estimator, prepared: Any) -> dict[str, NDArray[np.float64]]:
+    """Each task's combined distribution (faces x support) for a PreparedImage's faces:
+    what ``Estimator.estimate`` computes before decoding."""
+    out: dict[str, NDArray[np.float64]] = {}
+    for role, task in estimator.tasks.items():
+        outputs = [
+            head.run(prepared.crops[head.crop_key], tta=estimator.config.tta) for head in task.heads
+        ]
+        out[role] = np.asarray(task.combine(outputs), np.float64)
+    return out
+
+
+class PeopleTracker:
+    def __init__(
+        self,
+        estimator: Estimator,
+        *,
+        fps: float = 25.0,
+        detect_every: int = 1,
+        max_lost: float = DEFAULT_MAX_LOST_SECONDS,
+        min_hits: int = DEFAULT_MIN_HITS,
+        fusion: FusionSettings | None = None,
+        thumbnails: bool = True,
+    ):
+        if detect_every < 1:
+            raise ValueError("detect_every must be >= 1")
+        self.estimator = estimator
+        self.detect_every = detect_every
+        self.fusion = fusion or FusionSettings()
+        self.thumbnails = thumbnails
+        # a track survives max_lost seconds without a match, and at least two detections
+        lost_frames = max(math.ceil(max_lost * fps), 2 * detect_every)
+        self.tracker = Tracker(max_lost=lost_frames, min_hits=min_hits)
+        self.frames_seen = 0
+        self.frames_detected = 0
+        self._centres: NDArray[np.float64] | None = None
+        age = estimator.tasks.get("age")
+        if age is not None:
+            support = age.support
+            self._centres = centres_of(
+                support.values if support.kind == "age" else None, support.groups
+            )
+
+    # -- per frame -----------------------------------------------------------------------
+    def process(self, frame: SourceFrame) -> tuple[FrameReport, list[Person]]:
+        """Track one frame; returns its report and the people whose tracks ended."""
+        detect = self.frames_seen % self.detect_every == 0
+        self.frames_seen += 1
+        rgb = frame.rgb
+        detections: list[Any] = []
+        probs: dict[str, NDArray[np.float64]] = {}
+        estimates: dict[str, list[Any]] = {}
+        if detect:
+            self.frames_detected += 1
+            prepared = self.estimator.prepare(rgb, f"frame {frame.index}")
+            detections = prepared.detections
+            if detections:
+                probs = face_distributions(self.estimator, prepared)
+                thresholds = self.estimator.config.age_thresholds
+                estimates = {
+                    role: [task.decode(row, thresholds) for row in probs[role]]
+                    for role, task in self.estimator.tasks.items()
+                }
+        boxes = [tuple(float(v) for v in d.box) for d in detections] if detect else None
+        matches, ended = self.tracker.step(frame.index, boxes)  # type: ignore[arg-type]
+        faces: list[FaceInFrame] = []
+        for match in matches:
+            track = match.track
+            evidence = self._evidence(track)
+            face = FaceInFrame(track.id, track.box, match.detection is not None)
+            if match.detection is not None:
+                i = match.detection
+                detection = detections[i]
+                face.box = tuple(float(v) for v in detection.box)  # type: ignore[assignment]
+                face.score = float(detection.score)
+                face.age = estimates.get("age", [None] * (i + 1))[i]
+                face.gender = estimates.get("gender", [None] * (i + 1))[i]
+                self._add(evidence, frame, rgb, detection, {r: p[i] for r, p in probs.items()})
+            elif track.id is None:
+                continue  # an unconfirmed track between detections: not shown
+            if track.id is not None:
+                fused = self._fused(evidence)
+                face.fused_age = fused.get("age")
+                face.fused_gender = fused.get("gender")
+            faces.append(face)
+        people = [p for p in (self._person(t) for t in ended) if p is not None]
+        return FrameReport(frame.index, frame.time, detect, faces), people
+
+    def finish(self) -> list[Person]:
+        """The people still tracked when the input ends, by id."""
+        people = [p for p in (self._person(t) for t in self.tracker.finish()) if p is not None]
+        return sorted(people, key=lambda p: p.id)
+
+    # -- evidence ------------------------------------------------------------------------
+    @staticmethod
+    def _evidence(track: Track) -> Evidence:
+        evidence = track.data.get("evidence")
+        if evidence is None:
+            evidence = track.data["evidence"] = Evidence()
+        assert isinstance(evidence, Evidence)
+        return evidence
+
+    def _add(
+        self,
+        evidence: Evidence,
+        frame: SourceFrame,
+        rgb: NDArray[np.uint8],
+        detection: Any,
+        probs: dict[str, NDArray[np.float64]],
+    ) -> None:
+        x1, y1, x2, y2 = (round(v) for v in detection.box)
+        height, width = rgb.shape[:2]
+        face = rgb[max(0, y1) : min(height, y2), max(0, x1) : min(width, x2)]
+        sharp = (
+            sharpness(np.asarray(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), np.uint8))
+            if face.size
+            else 0.0
+        )
+        side = float(min(detection.width, detection.height))
+        weight = frame_weight(side, sharp, float(detection.score))
+        evidence.seen += 1
+        evidence.frames.append(frame.index)
+        evidence.times.append(frame.time)
+        evidence.boxes.append(tuple(float(v) for v in detection.box))  # type: ignore[arg-type]
+        evidence.weights.append(weight)
+        for role, row in probs.items():
+            evidence.probs.setdefault(role, []).append(row)
+        evidence.path.append(((frame.time), (x1 + x2) / 2, (y1 + y2) / 2, side))
+        if len(evidence.weights) > MAX_EVIDENCE:
+            drop = int(np.argmin(evidence.weights))
+            for items in (evidence.frames, evidence.times, evidence.boxes, evidence.weights):
+                del items[drop]
+            for rows in evidence.probs.values():
+                del rows[drop]
+        evidence.fused = None
+        if self.thumbnails and weight > evidence.best_weight:
+            evidence.best_weight = weight
+            evidence.thumbnail = _thumbnail(rgb, detection.box)
+            evidence.thumbnail_frame = frame.index
+
+    def _fused(self, evidence: Evidence) -> dict[str, Any]:
+        if evidence.fused is not None:
+            return evidence.fused[0]
+        out: dict[str, Any] = {}
+        used = None
+        thresholds = self.estimator.config.age_thresholds
+        frames_used = len(evidence.weights)
+        for role in ("age", "gender"):
+            rows = evidence.probs.get(role)
+            task = self.estimator.tasks.get(role)
+            if not rows or task is None:
+                continue
+            pooled = pool(
+                np.array(rows),
+                evidence.weights,
+                centres=self._centres if role == "age" else None,
+                used=used,
+                settings=self.fusion,
+            )
+            if role == "age":
+                used = pooled.used  # gender uses the frames age kept
+                frames_used = pooled.frames_used
+            out[role] = task.decode(pooled.probs, thresholds)
+        evidence.fused = (out, frames_used)
+        return out
+
+    def _person(self, track: Track) -> Person | None:
+        if track.id is None:
+            return None
+        evidence = self._evidence(track)
+        if not evidence.frames:
+            return None
+        fused = self._fused(evidence)
+        assert evidence.fused is not None
+        return Person(
+            id=track.id,
+            first_frame=track.first_frame,
+            last_frame=track.last_frame,
+            first_time=evidence.path[0][0],
+            last_time=evidence.path[-1][0],
+            frames_seen=evidence.seen,
+            frames_used=evidence.fused[1],
+            path=_path_summary(evidence.path),
+            age=fused.get("age"),
+            gender=fused.get("gender"),
+            thumbnail=evidence.thumbnail,
+            thumbnail_frame=evidence.thumbnail_frame,
+        )
+
+
+def _thumbnail(rgb: NDArray[np.uint8], box: Box) -> NDArray[np.uint8]:
+    x1, y1, x2, y2 = box
+    mx, my = THUMB_MARGIN * (x2 - x1), THUMB_MARGIN * (y2 - y1)
+    height, width = rgb.shape[:2]
+    left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
+    right, bottom = min(width, math.ceil(x2 + mx)), min(height, math.ceil(y2 + my))
+    crop = rgb[top:bottom, left:right]
+    side = max(crop.shape[:2]) if crop.size else 0
+    if side > THUMB_SIDE:
+        scale = THUMB_SIDE / side
+        size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        crop = np.asarray(cv2.resize(crop, size, interpolation=cv2.INTER_AREA), np.uint8)
+    return np.ascontiguousarray(crop)
+
+
+def _path_summary(path: list[tuple[float, float, float, float]]) -> dict[str, Any]:
+    """Where the face went: start and end centre and side, distance, a few points."""
+    pts = np.array(path, float)
+    steps = np.hypot(np.diff(pts[:, 1]), np.diff(pts[:, 2])) if len(pts) > 1 else np.zeros(0)
+    picks = np.unique(np.linspace(0, len(pts) - 1, min(PATH_POINTS, len(pts))).round().astype(int))
+    return {
+        "start": [_r(v, 1) for v in pts[0, 1:]],
+        "end": [_r(v, 1) for v in pts[-1, 1:]],
+        "mean_side": _r(pts[:, 3].mean(), 1),
+        "distance": _r(steps.sum(), 1),
+        "points": [[_r(pts[i, 0], 3), *(_r(v, 1) for v in pts[i, 1:])] for i in picks],
+    }

@@ -1,0 +1,500 @@
+"""``agegender video``: faces tracked across frames, one fused estimate per person.
+
+Clips are composed here from the astronaut photo (tests/data, public domain): copies of
+the face patch moving along known straight paths over a gradient, written with
+cv2.VideoWriter (MJPG, 10 fps). Ground truth is where each copy's face box is in every
+frame; an *identity switch* is a change of the track id that covers a true face.
+No network (a local HTTP server on 127.0.0.1 serves a clip), no camera.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from faceutils import ASTRONAUT_BOX, PATCH
+from numpy.typing import NDArray
+
+from agegender.cli import main
+from agegender.tracking import Tracker, iou_matrix
+
+FPS = 10
+SIZE = (640, 480)  # width, height
+# A path: frame index -> (x, y) of the patch's top-left corner, or None (not in the clip).
+Path2D = Callable[[int], tuple[float, float] | None]
+
+
+# -- composed clips ------------------------------------------------------------------------
+
+
+def face_box(x: float, y: float, mirrored: bool) -> tuple[float, float, float, float]:
+    """Where the face of a patch placed at (x, y) is (the astronaut's box, shifted)."""
+    px1, py1, px2, _ = PATCH
+    bx1, by1, bx2, by2 = ASTRONAUT_BOX
+    x1, x2 = bx1 - px1, bx2 - px1
+    if mirrored:
+        x1, x2 = (px2 - px1) - x2, (px2 - px1) - x1
+    return (x + x1, y + by1 - py1, x + x2, y + by2 - py1)
+
+
+def write_clip(
+    path: Path, rgb: NDArray[np.uint8], paths: list[tuple[Path2D, bool]], frames: int
+) -> list[list[tuple[float, float, float, float] | None]]:
+    """Write the clip; returns, per frame, each face's true box (None: not fully in view)."""
+    width, height = SIZE
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = np.empty((height, width, 3), np.uint8)
+    background[..., 0] = (90 + 60 * xx / width).astype(np.uint8)
+    background[..., 1] = (110 + 40 * yy / height).astype(np.uint8)
+    background[..., 2] = 120
+    px1, py1, px2, py2 = PATCH
+    patch = rgb[py1:py2, px1:px2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, SIZE)
+    assert writer.isOpened()
+    truth = []
+    for index in range(frames):
+        canvas = background.copy()
+        boxes: list[tuple[float, float, float, float] | None] = []
+        for where, mirrored in paths:
+            place = where(index)
+            if place is None:
+                boxes.append(None)
+                continue
+            x0, y0 = round(place[0]), round(place[1])
+            copy = patch[:, ::-1] if mirrored else patch
+            h, w = copy.shape[:2]
+            xs, ys, xe, ye = max(0, x0), max(0, y0), min(width, x0 + w), min(height, y0 + h)
+            if xe > xs and ye > ys:
+                canvas[ys:ye, xs:xe] = copy[ys - y0 : ye - y0, xs - x0 : xe - x0]
+            box = face_box(x0, y0, mirrored)
+            inside = box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height
+            boxes.append(box if inside else None)
+        writer.write(np.ascontiguousarray(canvas[:, :, ::-1]))
+        truth.append(boxes)
+    writer.release()
+    return truth
+
+
+def linear(x0: float, y0: float, vx: float, vy: float = 0.0) -> Path2D:
+    return lambda i: (x0 + vx * i, y0 + vy * i)
+
+
+def with_gap(inner: Path2D, start: int, stop: int) -> Path2D:
+    return lambda i: None if start <= i < stop else inner(i)
+
+
+@pytest.fixture(scope="module")
+def clips(
+    tmp_path_factory: pytest.TempPathFactory, astronaut_rgb: NDArray[np.uint8]
+) -> dict[str, tuple[Path, list[list[tuple[float, float, float, float] | None]]]]:
+    folder = tmp_path_factory.mktemp("clips")
+    made = {}
+    specs: dict[str, tuple[list[tuple[Path2D, bool]], int]] = {
+        # two faces on separate diagonal paths
+        "simple": ([(linear(10, 20, 4, 2), False), (linear(430, 260, -4, -1), True)], 30),
+        # two faces crossing: the second passes in front of the first, hiding it ~8 frames
+        "crossing": ([(linear(0, 40, 11), False), (linear(450, 120, -11), True)], 40),
+        # one face walks out of the right edge, is away 2.5 s, and comes back in
+        "reenter": ([(lambda i: (300 + 20 * i, 100) if i < 20 else (450, 100), False)], 55),
+    }
+    for name, (paths, frames) in specs.items():
+        path = folder / f"{name}.avi"
+        made[name] = (path, write_clip(path, astronaut_rgb, paths, frames))
+    return made
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def identity_switches(
+    frames: list[dict], truth: list[list[tuple[float, float, float, float] | None]]
+) -> tuple[int, list[list[int | None]]]:
+    """Per true face, the track id over it in each frame (IoU >= 0.3) and the switches."""
+    ids: list[list[int | None]] = [[] for _ in truth[0]]
+    for record, boxes in zip(frames, truth, strict=True):
+        found = [(f["track"], f["box"]) for f in record["faces"] if f["track"] is not None]
+        for face, box in enumerate(boxes):
+            best = None
+            if box is not None and found:
+                iou = iou_matrix(np.array([box]), np.array([b for _, b in found]))[0]
+                if iou.max() >= 0.3:
+                    best = found[int(iou.argmax())][0]
+            ids[face].append(best)
+    switches = 0
+    for seq in ids:
+        seen = [i for i in seq if i is not None]
+        switches += sum(a != b for a, b in itertools.pairwise(seen))
+    return switches, ids
+
+
+def run_video(tmp: Path, clip: Path, *extra: str) -> tuple[int, list[dict], list[dict]]:
+    tracks, frames = tmp / "tracks.jsonl", tmp / "frames.jsonl"
+    code = main(
+        [
+            "video",
+            str(clip),
+            "--tracks",
+            str(tracks),
+            "--frames",
+            str(frames),
+            "--upsample",
+            "0",
+            *list(extra),
+        ]
+    )
+    return code, read_jsonl(tracks), read_jsonl(frames)
+
+
+# -- the tracker alone (no models) ---------------------------------------------------------
+
+
+def test_tracker_keeps_ids_on_known_paths() -> None:
+    tracker = Tracker(max_lost=5, min_hits=2)
+    seen: dict[int, set[int]] = {0: set(), 1: set()}
+    for frame in range(40):
+        boxes = [
+            (10 + 6 * frame, 50, 100 + 6 * frame, 140),
+            (500 - 6 * frame, 90, 590 - 6 * frame, 180),
+        ]
+        matches, ended = tracker.step(frame, boxes)
+        assert not ended
+        for m in matches:
+            if m.detection is not None and m.track.id is not None:
+                seen[m.detection].add(m.track.id)
+    # crossing at frame ~33 with boxes overlapping by 40 px vertically: no switch
+    assert seen == {0: {1}, 1: {2}}
+
+
+def test_tracker_carries_boxes_between_detections() -> None:
+    tracker = Tracker(max_lost=10, min_hits=1)
+    for frame in range(30):
+        x = 10 + 5 * frame
+        matches, _ = tracker.step(frame, [(x, 50, x + 90, 140)] if frame % 4 == 0 else None)
+        (match,) = matches
+        assert match.track.id == 1
+        if frame >= 8:  # after two detections the filter knows the velocity
+            assert abs(match.track.box[0] - x) < 10, frame
+
+
+def test_tracker_ends_lost_tracks() -> None:
+    tracker = Tracker(max_lost=3, min_hits=1)
+    tracker.step(0, [(0, 0, 50, 50)])
+    for frame in range(1, 4):
+        assert tracker.step(frame, [])[1] == []
+    _, ended = tracker.step(4, [])
+    assert [t.id for t in ended] == [1]
+    matches, _ = tracker.step(5, [(0, 0, 50, 50)])
+    assert [m.track.id for m in matches] == [2]  # the same place later: a new track
+
+
+# -- the command on composed clips --------------------------------------------------------
+
+
+def test_simple_clip(clips, tmp_path: Path) -> None:
+    clip, truth = clips["simple"]
+    annotated = tmp_path / "out.mp4"
+    code, tracks, frames = run_video(tmp_path, clip, "--annotate", str(annotated))
+    assert code == 0
+    assert len(frames) == 30
+    switches, ids = identity_switches(frames, truth)
+    assert switches == 0, ids
+    assert [t["track"] for t in tracks] == [1, 2]
+    for track in tracks:
+        assert track["first_time"] == 0.0 and track["last_time"] == pytest.approx(2.9)
+        assert track["frames_seen"] >= 28 and 0 < track["frames_used"] <= track["frames_seen"]
+        assert track["gender"]["label"] == "female"
+        assert 15 <= track["age"]["value"] <= 60
+        low, high = track["age"]["interval"]
+        assert 0 <= low <= high <= 80
+        thumb = Path(track["thumbnail"])
+        assert thumb.parent == tmp_path / "tracks-thumbs" and thumb.is_file()
+        assert cv2.imread(str(thumb)) is not None
+        assert len(track["path"]["points"]) == 10
+    # the first face starts near its true box centre
+    x1, y1, x2, y2 = truth[0][0]
+    assert tracks[0]["path"]["start"][:2] == pytest.approx([(x1 + x2) / 2, (y1 + y2) / 2], abs=8)
+    # fused estimates are narrower than single frames'
+    for track in tracks:
+        singles = [
+            f["age"]["std"]
+            for r in frames
+            for f in r["faces"]
+            if f["track"] == track["track"] and f["detected"]
+        ]
+        assert track["age"]["std"] < np.mean(singles)
+    capture = cv2.VideoCapture(str(annotated))
+    assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    capture.release()
+
+
+def test_detect_every_k_carries_boxes(clips, tmp_path: Path) -> None:
+    clip, truth = clips["simple"]
+    code, tracks, frames = run_video(tmp_path, clip, "--detect-every", "3", "--min-hits", "2")
+    assert code == 0
+    assert [r["detected"] for r in frames[:6]] == [True, False, False, True, False, False]
+    switches, ids = identity_switches(frames, truth)
+    assert switches == 0
+    # every true face is covered by a track on carried frames too, once confirmed
+    assert all(i is not None for seq in ids for i in seq[6:]), ids
+    assert [t["track"] for t in tracks] == [1, 2]
+    assert all(t["frames_seen"] == 10 for t in tracks)
+
+
+def test_crossing_faces_keep_their_ids(clips, tmp_path: Path) -> None:
+    clip, truth = clips["crossing"]
+    code, tracks, frames = run_video(tmp_path, clip)
+    assert code == 0
+    switches, ids = identity_switches(frames, truth)
+    assert switches == 0, ids
+    assert [t["track"] for t in tracks] == [1, 2]  # the hidden face was carried, not lost
+    hidden = next(t for t in tracks if t["frames_seen"] < 40)
+    assert hidden["last_frame"] == 39
+
+
+def test_a_face_coming_back_is_a_new_person(clips, tmp_path: Path) -> None:
+    # Gone for longer than --max-lost (1 s): no appearance re-identification, a new id.
+    clip, truth = clips["reenter"]
+    code, tracks, frames = run_video(tmp_path, clip)
+    assert code == 0
+    assert [t["track"] for t in tracks] == [1, 2]
+    first, second = tracks
+    assert first["last_time"] < 2.0 <= second["first_time"]
+    switches, _ = identity_switches(frames, truth)
+    assert switches == 1  # the one face: id 1, then id 2 after coming back
+
+
+def test_tracks_to_stdout(clips, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clip, _ = clips["simple"]
+    code = main(["video", str(clip), "--upsample", "0", "--max-frames", "10"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    tracks = [json.loads(line) for line in out.out.splitlines()]
+    assert [t["track"] for t in tracks] == [1, 2]
+    assert all(t["thumbnail"] is None and t["last_frame"] == 9 for t in tracks)
+
+
+# -- bad inputs and outputs: one line, an exit status -------------------------------------
+
+
+def one_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agegender: error: "), err
+    return lines[0]
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["video", str(tmp_path / "nope.mp4")]) == 1
+    assert "nope.mp4: no such file" in one_error(capsys)
+
+
+def test_broken_video(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"this is not a video" * 100)
+    out = tmp_path / "t.jsonl"
+    assert main(["video", str(bad), "--tracks", str(out)]) == 1
+    assert "broken.mp4" in one_error(capsys)
+    assert out.read_text() == ""  # made by agegender, left empty
+
+
+def test_truncated_video_keeps_its_frames(clips, tmp_path: Path, capsys) -> None:
+    clip, _ = clips["simple"]
+    cut = tmp_path / "cut.avi"
+    data = clip.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    code = main(["video", str(cut), "--upsample", "0"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert len(out.out.splitlines()) == 2
+
+
+def test_bad_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["video", "http://127.0.0.1:9/none.avi"]) == 1
+    assert "cannot open the stream" in one_error(capsys)
+    assert main(["video", "http://127.0.0.1:9/none.avi", "--live", "--retries", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("stream lost" in line for line in err), err
+    assert sum(line.startswith("agegender: error: ") for line in err) == 1
+
+
+def test_outputs_are_checked_first(clips, tmp_path: Path, capsys) -> None:
+    clip, _ = clips["simple"]
+    taken = tmp_path / "taken.jsonl"
+    taken.write_text("mine\n")
+    assert main(["video", str(clip), "--tracks", str(taken)]) == 2
+    assert "exists" in one_error(capsys)
+    assert taken.read_text() == "mine\n"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    assert (
+        main(["video", str(clip), "--tracks", str(tmp_path / "n.jsonl"), "--thumbs", str(folder)])
+        == 2
+    )
+    assert "did not make" in one_error(capsys)
+    assert main(["video", str(clip), "--annotate", str(tmp_path / "out.gif")]) == 2
+    assert "--annotate" in one_error(capsys)
+    assert main(["video", str(clip), "--frames", "-"]) == 2
+    assert "stdout" in one_error(capsys)
+    assert main(["video", str(clip), "--tracks", str(tmp_path / "no" / "t.jsonl")]) == 2
+    assert "does not exist" in one_error(capsys)
+    assert not (tmp_path / "n.jsonl").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["video", str(clip), "--detect-every", "0"])
+    assert exit_.value.code == 2
+
+
+def test_thumbs_folder_of_an_earlier_run_is_reused(clips, tmp_path: Path) -> None:
+    clip, _ = clips["simple"]
+    args = ["video", str(clip), "--upsample", "0", "--max-frames", "5"]
+    thumbs = tmp_path / "thumbs"
+    assert main([*args, "--tracks", str(tmp_path / "a.jsonl"), "--thumbs", str(thumbs)]) == 0
+    assert main([*args, "--tracks", str(tmp_path / "a2.jsonl"), "--thumbs", str(thumbs)]) == 0
+    names = sorted(p.name for p in thumbs.glob("*.jpg"))
+    assert names == ["a-0001.jpg", "a-0002.jpg", "a2-0001.jpg", "a2-0002.jpg"]
+
+
+# -- streams --------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def http_server(clips) -> Iterator[str]:
+    folder = clips["simple"][0].parent
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_http_stream(http_server: str, tmp_path: Path) -> None:
+    code, tracks, frames = run_video(tmp_path, f"{http_server}/simple.avi")  # type: ignore[arg-type]
+    assert code == 0
+    assert len(frames) == 30 and [t["track"] for t in tracks] == [1, 2]
+
+
+def test_live_http_stream_reports_latency(
+    http_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tracks = tmp_path / "t.jsonl"
+    code = main(
+        [
+            "video",
+            f"{http_server}/simple.avi",
+            "--live",
+            "--max-frames",
+            "8",
+            "--upsample",
+            "0",
+            "--tracks",
+            str(tracks),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "latency mean" in err and "frames dropped" in err
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    src = Path(__file__).resolve().parents[1] / "src"
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["AGEGENDER_HOME"] = str(tmp_path / "home")
+    return env
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_live_run_stops_cleanly(
+    astronaut_rgb: NDArray[np.uint8], tmp_path: Path, how: signal.Signals
+) -> None:
+    # A 20 s clip played live (paced at 10 fps): stopped once the first frames are out,
+    # the people in view are still written and the exit status is 0.
+    clip = tmp_path / "long.avi"
+    write_clip(clip, astronaut_rgb, [(lambda i: (100 + (i % 50), 100), False)], 200)
+    tracks, frames = tmp_path / "t.jsonl", tmp_path / "f.jsonl"
+    command = [
+        sys.executable,
+        "-m",
+        "agegender",
+        "video",
+        str(clip),
+        "--live",
+        "--upsample",
+        "0",
+        "--tracks",
+        str(tracks),
+        "--frames",
+        str(frames),
+    ]
+    process = subprocess.Popen(command, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300  # a hang guard, not a speed limit
+        while time.monotonic() < deadline and process.poll() is None:
+            if frames.exists() and len(read_jsonl_safe(frames)) >= 5:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        process.send_signal(how)
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "latency" in err and "error" not in err
+    (person,) = read_jsonl(tracks)
+    assert person["track"] == 1 and person["last_time"] < 19
+
+
+def read_jsonl_safe(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def test_help_loads_nothing_heavy(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from agegender.cli import main\n"
+        "try:\n"
+        "    main(['video', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'numpy', 'cv2', 'onnxruntime', 'dlib', 'scipy'}), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=120,
+        check=False,
+    )
+    assert "--detect-every" in done.stdout
+    assert done.stderr.strip() == "[]"
