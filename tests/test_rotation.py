@@ -82,6 +82,11 @@ def test_sweep_finds_the_rotated_face_and_cuts_it_upright(photo, landmarker, deg
     expected_centre = matrix @ np.array([(x1 + x2) / 2, (y1 + y2) / 2, 1.0])
     assert math.dist((up.cx, up.cy), expected_centre) < 0.15 * (x2 - x1)
     assert abs(up.angle + degrees) <= 10  # the sweep undoes the scene's rotation
+    # the reported box is the face's box in the scene: its centre and about its size (not
+    # the 1.37x larger bounds of the box rotated by 30 degrees)
+    bx1, by1, bx2, by2 = best.box
+    assert math.dist(((bx1 + bx2) / 2, (by1 + by2) / 2), expected_centre) < 0.15 * (x2 - x1)
+    assert 0.8 < (bx2 - bx1) / (x2 - x1) < 1.2 and 0.8 < (by2 - by1) / (y2 - y1) < 1.2
     # landmarks come back in the scene's coordinates: compare with the photo's, rotated
     photo_points = landmarker(photo, upright_face.box)
     moved = photo_points @ matrix[:, :2].T + matrix[:, 2]

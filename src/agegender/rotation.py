@@ -71,21 +71,11 @@ def _apply(matrix: NDArray[np.float64], points: NDArray[np.float64]) -> NDArray[
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def _corners(upright: Upright) -> NDArray[np.float64]:
-    """The upright box's corners in image coordinates."""
+def _face_box(upright: Upright) -> tuple[float, float, float, float]:
+    """The face's box in the image: its centre and size, not the bounds of the rotated box
+    (those grow by up to 41% at 45 degrees and no longer match a detector's face box)."""
     half_w, half_h = upright.width / 2, upright.height / 2
-    local = np.array([[-half_w, -half_h], [half_w, -half_h], [half_w, half_h], [-half_w, half_h]])
-    theta = math.radians(upright.angle)
-    # The image was rotated by +angle to make the face upright; undo it for the corners.
-    cos, sin = math.cos(theta), math.sin(theta)
-    back = np.array([[cos, -sin], [sin, cos]])
-    return local @ back.T + [upright.cx, upright.cy]
-
-
-def _bounds(points: NDArray[np.float64]) -> tuple[float, float, float, float]:
-    x1, y1 = points.min(axis=0)
-    x2, y2 = points.max(axis=0)
-    return float(x1), float(y1), float(x2), float(y2)
+    return (upright.cx - half_w, upright.cy - half_h, upright.cx + half_w, upright.cy + half_h)
 
 
 class SweepDetector:
@@ -158,7 +148,7 @@ class SweepDetector:
                 continue
             detections.append(
                 Detection(
-                    _bounds(_corners(face.upright)),
+                    _face_box(face.upright),
                     face.score,
                     face.points,
                     upright=face.upright,
