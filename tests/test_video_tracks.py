@@ -327,7 +327,7 @@ def test_bad_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "cannot open the stream" in one_error(capsys)
     assert main(["video", "http://127.0.0.1:9/none.avi", "--live", "--retries", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert any("stream lost" in line for line in err), err
+    assert any("cannot open the stream (2 attempts)" in line for line in err), err
     assert sum(line.startswith("agegender: error: ") for line in err) == 1
 
 
@@ -415,6 +415,59 @@ def test_live_http_stream_reports_latency(
     err = capsys.readouterr().err
     assert code == 0, err
     assert "latency mean" in err and "frames dropped" in err
+
+
+class _LimitedHandler(_QuietHandler):
+    """Serves GET requests while the server's `remaining` count lasts, then 503."""
+
+    def do_GET(self) -> None:
+        server = self.server
+        if server.remaining <= 0:  # type: ignore[attr-defined]
+            self.send_error(503)
+            return
+        server.remaining -= 1  # type: ignore[attr-defined]
+        super().do_GET()
+
+
+def test_live_stream_reconnects_then_reports_the_loss(
+    clips, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The clip is served twice: the live run plays it, reconnects once when it ends,
+    # plays it again, then fails to reconnect: one error line, status 1, and the people
+    # seen so far are still written.
+    folder = clips["simple"][0].parent
+    handler = functools.partial(_LimitedHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.remaining = 2  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    tracks = tmp_path / "t.jsonl"
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/simple.avi"
+        code = main(
+            [
+                "video",
+                url,
+                "--live",
+                "--retries",
+                "2",
+                "--upsample",
+                "0",
+                "--min-hits",
+                "1",
+                "--tracks",
+                str(tracks),
+            ]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    errors = [line for line in err if line.startswith("agegender: error: ")]
+    assert len(errors) == 1 and "stream lost after 60 frames" in errors[0], err
+    assert "3 reconnections" in err[-1]  # one that worked, two that failed
+    assert read_jsonl(tracks)  # flushed
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -99,7 +99,8 @@ class Source:
     # -- opening -------------------------------------------------------------------------
     def _open(self) -> cv2.VideoCapture:
         if self.kind == "camera":
-            capture = cv2.VideoCapture(int(self.spec))
+            with video._opencv_quiet():
+                capture = cv2.VideoCapture(int(self.spec))
         else:
             capture = video._open(self.spec)
         if not capture.isOpened():
@@ -227,8 +228,10 @@ class Source:
                         if self.kind == "file" or failures >= self.retries:
                             if failures and self.kind != "file":
                                 raise StreamLost(
-                                    f"{self.spec}: stream lost, {failures} reconnection "
-                                    f"attempts failed ({error})"
+                                    f"{self.spec}: stream lost after {index} frames; "
+                                    f"{failures} reconnection attempts failed ({error})"
+                                    if index
+                                    else f"{error} ({failures + 1} attempts)"
                                 ) from None
                             raise
                         failures += 1

@@ -449,7 +449,7 @@ class _Run:
         rate = frames / elapsed if elapsed > 0 else 0.0
         detected = tracker.frames_detected if tracker is not None else 0
         line = f"{frames} frames ({detected} detected), {self.people} people, {rate:.1f} frames/s"
-        if self.args.live:
+        if self.args.live and frames:
             import numpy as np
 
             lat = np.array(self.latencies) * 1000 if self.latencies else np.zeros(1)
