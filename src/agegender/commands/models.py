@@ -93,10 +93,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="copy a model file you already have into the store",
         description="Copy FILE into the store. It is recognised by its sha256; a file that "
         "matches no card is refused unless --card names the card it follows (it is then "
-        "stored as unverified).",
+        "stored as unverified). For a card whose file is a member of a PyPI wheel or an npm "
+        "package, FILE may be the wheel or the .tgz itself: the member is extracted and must "
+        "match the card's sha256.",
     )
-    imp.add_argument("file", metavar="FILE")
-    imp.add_argument("--card", metavar="ID", help="the card FILE follows (hash not checked)")
+    imp.add_argument("file", metavar="FILE", help="a model file, or a wheel / .tgz holding it")
+    imp.add_argument(
+        "--card",
+        metavar="ID",
+        help="the card (id or TOML path) FILE follows (a model file's hash is then not checked)",
+    )
     imp.set_defaults(run=run_import)
 
 
@@ -122,11 +128,10 @@ def expand_names(names: list[str]) -> list[ModelCard]:
 
 
 def _source(card: ModelCard) -> str:
+    """The SOURCE column: the URL's host, ``wheel NAME==V``, ``npm NAME@V``, ``package P``."""
     if card.source.url:
         return urlsplit(card.source.url).netloc
-    if card.source.package:
-        return f"package {card.source.package}"
-    return "local file"
+    return card.source.origin
 
 
 def _size(n: int | None) -> str:
@@ -155,10 +160,14 @@ def model_entries() -> list[dict[str, Any]]:
                 "sha256": card.source.sha256,
                 "url": card.source.url,
                 "package": card.source.package,
+                "wheel": card.source.wheel,
+                "npm": card.source.npm,
+                "member": card.source.member,
+                "source_kind": card.source.kind,
                 "status": state.status,
                 "installed": state.status in ("installed", "unverified"),
                 "path": str(state.path) if state.path is not None else None,
-                "store_path": str(layout.model_path(card)) if card.source.url else None,
+                "store_path": str(layout.model_path(card)) if card.source.stored else None,
             }
         )
     return entries
@@ -207,8 +216,13 @@ def run_pull(args: argparse.Namespace) -> int:
             _error(str(error))
             failures += 1
             continue
+        fetched = (
+            f"extracted {card.source.member} from {card.source.origin}, size and sha256 verified"
+            if card.source.member
+            else "downloaded and verified"
+        )
         what = {
-            "downloaded": "downloaded and verified",
+            "downloaded": fetched,
             "present": "already installed, sha256 verified",
             "package": f"ships with package {card.source.package}",
             "local": "read from next to its card, size and sha256 checked",
@@ -226,7 +240,7 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"{result.status:<10}  {card.id}{where}: {result.detail}")
         if result.failed:
             failed += 1
-            if card.source.url and result.status == "mismatch":
+            if card.source.stored and result.status == "mismatch":
                 _error(f"{card.id}: run 'agegender models pull {card.id}' to replace it")
     return 1 if failed else 0
 

