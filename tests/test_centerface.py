@@ -182,3 +182,17 @@ def test_detector_card_faults_are_one_line(change: dict, message: str) -> None:
     with pytest.raises(CardError) as info:
         parse_card(data)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_builtin_card_and_a_missing_file_is_a_one_line_hint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    card = cards.get_card("centerface")
+    assert card.source.kind == "wheel" and card.detection is not None
+    assert card.detection.decoder == "centerface" and card.input.channels == "RGB"
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path))
+    with pytest.raises(Exception) as info:
+        Estimator(detector="centerface")
+    message = str(info.value)
+    assert "agegender models pull centerface" in message and "--detector dlib" in message
+    assert "\n" not in message

@@ -102,11 +102,14 @@ def _centerface(config: EstimatorConfig) -> FaceDetector:
     from . import store
     from .cards import get_card
     from .detectors.centerface import CenterFaceDetector
+    from .errors import ModelNotInstalledError
 
     card = get_card("centerface")
-    return CenterFaceDetector(
-        card, store.resolve(card), max_side=config.max_detect_side, threads=config.threads
-    )
+    try:
+        path = store.resolve(card)
+    except ModelNotInstalledError as error:
+        raise ModelNotInstalledError(f"{error}; or use --detector dlib (no download)") from None
+    return CenterFaceDetector(card, path, max_side=config.max_detect_side, threads=config.threads)
 
 
 def _whole(config: EstimatorConfig) -> FaceDetector:

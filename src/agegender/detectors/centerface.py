@@ -15,7 +15,6 @@ overlapping boxes.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -152,9 +151,6 @@ class CenterFaceDetector:
         self.output_names = [
             self.spec.output(role) for role in ("heatmap", "scale", "offset", "landmarks")
         ]
-        # One run at a time per session is what ONNX Runtime documents as safe for every
-        # provider; detection threads take turns here (the model itself uses the cores).
-        self._lock = threading.Lock()
 
     def _tensor(
         self, rgb: NDArray[np.uint8], factor: float, fed: tuple[int, int]
@@ -176,6 +172,16 @@ class CenterFaceDetector:
             canvas = canvas.transpose(2, 0, 1)
         return np.ascontiguousarray(canvas[None], dtype=np.float32)
 
+    def _dlib_box(
+        self, box: tuple[float, float, float, float]
+    ) -> tuple[float, float, float, float]:
+        """The box dlib's 5-point predictor sees for this face (the card's dlib_box)."""
+        dx, dy, fw, fh = self.spec.dlib_box
+        x1, y1, x2, y2 = box
+        w, h = x2 - x1, y2 - y1
+        cx, cy = (x1 + x2) / 2 + dx * w, (y1 + y2) / 2 + dy * h
+        return (cx - fw * w / 2, cy - fh * h / 2, cx + fw * w / 2, cy + fh * h / 2)
+
     def detect(self, rgb: NDArray[np.uint8]) -> list[Detection]:
         return self.detect_many([rgb])[0]
 
@@ -189,10 +195,11 @@ class CenterFaceDetector:
             groups.setdefault((fed_h, fed_w), []).append(index)
         for fed, members in groups.items():
             batch = np.concatenate([self._tensor(images[i], plans[i][0], fed) for i in members])
-            with self._lock:
-                heat, scale, offset, marks = self.session.run(
-                    self.output_names, {self.input_name: batch}
-                )
+            # InferenceSession.run may be called from several threads at once (ORT
+            # documents it thread-safe): predict_many's workers detect in parallel.
+            heat, scale, offset, marks = self.session.run(
+                self.output_names, {self.input_name: batch}
+            )
             for row, index in enumerate(members):
                 boxes, scores, points = decode(
                     heat[row, 0],
@@ -210,11 +217,10 @@ class CenterFaceDetector:
                     x2, y2 = min(float(width), box[2]), min(float(height), box[3])
                     if x2 - x1 < 2 or y2 - y1 < 2:
                         continue
+                    face = (float(x1), float(y1), float(x2), float(y2))
                     results[index].append(
                         Detection(
-                            (float(x1), float(y1), float(x2), float(y2)),
-                            float(score),
-                            keypoints=pts,
+                            face, float(score), keypoints=pts, landmark_box=self._dlib_box(face)
                         )
                     )
         return results
