@@ -17,6 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
+from .calibration import Calibration
+from .calibration import parse_table as parse_calibration_table
 from .errors import CardError
 
 if TYPE_CHECKING:  # numpy only where a card's values become an array (``--help`` stays light)
@@ -153,9 +155,6 @@ class DetectionSpec:
     threshold: float
     nms_iou: float
     outputs: tuple[tuple[str, str], ...]
-    # The box dlib's 5-point predictor is run on, from the detector's: centre shift (x, y)
-    # in box widths and heights, then width and height factors.
-    dlib_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
     def output(self, role: str) -> str:
         return dict(self.outputs)[role]
@@ -176,6 +175,8 @@ class ModelCard:
     notes: str = ""
     origin: str = field(default="", compare=False)
     detection: DetectionSpec | None = None  # face-detection cards only
+    # [calibration] (calibration.py): used when this card is its task's only head
+    calibration: Calibration | None = None
 
     def to_dict(self, public: bool = True) -> dict[str, Any]:
         """The card as JSON-ready data (``models list --json``, the server's ``/v1/models``).
@@ -246,7 +247,18 @@ class ModelCard:
 
 # -- parsing: every fault is one CardError naming the card, the field and what is expected --
 
-TOP_FIELDS = ("id", "task", "title", "license", "notes", "source", "input", "crop", "output")
+TOP_FIELDS = (
+    "id",
+    "task",
+    "title",
+    "license",
+    "notes",
+    "source",
+    "input",
+    "crop",
+    "output",
+    "calibration",
+)
 TABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "source": (
         "package",
@@ -658,6 +670,9 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
     input_spec = _parse_input(r, r.table(data, "input"))
     crop_spec = _parse_crop(r, r.table(data, "crop"), input_spec)
     output = _parse_output(r, r.table(data, "output"), task)
+    calibration = None
+    if data.get("calibration") is not None:
+        calibration = parse_calibration_table(data["calibration"], task, r.fail)
     return ModelCard(
         id=card_id,
         task=task,  # type: ignore[arg-type]  # checked against TASKS
@@ -669,11 +684,12 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
         license=license_ or "",
         notes=notes or "",
         origin=origin,
+        calibration=calibration,
     )
 
 
 DETECTOR_INPUT = ("channels", "layout", "scale", "mean", "std", "name", "multiple", "max_side")
-DETECTOR_OUTPUT = ("decoder", "stride", "threshold", "nms_iou", "outputs", "dlib_box")
+DETECTOR_OUTPUT = ("decoder", "stride", "threshold", "nms_iou", "outputs")
 # What each decoder reads from the graph (``[output] outputs`` maps these to output names).
 DECODER_OUTPUTS = {"centerface": ("heatmap", "scale", "offset", "landmarks")}
 
@@ -731,19 +747,7 @@ def _parse_detector(
     for key, value in (("threshold", threshold), ("nms_iou", nms_iou)):
         if not 0 < value < 1:
             r.expect(f"[output] {key}", "a number between 0 and 1", value)
-    dlib_box = r.get(out, "output", "dlib_box")
-    if dlib_box is None:
-        dlib_box = [0.0, 0.0, 1.0, 1.0]
-    if not (
-        isinstance(dlib_box, list)
-        and len(dlib_box) == 4
-        and all(_is_number(v) for v in dlib_box)
-        and dlib_box[2] > 0
-        and dlib_box[3] > 0
-    ):
-        r.expect("[output] dlib_box", "[x shift, y shift, width factor, height factor]", dlib_box)
     detection = DetectionSpec(
-        dlib_box=tuple(float(v) for v in dlib_box),  # type: ignore[arg-type]
         decoder=decoder,
         multiple=_positive_int(r, inp, "input", "multiple", 1),
         max_side=_positive_int(r, inp, "input", "max_side", 1024),

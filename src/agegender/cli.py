@@ -21,7 +21,7 @@ from . import __version__
 from .errors import AgegenderError
 
 # Each module has add_parser(subparsers) and run(args) -> int.
-COMMANDS = ["predict", "models", "evaluate", "serve", "batch", "video"]
+COMMANDS = ["predict", "models", "evaluate", "calibrate", "serve", "batch", "video"]
 
 BROKEN_PIPE_STATUS = 141  # what a shell reports for a process ended by SIGPIPE
 

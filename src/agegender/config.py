@@ -34,6 +34,7 @@ MODEL_FIELDS = (
     "gender_weights",
     "threads",
     "batch_size",
+    "calibration",
 )
 
 
@@ -65,6 +66,10 @@ class EstimatorConfig:
     # Measured on utkface-dev (README): flip averaging lowers the CC0 age model's MAE.
     tta: bool = True
     age_thresholds: tuple[float, ...] = ()
+    # Calibration of std, interval, P(age >= t) and gender probability (calibration.py):
+    # "" the preset's (or a lone card's own), "none" raw model outputs, or a TOML file
+    # written by `agegender calibrate`.
+    calibration: str = ""
     # inputs and execution
     pixel_limit: int | None = DEFAULT_PIXEL_LIMIT
     threads: int | None = None  # ONNX Runtime threads per model
@@ -85,6 +90,9 @@ class EstimatorConfig:
         if self.sweep is not None:
             object.__setattr__(self, "sweep", tuple(float(v) for v in self.sweep))
         object.__setattr__(self, "age_thresholds", tuple(float(t) for t in self.age_thresholds))
+        if self.calibration is None:
+            object.__setattr__(self, "calibration", "")
+        object.__setattr__(self, "calibration", str(self.calibration))
         self.validate()
 
     # -- construction ---------------------------------------------------------------

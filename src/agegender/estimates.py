@@ -4,6 +4,13 @@ Age distribution over bin values v_i with probabilities p_i (DEX's expected valu
 value = sum p_i v_i, std = sqrt(sum p_i (v_i - value)^2), the central interval holding
 `mass` of the distribution (its (1-mass)/2 and (1+mass)/2 quantiles, read off the
 cumulative distribution), and P(age >= t) = sum of p_i over v_i >= t.
+
+With a :class:`~agegender.calibration.Calibration` (the task's, see calibration.py) the
+value stays the raw distribution's expected value (so the MAE does not move); the std,
+interval and P(age >= t) are those of the calibrated distribution (temperature, log-age
+smoothing), the interval read off its cumulative distribution interpolated between bin
+values and widened by the split-conformal amount of the value's age band (rounded to 0.1
+year, never below 0). The gender probability is the tempered one.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from .calibration import Calibration, calibrate_age, interval_of, temper
 from .results import AgeEstimate, GenderEstimate
 
 INTERVAL_MASS = 0.8
@@ -31,14 +39,26 @@ def age_from_distribution(
     *,
     thresholds: Sequence[float] = (),
     mass: float = INTERVAL_MASS,
+    calibration: Calibration | None = None,
 ) -> AgeEstimate:
     """Expected value, std, central interval and P(age >= t) of one distribution."""
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum()
     mean = float(probs @ values)
-    std = float(np.sqrt(max(0.0, float(probs @ (values - mean) ** 2))))
+    if calibration is not None:
+        mass = calibration.mass
+        probs = calibrate_age(probs, values, calibration.temperature, calibration.kernel)
+    spread_mean = float(probs @ values)
+    std = float(np.sqrt(max(0.0, float(probs @ (values - spread_mean) ** 2))))
     tail = (1.0 - mass) / 2
     interval = (quantile(values, probs, tail), quantile(values, probs, 1.0 - tail))
+    if calibration is not None:
+        lows, highs = interval_of(probs, values, mass)
+        widen = calibration.widening(mean)
+        low, high = max(0.0, float(lows[0]) - widen), float(highs[0]) + widen
+        if low > high:  # a negative widening past the middle: the middle
+            low = high = (float(lows[0]) + float(highs[0])) / 2
+        interval = (round(low, 1), round(high, 1))
     p_at_least = {float(t): float(probs[values >= t].sum()) for t in thresholds}
     return AgeEstimate(mean, std, interval, mass, p_at_least)
 
@@ -50,13 +70,17 @@ def age_from_groups(
     *,
     thresholds: Sequence[float] = (),
     mass: float = INTERVAL_MASS,
+    calibration: Calibration | None = None,
 ) -> AgeEstimate:
     """Most probable group, and a point estimate over the groups' midpoints.
 
-    P(age >= t) counts a group by the share of its span at or above t.
+    P(age >= t) counts a group by the share of its span at or above t. A calibration's
+    temperature applies to the groups' distribution (the groups and the best one stay).
     """
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum()
+    if calibration is not None:
+        probs = temper(probs, calibration.temperature)
     lows = np.array([g[0] for g in groups], dtype=np.float64)
     highs = np.array([g[1] for g in groups], dtype=np.float64)
     mids = (lows + highs) / 2
@@ -80,9 +104,19 @@ def age_from_groups(
     return AgeEstimate(mean, std, interval, mass, p_at_least, labels[best], float(probs[best]))
 
 
-def gender_from_probs(probs: NDArray[np.float64], labels: Sequence[str]) -> GenderEstimate:
-    """The more probable label; ties go to the first, as in the model's own order."""
+def gender_from_probs(
+    probs: NDArray[np.float64],
+    labels: Sequence[str],
+    calibration: Calibration | None = None,
+    age: float | None = None,
+) -> GenderEstimate:
+    """The more probable label; ties go to the first, as in the model's own order.
+
+    With a calibration, the probability is tempered with the temperature of the band of
+    `age` (the face's estimated age; None: the overall temperature)."""
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum()
+    if calibration is not None:
+        probs = temper(probs, calibration.gender_temperature(age))
     best = int(np.argmax(probs))
     return GenderEstimate(labels[best], float(probs[best]))

@@ -8,6 +8,11 @@ support and takes their weighted mean, then decodes that one distribution.
 
 Which field a card fills and how its distribution is decoded is data (``TASK_ROLE`` and
 ``DECODERS`` below), not branches: a new model family needs a card, not code here.
+
+A task's **calibration** (calibration.py) is applied when its combined distribution is
+decoded: the preset's (or ``--calibration FILE``'s) when fitted for exactly these cards
+and weights, else a lone card's own ``[calibration]``. ``decode_face`` decodes age
+before gender, whose calibration depends on the estimated age.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import crops
+from .calibration import Calibration, resolve
 from .cards import ModelCard, get_card
 from .config import DEFAULT_BATCH
 from .errors import AgegenderError, CardError
@@ -46,12 +52,17 @@ class Support:
     groups: tuple[tuple[float, float], ...] = ()
 
 
-Decoder = Callable[[Support, NDArray[np.float64], Sequence[float]], Any]
+# (support, distribution, thresholds[, calibration or None[, the face's estimated age]])
+Decoder = Callable[..., Any]
 
 DECODERS: dict[str, Decoder] = {
-    "age": lambda s, p, t: age_from_distribution(p, s.values, thresholds=t),
-    "age-groups": lambda s, p, t: age_from_groups(p, s.groups, s.labels, thresholds=t),
-    "gender": lambda s, p, t: gender_from_probs(p, s.labels),
+    "age": lambda s, p, t, c=None, a=None: age_from_distribution(
+        p, s.values, thresholds=t, calibration=c
+    ),
+    "age-groups": lambda s, p, t, c=None, a=None: age_from_groups(
+        p, s.groups, s.labels, thresholds=t, calibration=c
+    ),
+    "gender": lambda s, p, t, c=None, a=None: gender_from_probs(p, s.labels, c, a),
 }
 
 
@@ -132,11 +143,12 @@ def _index_map(head: Support, common: Support) -> NDArray[np.intp]:
 class Task:
     """The heads that fill one Face field, combined by a weighted mean of distributions."""
 
-    def __init__(self, role: str, heads: Sequence[Head]):
+    def __init__(self, role: str, heads: Sequence[Head], calibration: Calibration | None = None):
         if not heads:
             raise AgegenderError(f"the {role} task has no model")
         self.role = role
         self.heads = list(heads)
+        self.calibration = calibration
         supports = [_support(h.card) for h in self.heads]
         kinds = {s.kind for s in supports}
         ids = ", ".join(h.card.id for h in self.heads)
@@ -174,9 +186,24 @@ class Task:
         return mean
 
     def decode(
-        self, probs: NDArray[np.float64], thresholds: Sequence[float]
+        self, probs: NDArray[np.float64], thresholds: Sequence[float], age: float | None = None
     ) -> AgeEstimate | GenderEstimate:
-        return DECODERS[self.support.kind](self.support, probs, thresholds)
+        """One face's estimate; `age` (the face's estimated age) picks a gender calibration's
+        age band."""
+        return DECODERS[self.support.kind](self.support, probs, thresholds, self.calibration, age)
+
+
+def decode_face(
+    tasks: dict[str, Task], rows: dict[str, NDArray[np.float64]], thresholds: Sequence[float]
+) -> dict[str, Any]:
+    """Every task's estimate of one face (age first: gender's calibration depends on it)."""
+    out: dict[str, Any] = {}
+    age = None
+    for role in sorted(tasks, key=lambda r: r != "age"):
+        out[role] = tasks[role].decode(rows[role], thresholds, age)
+        if role == "age":
+            age = out[role].value
+    return out
 
 
 def build_tasks(
@@ -185,8 +212,16 @@ def build_tasks(
     *,
     threads: int | None,
     batch_size: int,
+    calibration: str = "none",
+    preset: str = "",
 ) -> dict[str, Task]:
-    """Load every head of every role and check that each card fills its role."""
+    """Load every head of every role and check that each card fills its role.
+
+    `calibration`: "none", "" (the calibration of `preset`, or a lone card's own) or a
+    calibration file (calibration.resolve says which applies)."""
+    from .presets import preset_calibration
+
+    fitted = preset_calibration(preset) if calibration not in ("none",) and preset else None
     tasks: dict[str, Task] = {}
     for role in ROLES:
         role_refs = [r for r in refs.get(role, ()) if r not in ("", None)]
@@ -201,5 +236,13 @@ def build_tasks(
                     f"card {model.card.id} is not a{'n' * (role == 'age')} {role} model"
                 )
             heads.append(Head(model, float(weight)))
-        tasks[role] = Task(role, heads)
+        chosen = resolve(
+            calibration,
+            fitted,
+            role,
+            [h.card.id for h in heads],
+            weights.get(role),
+            [getattr(h.card, "calibration", None) for h in heads],
+        )
+        tasks[role] = Task(role, heads, chosen)
     return tasks

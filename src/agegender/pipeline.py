@@ -32,7 +32,7 @@ from .config import EstimatorConfig
 from .errors import AgegenderError
 from .faces import Detection, FaceDetector
 from .finder import FaceFinder, build_detector, detector_key
-from .heads import CropKey, Head, Task, build_tasks
+from .heads import CropKey, Head, Task, build_tasks, decode_face
 from .landmarks import Landmarker
 from .results import Face, ImageResult
 
@@ -63,6 +63,8 @@ class _Shared:
             {"age": config.age_weights, "gender": config.gender_weights},
             threads=config.threads,
             batch_size=config.batch_size,
+            calibration=config.calibration,
+            preset=config.preset,
         )
         self.landmarker = Landmarker()
         # One detector per distinct detection setup (a handful: the registry's names and
@@ -188,10 +190,9 @@ class Estimator:
         for p in prepared:
             faces = []
             for detection in p.detections:
-                estimates = {
-                    role: task.decode(probs[role][row], thresholds)
-                    for role, task in self.tasks.items()
-                }
+                estimates = decode_face(
+                    self.tasks, {role: probs[role][row] for role in self.tasks}, thresholds
+                )
                 faces.append(_face(detection, estimates))
                 row += 1
             results.append(faces)

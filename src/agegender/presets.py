@@ -1,7 +1,9 @@
 """Presets: named configurations (``presets.toml``): detector, alignment, model heads.
 
 A preset is data read into an :class:`~agegender.config.EstimatorConfig`; a task may list
-several cards (an ensemble) with optional weights.
+several cards (an ensemble) with optional weights. A preset's ``calibration`` names a
+file in ``agegender/calibrations/`` written by ``agegender calibrate`` (or is an inline
+table of the same form: see calibration.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from .calibration import CalibrationError, CalibrationSet, parse_set
 from .config import EstimatorConfig
 from .errors import AgegenderError
 
@@ -25,6 +28,7 @@ class Preset:
     align: str = "none"  # none | landmarks | sweep (rotation.py)
     age_weights: tuple[float, ...] | None = None
     gender_weights: tuple[float, ...] | None = None
+    calibration: CalibrationSet | None = None
 
     def config(self) -> EstimatorConfig:
         return EstimatorConfig(
@@ -48,6 +52,17 @@ def _weights(value: Any) -> tuple[float, ...] | None:
     return None if value is None else tuple(float(v) for v in value)
 
 
+def _calibration(name: str, value: Any) -> CalibrationSet | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return parse_set(value, f"of preset {name}")
+    if not (isinstance(value, str) and value.endswith(".toml") and "/" not in value):
+        raise CalibrationError(f"preset {name}: calibration must name a .toml file, got {value!r}")
+    entry = resources.files("agegender").joinpath("calibrations", value)
+    return parse_set(tomllib.loads(entry.read_text("utf-8")), f"calibrations/{value}")
+
+
 def presets() -> dict[str, Preset]:
     """Every built-in preset, by name."""
     data = tomllib.loads(resources.files("agegender").joinpath("presets.toml").read_text("utf-8"))
@@ -61,6 +76,7 @@ def presets() -> dict[str, Preset]:
             t.get("align", "none"),
             _weights(t.get("age_weights")),
             _weights(t.get("gender_weights")),
+            _calibration(name, t.get("calibration")),
         )
         for name, t in data.items()
     }
@@ -71,3 +87,9 @@ def get_preset(name: str) -> Preset:
     if name not in known:
         raise AgegenderError(f"unknown preset {name!r}; known: {', '.join(known)}")
     return known[name]
+
+
+def preset_calibration(name: str) -> CalibrationSet | None:
+    """The calibration stored with a built-in preset (None: none, or no such preset)."""
+    preset = presets().get(name)
+    return None if preset is None else preset.calibration

@@ -158,6 +158,13 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         help="also report P(age >= T); repeatable",
     )
     group.add_argument(
+        "--calibration",
+        default=S,
+        metavar="FILE|none",
+        help="calibration of spread, interval and probabilities: a file written by "
+        "'agegender calibrate', or 'none' for the models' raw outputs (default: the preset's)",
+    )
+    group.add_argument(
         "--pixel-limit",
         type=_finite(int, 1),
         default=S,

@@ -6,6 +6,14 @@ which turns one setting's per-image outcomes into the report's numbers and break
 down by decade, gender, race and fold. No I/O here, so every number can be checked by hand
 in a test.
 
+Calibration (does the stated uncertainty hold?): the share of true ages inside the
+stated interval (``interval.coverage``, by decade in ``by_decade``), and for P(age >= t)
+and the gender probability a reliability table over ten equal-width probability bins,
+the expected calibration error (ECE: the bins' |mean probability - observed share|,
+weighted by their counts) and the Brier score (mean squared difference between the
+probability and the 0/1 truth). For gender the probability is that of the predicted
+label and the truth whether it is right; ``under_13`` repeats the scores for children.
+
 Groups are scored in a *scheme*, a list of (label, low, high) age spans: Adience's eight
 by default, or the groups of the setting's age-groups card. A labelled group the scheme
 does not have is mapped to the scheme's nearest group (by the exact age when the labels
@@ -28,6 +36,58 @@ GROUP_LABELS = tuple(g[0] for g in ADIENCE_GROUPS)
 ADIENCE_SPANS = {label: (lo, hi) for label, lo, hi in ADIENCE_GROUPS}
 GENDERS = ("female", "male")
 DECISION_P = 0.5  # P(age >= t) at or above this: judged at least t
+RELIABILITY_BINS = 10
+CHILD_AGE = 13  # under_13: the children's breakdown (gender is hardest there)
+
+
+def reliability(
+    probs: Sequence[float], truth: Sequence[bool], bins: int = RELIABILITY_BINS
+) -> dict[str, Any]:
+    """n, ECE, Brier score and the reliability table of probabilities against 0/1 truths.
+
+    Bin i holds probabilities in [i/bins, (i+1)/bins) (the last one includes 1); each
+    table row: low, high, n, mean probability, observed share of true.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"{p.shape[0]} probabilities for {t.shape[0]} labels")
+    if not p.size:
+        return {"n": 0, "ece": None, "brier": None, "bins": []}
+    index = np.clip((p * bins).astype(int), 0, bins - 1)
+    table, ece = [], 0.0
+    for i in range(bins):
+        inside = index == i
+        n = int(inside.sum())
+        if not n:
+            continue
+        mean_p, share = float(p[inside].mean()), float(t[inside].mean())
+        ece += n * abs(mean_p - share)
+        table.append(
+            {"low": i / bins, "high": (i + 1) / bins, "n": n, "mean_p": mean_p, "share": share}
+        )
+    return {
+        "n": int(p.size),
+        "ece": ece / p.size,
+        "brier": float(np.mean((p - t) ** 2)),
+        "bins": table,
+    }
+
+
+def interval_coverage(
+    intervals: Sequence[tuple[float, float]], ages: Sequence[float]
+) -> dict[str, Any]:
+    """n, the share of ages inside their interval (ends included) and the mean width."""
+    if len(intervals) != len(ages):
+        raise ValueError(f"{len(intervals)} intervals for {len(ages)} labels")
+    if not ages:
+        return {"n": 0, "coverage": None, "mean_width": None}
+    inside = [lo <= a <= hi for (lo, hi), a in zip(intervals, ages, strict=True)]
+    return {
+        "n": len(ages),
+        "coverage": sum(inside) / len(ages),
+        "mean_width": float(np.mean([hi - lo for lo, hi in intervals])),
+    }
 
 
 def _arrays(pred: Sequence[float], true: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +205,8 @@ def threshold_metrics(p_at_least: Sequence[float], at_least: Sequence[bool]) -> 
     """P(age >= t) >= 0.5 taken as the decision "at least t", against the truth.
 
     accuracy over all; false_accept: share of those under t judged at least t (a minor
-    let through at t = 18); false_reject: share of those at or over t judged under it.
+    let through at t = 18); false_reject: share of those at or over t judged under it;
+    ece, brier and reliability: how well P(age >= t) itself is calibrated.
     """
     if len(p_at_least) != len(at_least):
         raise ValueError(f"{len(p_at_least)} predictions for {len(at_least)} labels")
@@ -159,7 +220,13 @@ def threshold_metrics(p_at_least: Sequence[float], at_least: Sequence[bool]) -> 
         "n_under": len(below),
         "false_accept": sum(below) / len(below) if below else None,
         "false_reject": (len(above) - sum(above)) / len(above) if above else None,
+        **_calibration_of(p_at_least, at_least),
     }
+
+
+def _calibration_of(probs: Sequence[float], truth: Sequence[bool]) -> dict[str, Any]:
+    rel = reliability(probs, truth)
+    return {"ece": rel["ece"], "brier": rel["brier"], "reliability": rel["bins"]}
 
 
 def _at_least(record: Record, t: float) -> bool | None:
@@ -195,6 +262,8 @@ class Outcome:
     fallback_gender: str | None = None
     p_at_least: dict[float, float] | None = None  # --age-threshold t -> P(age >= t)
     fallback_p_at_least: dict[float, float] | None = None
+    interval: tuple[float, float] | None = None  # the stated age interval
+    fallback_interval: tuple[float, float] | None = None
 
     def final(self, with_fallback: bool) -> tuple[float | None, str | None, str | None]:
         """(age, group, gender) used for scoring, with or without the fallback."""
@@ -203,6 +272,14 @@ class Outcome:
         if self.status == "no_face" and with_fallback:
             return self.fallback_age, self.fallback_group, self.fallback_gender
         return None, None, None
+
+    def final_interval(self, with_fallback: bool) -> tuple[float, float] | None:
+        """The stated age interval used for scoring, with or without the fallback."""
+        if self.status == "ok":
+            return self.interval
+        if self.status == "no_face" and with_fallback:
+            return self.fallback_interval
+        return None
 
     def final_p(self, with_fallback: bool) -> dict[float, float] | None:
         """P(age >= t) per threshold used for scoring, with or without the fallback."""
@@ -244,6 +321,10 @@ def score(
     ages, labels, stds, real_pred, real_true = [], [], [], [], []
     g_pred, g_true, grp_pred, grp_true = [], [], [], []
     relabelled = 0
+    intervals: list[tuple[float, float]] = []
+    covered_ages: list[float] = []
+    confidence: list[float] = []
+    right: list[bool] = []
     decisions: dict[float, tuple[list[float], list[bool]]] = {t: ([], []) for t in thresholds}
     for record, outcome in zip(records, outcomes, strict=True):
         age, group, gender = outcome.final(with_fallback)
@@ -254,9 +335,16 @@ def score(
         if record.real_age is not None and age is not None:
             real_pred.append(age)
             real_true.append(record.real_age)
+        interval = outcome.final_interval(with_fallback)
+        if record.age is not None and interval is not None:
+            intervals.append(interval)
+            covered_ages.append(record.age)
         if record.gender is not None and gender is not None:
             g_pred.append(gender)
             g_true.append(record.gender)
+            if outcome.status == "ok" and outcome.gender_probability is not None:
+                confidence.append(outcome.gender_probability)
+                right.append(gender == record.gender)
         if record.group is not None:
             predicted, _ = _group_index(group, age, groups)
             true, mapped = _group_index(record.group, record.age, groups)
@@ -277,6 +365,8 @@ def score(
         )
     if real_true:
         out["age_vs_real"] = age_metrics(real_pred, real_true, None, k)
+    if intervals:
+        out["interval"] = interval_coverage(intervals, covered_ages)
     if g_true:
         out["gender"] = {
             "n": len(g_true),
@@ -284,6 +374,8 @@ def score(
             "confusion": confusion(g_pred, g_true, GENDERS),
             "labels": list(GENDERS),
         }
+        if confidence:
+            out["gender"].update(_calibration_of(confidence, right), calibration_n=len(right))
     if grp_true:
         out["groups"] = {
             "n": len(grp_true),
@@ -366,6 +458,11 @@ def summarize(
         ),
         "by_gender": _breakdown(records, outcomes, lambda r: r.gender, k, **scoring),
     }
+    children = [i for i, r in enumerate(records) if r.age is not None and r.age < CHILD_AGE]
+    if children:
+        out["under_13"] = score(
+            [records[i] for i in children], [outcomes[i] for i in children], k=k, **scoring
+        )
     if any(r.race for r in records):
         out["by_race"] = _breakdown(records, outcomes, lambda r: r.race, k, **scoring)
     folds = {r.fold for r in records if r.fold is not None}

@@ -39,6 +39,7 @@ REPORT_FILES = (
     "error_by_age.png",
     "predicted_vs_true.png",
     "gender_confusion.png",
+    "reliability.png",
 )
 
 
@@ -119,7 +120,10 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ("eps-error", ("excluding_no_face", "age", "epsilon_error"), "f3"),
         ("MAE vs real", ("excluding_no_face", "age_vs_real", "mae"), "f2"),
         ("MAE w/ fallback", ("with_fallback", "age", "mae"), "f2"),
+        ("interval cover", ("excluding_no_face", "interval", "coverage"), "pct"),
         ("gender acc", ("excluding_no_face", "gender", "accuracy"), "pct"),
+        ("gender ECE", ("excluding_no_face", "gender", "ece"), "f3"),
+        ("gender ECE <13", ("under_13", "gender", "ece"), "f3"),
         ("group acc", ("excluding_no_face", "groups", "accuracy"), "pct"),
         ("1-off", ("excluding_no_face", "groups", "one_off"), "pct"),
         ("fold-mean MAE", ("fold_mean", "mae"), "f2"),
@@ -131,6 +135,8 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             (f">={t} acc", (*where, "accuracy"), "pct"),
             (f"<{t} accepted", (*where, "false_accept"), "pct"),
             (f">={t} rejected", (*where, "false_reject"), "pct"),
+            (f"P>={t} ECE", (*where, "ece"), "f3"),
+            (f"P>={t} Brier", (*where, "brier"), "f3"),
         ]
     present = [
         c
@@ -191,14 +197,16 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
 
 def _breakdown_md(title: str, breakdown: dict[str, Any], k: float) -> str:
     cs = f"cs@{k:g}"
-    header = ["", "n", "MAE", cs.upper(), "gender acc"]
+    header = ["", "n", "MAE", cs.upper(), "interval cover", "gender acc", "gender ECE"]
     body = [
         [
             name,
             str(_get(v, "age", "n") or _get(v, "gender", "n") or 0),
             _fmt(_get(v, "age", "mae")),
             _fmt(_get(v, "age", cs), "pct"),
+            _fmt(_get(v, "interval", "coverage"), "pct"),
             _fmt(_get(v, "gender", "accuracy"), "pct"),
+            _fmt(_get(v, "gender", "ece"), "f3"),
         ]
         for name, v in breakdown.items()
     ]
@@ -222,7 +230,10 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "",
         "MAE, RMSE, CS and accuracies count the images whose face was found; "
         '"MAE w/ fallback" adds, for images with no face found, the same models\' estimate '
-        "on the whole image.",
+        'on the whole image. Calibration: "interval cover" is the share of true ages inside '
+        "the stated interval (80% when calibrated); ECE is the expected calibration error of "
+        "P(age >= t) or of the gender probability (10 bins), Brier the mean squared error of "
+        "that probability against the 0/1 truth; reliability.png plots them.",
         "",
         _md_table(*rows(report)),
         "",
@@ -235,6 +246,7 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         lines += [f"## {s['name']}", ""]
         for key, title in (
             ("by_decade", "By age decade"),
+            ("under_13", "Children under 13"),
             ("by_gender", "By gender"),
             ("by_race", "By race"),
             ("by_fold", "By fold"),
@@ -364,6 +376,48 @@ def plot_gender_confusion(report: dict[str, Any], path: Path) -> bool:
         ax.set_xlabel("predicted")
         ax.set_ylabel("label")
         ax.set_title(s["name"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_reliability(report: dict[str, Any], path: Path) -> bool:
+    """Reliability diagrams: observed share against stated probability, for P(age >= t)
+    at each threshold and for the gender probability, one panel per setting."""
+    plt = _pyplot()
+    good = [s for s in report["settings"] if "metrics" in s]
+    curves = []
+    for s in good:
+        m = s["metrics"]["excluding_no_face"]
+        lines = [
+            (f"P(age>={t})", v.get("reliability") or [], v.get("ece"))
+            for t, v in (m.get("thresholds") or {}).items()
+        ]
+        gender = m.get("gender") or {}
+        if gender.get("reliability"):
+            lines.append(("gender", gender["reliability"], gender.get("ece")))
+        lines = [line for line in lines if line[1]]
+        if lines:
+            curves.append((s["name"], lines))
+    if not curves:
+        return False
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4), dpi=90, squeeze=False)
+    for ax, (name, lines) in zip(axes[0], curves, strict=True):
+        ax.plot([0, 1], [0, 1], color="k", lw=0.8)
+        for label, table, ece in lines:
+            xs = [b["mean_p"] for b in table]
+            ys = [b["share"] for b in table]
+            text = label + (f" (ECE {ece:.3f})" if ece is not None else "")
+            ax.plot(xs, ys, marker="o", ms=3, label=text)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("stated probability")
+        ax.set_ylabel("observed share")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -548,6 +602,7 @@ def write(
             ("error_by_age.png", lambda p: plot_error_by_age(records, runs, p)),
             ("predicted_vs_true.png", lambda p: plot_predicted_vs_true(records, runs, p)),
             ("gender_confusion.png", lambda p: plot_gender_confusion(report, p)),
+            ("reliability.png", lambda p: plot_reliability(report, p)),
         ):
             if _replace(out, name, draw):
                 written.append(name)

@@ -157,7 +157,14 @@ def outcome_of(record: Record, result: ImageResult) -> Outcome:
         return Outcome("no_face", faces=len(result.faces))
     age, group, gender, probability, p_at_least = _estimates(face)
     return Outcome(
-        "ok", age, group, gender, probability, faces=len(result.faces), p_at_least=p_at_least
+        "ok",
+        age,
+        group,
+        gender,
+        probability,
+        faces=len(result.faces),
+        p_at_least=p_at_least,
+        interval=face.age.interval if face.age is not None else None,
     )
 
 
@@ -217,6 +224,8 @@ def run_setting(
                 outcomes[i].fallback_age, outcomes[i].fallback_group = age, group
                 outcomes[i].fallback_gender = gender
                 outcomes[i].fallback_p_at_least = p_at_least
+                face_age = result.faces[0].age
+                outcomes[i].fallback_interval = face_age.interval if face_age else None
     return outcomes
 
 

@@ -1,0 +1,546 @@
+"""Calibration: parameters that make a model's stated uncertainty hold on real faces.
+
+Models' softmax outputs are sharper than their errors (the CC0 age model's median std is
+3.3 years while its MAE is 5.7), so the spread, the 80% interval, P(age >= t) and the
+gender probability are turned into calibrated ones in the estimates stage with
+parameters kept as data (a preset's ``[NAME.calibration.age]`` / ``[...gender]`` tables,
+a calibration TOML written by ``agegender calibrate``, or a card's ``[calibration]``):
+
+Age (a distribution p over bin values v):
+
+1. **temperature** T: ``p' = softmax(log p / T)`` (T > 1 flattens);
+2. **kernel** s: ``p'`` is smoothed with a Gaussian of std s in log(1 + age), i.e. the
+   true age is the model's times a log-normal error (errors grow with age). T and s are
+   fitted together by maximum likelihood of the labelled ages (exact ages: the nearest
+   bin; a group label, interval-censored: the mass of the bins inside the group);
+3. **split-conformal widening** of the central interval (conformalized quantile
+   regression, Romano et al. 2019): on labelled faces *not* used for 1-2, the score
+   ``E = max(low - age, age - high)``; per band of predicted age, ``widen`` is its
+   ceil((n + 1) * mass) / n empirical quantile, and the interval becomes
+   ``[low - widen, high + widen]``. Guarantee: if the faces to estimate and the
+   calibration faces are exchangeable (drawn alike, e.g. the same kind of photos and
+   people), the interval holds the true age with probability at least `mass`, on
+   average over faces whose predicted age falls in the band (marginal within the band,
+   not for each face). With other photos (other cameras, populations) it may not hold.
+
+The expected value (``AgeEstimate.value``) is the raw distribution's: calibration leaves
+the point estimate and so the MAE unchanged (the flattened distribution's mean was worse).
+
+Gender: ``p' = softmax(log p / T)``, with one temperature per band of predicted age
+(children's gender is much less certain than adults').
+
+This module imports numpy only inside the functions that compute (cards.py parses
+calibration tables while ``--help`` must stay light).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from .errors import AgegenderError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+AGE_KEYS = ("temperature", "kernel", "mass", "bands", "widen")
+GENDER_KEYS = ("temperature", "bands", "temperatures")
+FILE_KEYS = (
+    "age_models",
+    "gender_models",
+    "age_weights",
+    "gender_weights",
+    "data",
+    "age",
+    "gender",
+)
+DEFAULT_AGE_BANDS = (0.0, 13.0, 25.0, 45.0, 65.0)
+DEFAULT_GENDER_BANDS = (0.0, 13.0)
+MIN_BAND = 30  # fewer calibration faces in a band: it takes the pooled value
+MAX_TEMPERATURE = 100.0
+
+
+class CalibrationError(AgegenderError):
+    """A calibration table or file is malformed, or does not fit the models it is used with."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One task's calibration: age or gender (see the module's docstring)."""
+
+    task: str  # "age" (also age groups: temperature only) or "gender"
+    temperature: float = 1.0
+    kernel: float = 0.0
+    mass: float = 0.8
+    bands: tuple[float, ...] = ()  # lower edges of predicted-age bands, increasing
+    widen: tuple[float, ...] = ()  # age: years added at each end of the interval, per band
+    temperatures: tuple[float, ...] = ()  # gender: temperature per band
+
+    def band(self, age: float | None) -> int | None:
+        """Index of the band holding a predicted age (below the first: the first)."""
+        if not self.bands or age is None or not math.isfinite(age):
+            return None
+        index = 0
+        for i, low in enumerate(self.bands):
+            if age >= low:
+                index = i
+        return index
+
+    def widening(self, age: float) -> float:
+        index = self.band(age)
+        return 0.0 if index is None or not self.widen else self.widen[index]
+
+    def gender_temperature(self, age: float | None) -> float:
+        index = self.band(age)
+        if index is None or not self.temperatures:
+            return self.temperature
+        return self.temperatures[index]
+
+    def to_table(self) -> dict[str, Any]:
+        """The TOML table this calibration is read from."""
+        out: dict[str, Any] = {"temperature": round(self.temperature, 4)}
+        if self.task == "age":
+            out["kernel"] = round(self.kernel, 4)
+            out["mass"] = self.mass
+        if self.bands:
+            out["bands"] = list(self.bands)
+        if self.widen:
+            out["widen"] = [round(w, 2) for w in self.widen]
+        if self.temperatures:
+            out["temperatures"] = [round(t, 4) for t in self.temperatures]
+        return out
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """A preset's or file's calibration: per task, and the models it was fitted for."""
+
+    age: Calibration | None = None
+    gender: Calibration | None = None
+    age_models: tuple[str, ...] = ()
+    gender_models: tuple[str, ...] = ()
+    age_weights: tuple[float, ...] | None = None
+    gender_weights: tuple[float, ...] | None = None
+    data: str = ""
+    origin: str = ""
+
+    def for_role(self, role: str) -> Calibration | None:
+        return self.age if role == "age" else self.gender
+
+
+# -- parsing: one line per fault ----------------------------------------------------------
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_table(
+    table: Any, task: str, fail: Callable[[str], NoReturn], name: str = "[calibration]"
+) -> Calibration:
+    """A calibration from its TOML table; `fail` raises the caller's one-line error.
+
+    `task`: the card task ("age", "age-groups" or "gender"). Keys: temperature (> 0),
+    kernel (>= 0, age), mass (0..1, age), bands (increasing ages >= 0), widen (age: one
+    number of years per band), temperatures (gender: one > 0 per band).
+    """
+    if not isinstance(table, dict):
+        fail(f"{name} must be a table, got {table!r:.60}")
+    role = "gender" if task == "gender" else "age"
+    known: tuple[str, ...] = GENDER_KEYS if role == "gender" else AGE_KEYS
+    if task == "age-groups":
+        known = ("temperature",)
+    unknown = [k for k in table if k not in known]
+    if unknown:
+        fail(
+            f"unknown field {unknown[0]!r} in {name} for a {task} model (known: {', '.join(known)})"
+        )
+
+    def number(
+        key: str, default: float, low: float, *, strict: bool, high: float = math.inf
+    ) -> float:
+        value = table.get(key)
+        if value is None:
+            return default
+        if not _is_number(value) or value < low or (strict and value == low) or value > high:
+            bound = f"> {low:g}" if strict else f">= {low:g}"
+            fail(f"{name} {key} must be a finite number {bound}, got {value!r:.60}")
+        return float(value)
+
+    def numbers(key: str, check: Callable[[float], bool], what: str) -> tuple[float, ...]:
+        value = table.get(key)
+        if value is None:
+            return ()
+        if not (
+            isinstance(value, list) and value and all(_is_number(v) and check(v) for v in value)
+        ):
+            fail(f"{name} {key} must be a list of {what}, got {value!r:.60}")
+        return tuple(float(v) for v in value)
+
+    temperature = number("temperature", 1.0, 0.0, strict=True, high=MAX_TEMPERATURE)
+    kernel = number("kernel", 0.0, 0.0, strict=False, high=5.0)
+    mass = number("mass", 0.8, 0.0, strict=True, high=1.0)
+    if mass >= 1.0:
+        fail(f"{name} mass must be between 0 and 1, got {mass:g}")
+    bands = numbers("bands", lambda v: v >= 0, "ages >= 0")
+    if list(bands) != sorted(set(bands)):
+        fail(f"{name} bands must be increasing ages, got {list(bands)}")
+    widen = numbers("widen", lambda v: abs(v) <= 200, "years (one per band)")
+    temperatures = numbers(
+        "temperatures", lambda v: 0 < v <= MAX_TEMPERATURE, "temperatures > 0 (one per band)"
+    )
+    for key, items in (("widen", widen), ("temperatures", temperatures)):
+        if items and len(items) != len(bands):
+            fail(f"{name} {key} has {len(items)} numbers for {len(bands)} bands")
+    if bands and not widen and not temperatures:
+        fail(f"{name} bands without {'temperatures' if role == 'gender' else 'widen'}")
+    return Calibration(role, temperature, kernel, mass, bands, widen, temperatures)
+
+
+def parse_set(data: Mapping[str, Any], origin: str) -> CalibrationSet:
+    """A calibration file's (or a preset's ``calibration``) tables."""
+
+    def fail(message: str) -> NoReturn:
+        raise CalibrationError(f"calibration {origin}: {message}")
+
+    unknown = [k for k in data if k not in FILE_KEYS]
+    if unknown:
+        fail(f"unknown field {unknown[0]!r} (known: {', '.join(FILE_KEYS)})")
+    models: dict[str, tuple[str, ...]] = {}
+    weights: dict[str, tuple[float, ...] | None] = {}
+    for role in ("age", "gender"):
+        value = data.get(f"{role}_models", [])
+        if isinstance(value, str):
+            value = [value]
+        if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
+            fail(f"{role}_models must be a list of card ids, got {value!r:.60}")
+        models[role] = tuple(value)
+        w = data.get(f"{role}_weights")
+        if w is not None and not (isinstance(w, list) and all(_is_number(v) for v in w)):
+            fail(f"{role}_weights must be a list of numbers, got {w!r:.60}")
+        weights[role] = None if w is None else tuple(float(v) for v in w)
+    tables = {
+        role: parse_table(data[role], role, fail, f"[{role}]") if role in data else None
+        for role in ("age", "gender")
+    }
+    text = data.get("data", "")
+    return CalibrationSet(
+        tables["age"],
+        tables["gender"],
+        models["age"],
+        models["gender"],
+        weights["age"],
+        weights["gender"],
+        text if isinstance(text, str) else "",
+        origin,
+    )
+
+
+def load_file(path: str | Path) -> CalibrationSet:
+    """A calibration TOML file (what ``agegender calibrate`` writes)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise CalibrationError(
+            f"--calibration {path}: cannot read it ({error.strerror or error})"
+        ) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise CalibrationError(f"--calibration {path}: not a TOML file ({error})") from None
+    return parse_set(data, str(path))
+
+
+def _weights_match(given: Sequence[float] | None, fitted: Sequence[float] | None, n: int) -> bool:
+    def norm(w: Sequence[float] | None) -> tuple[float, ...]:
+        w = [1.0] * n if w is None else list(w)
+        total = sum(w) or 1.0
+        return tuple(round(v / total, 6) for v in w)
+
+    return len(given or [0] * n) == n and norm(given) == norm(fitted)
+
+
+def resolve(
+    setting: str,
+    preset: CalibrationSet | None,
+    role: str,
+    card_ids: Sequence[str],
+    weights: Sequence[float] | None,
+    card_tables: Sequence[Calibration | None],
+) -> Calibration | None:
+    """The calibration a task uses.
+
+    `setting` is the configuration's ``calibration``: "none" (none at all), "" (the
+    preset's, if fitted for these very models and weights; else a lone card's own
+    ``[calibration]``), or a calibration file (which must have been fitted for these
+    models: an error otherwise).
+    """
+    if setting == "none":
+        return None
+    chosen = preset
+    explicit = setting not in ("", "preset")
+    if explicit:
+        chosen = load_file(setting)
+    if chosen is not None and chosen.for_role(role) is not None:
+        fitted = chosen.age_models if role == "age" else chosen.gender_models
+        fitted_weights = chosen.age_weights if role == "age" else chosen.gender_weights
+        if tuple(fitted) == tuple(card_ids) and _weights_match(
+            weights, fitted_weights, len(card_ids)
+        ):
+            return chosen.for_role(role)
+        if explicit:
+            raise CalibrationError(
+                f"--calibration {setting}: its {role} calibration was fitted for "
+                f"{'+'.join(fitted) or 'no models'}, not {'+'.join(card_ids)}"
+            )
+    if len(card_tables) == 1:
+        return card_tables[0]
+    return None
+
+
+# -- applying ------------------------------------------------------------------------------
+def temper(probs: NDArray[np.float64], temperature: float) -> NDArray[np.float64]:
+    """softmax(log p / T) along the last axis (zeros stay zero)."""
+    import numpy as np
+
+    p = np.asarray(probs, dtype=np.float64)
+    if temperature == 1.0:
+        return p / p.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        logits = np.log(p) / temperature
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=-1, keepdims=True)
+
+
+_KERNELS: dict[tuple[bytes, float], Any] = {}
+
+
+def kernel_matrix(values: NDArray[np.float64], width: float) -> NDArray[np.float64]:
+    """Row i: where bin i's mass goes, a Gaussian of std `width` in log(1 + age)."""
+    import numpy as np
+
+    key = (np.asarray(values, np.float64).tobytes(), float(width))
+    cached = _KERNELS.get(key)
+    if cached is None:
+        lv = np.log1p(np.maximum(np.asarray(values, np.float64), 0.0))
+        k = np.exp(-((lv[None, :] - lv[:, None]) ** 2) / (2 * width * width))
+        cached = _KERNELS[key] = k / k.sum(axis=1, keepdims=True)
+    return cached  # type: ignore[no-any-return]
+
+
+def calibrate_age(
+    probs: NDArray[np.float64], values: NDArray[np.float64], temperature: float, kernel: float
+) -> NDArray[np.float64]:
+    """Temperature, then log-age smoothing, of one (bins,) or many (N, bins) distributions."""
+    out = temper(probs, temperature)
+    if kernel > 0:
+        out = out @ kernel_matrix(values, kernel)
+    return out
+
+
+def interval_of(
+    probs: NDArray[np.float64], values: NDArray[np.float64], mass: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The central `mass` interval of each row of (N, bins) distributions, read off the
+    cumulative distribution interpolated linearly between bin midpoints (each bin's mass
+    counted at its value: half below, half above), so the ends are not tied to whole bins."""
+    import numpy as np
+
+    probs = np.atleast_2d(probs)
+    cdf = np.cumsum(probs, axis=1)
+    cdf = cdf / cdf[:, -1:]
+    mid = cdf - probs / probs.sum(axis=1, keepdims=True) / 2
+    tail = (1.0 - mass) / 2
+    lo = np.array([np.interp(tail, row, values) for row in mid])
+    hi = np.array([np.interp(1.0 - tail, row, values) for row in mid])
+    return lo, hi
+
+
+# -- fitting -------------------------------------------------------------------------------
+def label_mask(
+    values: NDArray[np.float64], labels: Sequence[tuple[float, float]]
+) -> NDArray[np.float64]:
+    """(N, bins): 1 where a bin is consistent with a label (low, high).
+
+    An exact age (low == high) is its nearest bin; a group (interval-censored) is every
+    bin inside it (or the nearest to its middle when none is).
+    """
+    import numpy as np
+
+    mask = np.zeros((len(labels), len(values)))
+    for i, (low, high) in enumerate(labels):
+        inside = (values >= low - 0.5) & (values <= high + 0.5) if high > low else None
+        if inside is not None and inside.any():
+            mask[i, inside] = 1.0
+        else:
+            mask[i, int(np.argmin(np.abs(values - (low + high) / 2)))] = 1.0
+    return mask
+
+
+def age_nll(
+    probs: NDArray[np.float64],
+    values: NDArray[np.float64],
+    mask: NDArray[np.float64],
+    temperature: float,
+    kernel: float,
+) -> float:
+    """Mean negative log-likelihood of the labels under the calibrated distributions."""
+    import numpy as np
+
+    q = calibrate_age(probs, values, temperature, kernel)
+    return float(-np.mean(np.log(np.maximum((q * mask).sum(axis=1), 1e-300))))
+
+
+def fit_temperature_kernel(
+    probs: NDArray[np.float64],
+    values: NDArray[np.float64],
+    labels: Sequence[tuple[float, float]],
+    *,
+    with_kernel: bool = True,
+) -> tuple[float, float]:
+    """(T, s) minimising the labels' negative log-likelihood (grid, then finer grids)."""
+    import numpy as np
+
+    mask = label_mask(values, labels)
+    log_t = np.linspace(math.log(0.25), math.log(20.0), 25)
+    kernels = np.linspace(0.0, 0.6, 25) if with_kernel else np.zeros(1)
+    best = (math.inf, 0.0, 0.0)
+    for _ in range(3):
+        for lt in log_t:
+            for s in kernels:
+                loss = age_nll(probs, values, mask, math.exp(lt), float(s))
+                if loss < best[0]:
+                    best = (loss, float(lt), float(s))
+        step_t = (log_t[1] - log_t[0]) if len(log_t) > 1 else 0.1
+        log_t = np.linspace(best[1] - step_t, best[1] + step_t, 9)
+        if with_kernel:
+            step_s = kernels[1] - kernels[0]
+            kernels = np.linspace(max(best[2] - step_s, 0.0), best[2] + step_s, 9)
+    return math.exp(best[1]), best[2]
+
+
+def conformal_quantile(scores: Sequence[float], mass: float) -> float:
+    """The ceil((n + 1) * mass)-th smallest score (split-conformal); inf when n is too small."""
+    ordered = sorted(float(s) for s in scores)
+    n = len(ordered)
+    rank = math.ceil((n + 1) * mass)
+    return math.inf if rank > n or n == 0 else ordered[rank - 1]
+
+
+def fit_widening(
+    lows: Sequence[float],
+    highs: Sequence[float],
+    ages: Sequence[float],
+    predicted: Sequence[float],
+    bands: Sequence[float],
+    mass: float,
+) -> tuple[float, ...]:
+    """Per band of predicted age, the conformal widening of [low, high] (years); a band
+    with fewer than MIN_BAND faces takes the pooled one."""
+    scores = [max(lo - y, y - hi) for lo, hi, y in zip(lows, highs, ages, strict=True)]
+    pooled = conformal_quantile(scores, mass)
+    probe = Calibration("age", bands=tuple(bands), widen=tuple(0.0 for _ in bands))
+    out = []
+    for index in range(len(bands)):
+        mine = [s for s, p in zip(scores, predicted, strict=True) if probe.band(p) == index]
+        value = conformal_quantile(mine, mass) if len(mine) >= MIN_BAND else pooled
+        out.append(value if math.isfinite(value) else (pooled if math.isfinite(pooled) else 0.0))
+    return tuple(out)
+
+
+def fit_age(
+    probs: NDArray[np.float64],
+    values: NDArray[np.float64],
+    labels: Sequence[tuple[float, float]],
+    fit_rows: Sequence[int],
+    conformal_rows: Sequence[int],
+    *,
+    bands: Sequence[float] = DEFAULT_AGE_BANDS,
+    mass: float = 0.8,
+) -> Calibration:
+    """Temperature and kernel by likelihood on `fit_rows`; the conformal widening on
+    `conformal_rows` (exact ages only)."""
+    fit_rows = list(fit_rows)
+    temperature, kernel = fit_temperature_kernel(
+        probs[fit_rows], values, [labels[i] for i in fit_rows]
+    )
+    exact = [i for i in conformal_rows if labels[i][0] == labels[i][1]]
+    widen: tuple[float, ...] = ()
+    if exact:
+        q = calibrate_age(probs[exact], values, temperature, kernel)
+        lo, hi = interval_of(q, values, mass)
+        raw = probs[exact] / probs[exact].sum(axis=1, keepdims=True)
+        predicted = raw @ values
+        widen = fit_widening(
+            lo.tolist(), hi.tolist(), [labels[i][0] for i in exact], predicted.tolist(), bands, mass
+        )
+    return Calibration("age", temperature, kernel, mass, tuple(bands) if widen else (), widen)
+
+
+def gender_nll(p_male: Sequence[float], is_male: Sequence[bool], temperature: float) -> float:
+    import numpy as np
+
+    p = np.clip(np.asarray(p_male, np.float64), 1e-9, 1 - 1e-9)
+    z = np.log(p / (1 - p)) / temperature
+    q = np.clip(1 / (1 + np.exp(-z)), 1e-12, 1 - 1e-12)
+    t = np.asarray(is_male, bool)
+    return float(-np.mean(np.where(t, np.log(q), np.log(1 - q))))
+
+
+def fit_gender_temperature(p_male: Sequence[float], is_male: Sequence[bool]) -> float:
+    """The temperature of the two-class softmax minimising the negative log-likelihood."""
+    grid = [math.exp(x / 40) for x in range(-80, 161)]  # 0.14 .. 55
+    return min(grid, key=lambda t: gender_nll(p_male, is_male, t)) if p_male else 1.0
+
+
+def fit_gender(
+    p_male: Sequence[float],
+    is_male: Sequence[bool],
+    predicted_age: Sequence[float | None],
+    *,
+    bands: Sequence[float] = DEFAULT_GENDER_BANDS,
+) -> Calibration:
+    """One temperature overall and one per band of predicted age (pooled below MIN_BAND)."""
+    pooled = fit_gender_temperature(p_male, is_male)
+    probe = Calibration("gender", bands=tuple(bands), temperatures=tuple(1.0 for _ in bands))
+    per_band = []
+    for index in range(len(bands)):
+        rows = [i for i, a in enumerate(predicted_age) if probe.band(a) == index]
+        if len(rows) >= MIN_BAND:
+            per_band.append(
+                fit_gender_temperature([p_male[i] for i in rows], [is_male[i] for i in rows])
+            )
+        else:
+            per_band.append(pooled)
+    return Calibration("gender", pooled, bands=tuple(bands), temperatures=tuple(per_band))
+
+
+def to_toml(calibration: CalibrationSet, header: Sequence[str] = ()) -> str:
+    """A calibration file's text (read back by :func:`load_file`)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, float):
+            return repr(round(v, 6))
+        return str(v)
+
+    lines = [f"# {h}" for h in header]
+    for role in ("age", "gender"):
+        lines.append(f"{role}_models = {value(list(getattr(calibration, f'{role}_models')))}")
+        weights = getattr(calibration, f"{role}_weights")
+        if weights is not None:
+            lines.append(f"{role}_weights = {value(list(weights))}")
+    if calibration.data:
+        lines.append(f"data = {value(calibration.data)}")
+    for role in ("age", "gender"):
+        cal = calibration.for_role(role)
+        if cal is not None:
+            lines += ["", f"[{role}]"]
+            lines += [f"{k} = {value(v)}" for k, v in cal.to_table().items()]
+    return "\n".join(lines) + "\n"
