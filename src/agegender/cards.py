@@ -155,6 +155,9 @@ class DetectionSpec:
     threshold: float
     nms_iou: float
     outputs: tuple[tuple[str, str], ...]
+    # The box dlib's 5-point predictor is run on, from the detector's: centre shift (x, y)
+    # in box widths and heights, then width and height factors.
+    dlib_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
     def output(self, role: str) -> str:
         return dict(self.outputs)[role]
@@ -689,7 +692,7 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
 
 
 DETECTOR_INPUT = ("channels", "layout", "scale", "mean", "std", "name", "multiple", "max_side")
-DETECTOR_OUTPUT = ("decoder", "stride", "threshold", "nms_iou", "outputs")
+DETECTOR_OUTPUT = ("decoder", "stride", "threshold", "nms_iou", "outputs", "dlib_box")
 # What each decoder reads from the graph (``[output] outputs`` maps these to output names).
 DECODER_OUTPUTS = {"centerface": ("heatmap", "scale", "offset", "landmarks")}
 
@@ -747,7 +750,19 @@ def _parse_detector(
     for key, value in (("threshold", threshold), ("nms_iou", nms_iou)):
         if not 0 < value < 1:
             r.expect(f"[output] {key}", "a number between 0 and 1", value)
+    dlib_box = r.get(out, "output", "dlib_box")
+    if dlib_box is None:
+        dlib_box = [0.0, 0.0, 1.0, 1.0]
+    if not (
+        isinstance(dlib_box, list)
+        and len(dlib_box) == 4
+        and all(_is_number(v) for v in dlib_box)
+        and dlib_box[2] > 0
+        and dlib_box[3] > 0
+    ):
+        r.expect("[output] dlib_box", "[x shift, y shift, width factor, height factor]", dlib_box)
     detection = DetectionSpec(
+        dlib_box=tuple(float(v) for v in dlib_box),  # type: ignore[arg-type]
         decoder=decoder,
         multiple=_positive_int(r, inp, "input", "multiple", 1),
         max_side=_positive_int(r, inp, "input", "max_side", 1024),
