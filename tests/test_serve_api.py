@@ -649,3 +649,18 @@ def test_serve_command_runs_a_server_that_needs_the_key() -> None:
         process.terminate()
         process.wait(timeout=30)
     assert "API key required" in (process.stderr.read() if process.stderr else "")
+
+
+def test_a_detector_whose_file_is_missing_is_not_advertised_and_is_a_400(
+    tmp_path, monkeypatch
+) -> None:
+    # The registry names centerface; a server without its model file must say so in one
+    # line (400), not fail the request, and /v1/models must not offer it.
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path))
+    with client(shared_estimator()) as c:
+        models = c.get("/v1/models").json()
+        assert "centerface" not in models["detectors"] and "dlib" in models["detectors"]
+        answer = post_image(c, data=PNG, detector="centerface")
+        assert answer.status_code == 400
+        message = answer.json()["error"]["message"]
+        assert "not installed on this server" in message and "\n" not in message

@@ -81,6 +81,24 @@ class DetectorSpec:
     name: str
     description: str
     factory: Callable[[EstimatorConfig], FaceDetector]
+    card: str | None = None  # the model card whose file the detector runs
+
+
+def detector_problem(name: str) -> str | None:
+    """Why the named detector cannot run here (its model file is missing), or None."""
+    spec = DETECTORS.get(name)
+    if spec is None:
+        return f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}"
+    if spec.card is None:
+        return None
+    from . import store
+    from .cards import get_card
+
+    try:
+        store.resolve(get_card(spec.card))
+    except AgegenderError as error:
+        return f"{error}; or use --detector dlib (no download)"
+    return None
 
 
 def _dlib(config: EstimatorConfig) -> FaceDetector:
@@ -127,6 +145,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "centerface",
             "CenterFace CNN (model file: agegender models pull centerface)",
             _centerface,
+            card="centerface",
         ),
         DetectorSpec("none", "no detection: the whole image is the face (face crops)", _whole),
     )

@@ -38,6 +38,7 @@ async def require_key(request: Request) -> None:
 
 
 async def estimate_options(
+    service: Annotated[Service, Depends(get_service)],
     tta: bool | None = Query(None, description="average with the mirror image"),
     detector: str | None = Query(
         None, description=f"one of {', '.join(DETECTORS)} (default: the server's)"
@@ -47,12 +48,20 @@ async def estimate_options(
         None, ge=0, le=150, description="adds P(age >= t) to each face's age"
     ),
 ) -> EstimateOptions:
-    """The query options of POST /v1/estimate; a name not in the registry is a 400."""
+    """The query options of POST /v1/estimate; a name not in the registry, or one whose
+    model file is not on this server, is a 400."""
     if detector is not None and detector not in DETECTORS:
         raise ApiError(
             400,
             "invalid_option",
-            f"detector {detector!r}: choose one of {', '.join(DETECTORS)}",
+            f"detector {detector!r}: choose one of {', '.join(service.detectors)}",
+        )
+    if detector is not None and detector not in service.detectors:
+        raise ApiError(
+            400,
+            "invalid_option",
+            f"detector {detector!r} is not installed on this server; choose one of "
+            f"{', '.join(service.detectors)}",
         )
     if age_threshold is not None and not math.isfinite(age_threshold):
         raise ApiError(400, "invalid_option", "age_threshold must be a finite number")

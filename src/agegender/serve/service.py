@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 from .. import images
 from ..cards import ModelCard
 from ..errors import AgegenderError, ImageTooLargeError, UnsupportedImageError
-from ..faces import DETECTORS
+from ..faces import DETECTORS, detector_problem
 from ..pipeline import Estimator, PreparedImage, describe_error
 from ..results import Face, ImageResult
 from .admission import Admission
@@ -78,6 +78,8 @@ class Service:
     def __init__(self, settings: ServeSettings, estimator: Estimator) -> None:
         self.settings = settings
         self.estimator = estimator
+        # The detectors a request may name: those whose model file is here.
+        self.detectors = [name for name in DETECTORS if detector_problem(name) is None]
         self.metrics = Metrics()
         self.admission = Admission(
             settings.max_pending,
@@ -232,7 +234,7 @@ class Service:
         return {
             "preset": config.preset,
             "detector": config.detector,
-            "detectors": list(DETECTORS),
+            "detectors": self.detectors,
             "align": config.align,
             "tta": config.tta,
             "batching": self.settings.batching,
