@@ -22,6 +22,7 @@ from agegender.estimates import age_from_distribution
 from agegender.fusion import (
     FusionSettings,
     centres_of,
+    estimate_correlation,
     frame_weight,
     pool,
     sharpness,
@@ -51,7 +52,8 @@ def test_identical_frames_sharpen_by_the_power() -> None:
     # n equal Gaussians of width s: the pool is a Gaussian of width s / sqrt(k),
     # k = 1 / (rho + (1 - rho) / n); rho = 0.5, n = 4 -> k = 1 / (0.5 + 0.125) = 1.6
     s = 6.0
-    fused = pool([gaussian(40, s)] * 4, centres=VALUES, settings=FusionSettings(floor=1e-12))
+    fixed = FusionSettings(correlation=0.5, adaptive=False, floor=1e-12)
+    fused = pool([gaussian(40, s)] * 4, centres=VALUES, settings=fixed)
     assert fused.power == pytest.approx(1.6)
     age = age_from_distribution(fused.probs, VALUES)
     assert age.value == pytest.approx(40.0, abs=1e-6)
@@ -61,6 +63,7 @@ def test_identical_frames_sharpen_by_the_power() -> None:
 def test_correlation_bounds() -> None:
     frames = [gaussian(30, 5), gaussian(34, 5)]
     independent = pool(frames, settings=FusionSettings(correlation=0.0, floor=1e-12))
+    assert independent.correlation == 0.0  # no centres: nothing to estimate rho from
     # rho = 0: the plain product of the two likelihoods (normalised)
     product = frames[0] * frames[1]
     np.testing.assert_allclose(independent.probs, product / product.sum(), rtol=1e-6, atol=1e-12)
@@ -109,7 +112,7 @@ def test_gender_is_weighted_log_odds() -> None:
     # two labels, rho = 0.5, frames p(male) = 0.8 and 0.6 with weights 1, 1
     # mean log-odds = (log 4 + log 1.5) / 2; k = 1 / (0.5 + 0.25) = 4/3
     frames = [[0.2, 0.8], [0.4, 0.6]]
-    fused = pool(frames, settings=FusionSettings(floor=1e-12))
+    fused = pool(frames, settings=FusionSettings(floor=1e-12), correlation=0.5)
     logit = (4 / 3) * (math.log(4) + math.log(1.5)) / 2
     assert fused.probs[1] == pytest.approx(1 / (1 + math.exp(-logit)), rel=1e-6)
 
@@ -119,9 +122,35 @@ def test_more_frames_give_a_narrower_distribution() -> None:
     widths = []
     for n in (1, 3, 10, 30):
         frames = [gaussian(35 + rng.normal(0, 3), 6) for _ in range(n)]
-        age = age_from_distribution(pool(frames, centres=VALUES).probs, VALUES)
+        fixed = FusionSettings(correlation=0.5, adaptive=False)
+        age = age_from_distribution(pool(frames, centres=VALUES, settings=fixed).probs, VALUES)
         widths.append(age.std)
     assert widths == sorted(widths, reverse=True) and widths[-1] < 0.8 * widths[0]
+
+
+def test_correlation_estimated_from_the_frames() -> None:
+    # copies of one frame: no scatter, rho_data = 1; with 4 frames (3 degrees of freedom)
+    # against a prior of 0.5 worth 4 frames: (4 * 0.5 + 3 * 1) / 7
+    same = np.full(4, 30.0)
+    assert estimate_correlation(same, np.full(4, 5.0), np.ones(4), 0.5, 4.0) == pytest.approx(5 / 7)
+    # means 25, 35 (weighted variance 25, times 1 / (1 - 1/2) = 50) against frame variance
+    # 100: rho_data = 0.5; one degree of freedom against 1 prior frame at 0.9 -> 0.7
+    got = estimate_correlation(np.array([25.0, 35.0]), np.full(2, 10.0), np.ones(2), 0.9, 1.0)
+    assert got == pytest.approx(0.7)
+    # frames scattered more than their spread: rho_data is clipped to 0
+    wide = estimate_correlation(np.array([0.0, 50.0]), np.full(2, 1.0), np.ones(2), 0.8, 1.0)
+    assert wide == pytest.approx(0.4)
+    assert estimate_correlation(np.array([30.0]), np.array([5.0]), np.ones(1), 0.8) == 0.8
+
+
+def test_copies_of_one_frame_do_not_narrow_much() -> None:
+    # 30 copies: the frames show no per-frame error, so rho -> 1 and the interval stays
+    # near one frame's (a fixed rho of 0.5 would shrink it by sqrt(2))
+    p = gaussian(40, 6)
+    one = age_from_distribution(p, VALUES).std
+    fused = pool([p] * 30, centres=VALUES)
+    assert fused.correlation == pytest.approx((4 * 0.8 + 29 * 1.0) / 33)
+    assert age_from_distribution(fused.probs, VALUES).std > 0.96 * one
 
 
 def test_bad_inputs() -> None:
@@ -175,12 +204,19 @@ def simulate(
     *,
     rho: float = 0.5,
     assumed_rho: float | None = None,
+    adaptive: bool = True,
     bad_share: float = 0.0,
     seed: int = 0,
 ) -> Coverage:
-    """Coverage of the 80% interval on `tracks` synthetic tracks of `frames` frames."""
+    """Coverage of the 80% interval on `tracks` synthetic tracks of `frames` frames.
+
+    `assumed_rho`: the fusion's rho (adaptive: its prior); None: the default prior
+    (adaptive) or the true rho (fixed)."""
     rng = np.random.default_rng(seed)
-    settings = FusionSettings(correlation=rho if assumed_rho is None else assumed_rho)
+    if assumed_rho is None:
+        settings = FusionSettings() if adaptive else FusionSettings(correlation=rho, adaptive=False)
+    else:
+        settings = FusionSettings(correlation=assumed_rho, adaptive=adaptive)
     hits = single_hits = 0
     widths, single_widths, errors, single_errors = [], [], [], []
     for _ in range(tracks):
@@ -217,8 +253,9 @@ def simulate(
 
 
 @pytest.mark.parametrize("frames", [1, 5, 20, 60])
-def test_fused_interval_is_calibrated_and_shrinks(frames: int) -> None:
-    result = simulate(frames, tracks=600, seed=frames)
+def test_known_rho_is_exactly_calibrated(frames: int) -> None:
+    # rho known (fixed): the fused interval holds the truth 80% of the time at any length
+    result = simulate(frames, tracks=600, adaptive=False, seed=frames)
     # 600 tracks: the binomial standard error of an 80% rate is 1.6 points
     assert 0.75 <= result.fused <= 0.85, result
     assert 0.77 <= result.single <= 0.83, result
@@ -227,35 +264,50 @@ def test_fused_interval_is_calibrated_and_shrinks(frames: int) -> None:
         assert result.fused_mae < result.single_mae, result
 
 
+@pytest.mark.parametrize(("rho", "frames"), [(0.5, 5), (0.5, 20), (0.8, 20), (1.0, 20), (0.2, 60)])
+def test_adaptive_rho_keeps_coverage(rho: float, frames: int) -> None:
+    # rho unknown (the default: estimated per track, prior 0.8): at least about 80%, and
+    # narrower than one frame wherever the frames carry independent evidence
+    result = simulate(frames, tracks=600, rho=rho, seed=int(100 * rho) + frames)
+    assert 0.75 <= result.fused <= 0.9, result
+    if rho < 1:
+        assert result.fused_width < result.single_width, result
+        assert result.fused_mae < result.single_mae, result
+    else:
+        assert result.fused_width == pytest.approx(result.single_width, rel=0.05), result
+
+
 def test_calibrated_with_a_few_bad_frames() -> None:
     result = simulate(20, tracks=600, bad_share=0.1, seed=7)
-    assert 0.75 <= result.fused <= 0.87, result
+    assert 0.75 <= result.fused <= 0.9, result
     assert result.fused_width < result.single_width
 
 
 def test_interval_floor_is_the_common_error() -> None:
-    # rho = 1: frames repeat the same error, so many frames are no better than one
-    result = simulate(30, tracks=1500, rho=1.0, seed=11)
+    # rho = 1 (known): frames repeat the same error, so many frames are no better than one
+    result = simulate(30, tracks=1500, rho=1.0, adaptive=False, seed=11)
     assert 0.75 <= result.fused <= 0.85, result
     assert result.fused_width == pytest.approx(result.single_width, rel=0.05)
 
 
 def table() -> None:  # pragma: no cover - prints the README's numbers
     print(
-        "frames | rho true/assumed | bad | single cov | fused cov | single width | fused width"
-        " | single MAE | fused MAE"
+        "| true rho | fusion | frames | single-frame coverage | fused coverage "
+        "| width single -> fused | MAE single -> fused |"
     )
-    rows = [(n, 0.5, None, 0.0) for n in (1, 5, 20, 60)] + [
-        (20, 0.5, None, 0.1),
-        (20, 0.8, 0.5, 0.0),
-        (20, 0.2, 0.5, 0.0),
-    ]
-    for n, rho, assumed, bad in rows:
-        r = simulate(n, tracks=2000, rho=rho, assumed_rho=assumed, bad_share=bad, seed=100 + n)
-        a = rho if assumed is None else assumed
+    print("|---|---|---|---|---|---|---|")
+    rows = [(rho, n, True, 0.0) for rho in (0.2, 0.5, 0.8, 1.0) for n in (1, 5, 20, 60)]
+    rows += [(0.5, n, False, 0.0) for n in (5, 20, 60)] + [(0.8, 20, True, 0.1)]
+    for rho, n, adaptive, bad in rows:
+        if adaptive:
+            how = "adaptive (prior 0.8)" + (f", {bad:.0%} bad frames" if bad else "")
+        else:
+            how = f"fixed rho = {rho}"
+        r = simulate(n, tracks=2000, rho=rho, adaptive=adaptive, bad_share=bad, seed=n)
         print(
-            f"{n} | {rho}/{a} | {bad:.0%} | {r.single:.3f} | {r.fused:.3f} | "
-            f"{r.single_width:.1f} | {r.fused_width:.1f} | {r.single_mae:.2f} | {r.fused_mae:.2f}"
+            f"| {rho} | {how} | {n} | {r.single:.3f} | {r.fused:.3f} | "
+            f"{r.single_width:.1f} -> {r.fused_width:.1f} | "
+            f"{r.single_mae:.2f} -> {r.fused_mae:.2f} |"
         )
 
 

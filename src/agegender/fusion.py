@@ -27,6 +27,13 @@ with n_eff, down to sqrt(rho) of a single frame's width (the person-level error 
 averaged away). rho = 1 makes every track as wide as one frame; rho = 0 treats frames as
 independent draws (the plain product of likelihoods). For two labels (gender) the pool is
 the weighted mean of log-odds times k.
+
+rho is not known in advance, and a wrong guess costs coverage (too low) or width (too
+high). Each track estimates its own (:func:`estimate_correlation`): only the per-frame
+part of the error makes the frames disagree, so the scatter of their expected values
+against their own spread measures 1 - rho; the estimate is shrunk towards a prior
+(``correlation``, worth ``prior_frames`` frames). ``FusionSettings(adaptive=False)``
+uses the prior as it is.
 """
 
 from __future__ import annotations
@@ -37,13 +44,16 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-# Share of a frame's error variance common to all frames of one person (see above); the
-# README's coverage table shows what a wrong guess costs.
-DEFAULT_CORRELATION = 0.5
+# Prior share of a frame's error variance common to all frames of one person (see
+# above). High on purpose: a person's frames mostly repeat one error (on composed
+# UTKFace clips rho is close to 1), and a rho guessed too low makes intervals too narrow,
+# while one too high only keeps them wider; each track's own frames move it (adaptive).
+DEFAULT_CORRELATION = 0.8
 DEFAULT_FLOOR = 1e-3
 DEFAULT_TRIM_Z = 3.0
 DEFAULT_MAX_TRIM = 1 / 3
 MIN_FRAMES_TO_TRIM = 3
+DEFAULT_PRIOR_FRAMES = 4.0
 
 # Quality weights: each factor is in (0, 1) and saturates for good frames.
 SIZE_HALF = 64.0  # face side (pixels) at which the size factor is 1/2
@@ -54,10 +64,16 @@ MIN_FACTOR = 0.05
 
 @dataclass(frozen=True)
 class FusionSettings:
+    """How frames are pooled. With ``adaptive`` (the default) ``correlation`` is a prior:
+    the track's own frames estimate rho (:func:`estimate_correlation`), and the prior
+    counts as ``prior_frames`` frames of evidence; without it rho is ``correlation``."""
+
     correlation: float = DEFAULT_CORRELATION
     floor: float = DEFAULT_FLOOR
     trim_z: float = DEFAULT_TRIM_Z
     max_trim: float = DEFAULT_MAX_TRIM
+    adaptive: bool = True
+    prior_frames: float = DEFAULT_PRIOR_FRAMES
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.correlation <= 1.0:
@@ -68,6 +84,8 @@ class FusionSettings:
             raise ValueError(f"trim_z must be > 0, got {self.trim_z!r}")
         if not 0.0 <= self.max_trim < 1.0:
             raise ValueError(f"max_trim must be in [0, 1), got {self.max_trim!r}")
+        if not self.prior_frames > 0:
+            raise ValueError(f"prior_frames must be > 0, got {self.prior_frames!r}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,7 @@ class Pooled:
     used: NDArray[np.bool_]  # which frames were kept (not trimmed)
     n_eff: float  # effective number of the kept frames
     power: float  # k: how much sharper than the weighted geometric mean
+    correlation: float  # the rho used
 
     @property
     def frames_used(self) -> int:
@@ -150,11 +169,14 @@ def pool(
     centres: ArrayLike | None = None,
     used: ArrayLike | None = None,
     settings: FusionSettings | None = None,
+    correlation: float | None = None,
 ) -> Pooled:
     """Fuse the rows of `probs` (n frames x K) into one distribution over the K outputs.
 
-    `centres` (K values: age bins, group midpoints) turns on trimming by expected value;
-    without them (labels) no frame is trimmed unless `used` says which to keep.
+    `centres` (K values: age bins, group midpoints) turns on trimming by expected value
+    and, with ``settings.adaptive``, the track's own estimate of rho; without them
+    (labels) no frame is trimmed unless `used` says which to keep, and rho is
+    `correlation` (e.g. the one the same frames' age pool estimated) or the setting.
     """
     settings = settings or FusionSettings()
     p = np.asarray(probs, dtype=np.float64)
@@ -173,25 +195,68 @@ def pool(
     keep = np.ones(n, bool) if used is None else np.asarray(used, bool).copy()
     if not keep.any():
         keep[:] = True
-    if centres is not None and used is None:
+    means = spreads = None
+    if centres is not None:
         c = np.asarray(centres, dtype=np.float64)
         means = p @ c
         spreads = np.sqrt(np.maximum(0.0, p @ (c * c) - means * means))
-        keep = trim_mask(means, spreads, w, trim_z=settings.trim_z, max_trim=settings.max_trim) & (
-            w > 0
-        )
-        if not keep.any():
-            keep = w > 0
+        if used is None:
+            keep = trim_mask(
+                means, spreads, w, trim_z=settings.trim_z, max_trim=settings.max_trim
+            ) & (w > 0)
+            if not keep.any():
+                keep = w > 0
     wk = np.where(keep, w, 0.0)
     n_eff = float(wk.sum() ** 2 / np.sum(wk * wk))
     wn = wk / wk.sum()
     q = (1.0 - settings.floor) * p + settings.floor / k
     log_pool = wn @ np.log(q)
-    rho = settings.correlation
+    if correlation is not None:
+        rho = float(correlation)
+    elif settings.adaptive and means is not None and spreads is not None:
+        rho = estimate_correlation(
+            means[keep], spreads[keep], wk[keep], settings.correlation, settings.prior_frames
+        )
+    else:
+        rho = settings.correlation
     power = 1.0 / (rho + (1.0 - rho) / n_eff)
     log_fused = power * log_pool
     fused = np.exp(log_fused - log_fused.max())
-    return Pooled(fused / fused.sum(), keep, n_eff, power)
+    return Pooled(fused / fused.sum(), keep, n_eff, power, rho)
+
+
+def estimate_correlation(
+    means: NDArray[np.float64],
+    spreads: NDArray[np.float64],
+    weights: NDArray[np.float64],
+    prior: float = DEFAULT_CORRELATION,
+    prior_frames: float = DEFAULT_PRIOR_FRAMES,
+) -> float:
+    """rho from one track's frames, shrunk towards `prior`.
+
+    Only the per-frame part of the error, (1 - rho) s^2, makes frames of one person
+    disagree, so the scatter of their expected values estimates it:
+    rho_data = 1 - (weighted variance of the frames' means) / (mean frame variance),
+    clipped to [0, 1]. Frames that are near copies (a still face) give rho near 1 and
+    the interval stays as wide as one frame's; frames that vary as much as their own
+    spread give rho near 0. The estimate counts as n_eff - 1 frames against the prior's
+    `prior_frames`.
+    """
+    total = float(weights.sum())
+    if len(means) < 2 or total <= 0:
+        return prior
+    wn = weights / total
+    sum_w2 = float(np.sum(wn * wn))
+    dof = 1.0 / sum_w2 - 1.0  # n_eff - 1
+    if dof <= 0:
+        return prior
+    centre = float(wn @ means)
+    between = float(wn @ (means - centre) ** 2) / (1.0 - sum_w2)
+    within = float(wn @ (spreads * spreads))
+    if within <= 0:
+        return prior
+    data = min(1.0, max(0.0, 1.0 - between / within))
+    return (prior_frames * prior + dof * data) / (prior_frames + dof)
 
 
 def centres_of(

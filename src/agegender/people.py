@@ -53,7 +53,8 @@ class Evidence:
     thumbnail: NDArray[np.uint8] | None = None
     thumbnail_frame: int | None = None
     seen: int = 0  # detection frames matched (also those dropped beyond MAX_EVIDENCE)
-    fused: tuple[dict[str, Any], int] | None = None  # (estimates, frames_used), cached
+    # (estimates, frames_used, fusion details), cached until the next frame is added
+    fused: tuple[dict[str, Any], int, dict[str, float]] | None = None
     path: list[tuple[float, float, float, float]] = field(default_factory=list)  # t, cx, cy, side
 
 
@@ -118,6 +119,7 @@ class Person:
     path: dict[str, Any]
     age: AgeEstimate | None
     gender: GenderEstimate | None
+    fusion: dict[str, float] = field(default_factory=dict)  # n_eff, correlation (rho)
     thumbnail: NDArray[np.uint8] | None = field(default=None, repr=False)
     thumbnail_frame: int | None = None
 
@@ -133,6 +135,7 @@ class Person:
             "path": self.path,
             "age": None if self.age is None else self.age.to_dict(),
             "gender": None if self.gender is None else self.gender.to_dict(),
+            "fusion": self.fusion,
             "thumbnail": thumbnail_path,
             "thumbnail_frame": self.thumbnail_frame,
         }
@@ -283,6 +286,8 @@ class PeopleTracker:
             return evidence.fused[0]
         out: dict[str, Any] = {}
         used = None
+        correlation: float | None = None
+        fusion: dict[str, float] = {}
         thresholds = self.estimator.config.age_thresholds
         frames_used = len(evidence.weights)
         for role in ("age", "gender"):
@@ -296,12 +301,15 @@ class PeopleTracker:
                 centres=self._centres if role == "age" else None,
                 used=used,
                 settings=self.fusion,
+                correlation=correlation,
             )
             if role == "age":
-                used = pooled.used  # gender uses the frames age kept
+                # gender uses the frames age kept, and the rho they showed
+                used, correlation = pooled.used, pooled.correlation
                 frames_used = pooled.frames_used
+                fusion = {"n_eff": _r(pooled.n_eff), "correlation": _r(pooled.correlation, 3)}
             out[role] = task.decode(pooled.probs, thresholds)
-        evidence.fused = (out, frames_used)
+        evidence.fused = (out, frames_used, fusion)
         return out
 
     def _person(self, track: Track) -> Person | None:
@@ -320,6 +328,7 @@ class PeopleTracker:
             last_time=evidence.path[-1][0],
             frames_seen=evidence.seen,
             frames_used=evidence.fused[1],
+            fusion=evidence.fused[2],
             path=_path_summary(evidence.path),
             age=fused.get("age"),
             gender=fused.get("gender"),

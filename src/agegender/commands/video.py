@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # numpy, OpenCV and ONNX Runtime load in run()
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LOST = 1.0  # = people.DEFAULT_MAX_LOST_SECONDS (people.py imports OpenCV)
-DEFAULT_CORRELATION = 0.5  # = fusion.DEFAULT_CORRELATION
+DEFAULT_CORRELATION = 0.8  # = fusion.DEFAULT_CORRELATION
 DEFAULT_RETRIES = 5  # = streams.DEFAULT_RETRIES
 ANNOTATE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
@@ -139,8 +139,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         type=_number(float, 0, 1),
         default=DEFAULT_CORRELATION,
         metavar="RHO",
-        help="share of a frame's error common to all frames of a person: 1 keeps a "
-        "track's interval as wide as one frame's, 0 treats frames as independent "
+        help="prior share of a frame's age error common to all frames of a person (1: "
+        "a track's interval stays as wide as one frame's; 0: frames are independent "
+        "evidence); each track's frames move it, the prior counting as 4 frames "
         "(default: %(default)s)",
     )
     add_estimator_options(parser)
