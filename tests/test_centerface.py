@@ -196,3 +196,16 @@ def test_the_builtin_card_and_a_missing_file_is_a_one_line_hint(
     message = str(info.value)
     assert "agegender models pull centerface" in message and "--detector dlib" in message
     assert "\n" not in message
+
+
+def test_a_second_pass_at_twice_the_side_finds_faces_too_small_at_the_first(
+    card_file: Path,
+) -> None:
+    det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"))
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    image[400:404, 800:804] = 255  # a 2x2 patch once halved: a quarter of a cell, too weak
+    assert det.max_side == 960
+    (face,) = det.detect(image)  # found at full size (1920 <= 2 x 960) on the second pass
+    np.testing.assert_allclose(face.box, (800, 400, 804, 404), atol=1e-3)
+    small = np.zeros((480, 640, 3), np.uint8)  # not scaled down: no second pass to make
+    assert det.detect(small) == []

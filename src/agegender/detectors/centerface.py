@@ -186,9 +186,32 @@ class CenterFaceDetector:
         return self.detect_many([rgb])[0]
 
     def detect_many(self, images: Sequence[NDArray[np.uint8]]) -> list[list[Detection]]:
-        """Faces of several images; images fed at the same size share one run."""
+        """Faces of several images; images fed at the same size share one run.
+
+        An image scaled down to the longer side `max_side` in which nothing was found gets
+        a second pass at up to twice that side (its faces may be small in a large frame).
+        """
+        sides = [self.max_side] * len(images)
+        results = self._detect_at(images, sides)
+        again = [
+            i
+            for i, found in enumerate(results)
+            if not found and max(images[i].shape[:2]) > self.max_side
+        ]
+        if again:
+            retried = self._detect_at([images[i] for i in again], [2 * self.max_side] * len(again))
+            for i, found in zip(again, retried, strict=True):
+                results[i] = found
+        return results
+
+    def _detect_at(
+        self, images: Sequence[NDArray[np.uint8]], sides: Sequence[int]
+    ) -> list[list[Detection]]:
         spec = self.spec
-        plans = [feed_size(im.shape[0], im.shape[1], self.max_side, spec.multiple) for im in images]
+        plans = [
+            feed_size(im.shape[0], im.shape[1], side, spec.multiple)
+            for im, side in zip(images, sides, strict=True)
+        ]
         results: list[list[Detection]] = [[] for _ in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for index, (_, fed_h, fed_w) in enumerate(plans):
