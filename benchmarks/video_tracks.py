@@ -152,7 +152,9 @@ def utkface(args: argparse.Namespace) -> None:
             clip = Path(tmp) / f"clip{c}.avi"
             write(clip, frames)
             tracker = PeopleTracker(
-                estimator, fps=FPS, fusion=FusionSettings(correlation=args.correlation)
+                estimator,
+                fps=FPS,
+                fusion=FusionSettings(correlation=args.correlation, adaptive=not args.fixed),
             )
             ids: list[list[int]] = [[] for _ in people]
             found = []
@@ -215,7 +217,8 @@ def main() -> None:
     utk.add_argument("folder")
     utk.add_argument("--clips", type=int, default=40)
     utk.add_argument("--frames", type=int, default=15)
-    utk.add_argument("--correlation", type=float, default=0.5)
+    utk.add_argument("--correlation", type=float, default=0.8)
+    utk.add_argument("--fixed", action="store_true", help="rho = --correlation, not adapted")
     utk.set_defaults(run=utkface)
     args = parser.parse_args()
     args.run(args)

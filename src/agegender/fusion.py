@@ -16,9 +16,13 @@ detector score: :func:`frame_weight`), normalised to w~_i = w_i / sum(w):
    them, the farthest first): a face half turned away or a blurred frame;
 3. **pool**: L = sum_i w~_i log q_i, a weighted geometric mean of the kept frames (for
    Gaussian frames of one width s: a Gaussian of width s at the weighted mean centre);
-4. **temper**: fused ∝ exp(k L) with k = 1 / (rho + (1 - rho) / n_eff), where n_eff =
+4. **temper**: fused ∝ exp(k L), with k set so that the fused variance is
+   (rho + (1 - rho) / n_eff) times the kept frames' weighted mean variance, where n_eff =
    (sum w)^2 / sum w^2 is the kept frames' effective number (Kish) and rho (``correlation``)
-   the share of a frame's error variance common to all frames of the person.
+   the share of a frame's error variance common to all frames of the person. For Gaussian
+   frames of one width that is k = 1 / (rho + (1 - rho) / n_eff); for other shapes the
+   geometric mean is already narrower than the frames, and k is smaller. (Without
+   centres, for labels, k is that formula.)
 
 If each frame's distribution is calibrated (its spread is the frame's error) and the
 common share is rho, the fused distribution's variance s^2 (rho + (1 - rho) / n_eff) is the
@@ -38,6 +42,7 @@ uses the prior as it is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -219,10 +224,49 @@ def pool(
         )
     else:
         rho = settings.correlation
-    power = 1.0 / (rho + (1.0 - rho) / n_eff)
+    shrink = rho + (1.0 - rho) / n_eff
+    power = 1.0 / shrink
+    if means is not None and spreads is not None:
+        # Set k so that the fused variance is the theory's, shrink x the frames' mean
+        # variance: for Gaussian frames of one width that is k = 1 / shrink, but the
+        # geometric mean of frames of other shapes (skewed, two-peaked, of different
+        # widths) is itself narrower than they are, and k = 1 / shrink would then narrow
+        # the interval more than the evidence allows.
+        variance = float(wn @ (spreads * spreads))
+        if variance > 0:
+            power = _power_for_variance(
+                log_pool, np.asarray(centres, np.float64), shrink * variance
+            )
     log_fused = power * log_pool
     fused = np.exp(log_fused - log_fused.max())
     return Pooled(fused / fused.sum(), keep, n_eff, power, rho)
+
+
+def _variance_at(log_pool: NDArray[np.float64], centres: NDArray[np.float64], k: float) -> float:
+    z = k * log_pool
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    mean = float(p @ centres)
+    return float(p @ (centres - mean) ** 2)
+
+
+def _power_for_variance(
+    log_pool: NDArray[np.float64], centres: NDArray[np.float64], target: float
+) -> float:
+    """k > 0 with Var(exp(k L)) = target, by bisection on log k (the variance falls as k
+    grows); the nearest end of [1e-2, 1e4] when the target is out of reach."""
+    low, high = math.log(1e-2), math.log(1e4)
+    if _variance_at(log_pool, centres, math.exp(low)) <= target:
+        return math.exp(low)
+    if _variance_at(log_pool, centres, math.exp(high)) >= target:
+        return math.exp(high)
+    for _ in range(50):
+        middle = (low + high) / 2
+        if _variance_at(log_pool, centres, math.exp(middle)) > target:
+            low = middle
+        else:
+            high = middle
+    return math.exp((low + high) / 2)
 
 
 def estimate_correlation(

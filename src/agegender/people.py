@@ -16,14 +16,16 @@ A track ends when no face has matched it for ``max_lost`` seconds; only confirme
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from .calibration import calibrate_age, temper
 from .fusion import FusionSettings, centres_of, frame_weight, pool, sharpness
+from .heads import DECODERS, Task, decode_face
 from .pipeline import Estimator
 from .results import AgeEstimate, GenderEstimate
 from .streams import SourceFrame
@@ -49,6 +51,7 @@ class Evidence:
     boxes: list[Box] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     probs: dict[str, list[NDArray[np.float64]]] = field(default_factory=dict)
+    values: list[float] = field(default_factory=list)  # each frame's own age value
     best_weight: float = -1.0
     thumbnail: NDArray[np.uint8] | None = None
     thumbnail_frame: int | None = None
@@ -153,6 +156,36 @@ def face_distributions(estimator: Estimator, prepared: Any) -> dict[str, NDArray
     return out
 
 
+def evidence_row(task: Task, row: NDArray[np.float64], age: Any = None) -> NDArray[np.float64]:
+    """One frame's distribution as evidence: calibrated as that frame's own estimate is
+    (age: temperature and log-age smoothing; age groups: temperature; gender: the
+    temperature of the frame's estimated-age band), so that each frame's spread is its
+    error, which the fusion assumes."""
+    calibration = task.calibration
+    row = np.asarray(row, np.float64)
+    if calibration is None:
+        return row / row.sum() if row.sum() > 0 else row
+    kind = task.support.kind
+    if kind == "age":
+        out = calibrate_age(row, task.support.values, calibration.temperature, calibration.kernel)
+    elif kind == "gender":
+        value = None if age is None else getattr(age, "value", None)
+        out = temper(row, calibration.gender_temperature(value))
+    else:
+        out = temper(row, calibration.temperature)
+    return np.asarray(out, np.float64)
+
+
+def decode_fused(task: Task, probs: NDArray[np.float64], thresholds: Any) -> Any:
+    """Decode a fused distribution of calibrated frames: no second temperature or
+    smoothing; the calibration's interval mass and its per-band widening (a person-level
+    correction, such as the +10 years past the CC0 model's last bin) still apply."""
+    calibration = task.calibration
+    if calibration is not None:
+        calibration = replace(calibration, temperature=1.0, kernel=0.0, temperatures=())
+    return DECODERS[task.support.kind](task.support, probs, thresholds, calibration, None)
+
+
 class PeopleTracker:
     def __init__(
         self,
@@ -200,9 +233,21 @@ class PeopleTracker:
             if detections:
                 probs = face_distributions(self.estimator, prepared)
                 thresholds = self.estimator.config.age_thresholds
-                estimates = {
-                    role: [task.decode(row, thresholds) for row in probs[role]]
-                    for role, task in self.estimator.tasks.items()
+                tasks = self.estimator.tasks
+                faces_est = [
+                    decode_face(tasks, {r: p[i] for r, p in probs.items()}, thresholds)
+                    for i in range(len(detections))
+                ]
+                estimates = {r: [e[r] for e in faces_est] for r in tasks}
+                # the evidence is each frame's calibrated distribution (see _evidence_rows)
+                probs = {
+                    r: np.array(
+                        [
+                            evidence_row(tasks[r], row, faces_est[i].get("age"))
+                            for i, row in enumerate(p)
+                        ]
+                    )
+                    for r, p in probs.items()
                 }
         boxes = [tuple(float(v) for v in d.box) for d in detections] if detect else None
         matches, ended = self.tracker.step(frame.index, boxes)  # type: ignore[arg-type]
@@ -218,7 +263,8 @@ class PeopleTracker:
                 face.score = float(detection.score)
                 face.age = estimates.get("age", [None] * (i + 1))[i]
                 face.gender = estimates.get("gender", [None] * (i + 1))[i]
-                self._add(evidence, frame, rgb, detection, {r: p[i] for r, p in probs.items()})
+                rows = {r: p[i] for r, p in probs.items()}
+                self._add(evidence, frame, rgb, detection, rows, face.age)
             elif track.id is None:
                 continue  # an unconfirmed track between detections: not shown
             if track.id is not None:
@@ -250,6 +296,7 @@ class PeopleTracker:
         rgb: NDArray[np.uint8],
         detection: Any,
         probs: dict[str, NDArray[np.float64]],
+        age: AgeEstimate | None = None,
     ) -> None:
         x1, y1, x2, y2 = (round(v) for v in detection.box)
         height, width = rgb.shape[:2]
@@ -266,12 +313,20 @@ class PeopleTracker:
         evidence.times.append(frame.time)
         evidence.boxes.append(tuple(float(v) for v in detection.box))  # type: ignore[arg-type]
         evidence.weights.append(weight)
+        if age is not None:
+            evidence.values.append(float(age.value))
         for role, row in probs.items():
             evidence.probs.setdefault(role, []).append(row)
         evidence.path.append(((frame.time), (x1 + x2) / 2, (y1 + y2) / 2, side))
         if len(evidence.weights) > MAX_EVIDENCE:
             drop = int(np.argmin(evidence.weights))
-            for items in (evidence.frames, evidence.times, evidence.boxes, evidence.weights):
+            for items in (
+                evidence.frames,
+                evidence.times,
+                evidence.boxes,
+                evidence.weights,
+                evidence.values,
+            ):
                 del items[drop]
             for rows in evidence.probs.values():
                 del rows[drop]
@@ -308,7 +363,19 @@ class PeopleTracker:
                 used, correlation = pooled.used, pooled.correlation
                 frames_used = pooled.frames_used
                 fusion = {"n_eff": _r(pooled.n_eff), "correlation": _r(pooled.correlation, 3)}
-            out[role] = task.decode(pooled.probs, thresholds)
+            estimate = decode_fused(task, pooled.probs, thresholds)
+            kept_frames = pooled.used
+            if (
+                role == "age"
+                and task.support.kind == "age"
+                and len(evidence.values) == len(kept_frames)
+            ):
+                # The value, as a frame's, is the raw models' expected value (calibration
+                # smooths in log-age, which moves the mean): the kept frames' weighted mean.
+                kept = np.where(kept_frames, evidence.weights, 0.0)
+                value = float(np.dot(kept, evidence.values) / kept.sum())
+                estimate = replace(estimate, value=value)
+            out[role] = estimate
         evidence.fused = (out, frames_used, fusion)
         return out
 
