@@ -118,6 +118,7 @@ def utkface(args: argparse.Namespace) -> None:
     track_err, frame_err, track_hit, frame_hit = [], [], [], []
     track_width, frame_width, track_gender, frame_gender = [], [], [], []
     missed = 0
+    rhos: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for c in range(args.clips):
             people = rows[2 * c : 2 * c + 2]
@@ -195,6 +196,7 @@ def utkface(args: argparse.Namespace) -> None:
                 track_hit.append(lo <= age <= hi)
                 track_width.append(hi - lo)
                 track_gender.append(track.gender.label == people[p]["gender"])
+                rhos.append(track.fusion.get("correlation", float("nan")))
     print(f"{args.clips} clips x 2 people x {args.frames} frames, correlation {args.correlation}")
     print(f"identity switches: {switches}; people without a track: {missed}")
     print(
@@ -207,6 +209,8 @@ def utkface(args: argparse.Namespace) -> None:
         f"{np.mean(track_gender):.3f}, 80% interval coverage {np.mean(track_hit):.3f}, "
         f"mean width {np.mean(track_width):.1f}"
     )
+    low, mid, high = np.percentile(rhos, [5, 50, 95])
+    print(f"rho per track: 5% {low:.3f}, median {mid:.3f}, 95% {high:.3f}")
 
 
 def main() -> None:
