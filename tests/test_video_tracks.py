@@ -287,6 +287,29 @@ def test_tracks_to_stdout(clips, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert all(t["thumbnail"] is None and t["last_frame"] == 9 for t in tracks)
 
 
+def test_tracks_as_csv(clips, tmp_path: Path) -> None:
+    import csv
+
+    clip, _ = clips["simple"]
+    out = tmp_path / "people.csv"
+    args = ["video", str(clip), "--upsample", "0", "--max-frames", "6", "--age-threshold", "18"]
+    assert main([*args, "--tracks", str(out)]) == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["track"] for r in rows] == ["1", "2"]
+    assert all(
+        r["gender"] == "female" and float(r["age_low"]) <= float(r["age_high"]) for r in rows
+    )
+    assert all(0 <= float(r["p_age_ge_18"]) <= 1 and Path(r["thumbnail"]).is_file() for r in rows)
+    # no people: still a CSV with its header
+    blank = tmp_path / "blank.avi"
+    write_clip(blank, np.zeros((300, 300, 3), np.uint8), [], 3)
+    empty = tmp_path / "empty.csv"
+    assert main(["video", str(blank), "--tracks", str(empty)]) == 0
+    assert empty.read_text().startswith("track,first_frame,")
+    assert len(empty.read_text().splitlines()) == 1
+
+
 # -- bad inputs and outputs: one line, an exit status -------------------------------------
 
 

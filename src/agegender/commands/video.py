@@ -66,7 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         default="-",
         metavar="PATH",
         help="one JSON object per person, written when the person's track ends "
-        "('-': stdout, the default). Never replaces an existing file",
+        "('-': stdout, the default); a name ending in .csv gets one CSV row per person "
+        "instead. Never replaces an existing file",
     )
     parser.add_argument(
         "--frames",
@@ -257,6 +258,7 @@ class _Run:
         self.people = 0
         self.latencies: list[float] = []
         self.used_thumbs: set[str] = set()
+        self.csv_header = False
 
     def _open(self, path: str | None) -> IO[str] | None:
         if path is None:
@@ -264,7 +266,8 @@ class _Run:
         if path == "-":
             return sys.stdout
         try:
-            return open(path, "x", encoding="utf-8")  # exclusive: never replaces a file
+            # exclusive: never replaces a file; newline="" as the csv module asks
+            return open(path, "x", encoding="utf-8", newline="")
         except OSError as error:
             raise AgegenderError(f"{path}: cannot create ({error.strerror or error})") from None
 
@@ -286,6 +289,11 @@ class _Run:
         frames = 0
         try:
             self.tracks_out = self._open(args.tracks)
+            if self.tracks_out is not None and args.tracks.lower().endswith(".csv"):
+                import csv
+
+                csv.writer(self.tracks_out).writerow(csv_columns(self.config.age_thresholds))
+                self.csv_header = True
             self.frames_out = self._open(args.frames)
             if self.thumbs is not None:
                 self._make_thumbs_folder(self.thumbs)
@@ -398,12 +406,20 @@ class _Run:
         self.writer.write(bgr)
 
     def _people(self, people: list[Person]) -> None:
+        import csv
         import json
 
         for person in people:
             path = self._thumbnail(person)
             if self.tracks_out is not None:
-                self.tracks_out.write(json.dumps(person.to_dict(path)) + "\n")
+                if self.args.tracks.lower().endswith(".csv"):
+                    writer = csv.writer(self.tracks_out)
+                    if not self.csv_header:
+                        writer.writerow(csv_columns(self.config.age_thresholds))
+                        self.csv_header = True
+                    writer.writerow(csv_row(person.to_dict(path), self.config.age_thresholds))
+                else:
+                    self.tracks_out.write(json.dumps(person.to_dict(path)) + "\n")
                 self.tracks_out.flush()
             self.people += 1
 
@@ -462,6 +478,71 @@ class _Run:
             print(f"agegender: {line}", file=sys.stderr)
         else:
             log.info(line)
+
+
+CSV_COLUMNS = [
+    "track",
+    "first_frame",
+    "last_frame",
+    "first_time",
+    "last_time",
+    "frames_seen",
+    "frames_used",
+    "age",
+    "age_std",
+    "age_low",
+    "age_high",
+    "age_group",
+    "gender",
+    "gender_probability",
+    "start_x",
+    "start_y",
+    "end_x",
+    "end_y",
+    "mean_side",
+    "distance",
+    "n_eff",
+    "correlation",
+    "thumbnail",
+]
+
+
+def csv_columns(thresholds: Any) -> list[str]:
+    return CSV_COLUMNS + [f"p_age_ge_{t:g}" for t in thresholds]
+
+
+def csv_row(record: dict[str, Any], thresholds: Any) -> list[Any]:
+    """One person's CSV row (the columns of :func:`csv_columns`; empty where unknown)."""
+    age = record.get("age") or {}
+    gender = record.get("gender") or {}
+    path = record["path"]
+    fusion = record.get("fusion") or {}
+    interval = age.get("interval") or ["", ""]
+    row = [
+        record["track"],
+        record["first_frame"],
+        record["last_frame"],
+        record["first_time"],
+        record["last_time"],
+        record["frames_seen"],
+        record["frames_used"],
+        age.get("value", ""),
+        age.get("std", ""),
+        interval[0],
+        interval[1],
+        age.get("group", ""),
+        gender.get("label", ""),
+        gender.get("probability", ""),
+        *path["start"][:2],
+        *path["end"][:2],
+        path["mean_side"],
+        path["distance"],
+        fusion.get("n_eff", ""),
+        fusion.get("correlation", ""),
+        record.get("thumbnail") or "",
+    ]
+    p_at_least = age.get("p_at_least") or {}
+    return row + [p_at_least.get(f"{t:g}", "") for t in thresholds]
 
 
 def _colour(track: int) -> tuple[int, int, int]:
