@@ -201,6 +201,97 @@ def test_tracker_ends_lost_tracks() -> None:
     assert [m.track.id for m in matches] == [2]  # the same place later: a new track
 
 
+# -- the whole per-person path on synthetic evidence ---------------------------------------
+
+
+def test_people_tracker_fused_interval_coverage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracking, evidence, fusion and decoding end to end, with stand-in per-frame outputs
+    that are noisy draws around a known age: each person's frames are Gaussians of width s
+    centred at truth + b + e_i (person-level b ~ N(0, s²/2), per-frame e_i ~ N(0, s²/2)),
+    so single frames are calibrated by construction. 50 clips x 4 people x 12 frames."""
+    from types import SimpleNamespace
+
+    from agegender import people
+    from agegender.faces import Detection
+    from agegender.heads import DECODERS, Support
+    from agegender.streams import SourceFrame
+
+    values = np.arange(0.0, 101.0)
+    rng = np.random.default_rng(5)
+
+    class StandInTask:
+        def __init__(self, support: Support):
+            self.support, self.calibration = support, None
+
+        def decode(self, probs, thresholds, age=None):  # type: ignore[no-untyped-def]
+            return DECODERS[self.support.kind](self.support, probs, thresholds, None, age)
+
+    tasks = {
+        "age": StandInTask(Support("age", values=values)),
+        "gender": StandInTask(Support("gender", labels=("female", "male"))),
+    }
+    clip: dict[str, object] = {}
+
+    def prepare(rgb, name):  # type: ignore[no-untyped-def]
+        index = int(name.split()[-1])
+        boxes = [
+            (40.0 + 150 * p + 2 * index, 60.0, 140.0 + 150 * p + 2 * index, 160.0) for p in range(4)
+        ]
+        return SimpleNamespace(detections=[Detection(b, 1.0) for b in boxes], index=index)
+
+    def distributions(estimator, prepared):  # type: ignore[no-untyped-def]
+        ages = []
+        for p in range(4):
+            truth, s, common = clip["people"][p]  # type: ignore[index]
+            centre = truth + common + rng.normal(0, s / np.sqrt(2))
+            g = np.exp(-0.5 * ((values - centre) / s) ** 2)
+            ages.append(g / g.sum())
+        return {"age": np.array(ages), "gender": np.tile([0.3, 0.7], (4, 1))}
+
+    monkeypatch.setattr(people, "face_distributions", distributions)
+    estimator = SimpleNamespace(
+        tasks=tasks, prepare=prepare, config=SimpleNamespace(age_thresholds=())
+    )
+    rgb = np.full((240, 720, 3), 128, np.uint8)
+    fused_hits = single_hits = singles = 0
+    fused_widths, single_widths = [], []
+    tracks = 0
+    for _ in range(50):
+        clip["people"] = [
+            (t, s, rng.normal(0, s / np.sqrt(2)))
+            for t, s in zip(rng.uniform(15, 70, 4), rng.uniform(4, 9, 4), strict=True)
+        ]
+        tracker = people.PeopleTracker(estimator, fps=10)  # type: ignore[arg-type]
+        for index in range(12):
+            report, ended = tracker.process(SourceFrame(index, index / 10, rgb, 0.0))
+            assert not ended
+            for face in report.faces:
+                if face.age is not None:
+                    truth = clip["people"][int((face.box[0] - 2 * index - 40) // 150)][0]  # type: ignore[index]
+                    singles += 1
+                    single_hits += face.age.interval[0] <= truth <= face.age.interval[1]
+                    single_widths.append(face.age.interval[1] - face.age.interval[0])
+        persons = tracker.finish()
+        assert [p.id for p in persons] == [1, 2, 3, 4]
+        for person in persons:
+            truth = clip["people"][int((person.path["start"][0] - 90) // 150)][0]  # type: ignore[index]
+            assert person.age is not None and person.gender is not None
+            assert person.gender.label == "male" and person.gender.probability > 0.7
+            fused_hits += person.age.interval[0] <= truth <= person.age.interval[1]
+            fused_widths.append(person.age.interval[1] - person.age.interval[0])
+            tracks += 1
+    assert tracks == 200 and singles == 200 * 12
+    single_cov, fused_cov = single_hits / singles, fused_hits / tracks
+    # 200 tracks: the binomial standard error of an 80% rate is 2.8 points
+    assert 0.75 <= single_cov <= 0.85, single_cov
+    assert 0.72 <= fused_cov <= 0.92, fused_cov
+    assert np.mean(fused_widths) < 0.9 * np.mean(single_widths)
+    print(
+        f"single frames: coverage {single_cov:.3f}, width {np.mean(single_widths):.1f}; "
+        f"tracks: coverage {fused_cov:.3f}, width {np.mean(fused_widths):.1f}"
+    )
+
+
 # -- the command on composed clips --------------------------------------------------------
 
 
