@@ -2,7 +2,8 @@
 
 Decoding and detection run in the estimator's worker threads, faces of several images
 share model batches (as in ``predict``); a part is committed every ``part_size``
-finished inputs, so a killed job loses at most the part in flight.
+finished inputs, so a killed job loses at most the part in flight. ``process`` (inputs
+-> rows of each input) is what a Ray actor runs too.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..images import Frame
@@ -23,27 +25,37 @@ if TYPE_CHECKING:
     from ..pipeline import Estimator
 
 
-def run_local(job: Job, estimator: Estimator) -> Tally:
-    from tqdm import tqdm
+@dataclass(frozen=True)
+class Work:
+    """What turns inputs into rows, besides the estimator (picklable: sent to actors)."""
 
+    constants: dict[str, Any]
+    thresholds: tuple[float, ...] = ()
+    video_step: float = 1.0
+    max_frames: int | None = None
+    pixel_limit: int | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> Work:
+        return cls(
+            job.constants,
+            tuple(job.config.age_thresholds),
+            job.video_step,
+            job.max_frames,
+            job.config.pixel_limit,
+        )
+
+
+def process(
+    estimator: Estimator, entries: Iterable[Pending], work: Work
+) -> Iterator[tuple[Pending, list[dict[str, Any]]]]:
+    """Each input with all its rows, in input order (a video's frames together)."""
     from .. import video
 
-    tally = Tally()
-    bar = tqdm(total=None, unit="img", file=sys.stderr, disable=not job.progress, mininterval=0.5)
-    if job.progress:
-        _count_in_background(job, bar)
-
-    def report(line: str) -> None:
-        if job.progress:
-            bar.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
     tags: deque[tuple[int, Pending]] = deque()
-    thresholds = job.config.age_thresholds
 
     def feed() -> Iterator[ImageInput]:
-        for seq, entry in enumerate(pending(job, tally)):
+        for seq, entry in enumerate(entries):
             item = entry.item
             if entry.error is not None:
                 tags.append((seq, entry))
@@ -52,9 +64,9 @@ def run_local(job: Job, estimator: Estimator) -> Tally:
                 count = 0
                 for frame in video.frames(
                     item.path,
-                    step=job.video_step,
-                    max_frames=job.max_frames,
-                    pixel_limit=job.config.pixel_limit,
+                    step=work.video_step,
+                    max_frames=work.max_frames,
+                    pixel_limit=work.pixel_limit,
                 ):
                     tags.append((seq, entry))
                     count += 1
@@ -78,23 +90,42 @@ def run_local(job: Job, estimator: Estimator) -> Tally:
                 tags.append((seq, entry))
                 yield entry.data if entry.data is not None else item.path
 
+    current: tuple[int, Pending] | None = None
+    rows: list[dict[str, Any]] = []
+    for result in estimator.predict_many(feed()):
+        tag = tags.popleft()
+        if current is not None and tag[0] != current[0]:
+            yield current[1], rows
+            rows = []
+        current = tag
+        entry = tag[1]
+        if not is_video(entry.item.path) or entry.error is not None:
+            result = replace(result, frame=None, time=None)
+        rows.extend(
+            rowmod.result_rows(entry.item, result, work.constants, work.thresholds, entry.sha256)
+        )
+    if current is not None:
+        yield current[1], rows
+
+
+def run_local(job: Job, estimator: Estimator) -> Tally:
+    from tqdm import tqdm
+
+    tally = Tally()
+    bar = tqdm(total=None, unit="img", file=sys.stderr, disable=not job.progress, mininterval=0.5)
+    if job.progress:
+        _count_in_background(job, bar)
+
+    def report(line: str) -> None:
+        if job.progress:
+            bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    thresholds = job.config.age_thresholds
     part_rows: list[dict[str, Any]] = []
     part_keys: list[int] = []
-    current: tuple[int, Pending] | None = None
-    current_rows: list[dict[str, Any]] = []
-    shown_skipped = [0]
-
-    def finish() -> None:
-        nonlocal current_rows
-        assert current is not None
-        tally.add(current_rows, report)
-        part_rows.extend(current_rows)
-        part_keys.append(current[1].key)
-        current_rows = []
-        bar.update(1 + tally.skipped - shown_skipped[0])
-        shown_skipped[0] = tally.skipped
-        if len(part_keys) >= job.part_size:
-            commit()
+    skipped_shown = 0
 
     def commit() -> None:
         if part_keys:
@@ -103,21 +134,14 @@ def run_local(job: Job, estimator: Estimator) -> Tally:
             part_keys.clear()
 
     try:
-        for result in estimator.predict_many(feed()):
-            tag = tags.popleft()
-            if current is not None and tag[0] != current[0]:
-                finish()
-            current = tag
-            entry = tag[1]
-            if not is_video(entry.item.path) or entry.error is not None:
-                from dataclasses import replace
-
-                result = replace(result, frame=None, time=None)
-            current_rows.extend(
-                rowmod.result_rows(entry.item, result, job.constants, thresholds, entry.sha256)
-            )
-        if current is not None:
-            finish()
+        for entry, rows in process(estimator, pending(job, tally), Work.of(job)):
+            tally.add(rows, report)
+            part_rows.extend(rows)
+            part_keys.append(entry.key)
+            bar.update(1 + tally.skipped - skipped_shown)
+            skipped_shown = tally.skipped
+            if len(part_keys) >= job.part_size:
+                commit()
         commit()
     finally:
         bar.close()
