@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from ..config import EstimatorConfig
     from ..pipeline import Estimator
 
-SMALL_MODEL = 64 * 1024 * 1024  # smaller files are hashed; larger ones trust a matching card
 ERRORS_SHOWN = 10
 
 
@@ -49,7 +48,8 @@ class Pending:
 
 
 def model_identities(estimator: Estimator) -> list[dict[str, str]]:
-    """Each head's card id, role and sha256 (the card's when the file matches its size)."""
+    """Each head's card id, role and sha256: the card's when the file has the card's size
+    (the store and package installs verified it), else computed (CARD=FILE, own cards)."""
     from ..store.hashing import sha256_file
 
     out = []
@@ -59,10 +59,7 @@ def model_identities(estimator: Estimator) -> list[dict[str, str]]:
             path = head.model.path
             size = path.stat().st_size if path.exists() else -1
             declared = card.source.sha256
-            if declared and (size > SMALL_MODEL and size == card.source.bytes):
-                sha = declared
-            else:
-                sha = sha256_file(path)
+            sha = declared if declared and size == card.source.bytes else sha256_file(path)
             out.append({"role": role, "id": card.id, "sha256": sha})
     return out
 
@@ -86,6 +83,45 @@ def pending(job: Job, tally: Tally) -> Iterator[Pending]:
             continue
         job.dataset.mark(entry.key)
         yield entry
+
+
+def prefetched(items: Iterator[Pending], size: int = 256) -> Iterator[Pending]:
+    """`items` produced by a thread, `size` ahead: listing, stat and --key hash reads
+    overlap the models instead of stalling the loop that feeds them (a stat on a network
+    file system takes a millisecond). Exceptions reach the consumer."""
+    import queue
+
+    box: queue.Queue[Any] = queue.Queue(maxsize=size)
+    end = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for entry in items:
+                while not stop.is_set():
+                    try:
+                        box.put(entry, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(end)
+        except BaseException as error:  # handed to the consumer
+            box.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True, name="agegender-inputs")
+    thread.start()
+    try:
+        while True:
+            entry = box.get()
+            if entry is end:
+                return
+            if isinstance(entry, BaseException):
+                raise entry
+            yield entry
+    finally:
+        stop.set()
 
 
 def _keyed(item: Input, mode: str) -> Pending:

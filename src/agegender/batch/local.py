@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..images import Frame
 from . import rows as rowmod
-from .job import Job, Pending, Tally, pending
+from .job import Job, Pending, Tally, pending, prefetched
 from .sources import is_video, iter_inputs
 
 if TYPE_CHECKING:
@@ -134,7 +134,8 @@ def run_local(job: Job, estimator: Estimator) -> Tally:
             part_keys.clear()
 
     try:
-        for entry, rows in process(estimator, pending(job, tally), Work.of(job)):
+        entries = prefetched(pending(job, tally))
+        for entry, rows in process(estimator, entries, Work.of(job)):
             tally.add(rows, report)
             part_rows.extend(rows)
             part_keys.append(entry.key)
