@@ -1,6 +1,6 @@
 """agegender batch --engine ray: the same rows as the local engine, on a Ray instance the
-command starts itself and on one the test starts (the command joins it); a second run
-resumes the first. Ray binds to 127.0.0.1 only."""
+command starts itself, on one the test starts (the command joins it; a second run resumes
+the first) and on a two-node cluster simulated here. Ray binds to 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -65,3 +65,22 @@ def test_ray_engine_resumes_on_a_ray_instance_started_by_the_test(
         assert_rows_equal(rows_of(out), rows_of(local))
     finally:
         ray.shutdown()
+
+
+def test_ray_engine_on_a_two_node_cluster(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two Ray nodes of one CPU each (ray.cluster_utils.Cluster, on loopback), joined with
+    --address: two one-CPU actors can only run one on each node; same rows."""
+    from ray.cluster_utils import Cluster
+
+    folder, local = inputs
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        assert len(cluster.list_all_nodes()) == 2
+        out = tmp_path / "cluster"
+        options = ["--engine", "ray", "--address", cluster.address, "--concurrency", "2"]
+        assert batch(str(folder), "--out", str(out), "--part-size", "3", *options) == 1
+        assert_rows_equal(rows_of(out), rows_of(local))
+    finally:
+        cluster.shutdown()
