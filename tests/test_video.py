@@ -119,6 +119,6 @@ def test_broken_videos_are_one_error_each(
 
 
 def test_predict_default_step_is_the_video_modules() -> None:
-    from agegender.commands import predict
+    from agegender.commands import options
 
-    assert predict.DEFAULT_VIDEO_STEP == video.DEFAULT_STEP_SECONDS
+    assert options.DEFAULT_VIDEO_STEP == video.DEFAULT_STEP_SECONDS

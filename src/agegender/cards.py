@@ -519,11 +519,16 @@ def _parse_input(r: _CardReader, inp: dict[str, Any]) -> InputSpec:
         and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
     ):
         r.expect("[input] size", "[height, width] positive integers", size)
+    return _input_spec(r, inp, size[0], size[1])
+
+
+def _input_spec(r: _CardReader, inp: dict[str, Any], height: int, width: int) -> InputSpec:
+    """What every card's [input] says beside its size: channels, layout, scaling, name."""
     channels = r.string(inp, "input", "channels", choices=("RGB", "BGR")) or "RGB"
     layout = r.string(inp, "input", "layout", choices=("NCHW", "NHWC")) or "NCHW"
     return InputSpec(
-        height=size[0],
-        width=size[1],
+        height=height,
+        width=width,
         channels=channels,  # type: ignore[arg-type]  # checked against the choices
         layout=layout,  # type: ignore[arg-type]
         scale=r.number(inp, "input", "scale", 1.0, positive=True),
@@ -721,18 +726,7 @@ def _parse_detector(
         r.fail("a face-detection card has no [crop] table")
     inp = r.table(data, "input", DETECTOR_INPUT)
     out = r.table(data, "output", DETECTOR_OUTPUT)
-    channels = r.string(inp, "input", "channels", choices=("RGB", "BGR")) or "RGB"
-    layout = r.string(inp, "input", "layout", choices=("NCHW", "NHWC")) or "NCHW"
-    input_spec = InputSpec(
-        height=0,
-        width=0,
-        channels=channels,  # type: ignore[arg-type]  # checked against the choices
-        layout=layout,  # type: ignore[arg-type]
-        scale=r.number(inp, "input", "scale", 1.0, positive=True),
-        mean=r.triple(inp, "input", "mean", 0.0, positive=False),
-        std=r.triple(inp, "input", "std", 1.0, positive=True),
-        name=r.string(inp, "input", "name"),
-    )
+    input_spec = _input_spec(r, inp, 0, 0)  # any size: the [input] multiple and max_side
     decoder = r.string(out, "output", "decoder", required=True, choices=tuple(DECODER_OUTPUTS))
     assert decoder is not None
     outputs = r.get(out, "output", "outputs", required=True)

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from ..errors import AgegenderError
-from .options import add_estimator_options, config_from_args
-from .predict import DEFAULT_VIDEO_STEP, _max_frames, _quiet_libraries, _video_step
+from .options import add_estimator_options, add_input_options, config_from_args
+from .predict import _quiet_libraries
 
 DEFAULT_PART_SIZE = 1000
 
@@ -88,21 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     ray.add_argument("--num-cpus", type=_fraction, default=1.0, help="CPUs per actor")
     ray.add_argument("--num-gpus", type=_fraction, default=0.0, help="GPUs per actor")
-    parser.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bar (drawn on stderr only when it is a terminal)",
-    )
-    parser.add_argument(
-        "--video-step",
-        type=_video_step,
-        default=DEFAULT_VIDEO_STEP,
-        metavar="SECONDS",
-        help="videos: one frame every SECONDS (0: every frame; default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-frames", type=_max_frames, default=None, metavar="N", help="videos: at most N"
-    )
+    add_input_options(parser)
     add_estimator_options(parser)
     parser.set_defaults(run=run)
 

@@ -56,6 +56,52 @@ def _detector_names() -> list[str]:
     return list(DETECTORS)
 
 
+DEFAULT_VIDEO_STEP = 1.0  # = video.DEFAULT_STEP_SECONDS (video.py imports OpenCV)
+
+
+def _video_step(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _max_frames(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more frames, got {text!r}")
+    return value
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """Progress and video sampling options of the commands that read many inputs."""
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (drawn on stderr only when it is a terminal)",
+    )
+    parser.add_argument(
+        "--video-step",
+        type=_video_step,
+        default=DEFAULT_VIDEO_STEP,
+        metavar="SECONDS",
+        help="videos: analyse one frame every SECONDS (0: every frame; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=_max_frames,
+        default=None,
+        metavar="N",
+        help="videos: at most N frames each",
+    )
+
+
 def add_estimator_options(parser: argparse.ArgumentParser) -> None:
     """Options that choose and tune the Estimator (EstimatorConfig fields)."""
     d = cfg.default_of

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import sys
 import warnings
@@ -14,34 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from ..errors import AgegenderError
-from .options import add_estimator_options, config_from_args
+from .options import add_estimator_options, add_input_options, config_from_args
 
 if TYPE_CHECKING:  # the heavy modules (numpy, OpenCV, ONNX Runtime) load in run()
     from ..images import ImageInput
     from ..results import ImageResult
 
 PROGRESS_MIN_FILES = 4
-DEFAULT_VIDEO_STEP = 1.0  # = video.DEFAULT_STEP_SECONDS (video.py imports OpenCV)
-
-
-def _video_step(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
-
-
-def _max_frames(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more frames, got {text!r}")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -79,25 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "folder; a DIR inside one is marked (.agegender-output) and later folder searches "
         "skip it, so annotated copies are never read as inputs",
     )
-    parser.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bar (drawn on stderr only when it is a terminal)",
-    )
-    parser.add_argument(
-        "--video-step",
-        type=_video_step,
-        default=DEFAULT_VIDEO_STEP,
-        metavar="SECONDS",
-        help="videos: analyse one frame every SECONDS (0: every frame; default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-frames",
-        type=_max_frames,
-        default=None,
-        metavar="N",
-        help="videos: at most N frames each",
-    )
+    add_input_options(parser)
     add_estimator_options(parser)
     parser.set_defaults(run=run, format="table")
 
