@@ -159,3 +159,21 @@ def test_models_list_json_still_whole_when_read(tmp_path: Path) -> None:
     )
     assert done.returncode == 0 and done.stderr == ""
     assert isinstance(json.loads(done.stdout), list)
+
+
+def test_our_warnings_survive_a_library_raising_the_root_level(caplog, tmp_path) -> None:
+    # Ray (batch --engine ray) sets the root logger to ERROR when it starts; the project's
+    # own warnings (an unverified model file, ...) must still reach stderr afterwards.
+    import logging
+
+    from agegender.cli import main
+
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        assert main(["models", "list"]) == 0
+        logging.getLogger("agegender.store.files").warning("still shown")
+    finally:
+        root.setLevel(before)
+    assert any(r.getMessage() == "still shown" for r in caplog.records)

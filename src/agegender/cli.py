@@ -73,11 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="agegender: %(levelname)s: %(message)s",
-        stream=sys.stderr,
+        level=level, format="agegender: %(levelname)s: %(message)s", stream=sys.stderr
     )
+    # Our own level, not the root's: a library that raises the root level (Ray sets it to
+    # ERROR when it starts) must not silence this project's warnings.
+    logging.getLogger("agegender").setLevel(level)
     try:
         return int(args.run(args))
     except AgegenderError as error:

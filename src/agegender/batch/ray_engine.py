@@ -80,6 +80,18 @@ class _Worker:
 
 
 def run_ray(job: Job, args: argparse.Namespace) -> Tally:
+    """The job on Ray. Ray reconfigures the logging of the process that starts it (in the
+    test suite it raised the root handlers' levels to ERROR, which silenced this project's
+    warnings for the rest of the process): the root handlers' levels are put back after."""
+    levels = [(handler, handler.level) for handler in logging.getLogger().handlers]
+    try:
+        return _run_ray(job, args)
+    finally:
+        for handler, level in levels:
+            handler.setLevel(level)
+
+
+def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
     if not args.address and "ray" not in sys.modules:
         # A Ray started here serves this machine only: it binds to the loopback address
         # (Ray's switch for single-machine use), never to a network interface.
