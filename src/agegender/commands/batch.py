@@ -6,30 +6,10 @@ import argparse
 import sys
 
 from ..errors import AgegenderError
-from .options import add_estimator_options, add_input_options, config_from_args
+from .options import add_estimator_options, add_input_options, config_from_args, number
 from .predict import _quiet_libraries
 
 DEFAULT_PART_SIZE = 1000
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -71,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument(
         "--part-size",
-        type=_positive,
+        type=number(int, 1),
         default=DEFAULT_PART_SIZE,
         metavar="N",
         help="inputs per part file: the most a crash makes redo (default: %(default)s)",
@@ -84,10 +64,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--address", default=None, help="Ray cluster to join ('auto'; default: start a local one)"
     )
     ray.add_argument(
-        "--concurrency", type=_positive, default=1, metavar="N", help="Estimator actors"
+        "--concurrency", type=number(int, 1), default=1, metavar="N", help="Estimator actors"
     )
-    ray.add_argument("--num-cpus", type=_fraction, default=1.0, help="CPUs per actor")
-    ray.add_argument("--num-gpus", type=_fraction, default=0.0, help="GPUs per actor")
+    ray.add_argument("--num-cpus", type=number(float, 0), default=1.0, help="CPUs per actor")
+    ray.add_argument("--num-gpus", type=number(float, 0), default=0.0, help="GPUs per actor")
     add_input_options(parser)
     add_estimator_options(parser)
     parser.set_defaults(run=run)

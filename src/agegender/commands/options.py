@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from ..pipeline import Estimator
 
 
-def _finite(kind: type, low: float | None = None) -> Any:
+def number(kind: type, low: float | None = None, high: float | None = None) -> Any:
+    """An argparse type: a finite `kind` (int or float) within [low, high], one-line errors."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -25,8 +27,9 @@ def _finite(kind: type, low: float | None = None) -> Any:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if low is not None and value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__
@@ -46,7 +49,7 @@ def sweep_range(text: str) -> tuple[float, float, float]:
 
 
 def _weights(text: str) -> tuple[float, ...]:
-    parse = _finite(float, 0.0)
+    parse = number(float, 0.0)
     return tuple(parse(part) for part in text.split(","))
 
 
@@ -59,26 +62,6 @@ def _detector_names() -> list[str]:
 DEFAULT_VIDEO_STEP = 1.0  # = video.DEFAULT_STEP_SECONDS (video.py imports OpenCV)
 
 
-def _video_step(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
-
-
-def _max_frames(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more frames, got {text!r}")
-    return value
-
-
 def add_input_options(parser: argparse.ArgumentParser) -> None:
     """Progress and video sampling options of the commands that read many inputs."""
     parser.add_argument(
@@ -88,14 +71,14 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--video-step",
-        type=_video_step,
+        type=number(float, 0),
         default=DEFAULT_VIDEO_STEP,
         metavar="SECONDS",
         help="videos: analyse one frame every SECONDS (0: every frame; default %(default)s)",
     )
     parser.add_argument(
         "--max-frames",
-        type=_max_frames,
+        type=number(int, 1),
         default=None,
         metavar="N",
         help="videos: at most N frames each",
@@ -148,13 +131,13 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--upsample",
-        type=_finite(int, 0),
+        type=number(int, 0),
         default=S,
         help="dlib upsampling steps for small faces (default: auto)",
     )
     group.add_argument(
         "--max-detect-side",
-        type=_finite(int, 1),
+        type=number(int, 1),
         default=S,
         help="detect on a copy with this longer side at most (default: the detector's: "
         f"{cfg.DEFAULT_MAX_DETECT_SIDE} for dlib and haar, the card's for CNN detectors)",
@@ -177,13 +160,13 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--min-face",
-        type=_finite(int, 0),
+        type=number(int, 0),
         default=S,
         help=f"ignore faces smaller than this (pixels; default: {d('min_face')})",
     )
     group.add_argument(
         "--min-score",
-        type=_finite(float),
+        type=number(float),
         default=S,
         help="ignore detections scoring lower (dlib: 0.2 drops weak false positives "
         "on JPEG textures, and a few real faces)",
@@ -197,7 +180,7 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--age-threshold",
         dest="age_thresholds",
-        type=_finite(float),
+        type=number(float),
         action="append",
         default=S,
         metavar="T",
@@ -212,16 +195,16 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--pixel-limit",
-        type=_finite(int, 1),
+        type=number(int, 1),
         default=S,
         help=f"refuse images with more pixels (default: {d('pixel_limit')})",
     )
     group.add_argument(
-        "--threads", type=_finite(int, 1), default=S, help="ONNX Runtime threads per model"
+        "--threads", type=number(int, 1), default=S, help="ONNX Runtime threads per model"
     )
     group.add_argument(
         "--batch-size",
-        type=_finite(int, 1),
+        type=number(int, 1),
         default=S,
         help=f"faces per model run (default: {d('batch_size')})",
     )

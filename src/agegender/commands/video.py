@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import signal
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import AgegenderError
-from .options import add_estimator_options, config_from_args
+from .options import add_estimator_options, config_from_args, number
 
 if TYPE_CHECKING:  # numpy, OpenCV and ONNX Runtime load in run()
     from ..people import FrameReport, Person
@@ -31,21 +30,6 @@ DEFAULT_MAX_LOST = 1.0  # = people.DEFAULT_MAX_LOST_SECONDS (people.py imports O
 DEFAULT_CORRELATION = 0.8  # = fusion.DEFAULT_CORRELATION
 DEFAULT_RETRIES = 5  # = streams.DEFAULT_RETRIES
 ANNOTATE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
-
-
-def _number(kind: type, low: float, high: float | None = None) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (high is not None and value > high):
-            bounds = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
-            raise argparse.ArgumentTypeError(f"expected a number {bounds}, got {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -92,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument(
         "--detect-every",
-        type=_number(int, 1),
+        type=number(int, 1),
         default=1,
         metavar="K",
         help="run the detector and models on every K-th frame; the tracker carries the "
@@ -107,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument(
         "--retries",
-        type=_number(int, 0),
+        type=number(int, 0),
         default=DEFAULT_RETRIES,
         metavar="N",
         help="--live: reconnection attempts (0.5 s, 1 s, 2 s, ... apart) before a lost "
@@ -115,14 +99,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument(
         "--max-frames",
-        type=_number(int, 1),
+        type=number(int, 1),
         default=None,
         metavar="N",
         help="stop after N frames",
     )
     parser.add_argument(
         "--max-lost",
-        type=_number(float, 0),
+        type=number(float, 0),
         default=DEFAULT_MAX_LOST,
         metavar="SECONDS",
         help="a track ends when its face is not seen for this long; a face that comes "
@@ -130,14 +114,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument(
         "--min-hits",
-        type=_number(int, 1),
+        type=number(int, 1),
         default=3,
         metavar="N",
         help="detections before a track counts as a person (default: %(default)s)",
     )
     parser.add_argument(
         "--correlation",
-        type=_number(float, 0, 1),
+        type=number(float, 0, 1),
         default=DEFAULT_CORRELATION,
         metavar="RHO",
         help="prior share of a frame's age error common to all frames of a person (1: "
