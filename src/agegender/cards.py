@@ -44,6 +44,9 @@ class Source:
     both name the file inside the archive with ``member`` (npm tarballs put files under
     ``package/``), and may pin the archive itself (``wheel_sha256``, ``tarball_sha256``).
     ``bytes`` and ``sha256`` are always the model file's (the member's), never the archive's.
+    ``convert = "tfjs"``: the member is a TensorFlow.js graph model (``model.json``, its
+    weight files beside it in the archive), converted to ONNX when installed; ``bytes``
+    and ``sha256`` are then the converted ONNX file's (the conversion is deterministic).
     """
 
     file: str
@@ -57,6 +60,7 @@ class Source:
     member: str | None = None
     wheel_sha256: str | None = None
     tarball_sha256: str | None = None
+    convert: str | None = None
 
     @property
     def kind(self) -> SourceKind:
@@ -131,6 +135,14 @@ class OutputSpec:
     labels: tuple[str, ...] = ()
     groups: tuple[tuple[float, float], ...] = ()
     name: str | None = None
+    # A gender graph with one output column: the probability (a logit when
+    # softmax_in_graph is false) of this label; the other label gets the rest.
+    binary: str | None = None
+
+    @property
+    def graph_width(self) -> int:
+        """How many columns the graph itself outputs (1 for a ``binary`` card)."""
+        return 1 if self.binary else self.width
 
     def value_array(self) -> NDArray[np.float64]:
         import numpy as np
@@ -203,6 +215,7 @@ class ModelCard:
                 ("member", src.member),
                 ("wheel_sha256", src.wheel_sha256),
                 ("tarball_sha256", src.tarball_sha256),
+                ("convert", src.convert),
                 ("file", src.file),
                 ("bytes", src.bytes),
                 ("sha256", src.sha256),
@@ -243,6 +256,7 @@ class ModelCard:
                 "labels": list(out.labels),
                 "groups": [list(g) for g in out.groups],
                 "name": out.name,
+                "binary": out.binary,
             }
             data["origin"] = self.origin
         return data
@@ -275,11 +289,23 @@ TABLE_FIELDS: dict[str, tuple[str, ...]] = {
         "sha256",
         "wheel_sha256",
         "tarball_sha256",
+        "convert",
     ),
     "input": ("size", "channels", "layout", "scale", "mean", "std", "name"),
     "crop": ("kind", "padding", "margin"),
-    "output": ("softmax_in_graph", "values", "range", "labels", "groups", "width", "name"),
+    "output": (
+        "softmax_in_graph",
+        "values",
+        "range",
+        "labels",
+        "groups",
+        "width",
+        "name",
+        "binary",
+    ),
 }
+# [source] convert: the formats a member is converted from (agegender.onnxgraph.tfjs).
+CONVERTERS = ("tfjs",)
 MAX_OUTPUT_WIDTH = 100_000  # a card's output vector; more is a typo, not a model
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -478,6 +504,9 @@ def _parse_source(r: _CardReader, src: dict[str, Any]) -> Source:
     sha = _sha256_field(r, src, "sha256")
     wheel_sha = _sha256_field(r, src, "wheel_sha256")
     tarball_sha = _sha256_field(r, src, "tarball_sha256")
+    convert = r.string(src, "source", "convert", choices=CONVERTERS)
+    if convert and not archive:
+        r.fail("[source] convert: only a 'wheel' or 'npm' member is converted")
     if wheel_sha and not wheel:
         r.fail("[source] wheel_sha256: only a 'wheel' source has one")
     if tarball_sha and not npm:
@@ -508,6 +537,7 @@ def _parse_source(r: _CardReader, src: dict[str, Any]) -> Source:
         member=member,
         wheel_sha256=wheel_sha,
         tarball_sha256=tarball_sha,
+        convert=convert,
     )
 
 
@@ -616,6 +646,9 @@ def _parse_output(r: _CardReader, out: dict[str, Any], task: str) -> OutputSpec:
     labels = _labels(r, out)
     groups = _groups(r, out)
     values: tuple[float, ...] = ()
+    binary: str | None = None
+    if task != "gender" and "binary" in out:
+        r.fail("[output] binary: only a gender card has a one-column output")
     if task == "age":
         values = _age_values(r, out)
         width = len(values)
@@ -626,6 +659,7 @@ def _parse_output(r: _CardReader, out: dict[str, Any], task: str) -> OutputSpec:
             )
         labels = tuple(label.lower() for label in labels)
         width = 2
+        binary = r.string(out, "output", "binary", choices=("female", "male"))
     else:
         if not groups or len(groups) != len(labels):
             r.fail("[output] groups: an age-groups card needs as many 'groups' as 'labels'")
@@ -635,8 +669,9 @@ def _parse_output(r: _CardReader, out: dict[str, Any], task: str) -> OutputSpec:
         isinstance(declared, int) and not isinstance(declared, bool) and declared > 0
     ):
         r.expect("[output] width", "a positive integer", declared)
-    if declared is not None and declared != width:
-        r.fail(f"[output] width {declared} disagrees with {width} values/labels")
+    graph_width = 1 if binary else width
+    if declared is not None and declared != graph_width:
+        r.fail(f"[output] width {declared} disagrees with {graph_width} values/labels")
     return OutputSpec(
         width=width,
         softmax_in_graph=r.boolean(out, "output", "softmax_in_graph", True),
@@ -644,6 +679,7 @@ def _parse_output(r: _CardReader, out: dict[str, Any], task: str) -> OutputSpec:
         labels=labels,
         groups=groups,
         name=r.string(out, "output", "name"),
+        binary=binary,
     )
 
 
@@ -844,7 +880,7 @@ def check_against_graph(
         if isinstance(got, int) and got != want:
             raise CardError(f"{where}: graph input {shape} has {what} {got}, the card says {want}")
     width = output_shape[-1] if output_shape else None
-    if isinstance(width, int) and width != card.output.width:
+    if isinstance(width, int) and width != card.output.graph_width:
         raise CardError(
-            f"{where}: graph output width is {width}, the card says {card.output.width}"
+            f"{where}: graph output width is {width}, the card says {card.output.graph_width}"
         )

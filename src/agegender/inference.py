@@ -49,6 +49,16 @@ def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def binary_columns(column: NDArray[np.float32], index: int, *, logit: bool) -> NDArray[np.float64]:
+    """Two probability columns from a one-column output: ``column`` (a probability, or a
+    logit when ``logit``) goes to ``index`` (0 or 1), its complement to the other."""
+    p = column.astype(np.float64)
+    if logit:
+        p = 1.0 / (1.0 + np.exp(-p))
+    p = np.clip(p, 0.0, 1.0)
+    return np.stack([1.0 - p, p] if index == 1 else [p, 1.0 - p], axis=1)
+
+
 def fed_range(card: ModelCard) -> tuple[float, float]:
     """The range of the tensor the card feeds (pixels 0..255 after its normalisation)."""
     spec = card.input
@@ -136,11 +146,16 @@ class OnnxModel:
             (out,) = self.session.run([self.output.name], {self.input.name: tensor})
             parts.append(np.asarray(out, dtype=np.float32).reshape(len(tensor), -1))
         result = np.concatenate(parts)
-        if result.shape[1] != self.card.output.width:
+        spec = self.card.output
+        if result.shape[1] != spec.graph_width:
             raise CardError(
                 f"card {self.card.id}: graph gave {result.shape[1]} outputs, the card "
-                f"says {self.card.output.width}"
+                f"says {spec.graph_width}"
             )
-        if not self.card.output.softmax_in_graph:
+        if spec.binary:
+            return binary_columns(
+                result[:, 0], spec.labels.index(spec.binary), logit=not spec.softmax_in_graph
+            )
+        if not spec.softmax_in_graph:
             result = softmax(result)
         return result.astype(np.float64)
