@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from ..evaluate import runner
 
 SHOW_UNREADABLE = 10
+SHOW_PROBLEMS = 10  # malformed label rows said on stderr (report.json lists up to 100)
+MIN_GROUP_N = 20  # metrics.MIN_GROUP_N, repeated here so --help does not import numpy
 # Options that only steer face detection, which --cropped skips (the image is the face).
 DETECTION_ONLY = ("upsample", "max_detect_side", "min_score", "align", "sweep")
 
@@ -56,6 +58,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument(
         "--root",
         help=f"folder that relative image paths start from ({', '.join(formats_taking('root'))})",
+    )
+    parser.add_argument(
+        "--group-column",
+        metavar="NAME",
+        help="the labels' column of demographic groups (e.g. ethnicity) that per-group "
+        "figures and the largest gaps are computed over (default: race, when there is one; "
+        f"{', '.join(formats_taking('group_column'))}). A csv with age_min and age_max "
+        "columns gives age-group labels: a row spanning more than one year is scored by "
+        "group accuracy (age_min <= estimate < age_max + 1), never by MAE against its age "
+        "cell",
+    )
+    parser.add_argument(
+        "--min-group-size",
+        type=int,
+        default=MIN_GROUP_N,
+        metavar="N",
+        help="a race/group measured on fewer faces is listed but left out of the largest "
+        f"gaps (default: {MIN_GROUP_N})",
     )
     parser.add_argument("--limit", type=int, help="evaluate a random sample of this many images")
     parser.add_argument(
@@ -94,6 +114,8 @@ def _check_options(args: argparse.Namespace, cli: dict[str, Any]) -> None:
         raise AgegenderError(f"--limit {args.limit}: must be a positive number of images")
     if args.seed is not None and args.limit is None:
         raise AgegenderError("--seed picks the --limit sample: give --limit too")
+    if args.min_group_size < 1:
+        raise AgegenderError(f"--min-group-size {args.min_group_size}: must be 1 or more")
     if not math.isfinite(args.k) or args.k <= 0:
         raise AgegenderError(f"--k {args.k:g}: must be a positive number")
     if args.compare and hasattr(args, "preset"):
@@ -190,8 +212,21 @@ def run(args: argparse.Namespace) -> int:
     if args.report:  # before reading anything: a wrong path costs nothing
         report.check_target(args.report, dataset_folders=folders)
     dataset = readers.read_dataset(
-        args.format, args.source, split=args.split, cropped=args.cropped, root=args.root
+        args.format,
+        args.source,
+        split=args.split,
+        cropped=args.cropped,
+        root=args.root,
+        group_column=args.group_column,
     )
+    for problem in dataset.problems[:SHOW_PROBLEMS]:
+        print(f"agegender: warning: {problem} (row left out)", file=sys.stderr)
+    if len(dataset.problems) > SHOW_PROBLEMS:
+        print(
+            f"agegender: warning: {len(dataset.problems) - SHOW_PROBLEMS} more malformed rows "
+            "left out (--report lists up to 100)",
+            file=sys.stderr,
+        )
     if not dataset.records:
         dropped = ", ".join(f"{n} {why}" for why, n in dataset.dropped.items()) or "nothing found"
         raise AgegenderError(f"{args.source}: no labelled images to evaluate ({dropped})")
@@ -206,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
         fallback=not args.no_fallback,
         progress=_progress(not args.no_progress and sys.stderr.isatty()),
     )
-    result = report.build(dataset, records, runs, k=args.k, cropped=args.cropped)
+    result = report.build(
+        dataset, records, runs, k=args.k, cropped=args.cropped, min_group=args.min_group_size
+    )
 
     failed = False
     for entry in result["settings"]:
@@ -259,6 +296,10 @@ def run(args: argparse.Namespace) -> int:
             + f"; {result['mode']}"
         )
         print(report.table(result))
+        fairness = report.fairness_text(result)
+        if fairness:
+            print()
+            print(fairness)
     return 1 if failed else 0
 
 

@@ -14,10 +14,22 @@ weighted by their counts) and the Brier score (mean squared difference between t
 probability and the 0/1 truth). For gender the probability is that of the predicted
 label and the truth whether it is right; ``under_13`` repeats the scores for children.
 
-Groups are scored in a *scheme*, a list of (label, low, high) age spans: Adience's eight
-by default, or the groups of the setting's age-groups card. A labelled group the scheme
-does not have is mapped to the scheme's nearest group (by the exact age when the labels
-give one, else by the group's midpoint) and counted as relabelled.
+Groups are scored in a *scheme*, a list of (label, low, high) age spans: the groups of
+the setting's age-groups card, else FairFace's nine when every interval label is one of
+them (FairFace-style data), else Adience's eight. A labelled group the scheme does not
+have is mapped to the scheme's nearest group (by the exact age when the labels give one,
+else by the group's midpoint) and counted as relabelled. An estimate falls in a group of a
+contiguous scheme (each group starting one year after the previous one ends, FairFace's)
+when low <= age < high + 1, ages in whole years; in a scheme with gaps (Adience's) in the
+nearest group. Interval labels (Record.age_min/age_max) have no exact age, so they count
+for group accuracy and never for MAE; in FairFace's scheme a hit is exactly
+age_min <= estimate < age_max + 1.
+
+Fairness (``fairness``): with race (or --group-column) labels, the per-group figures of
+the ``by_race`` breakdown (gender accuracy, MAE where ages are exact, group accuracy,
+faces found) and, for gender accuracy, MAE and group accuracy, the largest gap between two
+groups (max - min), naming them. A group measured on fewer than ``min_n`` faces is listed
+but left out of that gap (a 10-face group's accuracy is mostly noise).
 """
 
 from __future__ import annotations
@@ -25,11 +37,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
-from .readers import ADIENCE_GROUPS, Record
+from .readers import ADIENCE_GROUPS, FAIRFACE_GROUPS, Record
 
 GroupScheme = Sequence[tuple[str, float, float]]  # (label, low, high), ordered by low
 GROUP_LABELS = tuple(g[0] for g in ADIENCE_GROUPS)
@@ -38,6 +51,8 @@ GENDERS = ("female", "male")
 DECISION_P = 0.5  # P(age >= t) at or above this: judged at least t
 RELIABILITY_BINS = 10
 CHILD_AGE = 13  # under_13: the children's breakdown (gender is hardest there)
+MIN_GROUP_N = 20  # fairness: a group measured on fewer faces is left out of the gaps
+FAIRFACE_SPANS = {(lo, hi) for _, lo, hi in FAIRFACE_GROUPS}
 
 
 def reliability(
@@ -201,6 +216,31 @@ def nearest_group(age: float, groups: GroupScheme) -> int:
     return best
 
 
+def contiguous(groups: GroupScheme) -> bool:
+    """Whether each group starts one whole year after the previous one ends (FairFace's
+    0-2, 3-9, ...): then the groups cover every age and need no nearest-group rule."""
+    return len(groups) > 1 and all(b[1] == a[2] + 1 for a, b in pairwise(groups))
+
+
+def group_containing(age: float, groups: GroupScheme) -> int:
+    """Index of the scheme's group for an estimated `age`: in a contiguous scheme the one
+    with low <= age < high + 1 (ages in whole years, as FairFace's annotators judged; below
+    the first or past the last: that end group), otherwise the nearest group."""
+    if not contiguous(groups):
+        return nearest_group(age, groups)
+    for i, (_, _, hi) in enumerate(groups):
+        if age < hi + 1:
+            return i
+    return len(groups) - 1
+
+
+def scheme_for(records: Sequence[Record]) -> GroupScheme:
+    """The dataset's default group scheme: FairFace's groups when the records carry
+    interval labels and every one is a FairFace group's span, else Adience's."""
+    spans = {(r.age_min, r.age_max) for r in records if r.age_min is not None}
+    return FAIRFACE_GROUPS if spans and spans <= FAIRFACE_SPANS else ADIENCE_GROUPS
+
+
 def threshold_metrics(p_at_least: Sequence[float], at_least: Sequence[bool]) -> dict[str, Any]:
     """P(age >= t) >= 0.5 taken as the decision "at least t", against the truth.
 
@@ -230,10 +270,15 @@ def _calibration_of(probs: Sequence[float], truth: Sequence[bool]) -> dict[str, 
 
 
 def _at_least(record: Record, t: float) -> bool | None:
-    """Whether the labelled age is at least `t`: from the age label, else from an Adience
-    group that lies wholly on one side of `t`; None when the labels do not tell."""
+    """Whether the labelled age is at least `t`: from the age label, else from an interval
+    label or Adience group that lies wholly on one side of `t`; None when they do not
+    tell."""
     if record.age is not None:
         return record.age >= t
+    if record.age_min is not None and record.age_max is not None:
+        if record.age_min >= t:
+            return True
+        return False if record.age_max + 1 <= t else None
     span = ADIENCE_SPANS.get(record.group or "")
     if span is None:
         return None
@@ -300,11 +345,26 @@ def _group_index(
             if group[0] == label:
                 return i, False
     if age is not None:
-        return nearest_group(age, groups), label is not None
+        return group_containing(age, groups), label is not None
     span = ADIENCE_SPANS.get(label or "")
     if span is not None:
         return nearest_group((span[0] + span[1]) / 2, groups), True
     return None, False
+
+
+def _true_group(record: Record, groups: GroupScheme) -> tuple[int | None, bool]:
+    """(index in the scheme, relabelled) of a record's labelled group: for an interval
+    label the group with that very span, else the one its label names, else the group of
+    the range's midpoint (relabelled); otherwise as ``_group_index``."""
+    if record.age_min is not None and record.age_max is not None:
+        for i, (_, lo, hi) in enumerate(groups):
+            if (lo, hi) == (record.age_min, record.age_max):
+                return i, False
+        for i, group in enumerate(groups):
+            if group[0] == record.group:
+                return i, False
+        return group_containing((record.age_min + record.age_max) / 2, groups), True
+    return _group_index(record.group, record.age, groups)
 
 
 def score(
@@ -345,9 +405,9 @@ def score(
             if outcome.status == "ok" and outcome.gender_probability is not None:
                 confidence.append(outcome.gender_probability)
                 right.append(gender == record.gender)
-        if record.group is not None:
+        if record.group is not None or record.age_min is not None:
             predicted, _ = _group_index(group, age, groups)
-            true, mapped = _group_index(record.group, record.age, groups)
+            true, mapped = _true_group(record, groups)
             if predicted is not None and true is not None:
                 grp_pred.append(predicted)
                 grp_true.append(true)
@@ -400,15 +460,76 @@ def _breakdown(
     order: Callable[[str], Any] = str,
     **scoring: Any,
 ) -> dict[str, Any]:
+    """``score`` per value of `key` (records whose key is None are left out), each with
+    its ``faces_found`` (a group whose faces are missed more often is treated worse too)."""
     buckets: dict[str, list[int]] = {}
     for i, record in enumerate(records):
         name = key(record)
         if name is not None:
             buckets.setdefault(name, []).append(i)
-    return {
-        name: score([records[i] for i in idx], [outcomes[i] for i in idx], k=k, **scoring)
-        for name, idx in sorted(buckets.items(), key=lambda item: order(item[0]))
-    }
+    out: dict[str, Any] = {}
+    for name, idx in sorted(buckets.items(), key=lambda item: order(item[0])):
+        chosen = [outcomes[i] for i in idx]
+        out[name] = score([records[i] for i in idx], chosen, k=k, **scoring)
+        out[name]["faces_found"] = _faces_found(chosen)
+    return out
+
+
+def _faces_found(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """n faces found, of the readable images, and the share."""
+    readable = sum(o.status != "error" for o in outcomes)
+    found = sum(o.status == "ok" for o in outcomes)
+    return {"n": found, "of": readable, "share": found / readable if readable else None}
+
+
+# (name in the report, where score() puts the value, where it puts the count it is over)
+FAIRNESS_FIGURES: tuple[tuple[str, tuple[str, str], tuple[str, str]], ...] = (
+    ("gender_accuracy", ("gender", "accuracy"), ("gender", "n")),
+    ("mae", ("age", "mae"), ("age", "n")),
+    ("group_accuracy", ("groups", "accuracy"), ("groups", "n")),
+)
+
+
+def fairness(
+    breakdown: dict[str, Any], *, column: str = "race", min_n: int = MIN_GROUP_N
+) -> dict[str, Any]:
+    """Per-group figures and the largest gaps, from a ``_breakdown`` over the groups.
+
+    ``groups``: per group, its readable ``images``, the share of them whose face was found
+    and each figure with the count it is over (gender accuracy, MAE only where labels give
+    exact ages, group accuracy). ``gaps``:
+    per figure, max - min over the groups measured on at least `min_n` faces, naming the
+    two (None with fewer than two such groups); ``excluded`` lists the groups measured
+    on fewer (name -> count): shown, but too few to rank.
+    """
+    groups: dict[str, Any] = {}
+    for name, entry in breakdown.items():
+        found = entry.get("faces_found") or {}
+        row: dict[str, Any] = {"faces_found": found.get("share"), "images": found.get("of")}
+        for figure, (part, value), (_, count) in FAIRNESS_FIGURES:
+            measured = entry.get(part) or {}
+            row[figure] = measured.get(value)
+            row[f"{figure}_n"] = measured.get(count, 0)
+        groups[name] = row
+    gaps: dict[str, Any] = {}
+    for figure, _, _ in FAIRNESS_FIGURES:
+        measured = {name: row for name, row in groups.items() if row[figure] is not None}
+        if not measured:
+            continue
+        ranked = {n: r[figure] for n, r in measured.items() if r[f"{figure}_n"] >= min_n}
+        excluded = {n: r[f"{figure}_n"] for n, r in measured.items() if n not in ranked}
+        gap: dict[str, Any] = {"gap": None, "max": None, "min": None, "groups": len(ranked)}
+        if len(ranked) >= 2:
+            high = max(ranked, key=ranked.__getitem__)
+            low = min(ranked, key=ranked.__getitem__)
+            gap.update(
+                gap=ranked[high] - ranked[low],
+                max={"group": high, "value": ranked[high]},
+                min={"group": low, "value": ranked[low]},
+            )
+        gap["excluded"] = excluded
+        gaps[figure] = gap
+    return {"column": column, "min_n": min_n, "groups": groups, "gaps": gaps}
 
 
 def summarize(
@@ -418,15 +539,22 @@ def summarize(
     k: float = 5,
     groups: GroupScheme | None = None,
     thresholds: Sequence[float] = (),
+    group_column: str = "race",
+    min_group: int = MIN_GROUP_N,
 ) -> dict[str, Any]:
     """Everything the report shows for one setting.
 
     Main numbers count only images whose face was found ("excluding no-face images");
     ``with_fallback`` adds the whole-image estimates of the images with no face found.
-    `groups`: the scheme group accuracy is scored in (None: Adience's); `thresholds`: the
-    --age-threshold values whose decisions are scored.
+    `groups`: the scheme group accuracy is scored in (None: the dataset's, ``scheme_for``);
+    `thresholds`: the --age-threshold values whose decisions are scored. With race labels
+    (read from `group_column`), ``fairness`` holds the per-group figures and gaps, groups
+    measured on fewer than `min_group` faces left out of the gaps.
     """
-    scoring: dict[str, Any] = {"groups": groups or ADIENCE_GROUPS, "thresholds": thresholds}
+    scoring: dict[str, Any] = {
+        "groups": groups or scheme_for(records),
+        "thresholds": thresholds,
+    }
     readable = [o for o in outcomes if o.status != "error"]
     found = [o for o in outcomes if o.status == "ok"]
     unreadable = [
@@ -465,6 +593,7 @@ def summarize(
         )
     if any(r.race for r in records):
         out["by_race"] = _breakdown(records, outcomes, lambda r: r.race, k, **scoring)
+        out["fairness"] = fairness(out["by_race"], column=group_column, min_n=min_group)
     folds = {r.fold for r in records if r.fold is not None}
     if len(folds) > 1:
         by_fold = _breakdown(records, outcomes, lambda r: r.fold, k, _natural, **scoring)

@@ -47,6 +47,24 @@ ADIENCE_GROUPS: tuple[tuple[str, float, float], ...] = (
 )
 UTKFACE_RACES = ("white", "black", "asian", "indian", "other")
 MAX_AGE = 120  # a label above this (or below 0) is not an age
+# FairFace's nine apparent-age groups (Karkkainen & Joo), as its label files spell them;
+# "more than 70" spans 70..MAX_AGE. Contiguous in whole years: an age is in the group
+# when low <= age < high + 1.
+FAIRFACE_GROUPS: tuple[tuple[str, float, float], ...] = (
+    ("0-2", 0, 2),
+    ("3-9", 3, 9),
+    ("10-19", 10, 19),
+    ("20-29", 20, 29),
+    ("30-39", 30, 39),
+    ("40-49", 40, 49),
+    ("50-59", 50, 59),
+    ("60-69", 60, 69),
+    ("more than 70", 70, MAX_AGE),
+)
+FAIRFACE_SPLITS = ("train", "val")
+
+
+PROBLEMS_SHOWN = 100  # malformed rows listed in the report's dataset summary
 
 
 class DatasetError(AgegenderError):
@@ -67,6 +85,11 @@ class Record:
     subject: str | None = None  # person id (FG-NET, Adience user, IMDB-WIKI name)
     fold: str | None = None  # fold or split this record belongs to
     real_age: float | None = None  # APPA-REAL: real age besides the apparent one
+    # An interval label (FairFace's apparent-age groups): the age lies in age_min..age_max
+    # whole years, so it is scored by group accuracy (age_min <= estimate < age_max + 1),
+    # never by MAE against a midpoint; `age` stays None then.
+    age_min: float | None = None
+    age_max: float | None = None
 
 
 @dataclass
@@ -78,15 +101,25 @@ class Dataset:
     records: list[Record]
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> entries left out
     adjusted: Counter[str] = field(default_factory=Counter)  # reason -> entries kept, changed
+    # One line per malformed row a reader left out while keeping the others
+    # ("FILE:LINE: reason"), for readers whose published files are known to hold a few.
+    problems: list[str] = field(default_factory=list)
+    # The label column Record.race was read from: the groups fairness is measured over.
+    group_column: str = "race"
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format": self.format,
             "source": self.source,
             "records": len(self.records),
             "dropped": dict(self.dropped),
             "adjusted": dict(self.adjusted),
+            "group_column": self.group_column,
         }
+        if self.problems:
+            out["problems"] = self.problems[:PROBLEMS_SHOWN]
+            out["problems_total"] = len(self.problems)
+        return out
 
 
 def _images_under(root: Path) -> list[Path]:
@@ -681,17 +714,134 @@ def read_fgnet(root: str | Path, *, split: str | None = None) -> Dataset:
     return data
 
 
+# -- FairFace ----------------------------------------------------------------------------
+_FAIRFACE_AGES = {label: (lo, hi) for label, lo, hi in FAIRFACE_GROUPS} | {"70+": (70, MAX_AGE)}
+
+
+def read_fairface(source: str | Path, *, split: str | None = None) -> Dataset:
+    """FairFace: ``fairface_label_{train,val}.csv`` (file, age, gender, race, service_test)
+    in the release folder, ``file`` (``val/1.jpg``) relative to that folder.
+
+    `split` picks the label file (default ``val``, the split FairFace reports on); the
+    source may also be one label file. ``age`` is an apparent-age group (``0-2`` ...
+    ``more than 70``): the record gets the group and its range (70+ is 70..MAX_AGE), no
+    exact age, so it is scored by group accuracy and never by MAE. Gender Male/Female;
+    race (7 labels) is kept, lower-cased, for the fairness figures. A malformed row (an
+    unknown age group or gender, no file name) is left out with one line naming the file
+    and line in ``Dataset.problems``; the other rows are kept.
+    """
+    source = Path(source)
+    if split is not None and split not in FAIRFACE_SPLITS:
+        raise DatasetError(f"--split {split!r}: FairFace splits are {', '.join(FAIRFACE_SPLITS)}")
+    if source.is_file():
+        labels, root = source, source.parent
+        if split is not None:
+            raise DatasetError(f"--split with the label file {source}: give the folder instead")
+    else:
+        _need_dir(source, "--format fairface")
+        root = source
+        labels = root / f"fairface_label_{split or 'val'}.csv"
+        if not labels.is_file():
+            others = sorted(p.name for p in root.glob("fairface_label_*.csv"))
+            hint = f" (found: {', '.join(others)}; pick one with --split)" if others else ""
+            raise DatasetError(f"{labels}: no such FairFace label file{hint}")
+    match = re.match(r"^fairface_label_(\w+)\.csv$", labels.name)
+    fold = match[1] if match else labels.stem
+    reader = csv.DictReader(io.StringIO(_text_of(labels), newline=""))
+    need = {"file", "age", "gender", "race"}
+    try:
+        header = {(f or "").strip() for f in reader.fieldnames or ()}
+    except csv.Error as error:
+        raise DatasetError(f"{labels}: malformed CSV ({error})") from None
+    if not need <= header:
+        raise DatasetError(
+            f"{labels}: not a FairFace label file (needs columns {', '.join(sorted(need))})"
+        )
+    data = Dataset("fairface", str(labels), [])
+
+    def leave_out(line_no: int, reason: str, detail: str) -> None:
+        data.dropped[reason] += 1
+        data.problems.append(f"{labels}:{line_no}: {detail}")
+
+    for row in _csv_rows(labels, reader):
+        line_no = reader.line_num
+        cells = _cells(row)
+        file_name, raw_age, raw_gender = cells["file"], cells["age"], cells["gender"]
+        if not file_name or _bad_path(file_name):
+            leave_out(line_no, "no usable file name", "no usable file name")
+            continue
+        span = _FAIRFACE_AGES.get(raw_age.lower())
+        if span is None:
+            leave_out(
+                line_no,
+                "age not a FairFace group",
+                f"age {raw_age[:40]!r} is not a FairFace age group "
+                f"({', '.join(label for label, _, _ in FAIRFACE_GROUPS)})",
+            )
+            continue
+        gender = _gender(raw_gender)
+        if gender is None:
+            leave_out(
+                line_no,
+                "gender not Male/Female",
+                f"gender {raw_gender[:40]!r} is not Male or Female",
+            )
+            continue
+        race = cells["race"].lower() or None
+        if race is None:
+            data.adjusted["no race label: race unknown"] += 1
+        label = next(g for g, lo, hi in FAIRFACE_GROUPS if (lo, hi) == span)
+        data.records.append(
+            Record(
+                str(root / file_name),
+                gender=gender,
+                race=race,
+                group=label,
+                fold=fold,
+                age_min=span[0],
+                age_max=span[1],
+            )
+        )
+    return data
+
+
 # -- generic CSV -------------------------------------------------------------------------
 _PATH_COLUMNS = ("path", "file", "filename", "file_name", "image")
 _STD_COLUMNS = ("age_std", "std", "stdev")
 
 
-def read_csv(source: str | Path, *, root: str | Path | None = None) -> Dataset:
+def _interval(source: Path, line_no: int, raw_min: str, raw_max: str) -> tuple[float, float] | None:
+    """(age_min, age_max) of one CSV row, None when both cells are empty; a half-given,
+    non-numeric, out-of-range or reversed range is an error naming the line."""
+    if not raw_min and not raw_max:
+        return None
+    low, high = _float(raw_min), _float(raw_max)
+    if low is None or high is None or not 0 <= low <= high <= MAX_AGE:
+        raise DatasetError(
+            f"{source}:{line_no}: age_min {raw_min[:20]!r}, age_max {raw_max[:20]!r} is not "
+            f"a range of ages from 0 to {MAX_AGE} (age_min <= age_max)"
+        )
+    return low, high
+
+
+def read_csv(
+    source: str | Path, *, root: str | Path | None = None, group_column: str | None = None
+) -> Dataset:
     """A CSV with a header: path (or file/image), age, and optional gender, age_std, race,
     and box columns x1, y1, x2, y2. Comma, semicolon or tab separated; relative paths are
     taken from the CSV's folder (or `root`). An empty age (or NaN) keeps the row for gender
     only; an age that is not a number from 0 to 120, or a gender not f/m, is an error
-    naming the line."""
+    naming the line.
+
+    Interval labels: with ``age_min`` and ``age_max`` columns, a row whose range spans more
+    than one whole year (FairFace's ``20-29``; ``70``..``120`` for 70+) is scored by group
+    accuracy, never by MAE: its ``age`` cell, often just the group's midpoint, is not used
+    as an exact age (it must lie in the range), and its ``group`` cell names the group. A
+    row with age_min = age_max has that exact age.
+
+    Fairness groups: the ``race`` column, or `group_column` (``--group-column ethnicity``),
+    fills Record.race; the report's per-group figures and gaps are computed over it.
+    """
     source = Path(source)
     if not source.is_file():
         raise DatasetError(f"{source}: no such CSV file")
@@ -708,11 +858,21 @@ def read_csv(source: str | Path, *, root: str | Path | None = None) -> Dataset:
     path_col = next((columns[c] for c in _PATH_COLUMNS if c in columns), None)
     if path_col is None:
         raise DatasetError(f"{source}: no path column (one of {', '.join(_PATH_COLUMNS)})")
-    if "age" not in columns and "gender" not in columns:
+    has_interval = "age_min" in columns and "age_max" in columns
+    if "age" not in columns and "gender" not in columns and not has_interval:
         raise DatasetError(f"{source}: needs an 'age' or a 'gender' column")
     std_col = next((columns[c] for c in _STD_COLUMNS if c in columns), "")
     has_box = all(c in columns for c in ("x1", "y1", "x2", "y2"))
-    data = Dataset("csv", str(source), [])
+    if group_column is not None:
+        if group_column.strip().lower() not in columns:
+            raise DatasetError(
+                f"{source}: --group-column {group_column!r}: no such column "
+                f"(columns: {', '.join(columns.values())})"
+            )
+        race_col = columns[group_column.strip().lower()]
+    else:
+        race_col = columns.get("race", "")
+    data = Dataset("csv", str(source), [], group_column=race_col or "race")
     for row in _csv_rows(source, reader):
         line_no = reader.line_num
         cells = _cells(row)
@@ -729,13 +889,37 @@ def read_csv(source: str | Path, *, root: str | Path | None = None) -> Dataset:
             raise DatasetError(
                 f"{source}:{line_no}: age {raw_age[:40]!r} is not a number from 0 to {MAX_AGE}"
             )
+        span = None
+        if has_interval:
+            span = _interval(
+                source,
+                line_no,
+                cells.get(columns["age_min"], ""),
+                cells.get(columns["age_max"], ""),
+            )
+        if span is not None and span[0] == span[1]:  # a one-year range is an exact age
+            if age is not None and age != span[0]:
+                raise DatasetError(
+                    f"{source}:{line_no}: age {raw_age[:40]!r} differs from age_min = age_max "
+                    f"{span[0]:g}"
+                )
+            age, span = span[0], None
+        if span is not None:
+            if age is not None and not span[0] <= age < span[1] + 1:
+                raise DatasetError(
+                    f"{source}:{line_no}: age {raw_age[:40]!r} lies outside its range "
+                    f"{span[0]:g}..{span[1]:g}"
+                )
+            if age is not None:
+                data.adjusted["age inside an age_min..age_max range: scored as a group"] += 1
+            age = None
         raw_gender = cells.get(columns.get("gender", ""), "")
         gender = _gender(raw_gender)
         if raw_gender and gender is None:
             raise DatasetError(
                 f"{source}:{line_no}: gender {raw_gender[:40]!r} is not one of f, m, female, male"
             )
-        if age is None and gender is None:
+        if age is None and span is None and gender is None:
             data.dropped["no age and no gender"] += 1
             continue
         box: Box | None = None
@@ -751,8 +935,13 @@ def read_csv(source: str | Path, *, root: str | Path | None = None) -> Dataset:
                 age=age,
                 age_std=std if std is not None and std >= 0 else None,
                 gender=gender,
-                race=cells.get(columns.get("race", ""), "").lower() or None,
+                race=(cells.get(race_col, "").lower() or None) if race_col else None,
+                group=(cells.get(columns.get("group", ""), "") or f"{span[0]:g}-{span[1]:g}")
+                if span is not None
+                else None,
                 box=box,
+                age_min=span[0] if span is not None else None,
+                age_max=span[1] if span is not None else None,
             )
         )
     return data
@@ -786,7 +975,14 @@ READERS: dict[str, Reader] = {
     "appa-real": Reader(read_appa_real, "APPA-REAL release folder", "train, valid or test"),
     "adience": Reader(read_adience, "folder of fold_N_data.txt (or one)", "fold numbers (0,1)"),
     "fgnet": Reader(read_fgnet, "folder of 001A02.JPG files", "subject ids (001,002)"),
-    "csv": Reader(read_csv, "CSV with path, age, gender, ... columns"),
+    "fairface": Reader(
+        read_fairface, "folder of fairface_label_{train,val}.csv (or one)", "train or val (val)"
+    ),
+    "csv": Reader(
+        read_csv,
+        "CSV with path, age, gender, ... columns (age_min, age_max: age-group labels; race or "
+        "--group-column: fairness groups)",
+    ),
 }
 
 
@@ -802,14 +998,19 @@ def read_dataset(
     split: str | None = None,
     cropped: bool = False,
     root: str | Path | None = None,
+    group_column: str | None = None,
 ) -> Dataset:
     """Read `source` as `fmt` (a name in READERS); an option the format has no use for
-    (--split, --root) is an error, never ignored."""
+    (--split, --root, --group-column) is an error, never ignored."""
     entry = READERS.get(fmt)
     if entry is None:
         raise DatasetError(f"--format {fmt!r}: known formats are {', '.join(READERS)}")
     options: dict[str, Any] = {}
-    for flag, name, value in (("--split", "split", split), ("--root", "root", root)):
+    for flag, name, value in (
+        ("--split", "split", split),
+        ("--root", "root", root),
+        ("--group-column", "group_column", group_column),
+    ):
         if value is None:
             continue
         if name not in entry.options:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import AgegenderError
-from .metrics import GENDERS, clean, summarize
+from .metrics import GENDERS, MIN_GROUP_N, clean, summarize
 from .readers import Dataset, Record
 
 if TYPE_CHECKING:
@@ -54,8 +54,10 @@ def build(
     *,
     k: float = 5,
     cropped: bool = False,
+    min_group: int = MIN_GROUP_N,
 ) -> dict[str, Any]:
-    """The whole evaluation as one JSON-able object."""
+    """The whole evaluation as one JSON-able object; `min_group`: the fewest faces a
+    race (or --group-column) group needs to enter the fairness gaps."""
     settings = []
     for run in runs:
         config = run.setting.config
@@ -74,6 +76,8 @@ def build(
                 k=k,
                 groups=run.groups,
                 thresholds=config.age_thresholds if config is not None else (),
+                group_column=dataset.group_column,
+                min_group=min_group,
             )
         settings.append(entry)
     return clean(
@@ -96,6 +100,8 @@ def _fmt(value: Any, kind: str = "f2") -> str:
         return f"{100 * value:.1f}%"
     if kind == "f3":
         return f"{value:.3f}"
+    if kind == "pts":  # a gap between two shares, in percentage points
+        return f"{100 * value:.1f} pts"
     return f"{value:.2f}"
 
 
@@ -126,6 +132,9 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ("gender ECE <13", ("under_13", "gender", "ece"), "f3"),
         ("group acc", ("excluding_no_face", "groups", "accuracy"), "pct"),
         ("1-off", ("excluding_no_face", "groups", "one_off"), "pct"),
+        ("gender gap", ("fairness", "gaps", "gender_accuracy", "gap"), "pts"),
+        ("MAE gap", ("fairness", "gaps", "mae", "gap"), "f2"),
+        ("group acc gap", ("fairness", "gaps", "group_accuracy", "gap"), "pts"),
         ("fold-mean MAE", ("fold_mean", "mae"), "f2"),
         ("fold-mean group acc", ("fold_mean", "group_accuracy"), "pct"),
     ]
@@ -185,6 +194,80 @@ def table(report: dict[str, Any]) -> str:
             )
             lines.append("  ".join(cells))
     return "\n".join(lines)
+
+
+FAIRNESS_COLUMNS = (
+    ("gender acc", "gender_accuracy", "pct"),
+    ("MAE", "mae", "f2"),
+    ("group acc", "group_accuracy", "pct"),
+)
+
+
+def fairness_rows(fair: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one setting's per-group table: images, faces found, and each
+    figure measured on any group with the count it is over; a group left out of the gaps
+    for too few faces is marked with *."""
+    figures = [c for c in FAIRNESS_COLUMNS if fair["gaps"].get(c[1]) is not None]
+    excluded = {name for gap in fair["gaps"].values() for name in gap["excluded"]}
+    header = [fair["column"], "images", "faces found"]
+    for title, _, _ in figures:
+        header += [title, "n"]
+    body = []
+    for name, row in fair["groups"].items():
+        cells = [name + (" *" if name in excluded else ""), str(row["images"] or 0)]
+        cells.append(_fmt(row["faces_found"], "pct"))
+        for _, key, kind in figures:
+            cells += [_fmt(row[key], kind), str(row[f"{key}_n"])]
+        body.append(cells)
+    return header, body
+
+
+def gap_lines(fair: dict[str, Any]) -> list[str]:
+    """One line per figure: the largest gap and its two groups, and the groups left out."""
+    lines = []
+    for title, key, kind in FAIRNESS_COLUMNS:
+        gap = fair["gaps"].get(key)
+        if gap is None:
+            continue
+        if gap["gap"] is None:
+            text = f"largest {title} gap: - (fewer than two groups with {fair['min_n']}+ faces)"
+        else:
+            size = _fmt(gap["gap"], "pts" if kind == "pct" else kind)
+            text = (
+                f"largest {title} gap: {size} ({gap['max']['group']} "
+                f"{_fmt(gap['max']['value'], kind)}, {gap['min']['group']} "
+                f"{_fmt(gap['min']['value'], kind)})"
+            )
+        if gap["excluded"]:
+            left = ", ".join(f"{n} ({c})" for n, c in gap["excluded"].items())
+            text += f"; left out, under {fair['min_n']} faces: {left}"
+        lines.append(text)
+    return lines
+
+
+def fairness_text(report: dict[str, Any]) -> str:
+    """Per-group tables and gaps of every setting that has them, for stdout ("" if none)."""
+    blocks = []
+    for s in report["settings"]:
+        fair = _get(s.get("metrics", {}), "fairness")
+        if not fair:
+            continue
+        header, body = fairness_rows(fair)
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        lines = [
+            f"fairness by {fair['column']}, {s['name']} (faces found; * under "
+            f"{fair['min_n']} faces: listed, not in the gaps):"
+        ]
+        for r in [header, *body]:
+            lines.append(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                )
+            )
+        lines += gap_lines(fair)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> str:
@@ -253,6 +336,19 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         ):
             if m.get(key):
                 lines += [_breakdown_md(title, m[key], report["k"]), ""]
+        if m.get("fairness"):
+            fair = m["fairness"]
+            lines += [
+                f"#### Fairness by {fair['column']}",
+                "",
+                f"Figures over the faces found; a group marked * was measured on fewer than "
+                f"{fair['min_n']} faces: listed, but left out of the gaps.",
+                "",
+                _md_table(*fairness_rows(fair)),
+                "",
+                *(f"- {line}" for line in gap_lines(fair)),
+                "",
+            ]
         if m["unreadable_images"]:
             lines += ["#### Unreadable images", ""]
             lines += [f"- `{u['path']}`: {u['error']}" for u in m["unreadable_images"]]
@@ -425,7 +521,8 @@ def plot_reliability(report: dict[str, Any], path: Path) -> bool:
 
 
 def write_predictions(records: Sequence[Record], runs: Sequence[SettingRun], path: Path) -> None:
-    """One CSV row per record and setting: labels, estimates, status, fallback."""
+    """One CSV row per record and setting: labels, estimates, status, fallback; the
+    interval label and race last (added later: earlier columns keep their places)."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
@@ -444,6 +541,9 @@ def write_predictions(records: Sequence[Record], runs: Sequence[SettingRun], pat
                 "fallback_age",
                 "fallback_gender",
                 "error",
+                "age_min",
+                "age_max",
+                "race",
             ]
         )
         for run in runs:
@@ -466,6 +566,9 @@ def write_predictions(records: Sequence[Record], runs: Sequence[SettingRun], pat
                         None if o.fallback_age is None else round(o.fallback_age, 2),
                         o.fallback_gender,
                         o.error,
+                        record.age_min,
+                        record.age_max,
+                        record.race,
                     ]
                 )
 
