@@ -35,6 +35,7 @@ MODEL_FIELDS = (
     "threads",
     "batch_size",
     "calibration",
+    "providers",
 )
 
 
@@ -75,6 +76,9 @@ class EstimatorConfig:
     threads: int | None = None  # ONNX Runtime threads per model
     batch_size: int = DEFAULT_BATCH
     workers: int | None = None  # decode/detect threads (None: min(4, CPUs))
+    # ONNX Runtime execution providers, short ("cuda") or full ("CUDAExecutionProvider")
+    # names, tried in this order with the CPU always last (sessions.py); () is the CPU.
+    providers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Sequences given as lists are kept as tuples (hashable, frozen).
@@ -90,6 +94,7 @@ class EstimatorConfig:
         if self.sweep is not None:
             object.__setattr__(self, "sweep", tuple(float(v) for v in self.sweep))
         object.__setattr__(self, "age_thresholds", tuple(float(t) for t in self.age_thresholds))
+        object.__setattr__(self, "providers", _provider_names(self.providers))
         if self.calibration is None:
             object.__setattr__(self, "calibration", "")
         object.__setattr__(self, "calibration", str(self.calibration))
@@ -192,6 +197,27 @@ def default_of(name: str) -> Any:
         if f.name == name:
             return f.default
     raise KeyError(name)
+
+
+def _provider_names(value: Any) -> tuple[str, ...]:
+    """Providers as a tuple of names: "cuda,cpu", ["cuda", "cpu"] and None are accepted.
+
+    Only the spelling is checked here (this module must not import ONNX Runtime); whether
+    the installed ONNX Runtime offers a provider is checked when sessions are made.
+    """
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(str(item).strip() for item in items)
+    if isinstance(value, str) and names == ("",):
+        return ()
+    for name in names:
+        if not name.replace("_", "").isalnum():
+            raise AgegenderError(
+                f"--providers: {name!r} is not a provider name (e.g. cpu, cuda, "
+                "tensorrt, openvino, coreml, dml, or CUDAExecutionProvider)"
+            )
+    return names
 
 
 def _flag(name: str) -> str:

@@ -20,6 +20,7 @@ from .cards import ModelCard, check_against_graph
 from .config import DEFAULT_BATCH
 from .errors import AgegenderError, CardError, ModelFileError
 from .onnxgraph import batch_free
+from .sessions import options as session_options
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +84,17 @@ class OnnxModel:
         threads: int | None = None,
         max_batch: int = DEFAULT_BATCH,
         batch_rewrite: bool = True,
+        providers: Sequence[str] | None = None,
     ):
+        """`providers`: execution providers (short or full names); None: those of the
+        enclosing ``sessions.using`` (the Estimator's), else the CPU."""
         self.card = card
         self.path = Path(path)
-        options = ort.SessionOptions()
-        # Idle ONNX Runtime threads otherwise spin, taking the cores from the threads that
-        # decode and detect the next images: 155 -> 213 images/s on utkface-dev (README).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         try:
             loaded = batch_free.open_graph(
                 self.path,
-                options=options,
+                options=session_options(threads),
+                providers=providers,
                 value_range=fed_range(card),
                 name=f"model {card.id}",
                 rewrite=batch_rewrite,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import images
+from . import images, sessions
 from .cards import ModelCard
 from .config import EstimatorConfig
 from .errors import AgegenderError
@@ -58,14 +58,18 @@ class _Shared:
 
     def __init__(self, config: EstimatorConfig):
         self.models_key = config.models_key()
-        self.tasks: dict[str, Task] = build_tasks(
-            {"age": config.age_models, "gender": config.gender_models},
-            {"age": config.age_weights, "gender": config.gender_weights},
-            threads=config.threads,
-            batch_size=config.batch_size,
-            calibration=config.calibration,
-            preset=config.preset,
-        )
+        # Every session (heads, CNN detectors) is made under the configured providers;
+        # resolved first so an unavailable one is an error even before any model loads.
+        self.providers = tuple(sessions.resolve_providers(config.providers))
+        with sessions.using(self.providers):
+            self.tasks: dict[str, Task] = build_tasks(
+                {"age": config.age_models, "gender": config.gender_models},
+                {"age": config.age_weights, "gender": config.gender_weights},
+                threads=config.threads,
+                batch_size=config.batch_size,
+                calibration=config.calibration,
+                preset=config.preset,
+            )
         self.landmarker = Landmarker()
         # One detector per distinct detection setup (a handful: the registry's names and
         # alignments); filters such as min_face are per finder and cost nothing.
@@ -77,7 +81,8 @@ class _Shared:
         with self.lock:
             detector = self.detectors.get(key)
             if detector is None:
-                detector = self.detectors[key] = build_detector(config, self.landmarker)
+                with sessions.using(self.providers):
+                    detector = self.detectors[key] = build_detector(config, self.landmarker)
         return FaceFinder(config, landmarker=self.landmarker, detector=detector)
 
 

@@ -53,6 +53,14 @@ def _weights(text: str) -> tuple[float, ...]:
     return tuple(parse(part) for part in text.split(","))
 
 
+def _providers(text: str) -> tuple[str, ...]:
+    """--providers a,b: the names as a tuple; availability is checked when sessions open."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected NAME[,NAME...], got {text!r}")
+    return names
+
+
 def _detector_names() -> list[str]:
     from ..faces import DETECTORS  # the registry; imported here to keep --help light
 
@@ -207,6 +215,14 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         type=number(int, 1),
         default=S,
         help=f"faces per model run (default: {d('batch_size')})",
+    )
+    group.add_argument(
+        "--providers",
+        type=_providers,
+        default=S,
+        metavar="NAME,...",
+        help="ONNX Runtime execution providers in order of preference, e.g. cuda or "
+        "tensorrt,cuda (short or full names); the CPU is always added last (default: cpu)",
     )
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
-import onnxruntime as ort
 from numpy.typing import NDArray
 
+from .. import sessions
 from ..cards import ModelCard
 from ..errors import CardError, ModelFileError
 from ..faces import Detection
@@ -126,7 +126,9 @@ class CenterFaceDetector:
         max_side: int | None = None,
         threshold: float | None = None,
         threads: int | None = None,
+        providers: Sequence[str] | None = None,
     ):
+        """`providers`: None takes the enclosing ``sessions.using`` (the Estimator's)."""
         if card.detection is None or card.detection.decoder != "centerface":
             raise CardError(f"card {card.id} is not a CenterFace detector card")
         self.card = card
@@ -139,13 +141,11 @@ class CenterFaceDetector:
             raise ModelFileError(
                 f"model {card.id}: {path} is not an ONNX graph ({error})"
             ) from None
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only: the file's own quirks are handled here
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        # quiet: errors only, the file's own quirks are handled here
+        self.session = sessions.create(
+            model.SerializeToString(),
+            session_options=sessions.options(threads, quiet=True),
+            providers=providers,
         )
         self.input_name = card.input.name or self.session.get_inputs()[0].name
         self.output_names = [

@@ -28,6 +28,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from .. import sessions
 from ..errors import AgegenderError
 from ..store.layout import StoreLayout
 from . import opsets
@@ -274,12 +275,8 @@ def _session(
     options: ort.SessionOptions | None,
     providers: Sequence[str] | None,
 ) -> ort.InferenceSession:
-    data = (
-        str(model_or_path) if isinstance(model_or_path, Path) else model_or_path.SerializeToString()
-    )
-    return ort.InferenceSession(
-        data, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-    )
+    data = model_or_path if isinstance(model_or_path, Path) else model_or_path.SerializeToString()
+    return sessions.create(data, session_options=options, providers=providers)
 
 
 def open_graph(
@@ -361,9 +358,7 @@ def _open_checked(
             errors.append(f"{target}: {error.strerror or error}")
     try:
         source = str(staged[0]) if staged else data
-        session = ort.InferenceSession(
-            source, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-        )
+        session = sessions.create(source, session_options=options, providers=providers)
         reason = check_batch_equivalence(session, low=value_range[0], high=value_range[1])
         if reason:
             return reason, None
@@ -377,6 +372,8 @@ def _open_checked(
         return "", LoadedGraph(session, True, str(target))
     except OSError as error:
         return f"cannot cache the rewritten graph: {error.strerror or error}", None
+    except sessions.ProviderError:
+        raise  # the configuration's fault, not the graph's
     except Exception as error:  # ORT refusing the rewritten graph
         return f"rewritten graph does not load: {f'{error}'.splitlines()[0]}", None
     finally:
