@@ -538,7 +538,7 @@ def test_age_threshold_with_nothing_to_score_is_said(
         (["--preset", "levi", "--compare", "default"], "--preset with --compare"),
         (["--seed", "3"], "--seed picks the --limit sample"),
         (["--root", "."], "--root is for chalearn, csv, not utkface"),
-        (["--split", "0"], "--split is for appa-real, adience, fgnet, not utkface"),
+        (["--split", "0"], "--split is for appa-real, adience, fgnet, fairface, not utkface"),
         (["--k", "nan"], "--k nan: must be a positive number"),
         (["--compare", "default", "default"], "the same setting is named twice"),
     ],
