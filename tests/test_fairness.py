@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from support.standins import peaked_graph
 
@@ -215,6 +217,40 @@ def test_fairface_reader_errors_name_the_file(tmp_path: Path) -> None:
         readers.read_fairface(root)
     with pytest.raises(DatasetError, match=r"--group-column is for csv, not fairface"):
         readers.read_dataset("fairface", root, group_column="race")
+
+
+CELL = st.one_of(
+    st.sampled_from(["val/1.jpg", "3-9", "more than 70", "Male", "Female", "Black", "True"]),
+    st.sampled_from(["", "nan", "-1", "200", "70+", "0-2 ", '"', "\t", "\x00", "é"]),
+    st.text(max_size=8),
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(rows=st.lists(st.lists(CELL, min_size=0, max_size=6), max_size=6))
+def test_fairface_reader_on_generated_bad_rows(tmp_path: Path, rows: list[list[str]]) -> None:
+    """Whatever the cells, the reader keeps sane records and says each row it left out in
+    one line naming the file and line, or raises one one-line DatasetError naming it."""
+    labels = tmp_path / "fairface_label_val.csv"
+    text = "file,age,gender,race,service_test\n" + "".join(",".join(r) + "\n" for r in rows)
+    labels.write_text(text, encoding="utf-8")
+    try:
+        data = readers.read_fairface(tmp_path)
+    except DatasetError as error:
+        assert str(labels) in str(error) and "\n" not in str(error)
+        return
+    spans = {(lo, hi) for _, lo, hi in FAIRFACE_GROUPS}
+    for record in data.records:
+        assert record.age is None and (record.age_min, record.age_max) in spans
+        assert record.gender in ("female", "male")
+    assert len(data.problems) == sum(data.dropped.values())
+    assert all(p.startswith(f"{labels}:") and "\n" not in p for p in data.problems)
 
 
 # -- the csv reader: interval labels and --group-column -------------------------------------
