@@ -572,10 +572,23 @@ class _Converter:
             return self.g.add(kind, [x], out, node.name)
         raise node.fail(f"fused activation {kind!r} is not supported")
 
-    def _padding(self, node: _Node) -> dict[str, Any]:
+    def _padding(
+        self, node: _Node, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]
+    ) -> dict[str, Any]:
+        """ONNX padding attributes for TF's padding of a conv or pool.
+
+        SAME is TF's rule (output ceil(size / stride), the odd pixel at the bottom/right).
+        With stride 1 its pads do not depend on the input size, so they are written out
+        (ONNX Runtime refuses SAME_UPPER with dilations); otherwise ``SAME_UPPER``, which
+        is the same rule, and which keeps the graph free of fixed spatial sizes."""
         padding = node.s("padding", "VALID")
+        if any(d > 1 for d in dilations) and any(s > 1 for s in strides):
+            raise node.fail(f"strides {list(strides)} with dilations {list(dilations)}")
         if padding == "SAME":
-            return {"auto_pad": "SAME_UPPER"}
+            if any(s > 1 for s in strides):
+                return {"auto_pad": "SAME_UPPER"}
+            totals = [(k - 1) * d for k, d in zip(kernel, dilations, strict=True)]
+            return {"pads": [t // 2 for t in totals] + [t - t // 2 for t in totals]}
         if padding == "VALID":
             return {"pads": [0, 0, 0, 0]}
         if padding == "EXPLICIT":
@@ -617,9 +630,9 @@ class _Converter:
             fused_weight, bias, act, alpha = self._fused_args(node, weight, conv=True)
             assert fused_weight is not None
             weight = fused_weight
-        attrs = self._padding(node)
         strides = self._nhwc_attrs(node, "strides")
         dilations = self._nhwc_attrs(node, "dilations")
+        attrs = self._padding(node, [int(kh), int(kw)], strides, dilations)
         x = self.g.add(
             "Transpose", [self.tensor(node, 0)], None, f"{node.name}/nchw", perm=_NHWC_TO_NCHW
         )
@@ -696,7 +709,7 @@ class _Converter:
         self._check_nhwc(node)
         ksize = self._nhwc_attrs(node, "ksize")
         strides = self._nhwc_attrs(node, "strides")
-        attrs = self._padding(node)
+        attrs = self._padding(node, ksize, strides, [1, 1])
         x = self.g.add(
             "Transpose", [self.tensor(node, 0)], None, f"{node.name}/nchw", perm=_NHWC_TO_NCHW
         )

@@ -120,7 +120,7 @@ class PullResult:
 
     card: ModelCard
     path: Path
-    action: Literal["downloaded", "present", "package", "local"]
+    action: Literal["downloaded", "present", "package", "local", "built"]
 
 
 def pull(
@@ -139,6 +139,12 @@ def pull(
     """
     policy = policy or DownloadPolicy()
     layout = layout or StoreLayout.default()
+    if card.source.quantize:  # the fp32 card's file first, then the INT8 copy built here
+        from .quantized import base_card, build_copy
+
+        base = base_card(card)
+        fp32 = pull(base, policy=policy, progress=progress, layout=layout)
+        return PullResult(card, *build_copy(card, base, fp32.path, layout))
     if card.source.package:
         return PullResult(card, package_path(card), "package")
     if not card.source.stored:
@@ -457,6 +463,14 @@ def verify(card: ModelCard, layout: StoreLayout | None = None) -> VerifyResult:
     if state.path is None or state.status in ("missing", "partial"):
         return VerifyResult(card, "missing", None, None, "not installed")
     actual = sha256_file(state.path)
+    if card.source.quantize:
+        from .quantized import check_built
+
+        try:
+            check_built(card, state.path)
+        except ModelFileError as error:
+            return VerifyResult(card, "mismatch", state.path, actual, str(error))
+        return VerifyResult(card, "ok", state.path, actual, "sha256 matches its build record")
     record = read_unverified(state.path) if card.source.stored else None
     if actual == card.source.sha256:
         return VerifyResult(card, "ok", state.path, actual, "sha256 matches the card")
