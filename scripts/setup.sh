@@ -6,3 +6,12 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[serve,test,batch,ray]"
+# TensorFlow.js (pure JS, pinned) for the TF.js -> ONNX converter's parity tests
+# (tests/test_tfjs_convert.py runs it with node; skipped when npm or node is missing).
+if command -v npm >/dev/null 2>&1; then
+    TFJS=4.22.0
+    if ! grep -qs "\"version\": \"$TFJS\"" .node/node_modules/@tensorflow/tfjs/package.json; then
+        npm install --prefix .node --no-audit --no-fund --silent "@tensorflow/tfjs@$TFJS" ||
+            echo "setup: npm install @tensorflow/tfjs@$TFJS failed; the TF.js parity tests will be skipped" >&2
+    fi
+fi
