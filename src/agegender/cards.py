@@ -31,7 +31,7 @@ TASKS: tuple[Task, ...] = ("age", "age-groups", "gender", "face-detection")
 CROP_KINDS: tuple[CropKind, ...] = ("chip", "margin", "none")
 
 
-SourceKind = Literal["package", "url", "wheel", "npm", "local"]
+SourceKind = Literal["package", "url", "wheel", "npm", "quantized", "local"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class Source:
     ``convert = "tfjs"``: the member is a TensorFlow.js graph model (``model.json``, its
     weight files beside it in the archive), converted to ONNX when installed; ``bytes``
     and ``sha256`` are then the converted ONNX file's (the conversion is deterministic).
+
+    ``quantize`` names another card whose (verified) file is quantized to INT8 on this
+    machine with the ranges file ``ranges`` shipped in ``agegender/quantization/``
+    (:mod:`agegender.quantization`); the built file's sha256 is recorded when it is built
+    (it depends on the ONNX Runtime version), so such a card pins none.
     """
 
     file: str
@@ -61,6 +66,8 @@ class Source:
     wheel_sha256: str | None = None
     tarball_sha256: str | None = None
     convert: str | None = None
+    quantize: str | None = None
+    ranges: str | None = None
 
     @property
     def kind(self) -> SourceKind:
@@ -73,12 +80,14 @@ class Source:
             return "wheel"
         if self.npm:
             return "npm"
+        if self.quantize:
+            return "quantized"
         return "local"
 
     @property
     def stored(self) -> bool:
-        """True when the file is fetched into the model store (URL, wheel or npm sources)."""
-        return self.kind in ("url", "wheel", "npm")
+        """True when the file lives in the model store (URL, wheel, npm or INT8 copies)."""
+        return self.kind in ("url", "wheel", "npm", "quantized")
 
     @property
     def origin(self) -> str:
@@ -89,6 +98,8 @@ class Source:
             return f"npm {self.npm}"
         if self.package:
             return f"package {self.package}"
+        if self.quantize:
+            return f"INT8 copy of {self.quantize}"
         return self.url or "local file"
 
     def requirement(self) -> tuple[str, str]:
@@ -216,6 +227,8 @@ class ModelCard:
                 ("wheel_sha256", src.wheel_sha256),
                 ("tarball_sha256", src.tarball_sha256),
                 ("convert", src.convert),
+                ("quantize", src.quantize),
+                ("ranges", src.ranges),
                 ("file", src.file),
                 ("bytes", src.bytes),
                 ("sha256", src.sha256),
@@ -290,6 +303,8 @@ TABLE_FIELDS: dict[str, tuple[str, ...]] = {
         "wheel_sha256",
         "tarball_sha256",
         "convert",
+        "quantize",
+        "ranges",
     ),
     "input": ("size", "channels", "layout", "scale", "mean", "std", "name"),
     "crop": ("kind", "padding", "margin"),
@@ -501,6 +516,7 @@ def _parse_source(r: _CardReader, src: dict[str, Any]) -> Source:
         r.fail("[source] member: only a 'wheel' or 'npm' source has a member")
     if member is not None and not member_path_ok(member):
         r.expect("[source] member", "a relative path inside the archive (no '..')", member)
+    quantize, ranges = _quantized_fields(r, src, kinds)
     sha = _sha256_field(r, src, "sha256")
     wheel_sha = _sha256_field(r, src, "wheel_sha256")
     tarball_sha = _sha256_field(r, src, "tarball_sha256")
@@ -521,7 +537,7 @@ def _parse_source(r: _CardReader, src: dict[str, Any]) -> Source:
         file_name = PurePosixPath(path).name if path else _file_name_of(url or "")
         if not file_name:
             r.fail(f"[source] file is needed: no file name in {path or url!r}")
-    if (url or archive) and (
+    if (url or archive or quantize) and (
         file_name in (".", "..") or "/" in file_name or "\\" in file_name or ":" in file_name
     ):
         r.expect("[source] file", "a plain file name for a downloaded model", file_name)
@@ -538,7 +554,34 @@ def _parse_source(r: _CardReader, src: dict[str, Any]) -> Source:
         wheel_sha256=wheel_sha,
         tarball_sha256=tarball_sha,
         convert=convert,
+        quantize=quantize,
+        ranges=ranges,
     )
+
+
+def _quantized_fields(
+    r: _CardReader, src: dict[str, Any], kinds: list[str]
+) -> tuple[str | None, str | None]:
+    """[source] quantize (the fp32 card's id) and ranges (a file in agegender/quantization/)."""
+    quantize = r.string(src, "source", "quantize")
+    ranges = r.string(src, "source", "ranges")
+    if quantize is None and ranges is None:
+        return None, None
+    if quantize is None or ranges is None:
+        r.fail("[source] an INT8 copy needs both 'quantize' (the fp32 card) and 'ranges'")
+    if kinds:
+        r.fail(f"[source] quantize: an INT8 copy is built here, it has no {kinds[0]!r}")
+    if not (_ID.fullmatch(quantize) or quantize.endswith(".toml")):
+        r.expect(
+            "[source] quantize", "the fp32 card's id (or its .toml beside this card)", quantize
+        )
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.json", ranges):
+        r.expect("[source] ranges", "a file name NAME.json in agegender/quantization/", ranges)
+    if src.get("sha256") is not None:
+        r.fail("[source] sha256: an INT8 copy's sha256 is recorded when it is built")
+    if src.get("file") is None:
+        r.fail("[source] file is needed: the INT8 copy's file name in the store")
+    return quantize, ranges
 
 
 def _parse_input(r: _CardReader, inp: dict[str, Any]) -> InputSpec:

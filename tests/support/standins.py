@@ -426,6 +426,56 @@ def peaked_graph(card: ModelCard, peak: int) -> bytes:
     return model.SerializeToString()
 
 
+def conv_graph(
+    *,
+    size: int = 32,
+    width: int = 2,
+    seed: int = 0,
+    opset: int = 13,
+    fixed_batch: bool = False,
+    input_name: str = "images",
+    output_name: str = "probabilities",
+) -> onnx.ModelProto:
+    """A small convolutional classifier (conv, relu, conv, relu, global pool, gemm,
+    softmax) with a card's NCHW input: what static INT8 quantization acts on (per-channel
+    conv weights, activation ranges), for tests of quantized copies against their fp32
+    originals. The input expects pixels scaled to about [-0.5, 0.5]."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.normal(0, 1, (8, 3, 3, 3)) * np.sqrt(2 / 27)).astype(np.float32)
+    w2 = (rng.normal(0, 1, (8, 8, 3, 3)) * np.sqrt(2 / 72)).astype(np.float32)
+    fc = rng.normal(0, 1.0, (8, width)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b2"),
+        numpy_helper.from_array(fc, "fc"),
+        numpy_helper.from_array(np.zeros(width, np.float32), "fcb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", [input_name, "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], [output_name], axis=1),
+    ]
+    batch: int | str = 1 if fixed_batch else "N"
+    graph = helper.make_graph(
+        nodes,
+        "conv-standin",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, width])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python tests/support/standins.py", description=__doc__.split("\n")[0]

@@ -55,7 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "pull",
         help="download the files of presets or cards",
         description="Download, resume and check the files of presets or model cards. "
-        "A file already installed is re-hashed and kept when it matches.",
+        "A file already installed is re-hashed and kept when it matches. An INT8 card "
+        "(such as centerface-int8) gets its fp32 card's file first, then its INT8 copy is "
+        "built here from it and the quantization ranges shipped in the package (no "
+        "calibration data needed; the same bytes on every build with one ONNX Runtime).",
     )
     pull.add_argument("names", nargs="+", metavar="PRESET|CARD", help="preset names or card ids")
     pull.add_argument(
@@ -226,6 +229,8 @@ def run_pull(args: argparse.Namespace) -> int:
             "present": "already installed, sha256 verified",
             "package": f"ships with package {card.source.package}",
             "local": "read from next to its card, size and sha256 checked",
+            "built": f"INT8 copy of {card.source.quantize} built from its verified file and "
+            f"the shipped ranges (quantization/{card.source.ranges}), sha256 recorded",
         }[result.action]
         print(f"{card.id}: {what}: {result.path}")
     return 1 if failures else 0

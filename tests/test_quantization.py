@@ -1,0 +1,316 @@
+"""INT8 copies built from shipped ranges: against their fp32 originals, refused for another
+file, deterministic, selected by card, pulled and checked through the store and the CLI.
+
+Every graph is a stand-in (``tests/support/standins.conv_graph``) and its ranges are
+calibrated here on crops of the test photo: no download, no development data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from numpy.typing import NDArray
+
+from agegender import cards, store
+from agegender.cli import main as cli_main
+from agegender.errors import CardError, ModelFileError, ModelNotInstalledError
+from agegender.quantization import (
+    QuantizationError,
+    Recipe,
+    build,
+    calibrate,
+    check_base,
+    load_ranges,
+    parse_ranges,
+)
+from tests.support.standins import conv_graph
+
+SIZE = 32
+FP32_CARD = """\
+id = "tiny-gender"
+task = "gender"
+[source]
+file = "tiny.onnx"
+sha256 = "{sha}"
+[input]
+size = [{size}, {size}]
+channels = "RGB"
+scale = 0.00392156862745098
+mean = [127.5, 127.5, 127.5]
+[crop]
+kind = "margin"
+[output]
+labels = ["female", "male"]
+"""
+INT8_CARD = """\
+id = "tiny-gender-int8"
+task = "gender"
+[source]
+quantize = "{base}"
+ranges = "tiny.json"
+file = "tiny-int8.onnx"
+[input]
+size = [{size}, {size}]
+channels = "RGB"
+scale = 0.00392156862745098
+mean = [127.5, 127.5, 127.5]
+[crop]
+kind = "margin"
+[output]
+labels = ["female", "male"]
+"""
+# Measured on this stand-in (astronaut crops, 24 calibration and 24 test inputs): the
+# largest difference of a probability between the INT8 and fp32 graphs was about 0.01.
+PROB_TOLERANCE = 0.03
+
+
+def crops(rgb: NDArray[np.uint8], count: int, seed: int) -> NDArray[np.float32]:
+    """``count`` random square crops of the photo, resized to SIZE, as the card feeds them."""
+    rng = np.random.default_rng(seed)
+    height, width = rgb.shape[:2]
+    out = []
+    for _ in range(count):
+        side = int(rng.integers(48, min(height, width)))
+        y, x = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
+        chip = cv2.resize(rgb[y : y + side, x : x + side], (SIZE, SIZE))
+        out.append((chip.astype(np.float32) - 127.5) / 255)
+    return np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2))
+
+
+@pytest.fixture
+def model_folder(tmp_path: Path, astronaut_rgb: NDArray[np.uint8]) -> Path:
+    """A folder holding a stand-in fp32 card and file, its INT8 card and its ranges file."""
+    folder = tmp_path / "cards"
+    folder.mkdir()
+    model = conv_graph(size=SIZE)
+    (folder / "tiny.onnx").write_bytes(model.SerializeToString())
+    sha = hashlib.sha256((folder / "tiny.onnx").read_bytes()).hexdigest()
+    (folder / "tiny.toml").write_text(FP32_CARD.format(sha=sha, size=SIZE))
+    (folder / "tiny-int8.toml").write_text(INT8_CARD.format(base="tiny.toml", size=SIZE))
+    feeds = [{"images": batch[None]} for batch in crops(astronaut_rgb, 24, seed=1)]
+    ranges = calibrate(folder / "tiny.onnx", "tiny-gender", sha, Recipe(), feeds, name="tiny.json")
+    (folder / "tiny.json").write_text(ranges.dumps())
+    return folder
+
+
+def run(path: Path | bytes, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    source = path if isinstance(path, bytes) else str(path)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"images": batch})
+    return np.asarray(out)
+
+
+def test_the_int8_graph_follows_its_fp32_original(
+    model_folder: Path, tmp_path: Path, astronaut_rgb: NDArray[np.uint8]
+) -> None:
+    ranges = load_ranges("tiny.json", model_folder)
+    build(model_folder / "tiny.onnx", ranges, tmp_path / "int8.onnx")
+    graph = onnx.load(str(tmp_path / "int8.onnx"))
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    weights = [i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights, "the convolution weights are stored as INT8"
+    batch = crops(astronaut_rgb, 24, seed=2)  # not the calibration crops
+    fp32 = run(model_folder / "tiny.onnx", batch)
+    int8 = run(tmp_path / "int8.onnx", batch)
+    assert np.abs(int8 - fp32).max() < PROB_TOLERANCE
+    assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
+
+
+def test_two_builds_give_the_same_bytes(model_folder: Path, tmp_path: Path) -> None:
+    ranges = load_ranges("tiny.json", model_folder)
+    build(model_folder / "tiny.onnx", ranges, tmp_path / "a.onnx")
+    build(model_folder / "tiny.onnx", ranges, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_the_ranges_file_round_trips_exactly(model_folder: Path) -> None:
+    ranges = load_ranges("tiny.json", model_folder)
+    again = parse_ranges(json.loads(ranges.dumps()), "tiny.json")
+    assert again.ranges == ranges.ranges and again.recipe == ranges.recipe
+
+
+def test_ranges_for_another_file_are_refused_in_one_line(model_folder: Path) -> None:
+    ranges = load_ranges("tiny.json", model_folder)
+    with pytest.raises(QuantizationError) as info:
+        check_base(ranges, "tiny-gender", "0" * 64)
+    message = str(info.value)
+    assert "quantization/tiny.json" in message and "nothing was built" in message
+    assert "\n" not in message
+    with pytest.raises(QuantizationError, match="not cc0-age-v1"):
+        check_base(ranges, "cc0-age-v1", ranges.sha256)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": 2}, "not a ranges file"),
+        ({"sha256": "abc"}, "'sha256'"),
+        ({"ranges": {"c1": [2.0, 1.0]}}, "[min, max]"),
+        ({"recipe": {"prepare": ["fold"]}}, "unknown prepare step"),
+        ({"recipe": {"weight_type": "QInt4"}}, "weight_type"),
+    ],
+)
+def test_bad_ranges_files_are_one_line_errors(
+    model_folder: Path, change: dict, message: str
+) -> None:
+    data = json.loads((model_folder / "tiny.json").read_text())
+    data.update(change)
+    with pytest.raises(QuantizationError) as info:
+        parse_ranges(data, "tiny.json")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pull_builds_records_and_checks_the_copy(
+    model_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    card = cards.get_card(str(model_folder / "tiny-int8.toml"))
+    assert card.source.kind == "quantized" and card.source.stored
+    with pytest.raises(ModelNotInstalledError, match="agegender models pull"):
+        store.resolve(card)
+    first = store.pull(card)
+    assert first.action == "built"
+    record = json.loads(first.path.with_name(first.path.name + ".built.json").read_text())
+    assert record["sha256"] == store.sha256_file(first.path)
+    assert record["base_sha256"] == cards.get_card(str(model_folder / "tiny.toml")).source.sha256
+    assert store.resolve(card) == first.path
+    assert store.pull(card).action == "present"
+    assert store.verify(card).status == "ok"
+    first.path.write_bytes(first.path.read_bytes()[:-1] + b"\0")  # damaged afterwards
+    with pytest.raises(ModelFileError) as info:
+        store.resolve(card)
+    assert "changed since it was built" in str(info.value)
+    assert "agegender models pull tiny-gender-int8" in str(info.value)
+    assert store.verify(card).status == "mismatch"
+    assert store.pull(card).action == "built"  # rebuilt
+    assert store.resolve(card) == first.path
+
+
+def test_a_copy_from_other_ranges_is_stale(
+    model_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    card = cards.get_card(str(model_folder / "tiny-int8.toml"))
+    store.pull(card)
+    ranges = model_folder / "tiny.json"
+    ranges.write_text(ranges.read_text().replace('"notes": ""', '"notes": "new"'))
+    with pytest.raises(ModelFileError, match="other ranges"):
+        store.resolve(card)
+    assert store.pull(card).action == "built"
+
+
+def test_the_int8_card_is_selected_like_any_card(
+    model_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    astronaut_rgb: NDArray[np.uint8],
+) -> None:
+    from agegender import Estimator
+
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    store.pull(cards.get_card(str(model_folder / "tiny-int8.toml")))
+    faces = {}
+    for name in ("tiny.toml", "tiny-int8.toml"):
+        est = Estimator(detector="none", gender_models=[str(model_folder / name)], tta=False)
+        assert est.cards["gender"][0].id == name.removesuffix(".toml").replace(
+            "tiny", "tiny-gender"
+        )
+        faces[name] = est.predict(astronaut_rgb)
+    fp32, int8 = (faces[n][0].gender for n in ("tiny.toml", "tiny-int8.toml"))
+    assert fp32 is not None and int8 is not None
+    assert abs(fp32.probability - int8.probability) < PROB_TOLERANCE
+
+
+def test_cli_pull_and_verify(
+    model_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    card = str(model_folder / "tiny-int8.toml")
+    assert cli_main(["models", "pull", card]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-gender-int8: INT8 copy of" in out and "sha256 recorded" in out
+    assert cli_main(["models", "verify", card]) == 0
+    assert "sha256 matches its build record" in capsys.readouterr().out
+
+
+def test_a_build_from_the_wrong_fp32_file_stops_in_one_line(
+    model_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    ranges = json.loads((model_folder / "tiny.json").read_text())
+    ranges["sha256"] = "1" * 64
+    (model_folder / "tiny.json").write_text(json.dumps(ranges))
+    with pytest.raises(QuantizationError) as info:
+        store.pull(cards.get_card(str(model_folder / "tiny-int8.toml")))
+    assert "computed for the tiny-gender file with sha256 111" in str(info.value)
+    assert not (tmp_path / "home" / "models" / "tiny-int8.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"quantize": "centerface", "file": "c.onnx"}, "needs both 'quantize'"),
+        ({"quantize": "c", "ranges": "c.json", "url": "https://h/m.onnx"}, "no 'url'"),
+        ({"quantize": "c", "ranges": "../c.json", "file": "c.onnx"}, "[source] ranges"),
+        ({"quantize": "c", "ranges": "c.json", "file": "c.onnx", "sha256": "0" * 64}, "when"),
+        ({"quantize": "c", "ranges": "c.json"}, "a local 'file'"),
+    ],
+)
+def test_int8_card_faults_are_one_line(source: dict, message: str) -> None:
+    data = {
+        "id": "x-int8",
+        "task": "gender",
+        "source": source,
+        "input": {"size": [32, 32]},
+        "crop": {"kind": "margin"},
+        "output": {"labels": ["female", "male"]},
+    }
+    with pytest.raises(CardError) as info:
+        cards.parse_card(data, "x.toml")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_builtin_int8_cards_keep_their_originals_contract() -> None:
+    builtin = cards.builtin_cards()
+    copies = [c for c in builtin.values() if c.source.quantize]
+    assert "centerface-int8" in {c.id for c in copies}
+    for card in copies:
+        base = builtin[card.source.quantize or ""]
+        assert (card.task, card.input, card.crop, card.output, card.detection) == (
+            base.task,
+            base.input,
+            base.crop,
+            base.output,
+            base.detection,
+        ) or card.detection is not None  # a detector copy may cap its size differently
+        if card.detection is not None and base.detection is not None:
+            assert card.detection.outputs == base.detection.outputs
+            assert card.input == base.input
+        ranges = load_ranges(card.source.ranges or "")
+        assert ranges.card == base.id and ranges.sha256 == base.source.sha256
+
+
+def test_the_int8_detector_without_its_file_is_a_one_line_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agegender import Estimator
+    from agegender.faces import detector_problem
+
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path))
+    with pytest.raises(ModelNotInstalledError) as info:
+        Estimator(detector="centerface-int8")
+    message = str(info.value)
+    assert "agegender models pull centerface-int8" in message and "--detector dlib" in message
+    assert "\n" not in message
+    assert "agegender models pull centerface-int8" in (detector_problem("centerface-int8") or "")
