@@ -29,8 +29,8 @@ from agegender.quantization import Recipe, calibrate
 OUT = Path(__file__).resolve().parents[1] / "src/agegender/quantization"
 RECIPES = {
     "centerface": Recipe(prepare=("free_dims", "opset13")),
-    "cc0-age-v1": Recipe(),
-    "cc0-gender-v1": Recipe(),
+    "cc0-age-v1": Recipe(op_types=("Conv", "Gemm")),  # see Recipe: its affine layers
+    "cc0-gender-v1": Recipe(),  # measured, not shipped: 1.02x faster, gender +0.33 points
 }
 
 

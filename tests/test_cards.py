@@ -110,6 +110,7 @@ def test_builtin_cards() -> None:
         "cc0-age-v1",
         "cc0-gender-v1",
         "centerface",
+        "cc0-age-v1-int8",
         "centerface-int8",
         "dex-imdb-age",
         "dex-chalearn-age",

@@ -52,7 +52,10 @@ class Recipe:
     ``prepare``: "free_dims" makes a fixed-size input symbolic (CenterFace's file declares
     1x3x32x32, and the calibration fed whole scenes), "opset13" upgrades the graph so the
     quantizer can use per-channel QDQ (opset 9 cannot). ``exclude``: node names left in
-    fp32 (where INT8 cost accuracy).
+    fp32 (where INT8 cost accuracy). ``op_types``: only these operators are quantized
+    (empty: all ONNX Runtime can); dlib's per-channel "affine" Mul/Add layers, quantized,
+    become a QLinearAdd that ONNX Runtime 1.30 refuses to load, so cc0-age-v1 lists Conv
+    and Gemm.
     """
 
     prepare: tuple[str, ...] = ()
@@ -61,6 +64,7 @@ class Recipe:
     activation_type: str = "QUInt8"
     weight_type: str = "QInt8"
     exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +74,7 @@ class Recipe:
             "activation_type": self.activation_type,
             "weight_type": self.weight_type,
             "exclude": list(self.exclude),
+            "op_types": list(self.op_types),
         }
 
 
@@ -127,6 +132,7 @@ def parse_ranges(data: Any, name: str) -> Ranges:
             activation_type=str(raw.get("activation_type", "QUInt8")),
             weight_type=str(raw.get("weight_type", "QInt8")),
             exclude=tuple(raw.get("exclude", ())),
+            op_types=tuple(raw.get("op_types", ())),
         )
     except (AttributeError, TypeError):
         raise _fail(where, "'recipe' must be a table") from None
@@ -236,6 +242,7 @@ def _options(recipe: Recipe) -> dict[str, Any]:
         "activation_type": getattr(QuantType, recipe.activation_type),
         "weight_type": getattr(QuantType, recipe.weight_type),
         "nodes_to_exclude": list(recipe.exclude),
+        "op_types_to_quantize": list(recipe.op_types) or None,
     }
 
 
