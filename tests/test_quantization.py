@@ -29,6 +29,7 @@ from agegender.quantization import (
     check_base,
     load_ranges,
     parse_ranges,
+    prepare,
 )
 from tests.support.standins import conv_graph
 
@@ -314,3 +315,31 @@ def test_the_int8_detector_without_its_file_is_a_one_line_hint(
     assert "agegender models pull centerface-int8" in message and "--detector dlib" in message
     assert "\n" not in message
     assert "agegender models pull centerface-int8" in (detector_problem("centerface-int8") or "")
+
+
+def test_a_fixed_size_opset9_detector_is_prepared_then_quantized(
+    tmp_path: Path, astronaut_rgb: NDArray[np.uint8]
+) -> None:
+    """CenterFace's recipe: free_dims (its file declares 1x3x32x32) and opset 13 (per-channel
+    QDQ needs it), then the INT8 graph runs at another size, as the detector feeds it."""
+    model = conv_graph(size=32, opset=9, fixed_batch=True)
+    path = tmp_path / "det.onnx"
+    path.write_bytes(model.SerializeToString())
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    recipe = Recipe(prepare=("free_dims", "opset13"))
+    feeds = [
+        {"images": np.repeat(np.repeat(b[None], 2, axis=2), 2, axis=3)}
+        for b in crops(astronaut_rgb, 6, seed=3)
+    ]
+    ranges = calibrate(path, "det", sha, recipe, feeds, name="det.json")
+    build(path, ranges, tmp_path / "det-int8.onnx")
+    graph = onnx.load(str(tmp_path / "det-int8.onnx"))
+    assert graph.opset_import[0].version >= 13
+    batch = np.repeat(np.repeat(crops(astronaut_rgb, 4, seed=4), 2, axis=2), 2, axis=3)
+    session = ort.InferenceSession(
+        str(tmp_path / "det-int8.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (int8,) = session.run(None, {"images": batch})  # 4 x 3 x 64 x 64: not the declared size
+    prepared = prepare(onnx.load(str(path)), recipe.prepare).SerializeToString()
+    fp32 = run(prepared, batch)
+    assert int8.shape == (4, 2) and np.abs(int8 - fp32).max() < PROB_TOLERANCE
