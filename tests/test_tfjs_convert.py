@@ -482,6 +482,21 @@ def _clip_shared(rng: np.random.Generator) -> Case:
     return Case(g, x, ["m", "y", "z"], {"m": m, "y": np.maximum(m, 2), "z": np.maximum(m, 1)})
 
 
+@case("const_through_identity")
+def _const_identity(rng: np.random.Generator) -> Case:
+    """Constants read through Identity (a filter, an operand), as grappler leaves them."""
+    g = tg.TfjsGraph()
+    x = _rand(rng, 2, 5, 5, 3)
+    g.placeholder("x", [-1, 5, 5, 3])
+    g.const("w", _rand(rng, 3, 3, 3, 4))
+    g.op("Identity", "w/read", ["w"])
+    g.const("c", _rand(rng, 4))
+    g.op("Identity", "c/read", ["c"])
+    g.op("Conv2D", "conv", ["x", "w/read"], **conv_attrs())
+    g.op("Mul", "y", ["conv", "c/read"])
+    return Case(g, x, ["y"], {"y": np_conv(x, g.decoded["w"]) * g.decoded["c"]}, atol=1e-4)
+
+
 @case("quantized_weights")
 def _quantized(rng: np.random.Generator) -> Case:
     """uint8, uint16 and float16 weights decoded as TF.js decodes them."""

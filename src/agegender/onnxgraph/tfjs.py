@@ -836,7 +836,10 @@ class _Converter:
     def identity(self, node: _Node) -> None:
         source, port = _tensor_node(node.inputs[0]) if node.inputs else ("", 0)
         if port == 0 and source in self.consts:
-            self.consts[node.name] = self.consts[source]  # a Const seen through Identity
+            # A Const seen through Identity is that Const (an initializer under this name
+            # when something reads it at run time), not an Identity node.
+            self.consts[node.name] = self.consts[source]
+            return
         self.unary(node, "Identity")
 
     def relu6(self, node: _Node) -> None:
@@ -893,7 +896,8 @@ def convert(
     """The TF.js graph model as a checked ONNX model (opset 13, NHWC input, batch ``N``).
 
     ``read(path)`` returns the bytes of one weight file named by the manifest (see
-    :func:`weight_paths`); it is called once per file. The input keeps the Placeholder's
+    :func:`weight_paths`); it is called once per file, and what it raises (a missing
+    file, say) propagates unchanged. The input keeps the Placeholder's
     name; outputs are the signature's (``age_pred/Softmax``, ``Identity``), ``:0`` dropped.
     Raises :class:`TfjsError` for anything this converter cannot represent faithfully.
     """
