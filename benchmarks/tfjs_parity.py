@@ -11,7 +11,8 @@ the largest absolute difference over all outputs on 4 random inputs (in the rang
 model's preprocessing gives) and on a real face (the astronaut's, cropped from
 ``tests/data/astronaut.png`` and preprocessed as noted below), the ONNX file's size and
 sha256, and ONNX Runtime's milliseconds per image at batch 1 and 16 (median of repeated
-runs, default session options). ``--out`` also writes the converted files.
+runs, the pipeline's session options: ``agegender.sessions.create``). ``--out`` also
+writes the converted files.
 
 Preprocessing of the face input (what the model's users feed): faceres(-deep) BGR minus
 (103.939, 116.779, 123.68) (measured best in MODELS.md); gear RGB 0..1 (0..255 saturates its
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from faceutils import ASTRONAUT, ASTRONAUT_BOX  # noqa: E402
 from support import tfjs_graphs as tg  # noqa: E402
 
+from agegender import sessions  # noqa: E402
 from agegender.onnxgraph import tfjs  # noqa: E402
 
 MODELS = ("faceres", "faceres-deep", "gear", "age", "gender-ssrnet-imdb", "gender")
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"{name}.onnx").write_bytes(data)
-        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        sess = sessions.create(data)  # the session options the pipeline's heads get
         inp = sess.get_inputs()[0]
         hwc = [int(d) for d in inp.shape[1:]]
         outputs = [o.name for o in sess.get_outputs()]

@@ -803,12 +803,11 @@ class _Converter:
                 axes.append(k)
                 squeeze.append(k)
                 continue
-            start = (0 if s > 0 else -1) if begin_mask & bit else b
-            stop = (_INT64_MAX if s > 0 else _INT64_MIN) if end_mask & bit else e
             if begin_mask & bit and end_mask & bit and s == 1:
                 continue  # the whole axis
-            if s < 0 and begin_mask & bit:
-                start = _INT64_MAX
+            # A masked bound is the axis' far end in the stride's direction (ONNX clamps).
+            start = (0 if s > 0 else _INT64_MAX) if begin_mask & bit else b
+            stop = (_INT64_MAX if s > 0 else _INT64_MIN) if end_mask & bit else e
             starts.append(start)
             ends.append(stop)
             steps.append(s)
