@@ -126,9 +126,55 @@ def test_ensemble_from_the_command_line(heads, capsys) -> None:
     assert face["gender"] == {"label": "male", "probability": pytest.approx(1.0, abs=1e-4)}
 
 
+def test_age_bins_and_age_groups_combine_on_the_years(heads, astronaut_rgb) -> None:
+    """An age-groups head joins an age ensemble: its group's mass is spread over the years
+    the group spans (the stand-in is sure of "old", 31..90, mean 60.5)."""
+    est = Estimator(
+        age_models=[heads["cc0@30"], heads["groups"]], age_weights=[1, 1], age_thresholds=[31]
+    )
+    assert est.tasks["age"].support.kind == "age"
+    (face,) = est.predict(astronaut_rgb)
+    assert face.age.value == pytest.approx(0.5 * 30 + 0.5 * 60.5, abs=1e-3)
+    assert face.age.p_at_least[31.0] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_distribution_mapped_to_the_common_support_and_back_keeps_mean_and_mass() -> None:
+    from agegender.heads import common_support, group_ages, support_map
+
+    rng = np.random.default_rng(3)
+    cc0 = Support("age", values=get_card("cc0-age-v1").output.value_array())
+    dex = Support("age", values=np.arange(0.0, 101.0))
+    levi_card = get_card("levi-age")
+    levi = Support("age-groups", labels=levi_card.output.labels, groups=levi_card.output.groups)
+    common = common_support("age", [cc0, dex, levi], "cc0, dex, levi")
+    for head in (cc0, dex, levi):
+        p = rng.dirichlet(np.ones(len(head.groups) or len(head.values)))
+        matrix = support_map(head, common)
+        mapped = p @ matrix
+        assert mapped.sum() == pytest.approx(1.0)
+        back = (
+            matrix @ mapped
+            if head.kind == "age"
+            else np.array(
+                [mapped[np.isin(common.values, group_ages(g))].sum() for g in head.groups]
+            )
+        )
+        np.testing.assert_allclose(back, p, atol=1e-12)
+        if head.kind == "age":  # a bin's age is kept, so the mean is too
+            assert mapped @ common.values == pytest.approx(p @ head.values)
+        else:  # a group's mean is its years' mean
+            means = np.array([group_ages(g).mean() for g in head.groups])
+            assert mapped @ common.values == pytest.approx(p @ means)
+
+
 def test_heads_of_different_kinds_or_labels_do_not_combine(heads) -> None:
+    class FakeHead:
+        def __init__(self, card, weight):
+            self.card, self.weight = card, weight
+
+    age, gender = get_card("cc0-age-v1"), get_card("cc0-gender-v1")
     with pytest.raises(CardError, match="different tasks"):
-        Estimator(age_models=[heads["cc0@30"], heads["groups"]])
+        Task("age", [FakeHead(age, 1.0), FakeHead(gender, 1.0)])  # type: ignore[list-item]
     with pytest.raises(CardError, match="not a gender model"):
         Estimator(gender_models=[heads["cc0@30"]])
     with pytest.raises(AgegenderError, match="2 weights for 1 age models"):

@@ -131,17 +131,70 @@ def _support(card: ModelCard) -> Support:
     return Support(card.task, values=out.value_array(), labels=out.labels, groups=out.groups)
 
 
-def _index_map(head: Support, common: Support) -> NDArray[np.intp]:
-    """Where each of a head's outputs lands in the common support."""
+def group_ages(group: tuple[float, float]) -> NDArray[np.float64]:
+    """The whole years a group [first, last] spans (its midpoint when it spans none)."""
+    ages = np.arange(np.ceil(group[0]), np.floor(group[1]) + 1.0)
+    return ages if len(ages) else np.array([(group[0] + group[1]) / 2.0])
+
+
+def _age_values(support: Support) -> NDArray[np.float64]:
+    """The ages a head's outputs put mass on: its bins, or every year of its groups."""
+    if support.kind == "age":
+        return support.values
+    return np.concatenate([group_ages(g) for g in support.groups])
+
+
+def support_map(head: Support, common: Support) -> NDArray[np.float64]:
+    """The (head outputs, common support) matrix that moves a head's distribution onto the
+    common support: a bin to the same age, a group's mass spread evenly over its years, a
+    label to the same label. Each row sums to 1, so mass is kept; summing the common
+    support back over a group's years gives the group's mass again."""
+    matrix = np.zeros((_width(head), _width(common)), np.float64)
     if common.kind == "age":
-        return np.searchsorted(common.values, head.values).astype(np.intp)
-    if common.kind == "age-groups":
-        return np.array([common.groups.index(g) for g in head.groups], np.intp)
-    return np.array([common.labels.index(label) for label in head.labels], np.intp)
+        if head.kind == "age":
+            rows = np.arange(len(head.values))
+            matrix[rows, np.searchsorted(common.values, head.values)] = 1.0
+        else:
+            for row, group in enumerate(head.groups):
+                ages = group_ages(group)
+                matrix[row, np.searchsorted(common.values, ages)] = 1.0 / len(ages)
+    elif common.kind == "age-groups":
+        for row, group in enumerate(head.groups):
+            matrix[row, common.groups.index(group)] = 1.0
+    else:
+        for row, label in enumerate(head.labels):
+            matrix[row, common.labels.index(label)] = 1.0
+    return matrix
+
+
+def _width(support: Support) -> int:
+    if support.kind == "age":
+        return len(support.values)
+    return len(support.groups) if support.kind == "age-groups" else len(support.labels)
+
+
+def common_support(role: str, supports: Sequence[Support], ids: str) -> Support:
+    """One support for a task's heads: the same groups or labels when they all share them;
+    else, for age, every age any head puts mass on (bins, and the years of groups)."""
+    first = supports[0]
+    same = all(
+        s.kind == first.kind and set(s.labels) == set(first.labels) and s.groups == first.groups
+        for s in supports
+    )
+    if first.kind == "gender" or (same and first.kind == "age-groups"):
+        if not same:
+            raise CardError(f"{role} ensemble {ids}: the cards' labels or groups differ")
+        return first
+    return Support("age", values=np.unique(np.concatenate([_age_values(s) for s in supports])))
 
 
 class Task:
-    """The heads that fill one Face field, combined by a weighted mean of distributions."""
+    """The heads that fill one Face field, combined by a weighted mean of distributions.
+
+    Heads on different supports are mapped onto one before averaging (``support_map``):
+    age bins of different models (81 bins from 0.25 to 80, 100 or 101 ages) onto every age
+    any of them names, age groups onto the years they span, so the combined distribution
+    still gives a meaningful std, interval and P(age >= t)."""
 
     def __init__(self, role: str, heads: Sequence[Head], calibration: Calibration | None = None):
         if not heads:
@@ -150,25 +203,15 @@ class Task:
         self.heads = list(heads)
         self.calibration = calibration
         supports = [_support(h.card) for h in self.heads]
-        kinds = {s.kind for s in supports}
         ids = ", ".join(h.card.id for h in self.heads)
-        if len(kinds) > 1:
+        if len({TASK_ROLE[s.kind] for s in supports}) > 1:
             raise CardError(f"{role} ensemble {ids}: cards of different tasks cannot be combined")
-        first = supports[0]
-        if first.kind == "age":
-            values = np.unique(np.concatenate([s.values for s in supports]))
-            self.support = Support("age", values=values)
-        elif any(set(s.labels) != set(first.labels) for s in supports) or any(
-            set(s.groups) != set(first.groups) for s in supports
-        ):
-            raise CardError(f"{role} ensemble {ids}: the cards' labels or groups differ")
-        else:
-            self.support = first
-        self._maps = [_index_map(s, self.support) for s in supports]
+        self.support = common_support(role, supports, ids)
+        self._maps = [support_map(s, self.support) for s in supports]
         total = sum(h.weight for h in self.heads)
         self._weights = [h.weight / total for h in self.heads]
         self._identity = len(self.heads) == 1 and np.array_equal(
-            self._maps[0], np.arange(len(self._maps[0]))
+            self._maps[0], np.eye(len(self._maps[0]))
         )
 
     def combine(self, outputs: Sequence[NDArray[np.float64]]) -> NDArray[np.float64]:
@@ -176,13 +219,10 @@ class Task:
         if self._identity:
             return outputs[0]
         rows = outputs[0].shape[0]
-        width = (
-            len(self.support.values) if self.support.kind == "age" else (len(self.support.labels))
-        )
-        mean = np.zeros((rows, width), np.float64)
-        for out, index, weight in zip(outputs, self._maps, self._weights, strict=True):
+        mean = np.zeros((rows, _width(self.support)), np.float64)
+        for out, matrix, weight in zip(outputs, self._maps, self._weights, strict=True):
             totals = out.sum(axis=1, keepdims=True)
-            mean[:, index] += weight * out / np.where(totals > 0, totals, 1.0)
+            mean += weight * (out / np.where(totals > 0, totals, 1.0)) @ matrix
         return mean
 
     def decode(
