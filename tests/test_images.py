@@ -47,6 +47,19 @@ def test_exif_orientation_on_a_non_square_image() -> None:
     assert rgb[30, 10, 0] > 200 and rgb[5, 10, 0] < 50
 
 
+def test_a_callers_pil_image_is_not_turned_in_place(astronaut_rgb) -> None:
+    """Decoded bytes are oriented in place (no copy); a PIL image the caller passes is
+    not ours to change, and both give the same upright pixels."""
+    data = exif_rotated_jpeg(astronaut_rgb)
+    with Image.open(io.BytesIO(data)) as theirs:
+        theirs.load()
+        before = np.asarray(theirs).copy()
+        from_pil = images.load(theirs).rgb
+        np.testing.assert_array_equal(np.asarray(theirs), before)
+        assert theirs.getexif().get(0x0112) not in (None, 1)
+    np.testing.assert_array_equal(from_pil, images.load(data).rgb)
+
+
 def test_grayscale(astronaut_rgb) -> None:
     gray = Image.fromarray(astronaut_rgb).convert("L")
     rgb = images.load(encode(gray, "PNG")).rgb

@@ -138,7 +138,7 @@ def decode_bytes(
         if "truncated" in reason.lower():
             raise ImageError(f"{name}: truncated image data ({reason})") from None
         raise ImageError(f"{name}: corrupt image ({reason})") from None
-    return _from_pil(image, None, name)
+    return _from_pil(image, None, name, owned=True)
 
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (a module global) while opening
@@ -185,10 +185,21 @@ def _check_pixels(width: int, height: int, pixel_limit: int | None, name: str) -
         )
 
 
-def _from_pil(image: Image.Image, pixel_limit: int | None, name: str) -> NDArray[np.uint8]:
+def _from_pil(
+    image: Image.Image, pixel_limit: int | None, name: str, *, owned: bool = False
+) -> NDArray[np.uint8]:
+    """RGB pixels of `image`, EXIF orientation applied.
+
+    `owned`: the image is ours (just decoded), so the orientation is applied in place;
+    otherwise exif_transpose copies it (the caller's PIL image is never changed), and that
+    copy of every pixel cost 0.5-1 ms per 1280x960 photo even with no orientation tag.
+    """
     _check_pixels(image.width, image.height, pixel_limit, name)
     with contextlib.suppress(Exception):  # a broken EXIF block must not lose the picture
-        image = ImageOps.exif_transpose(image) or image
+        if owned:
+            ImageOps.exif_transpose(image, in_place=True)
+        else:
+            image = ImageOps.exif_transpose(image) or image
     return np.ascontiguousarray(np.asarray(_to_rgb(image), dtype=np.uint8))
 
 
