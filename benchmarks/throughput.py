@@ -19,8 +19,10 @@ dataset the peer and every setting run back to back (``--rounds`` repeats the se
 alternating the order), and the ratio to the peer is taken within the same round. On a
 busy machine compare ratios, not absolute images/s.
 
-Ours also reports milliseconds per image in each stage, summed over the threads that ran
-it (``predict_many`` decodes and detects on worker threads while the main thread runs the
+Each run reports the CPU time it used per image (user + system, all its threads): less
+sensitive than images/s to other processes on a busy machine. Ours also reports
+milliseconds per image in each stage, summed over the threads that ran it
+(``predict_many`` decodes and detects on worker threads while the main thread runs the
 models, so the stages may add up to more than the wall time): decode, detect, landmarks,
 crops, each model (its TTA run included), output.
 
@@ -117,6 +119,7 @@ def run_ours(paths: list[str], setting: str) -> dict[str, Any]:
         lambda model, *_: f"model {model.card.id}", OnnxModel.run
     )
     faces = 0
+    cpu = time.process_time()
     started = time.perf_counter()
     for result in est.predict_many(paths):
         out_started = time.perf_counter()
@@ -126,6 +129,7 @@ def run_ours(paths: list[str], setting: str) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
+        "cpu_ms": 1000 * (time.process_time() - cpu) / len(paths),
         "faces": faces,
         "stages_ms": {k: 1000 * v / len(paths) for k, v in sorted(stages.seconds.items())},
     }
@@ -143,12 +147,17 @@ def run_peer(paths: list[str]) -> dict[str, Any]:
     model = AgeAndGender()
     model.predict(rgb(paths[0]))  # loads the models: not timed
     faces = 0
+    cpu = time.process_time()
     started = time.perf_counter()
     for path in paths:
         found = model.predict(rgb(path))
         json.dumps(found)
         faces += len(found)
-    return {"seconds": time.perf_counter() - started, "faces": faces}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_ms": 1000 * (time.process_time() - cpu) / len(paths),
+        "faces": faces,
+    }
 
 
 def child(args: argparse.Namespace) -> int:
@@ -205,7 +214,8 @@ def compare(args: argparse.Namespace) -> int:
                     extra = f"  ms/image: {stages}"
                 print(
                     f"[{data} round {index + 1}] {label}: {run['ips']:.1f} img/s, "
-                    f"{run['faces']} faces, peak RSS {run['peak_rss_mib']:.0f} MiB{extra}",
+                    f"CPU {run['cpu_ms']:.1f} ms/image, {run['faces']} faces, "
+                    f"peak RSS {run['peak_rss_mib']:.0f} MiB{extra}",
                     flush=True,
                 )
         peer = runs["peer"]
@@ -219,6 +229,8 @@ def compare(args: argparse.Namespace) -> int:
                 "ours_ips": round(statistics.median(r["ips"] for r in ours), 1),
                 "peer_ips": round(statistics.median(r["ips"] for r in peer), 1),
                 "ratio": round(statistics.median(ratios), 2),
+                "ours_cpu_ms": round(statistics.median(r["cpu_ms"] for r in ours), 2),
+                "peer_cpu_ms": round(statistics.median(r["cpu_ms"] for r in peer), 2),
                 "ours_faces": ours[0]["faces"],
                 "peer_faces": peer[0]["faces"],
                 "ours_peak_rss_mib": max(r["peak_rss_mib"] for r in ours),

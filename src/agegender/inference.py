@@ -16,11 +16,11 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from . import sessions
 from .cards import ModelCard, check_against_graph
 from .config import DEFAULT_BATCH
 from .errors import AgegenderError, CardError, ModelFileError
 from .onnxgraph import batch_free
-from .sessions import options as session_options
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class OnnxModel:
         try:
             loaded = batch_free.open_graph(
                 self.path,
-                options=session_options(threads),
+                options=sessions.options(threads),
                 providers=providers,
                 value_range=fed_range(card),
                 name=f"model {card.id}",
