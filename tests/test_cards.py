@@ -117,10 +117,20 @@ def test_builtin_cards() -> None:
         "dex-imdb-gender",
         "levi-age",
         "levi-gender",
+        "faceres-age",
+        "faceres-gender",
+        "faceres-deep-age",
+        "faceres-deep-gender",
+        "gear-gender",
     }
     assert cards["dex-imdb-age"].output.width == 101
     assert cards["levi-age"].output.width == 8
     assert all(c.output.width == 2 for k, c in cards.items() if c.task == "gender")
+    # converted TF.js members: the tarball pinned, the converted file's hash
+    tfjs = [c for c in cards.values() if c.source.convert]
+    assert {c.id for c in tfjs} >= {"faceres-age", "faceres-deep-gender", "gear-gender"}
+    assert all(c.source.kind == "npm" and c.source.tarball_sha256 for c in tfjs)
+    assert cards["faceres-gender"].output.graph_width == 1
 
 
 @pytest.mark.parametrize("card_id", ["cc0-age-v1", "cc0-gender-v1"])

@@ -11,6 +11,8 @@ and dlib, following each card's published contract, not the pipeline's functions
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -31,14 +33,62 @@ CARDS = sorted(k for k, c in builtin_cards().items() if c.task != "face-detectio
 
 # The contracts, written out here from MODELS.md (independently of the TOML cards).
 CC0_MEAN_RGB = np.array([122.781998, 117.000999, 104.297997], np.float32)
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a card's model is fed: the crop (kind, size, DEX margin or chip padding), the
+    channel order, mean and scale, the layout and the graph's input and output names."""
+
+    kind: str
+    size: int
+    order: str
+    mean: np.ndarray
+    scale: float
+    width: int  # the graph's output columns
+    margin: float = 0.4
+    padding: float = 0.2
+    layout: str = "NCHW"
+    input: str = "images"
+    output: str | None = None
+
+
+FACERES = {"order": "BGR", "mean": CAFFE_MEAN_BGR, "scale": 1.0, "layout": "NHWC"}
 CONTRACTS = {
-    "cc0-age-v1": ("chip", 64, "RGB", CC0_MEAN_RGB, 1 / 256, 81),
-    "cc0-gender-v1": ("chip", 32, "RGB", CC0_MEAN_RGB, 1 / 256, 2),
-    "dex-chalearn-age": ("margin", 224, "BGR", np.zeros(3, np.float32), 1.0, 101),
-    "dex-imdb-age": ("margin", 224, "BGR", np.zeros(3, np.float32), 1.0, 101),
-    "dex-imdb-gender": ("margin", 224, "BGR", np.zeros(3, np.float32), 1.0, 2),
-    "levi-age": ("margin", 224, "BGR", np.array([104, 117, 123], np.float32), 1.0, 8),
-    "levi-gender": ("margin", 224, "BGR", np.array([104, 117, 123], np.float32), 1.0, 2),
+    "cc0-age-v1": Contract("chip", 64, "RGB", CC0_MEAN_RGB, 1 / 256, 81),
+    "cc0-age-v1-int8": Contract("chip", 64, "RGB", CC0_MEAN_RGB, 1 / 256, 81),
+    "cc0-gender-v1": Contract("chip", 32, "RGB", CC0_MEAN_RGB, 1 / 256, 2),
+    "dex-chalearn-age": Contract("margin", 224, "BGR", np.zeros(3, np.float32), 1.0, 101),
+    "dex-imdb-age": Contract("margin", 224, "BGR", np.zeros(3, np.float32), 1.0, 101),
+    "dex-imdb-gender": Contract("margin", 224, "BGR", np.zeros(3, np.float32), 1.0, 2),
+    "levi-age": Contract("margin", 224, "BGR", np.array([104, 117, 123], np.float32), 1.0, 8),
+    "levi-gender": Contract("margin", 224, "BGR", np.array([104, 117, 123], np.float32), 1.0, 2),
+    # HSE faceres (TF.js, NHWC 224, Caffe-style BGR means; measured in MODELS.md section 6)
+    "faceres-age": Contract(
+        "margin", 224, width=100, margin=0.2, input="input_1", output="age_pred/Softmax", **FACERES
+    ),
+    "faceres-gender": Contract(
+        "margin", 224, width=1, margin=0.2, input="input_1", output="gender_pred/Sigmoid", **FACERES
+    ),
+    "faceres-deep-age": Contract(
+        "margin", 224, width=100, margin=0.4, input="input_1", output="age_pred/Softmax", **FACERES
+    ),
+    "faceres-deep-gender": Contract(
+        "margin", 224, width=1, margin=0.2, input="input_1", output="gender_pred/Sigmoid", **FACERES
+    ),
+    # GEAR: RGB in [0, 1], NHWC 198
+    "gear-gender": Contract(
+        "chip",
+        198,
+        "RGB",
+        np.zeros(3, np.float32),
+        1 / 255,
+        2,
+        layout="NHWC",
+        input="input_1",
+        output="Identity_1",
+    ),
 }
 
 
@@ -46,27 +96,35 @@ def test_every_builtin_card_has_a_contract_here() -> None:
     assert set(CARDS) == set(CONTRACTS)
 
 
-def probe_graph(input_name: str, size: int, width: int, fixed_batch: bool) -> onnx.ModelProto:
+def probe_graph(contract: Contract, fixed_batch: bool) -> onnx.ModelProto:
     batch: int | str = 1 if fixed_batch else "N"
+    name, size = contract.input, contract.size
+    shape = [batch, 3, size, size] if contract.layout == "NCHW" else [batch, size, size, 3]
+    output = contract.output or "prob_Y"
+    last = (
+        helper.make_node("Softmax", ["logits"], [output], axis=1)
+        if contract.width > 1
+        else helper.make_node("Sigmoid", ["logits"], [output])
+    )
     nodes = [
-        helper.make_node("Identity", [input_name], [FED]),
-        helper.make_node("ReduceMean", [input_name], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Identity", [name], [FED]),
+        helper.make_node("ReduceMean", [name], ["mean"], axes=[1, 2, 3], keepdims=0),
         # like the zoo's Reshape in front of each Gemm, with batch 1 baked in when fixed
         helper.make_node("Reshape", ["mean", "shape"], ["column"]),
         helper.make_node("Mul", ["column", "ones"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["prob_Y"], axis=1),
+        last,
     ]
     inits = [
         numpy_helper.from_array(np.array([1 if fixed_batch else 0, 1], np.int64), "shape"),
-        numpy_helper.from_array(np.linspace(0, 1, width, dtype=np.float32)[None], "ones"),
+        numpy_helper.from_array(np.linspace(0, 1, contract.width, dtype=np.float32)[None], "ones"),
     ]
     graph = helper.make_graph(
         nodes,
         "probe",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)],
         [
-            helper.make_tensor_value_info("prob_Y", TensorProto.FLOAT, [batch, width]),
-            helper.make_tensor_value_info(FED, TensorProto.FLOAT, [batch, 3, size, size]),
+            helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch, contract.width]),
+            helper.make_tensor_value_info(FED, TensorProto.FLOAT, shape),
         ],
         inits,
     )
@@ -92,11 +150,12 @@ class Recorder:
         return getattr(self.session, name)
 
 
-def expected_margin(rgb: np.ndarray, box, size: int) -> np.ndarray:
-    """DEX: box + 40% of its width/height on every side, squared, edges repeated, resized."""
+def expected_margin(rgb: np.ndarray, box, size: int, margin: float) -> np.ndarray:
+    """DEX: box + `margin` of its width/height on every side, squared, edges repeated,
+    resized."""
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
-    gx1, gy1, gx2, gy2 = x1 - 0.4 * w, y1 - 0.4 * h, x2 + 0.4 * w, y2 + 0.4 * h
+    gx1, gy1, gx2, gy2 = x1 - margin * w, y1 - margin * h, x2 + margin * w, y2 + margin * h
     side = max(gx2 - gx1, gy2 - gy1)
     left = round((gx1 + gx2) / 2 - side / 2)
     top = round((gy1 + gy2) / 2 - side / 2)
@@ -108,27 +167,34 @@ def expected_margin(rgb: np.ndarray, box, size: int) -> np.ndarray:
     return cv2.resize(region, (size, size), interpolation=interpolation)
 
 
-def expected_chip(rgb: np.ndarray, box, landmarks, size: int) -> np.ndarray:
-    """CC0: dlib's face chip from the 5 landmarks, padding 0.2."""
+def expected_chip(rgb: np.ndarray, box, landmarks, size: int, padding: float) -> np.ndarray:
+    """CC0: dlib's face chip from the 5 landmarks."""
     x1, y1, x2, y2 = (round(v) for v in box)
     rect = dlib.rectangle(x1, y1, x2 - 1, y2 - 1)
     shape = dlib.full_object_detection(rect, [dlib.point(round(x), round(y)) for x, y in landmarks])
-    return dlib.extract_image_chip(rgb, dlib.get_face_chip_details(shape, size, 0.2))
+    return dlib.extract_image_chip(rgb, dlib.get_face_chip_details(shape, size, padding))
 
 
 def expected_tensor(
     card_id: str, rgb: np.ndarray, detection, order: str | None = None
 ) -> np.ndarray:
-    kind, size, card_order, mean, scale, _ = CONTRACTS[card_id]
-    order = order or card_order
-    if kind == "chip":
-        crop = expected_chip(rgb, detection.box, detection.landmarks, size)
+    """The tensor (without the batch axis) in the contract's layout."""
+    c = CONTRACTS[card_id]
+    order = order or c.order
+    if c.kind == "chip":
+        crop = expected_chip(rgb, detection.box, detection.landmarks, c.size, c.padding)
     else:
-        crop = expected_margin(rgb, detection.box, size)
+        crop = expected_margin(rgb, detection.box, c.size, c.margin)
     pixels = crop.astype(np.float32)
     if order == "BGR":
         pixels = pixels[..., [2, 1, 0]]
-    return ((pixels - mean) * np.float32(scale)).transpose(2, 0, 1)
+    hwc = (pixels - c.mean) * np.float32(c.scale)
+    return hwc.transpose(2, 0, 1) if c.layout == "NCHW" else hwc
+
+
+def mirrored(card_id: str, tensor: np.ndarray) -> np.ndarray:
+    """The tensor of the mirrored crop (the width axis reversed)."""
+    return tensor[:, :, ::-1] if CONTRACTS[card_id].layout == "NCHW" else tensor[:, ::-1]
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +204,11 @@ def photo() -> np.ndarray:
 
 def _estimator(card_id: str, tmp_path: Path) -> tuple[Estimator, Recorder]:
     card = builtin_cards()[card_id]
-    _, size, _, _, _, width = CONTRACTS[card_id]
+    contract = CONTRACTS[card_id]
     zoo = card.source.url is not None  # the zoo's files: `input`, fixed batch 1
-    model = probe_graph("input" if zoo else "images", size, width, fixed_batch=zoo)
+    if zoo:
+        contract = dataclasses.replace(contract, input="input")
+    model = probe_graph(contract, fixed_batch=zoo)
     path = tmp_path / f"{card_id}.onnx"
     onnx.save_model(model, str(path))
     role = "gender" if card.task == "gender" else "age"
@@ -166,11 +234,11 @@ def test_pipeline_feeds_each_card_exactly_its_contract(card_id: str, photo, tmp_
     want = expected_tensor(card_id, photo, detection)
     assert fed.shape == (1, *want.shape) and fed.dtype == np.float32
     np.testing.assert_allclose(fed[0], want, atol=1e-4)
-    np.testing.assert_allclose(fed_flip[0], want[:, :, ::-1], atol=1e-4)
+    np.testing.assert_allclose(fed_flip[0], mirrored(card_id, want), atol=1e-4)
     # the test can tell the orders apart: the other one is off by many grey levels
-    other = "RGB" if CONTRACTS[card_id][2] == "BGR" else "BGR"
+    other = "RGB" if CONTRACTS[card_id].order == "BGR" else "BGR"
     swapped = expected_tensor(card_id, photo, detection, order=other)
-    assert np.abs(fed[0] - swapped).mean() > 10 * CONTRACTS[card_id][4]
+    assert np.abs(fed[0] - swapped).mean() > 10 * CONTRACTS[card_id].scale
 
 
 @pytest.mark.parametrize("card_id", ["dex-imdb-age", "levi-gender"])

