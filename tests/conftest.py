@@ -1,10 +1,15 @@
 """Shared fixtures: the astronaut photo, one Estimator per session, a composed scene.
 
 Everything is built from `tests/data/astronaut.png` (public domain, see ATTRIBUTION.md)
-and the models installed with the package: no network, no `../shared`.
+and the models installed with the package: no network, no `../shared`, no file of the
+user's model store (AGEGENDER_HOME is an empty folder), dlib faces (AGEGENDER_DETECTOR).
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -13,6 +18,20 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from agegender import Estimator
+
+# Set before any test runs (and inherited by the commands tests start as subprocesses):
+# - the detector every preset runs is dlib, which needs no model file, so the tests do not
+#   depend on the default's CenterFace INT8 copy being built here (tests that test the
+#   default detector itself unset this);
+# - the model store is an empty folder of this session, so no test reads the files of the
+#   user's own store (~/.cache/agegender); tests that need a store set their own.
+os.environ["AGEGENDER_DETECTOR"] = "dlib"
+_STORE = tempfile.mkdtemp(prefix="agegender-test-store-")
+os.environ["AGEGENDER_HOME"] = _STORE
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_STORE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

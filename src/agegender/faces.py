@@ -74,6 +74,9 @@ class FaceDetector(Protocol):
     def detect(self, rgb: NDArray[np.uint8]) -> list[Detection]: ...
 
 
+NO_DOWNLOAD_HINT = "or use --detector dlib (or AGEGENDER_DETECTOR=dlib; no download)"
+
+
 @dataclass(frozen=True)
 class DetectorSpec:
     """A registry entry: how to build a detector from the configuration."""
@@ -97,7 +100,7 @@ def detector_problem(name: str) -> str | None:
     try:
         store.resolve(get_card(spec.card))
     except AgegenderError as error:
-        return f"{error}; or use --detector dlib (no download)"
+        return f"{error}; {NO_DOWNLOAD_HINT}"
     return None
 
 
@@ -126,7 +129,7 @@ def _centerface(config: EstimatorConfig, card_id: str = "centerface") -> FaceDet
     try:
         path = store.resolve(card)
     except ModelNotInstalledError as error:
-        raise ModelNotInstalledError(f"{error}; or use --detector dlib (no download)") from None
+        raise ModelNotInstalledError(f"{error}; {NO_DOWNLOAD_HINT}") from None
     return CenterFaceDetector(card, path, max_side=config.max_detect_side, threads=config.threads)
 
 

@@ -4,10 +4,15 @@ A preset is data read into an :class:`~agegender.config.EstimatorConfig`; a task
 several cards (an ensemble) with optional weights. A preset's ``calibration`` names a
 file in ``agegender/calibrations/`` written by ``agegender calibrate`` (or is an inline
 table of the same form: see calibration.py).
+
+``AGEGENDER_DETECTOR`` (a detector name) replaces every preset's detector when a preset
+becomes a configuration, e.g. ``dlib`` on a machine without the default's CenterFace file
+(the test suite sets it); an explicit ``detector=`` / ``--detector`` still wins.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +21,8 @@ from typing import Any
 from .calibration import CalibrationError, CalibrationSet, parse_set
 from .config import EstimatorConfig
 from .errors import AgegenderError
+
+DETECTOR_ENV = "AGEGENDER_DETECTOR"
 
 
 @dataclass(frozen=True)
@@ -31,15 +38,30 @@ class Preset:
     calibration: CalibrationSet | None = None
 
     def config(self) -> EstimatorConfig:
+        """The preset as a configuration (its detector replaced by ``$AGEGENDER_DETECTOR``)."""
         return EstimatorConfig(
             preset=self.name,
-            detector=self.detector,
+            detector=env_detector() or self.detector,
             align=self.align,
             age_models=self.age,
             gender_models=self.gender,
             age_weights=self.age_weights,
             gender_weights=self.gender_weights,
         )
+
+
+def env_detector() -> str | None:
+    """The detector ``$AGEGENDER_DETECTOR`` names (read now), None when unset or empty."""
+    name = os.environ.get(DETECTOR_ENV, "").strip()
+    if not name:
+        return None
+    from .faces import DETECTORS  # the registry only: no detection library is imported
+
+    if name not in DETECTORS:
+        raise AgegenderError(
+            f"{DETECTOR_ENV}={name!r} is not a detector; choose one of {', '.join(DETECTORS)}"
+        )
+    return name
 
 
 def _cards(value: Any) -> tuple[str, ...]:

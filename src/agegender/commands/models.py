@@ -110,12 +110,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def expand_names(names: list[str]) -> list[ModelCard]:
-    """Preset names become their cards; card ids (or card TOML paths) stay themselves."""
+    """Preset names become their cards (heads, and the detector's when it runs a model
+    file); card ids (or card TOML paths) stay themselves."""
+    from ..faces import DETECTORS
+
     known = presets()
     result: list[ModelCard] = []
     for name in names:
         if name in known:
-            found = [cardlib.get_card(i) for i in (*known[name].age, *known[name].gender)]
+            spec = DETECTORS.get(known[name].detector)
+            detector = () if spec is None or spec.card is None else (spec.card,)
+            ids = (*known[name].age, *known[name].gender, *detector)
+            found = [cardlib.get_card(i) for i in ids]
         elif name.endswith(".toml") or "/" in name or "\\" in name:
             found = [cardlib.get_card(name)]  # a card file: its own error names it
         else:

@@ -135,7 +135,8 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         "--detector",
         choices=_DetectorChoices(),
         default=S,
-        help="face detector; 'none' when inputs are already face crops (default: the preset's)",
+        help="face detector; 'none' when inputs are already face crops "
+        "(default: $AGEGENDER_DETECTOR, else the preset's)",
     )
     group.add_argument(
         "--upsample",
