@@ -251,3 +251,102 @@ def test_a_preset_listing_two_cards_is_an_ensemble(heads, monkeypatch, astronaut
     assert len(est.heads["age"]) == 2 and "gender" not in est.heads
     (face,) = est.predict(astronaut_rgb)
     assert face.age.value == pytest.approx(0.25 * 30 + 0.75 * 50, abs=1e-3)
+
+
+def _two_output_graph(path: Path) -> Path:
+    """A faceres-like graph: NHWC input, a 100-age softmax and a one-column sigmoid."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("ReduceMean", ["input_1"], ["pooled"], axes=[1, 2], keepdims=0),
+        helper.make_node("Gemm", ["pooled", "Wa", "Ba"], ["age_logits"]),
+        helper.make_node("Softmax", ["age_logits"], ["age_pred/Softmax"], axis=1),
+        helper.make_node("Gemm", ["pooled", "Wg", "Bg"], ["gender_logit"]),
+        helper.make_node("Sigmoid", ["gender_logit"], ["gender_pred/Sigmoid"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.05, (3, 100)).astype(np.float32), "Wa"),
+        numpy_helper.from_array(np.zeros(100, np.float32), "Ba"),
+        numpy_helper.from_array(rng.normal(0, 0.05, (3, 1)).astype(np.float32), "Wg"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "Bg"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two-heads",
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", 32, 32, 3])],
+        [
+            helper.make_tensor_value_info("age_pred/Softmax", TensorProto.FLOAT, ["N", 100]),
+            helper.make_tensor_value_info("gender_pred/Sigmoid", TensorProto.FLOAT, ["N", 1]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+TWO_HEADS = """\
+id = "{id}"
+task = "{task}"
+[source]
+file = "two.onnx"
+[input]
+size = [32, 32]
+layout = "NHWC"
+name = "input_1"
+[crop]
+kind = "margin"
+margin = 0.2
+[output]
+name = "{output}"
+{extra}
+"""
+
+
+def test_heads_reading_one_graph_share_each_session_run(tmp_path: Path, astronaut_rgb) -> None:
+    """faceres' age and gender heads: one run of one session per batch (and TTA's mirrors in
+    the same run), each head reading its own output, the same numbers as running alone."""
+    _two_output_graph(tmp_path / "two.onnx")
+    age = tmp_path / "two-age.toml"
+    age.write_text(
+        TWO_HEADS.format(
+            id="two-age", task="age", output="age_pred/Softmax", extra="range = [0, 99]"
+        )
+    )
+    gender = tmp_path / "two-gender.toml"
+    gender.write_text(
+        TWO_HEADS.format(
+            id="two-gender",
+            task="gender",
+            output="gender_pred/Sigmoid",
+            extra='labels = ["female", "male"]\nbinary = "male"',
+        )
+    )
+    est = Estimator(age_models=[str(age)], gender_models=[str(gender)], detector="none", tta=True)
+    (age_head,), (gender_head,) = est.heads["age"], est.heads["gender"]
+    assert age_head.run_key == gender_head.run_key
+    calls: list[tuple[list[str], int]] = []
+    session = age_head.model.session
+
+    class Counting:
+        def run(self, names, feed):
+            calls.append((list(names), len(next(iter(feed.values())))))
+            return session.run(names, feed)
+
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+    age_head.model.session = Counting()  # type: ignore[assignment]
+    (face,) = est.predict(astronaut_rgb)
+    assert calls == [(["age_pred/Softmax", "gender_pred/Sigmoid"], 2)]
+    # the same estimates as each head alone (separate sessions, float32 tolerances)
+    (alone_age,) = Estimator(age_models=[str(age)], gender_models=[], detector="none").predict(
+        astronaut_rgb
+    )
+    (alone_gender,) = Estimator(
+        age_models=[], gender_models=[str(gender)], detector="none"
+    ).predict(astronaut_rgb)
+    assert face.age.value == pytest.approx(alone_age.age.value, abs=1e-4)
+    assert face.gender.probability == pytest.approx(alone_gender.gender.probability, abs=1e-5)

@@ -31,18 +31,18 @@ def test_a_stage_raising_value_error_fails_only_its_input(monkeypatch, astronaut
 def test_a_model_failure_on_one_input_keeps_the_others(monkeypatch, astronaut_rgb) -> None:
     est = Estimator(tta=False)
     head = est.heads["age"][0]
-    real_run = head.model.run
+    real_outputs = head.model.outputs
     bad = astronaut_rgb.copy()
     bad[:8, :8] = 0  # marks the input whose crops the model "cannot" run
 
-    def run(batch):
+    def outputs(batch, names):
         if any(c.shape[0] != 64 for c in batch):
             raise AssertionError("unexpected crop size")
         if len(batch) == 1 and marked["bad"]:
             raise RuntimeError("synthetic ONNX Runtime failure\nsecond line")
         if len(batch) > 1:
             raise RuntimeError("a batch with the bad input fails as a whole")
-        return real_run(batch)
+        return real_outputs(batch, names)
 
     marked = {"bad": False}
     real_prepare = est.prepare
@@ -58,7 +58,7 @@ def test_a_model_failure_on_one_input_keeps_the_others(monkeypatch, astronaut_rg
         marked["bad"] = any(p.name == "bad" for p in prepared)
         return real_estimate(prepared)
 
-    monkeypatch.setattr(head.model, "run", run)
+    monkeypatch.setattr(head.model, "outputs", outputs)
     monkeypatch.setattr(est, "prepare", prepare)
     monkeypatch.setattr(est, "estimate", estimate)
     results = list(est.predict_many([astronaut_rgb, bad, astronaut_rgb]))

@@ -227,14 +227,15 @@ def test_pipeline_feeds_each_card_exactly_its_contract(card_id: str, photo, tmp_
     prepared = est.prepare(photo)
     (detection,) = prepared.detections
     est.estimate([prepared])
-    (given, fed), (given_flip, fed_flip) = recorder.calls  # the crop, then its mirror (TTA)
-    # the session received exactly what the pipeline handed to it
+    # The crop, then its mirror (TTA): one run of two rows, or two runs of a fixed-batch
+    # graph; the session received exactly what the pipeline handed to it.
+    given = np.concatenate([g for g, _ in recorder.calls])
+    fed = np.concatenate([f for _, f in recorder.calls])
     np.testing.assert_array_equal(fed, given)
-    np.testing.assert_array_equal(fed_flip, given_flip)
     want = expected_tensor(card_id, photo, detection)
-    assert fed.shape == (1, *want.shape) and fed.dtype == np.float32
+    assert fed.shape == (2, *want.shape) and fed.dtype == np.float32
     np.testing.assert_allclose(fed[0], want, atol=1e-4)
-    np.testing.assert_allclose(fed_flip[0], mirrored(card_id, want), atol=1e-4)
+    np.testing.assert_allclose(fed[1], mirrored(card_id, want), atol=1e-4)
     # the test can tell the orders apart: the other one is off by many grey levels
     other = "RGB" if CONTRACTS[card_id].order == "BGR" else "BGR"
     swapped = expected_tensor(card_id, photo, detection, order=other)
@@ -249,8 +250,11 @@ def test_fixed_batch_zoo_signature_is_fed_in_one_batch(card_id: str, photo, tmp_
     results = list(est.predict_many([photo, mirrored]))
     assert [len(r.faces) for r in results] == [1, 1]
     given, fed = recorder.calls[0]
-    assert fed.shape[0] == 2  # both faces in one run of the once fixed-batch graph
+    # both faces and their mirrors (TTA) in one run of the once fixed-batch graph
+    assert fed.shape[0] == 4
     np.testing.assert_array_equal(fed, given)
     for row, image in enumerate((photo, mirrored)):
         (detection,) = est.prepare(image).detections
-        np.testing.assert_allclose(fed[row], expected_tensor(card_id, image, detection), atol=1e-4)
+        want = expected_tensor(card_id, image, detection)
+        np.testing.assert_allclose(fed[row], want, atol=1e-4)
+        np.testing.assert_allclose(fed[row + 2], want[:, :, ::-1], atol=1e-4)

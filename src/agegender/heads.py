@@ -117,13 +117,55 @@ class Head:
         size = (self.card.input.height, self.card.input.width)
         return crops.crop_for(rgb, detection, self.card.crop, size)
 
+    @property
+    def run_key(self) -> tuple[str, CropKey, Any]:
+        """Heads with equal keys read outputs of one session run: the same graph file fed
+        the same crops the same way (faceres' age and gender heads)."""
+        return (str(self.model.path), self.crop_key, self.card.input)
+
     def run(self, batch: Sequence[NDArray[np.uint8]], *, tta: bool) -> NDArray[np.float64]:
         """Probabilities (N, outputs); with `tta`, averaged with the mirrored crops'."""
-        out = self.model.run(batch)
-        if tta and len(batch):
-            # Horizontal flip: average the two distributions (the README has the gain).
-            out = (out + self.model.run([np.ascontiguousarray(c[:, ::-1]) for c in batch])) / 2
-        return out
+        return run_together([self], batch, tta=tta)[0]
+
+
+def run_together(
+    heads: Sequence[Head], batch: Sequence[NDArray[np.uint8]], *, tta: bool
+) -> list[NDArray[np.float64]]:
+    """Each head's probabilities for the same crops, from one run of the first head's
+    session that fetches every head's output (heads of one ``run_key``). With `tta` the
+    mirrored crops go in the same run, and each head averages the two distributions
+    (the README has the gain)."""
+    first = heads[0]
+    if not len(batch):
+        return [np.zeros((0, h.card.output.width)) for h in heads]
+    names = list(dict.fromkeys(h.model.output.name for h in heads))
+    crops = list(batch)
+    if tta:  # a view (the crops are contiguous): preprocess copies it into the tensor anyway
+        crops += [c[:, ::-1] for c in batch]
+    raw = first.model.outputs(crops, names)
+    results = []
+    for head in heads:
+        probs = head.model.probabilities(raw[head.model.output.name])
+        if tta:
+            probs = (probs[: len(batch)] + probs[len(batch) :]) / 2
+        results.append(probs)
+    return results
+
+
+def distributions(
+    tasks: dict[str, Task], crops_of: Callable[[Head], Sequence[NDArray[np.uint8]]], *, tta: bool
+) -> dict[str, NDArray[np.float64]]:
+    """Each task's combined distribution (faces x support): the heads grouped by
+    ``run_key`` so that one session run serves every head reading the same graph."""
+    groups: dict[tuple[str, CropKey, Any], list[Head]] = {}
+    for task in tasks.values():
+        for head in task.heads:
+            groups.setdefault(head.run_key, []).append(head)
+    probs: dict[int, NDArray[np.float64]] = {}
+    for group in groups.values():
+        for head, out in zip(group, run_together(group, crops_of(group[0]), tta=tta), strict=True):
+            probs[id(head)] = out
+    return {role: task.combine([probs[id(h)] for h in task.heads]) for role, task in tasks.items()}
 
 
 def _support(card: ModelCard) -> Support:

@@ -134,26 +134,38 @@ class OnnxModel:
         if self.fixed_batch == 1:
             log.info("model %s: graph batch is fixed to 1; faces run one at a time", card.id)
 
-    def run(self, crops: Sequence[NDArray[np.uint8]]) -> NDArray[np.float64]:
-        """Probabilities (N, width) for N crops, in batches of at most max_batch."""
-        if not crops:
-            return np.zeros((0, self.card.output.width))
-        parts = []
+    def outputs(
+        self, crops: Sequence[NDArray[np.uint8]], names: Sequence[str]
+    ) -> dict[str, NDArray[np.float32]]:
+        """The graph's raw outputs `names` (each N x columns) for N crops, in batches of at
+        most max_batch: one session run gives every output asked for, so heads reading
+        different outputs of one graph (faceres' age and gender) share the run."""
+        parts: dict[str, list[NDArray[np.float32]]] = {name: [] for name in names}
         for start in range(0, len(crops), self.max_batch):
             tensor = preprocess(self.card, crops[start : start + self.max_batch])
-            (out,) = self.session.run([self.output.name], {self.input.name: tensor})
-            parts.append(np.asarray(out, dtype=np.float32).reshape(len(tensor), -1))
-        result = np.concatenate(parts)
+            outs = self.session.run(list(names), {self.input.name: tensor})
+            for name, out in zip(names, outs, strict=True):
+                parts[name].append(np.asarray(out, dtype=np.float32).reshape(len(tensor), -1))
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+    def probabilities(self, raw: NDArray[np.float32]) -> NDArray[np.float64]:
+        """This card's distribution (N, width) from its raw output (N, graph columns)."""
         spec = self.card.output
-        if result.shape[1] != spec.graph_width:
+        if raw.shape[1] != spec.graph_width:
             raise CardError(
-                f"card {self.card.id}: graph gave {result.shape[1]} outputs, the card "
+                f"card {self.card.id}: graph gave {raw.shape[1]} outputs, the card "
                 f"says {spec.graph_width}"
             )
         if spec.binary:
             return binary_columns(
-                result[:, 0], spec.labels.index(spec.binary), logit=not spec.softmax_in_graph
+                raw[:, 0], spec.labels.index(spec.binary), logit=not spec.softmax_in_graph
             )
         if not spec.softmax_in_graph:
-            result = softmax(result)
-        return result.astype(np.float64)
+            raw = softmax(raw)
+        return raw.astype(np.float64)
+
+    def run(self, crops: Sequence[NDArray[np.uint8]]) -> NDArray[np.float64]:
+        """Probabilities (N, width) for N crops, in batches of at most max_batch."""
+        if not crops:
+            return np.zeros((0, self.card.output.width))
+        return self.probabilities(self.outputs(crops, [self.output.name])[self.output.name])

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from .calibration import calibrate_age, temper
 from .fusion import FusionSettings, centres_of, frame_weight, pool, sharpness
-from .heads import DECODERS, Task, decode_face
+from .heads import DECODERS, Task, decode_face, distributions
 from .pipeline import Estimator
 from .results import AgeEstimate, GenderEstimate
 from .streams import SourceFrame
@@ -147,13 +147,10 @@ class Person:
 def face_distributions(estimator: Estimator, prepared: Any) -> dict[str, NDArray[np.float64]]:
     """Each task's combined distribution (faces x support) for a PreparedImage's faces:
     what ``Estimator.estimate`` computes before decoding."""
-    out: dict[str, NDArray[np.float64]] = {}
-    for role, task in estimator.tasks.items():
-        outputs = [
-            head.run(prepared.crops[head.crop_key], tta=estimator.config.tta) for head in task.heads
-        ]
-        out[role] = np.asarray(task.combine(outputs), np.float64)
-    return out
+    combined = distributions(
+        estimator.tasks, lambda head: prepared.crops[head.crop_key], tta=estimator.config.tta
+    )
+    return {role: np.asarray(rows, np.float64) for role, rows in combined.items()}
 
 
 def evidence_row(task: Task, row: NDArray[np.float64], age: Any = None) -> NDArray[np.float64]:

@@ -32,7 +32,7 @@ from .config import EstimatorConfig
 from .errors import AgegenderError
 from .faces import Detection, FaceDetector
 from .finder import FaceFinder, build_detector, detector_key
-from .heads import CropKey, Head, Task, build_tasks, decode_face
+from .heads import CropKey, Head, Task, build_tasks, decode_face, distributions
 from .landmarks import Landmarker
 from .results import Face, ImageResult
 
@@ -183,13 +183,11 @@ class Estimator:
     def estimate(self, prepared: Sequence[PreparedImage]) -> list[list[Face]]:
         """Run the crops of all prepared images through each head in shared batches."""
         tta, thresholds = self.config.tta, self.config.age_thresholds
-        probs: dict[str, NDArray[np.float64]] = {}
-        for role, task in self.tasks.items():
-            outputs = []
-            for head in task.heads:
-                batch = [c for p in prepared for c in p.crops[head.crop_key]]
-                outputs.append(head.run(batch, tta=tta))
-            probs[role] = task.combine(outputs)
+        probs = distributions(
+            self.tasks,
+            lambda head: [c for p in prepared for c in p.crops[head.crop_key]],
+            tta=tta,
+        )
         results: list[list[Face]] = []
         row = 0
         for p in prepared:
