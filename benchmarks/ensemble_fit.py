@@ -164,6 +164,9 @@ def fit(args: argparse.Namespace) -> int:
     others = [Data(p) for p in args.report]
     for role in ("age", "gender"):
         names = [n for n in train.names if n.startswith(role + ":")]
+        chosen = getattr(args, f"{role}_heads")
+        if chosen:
+            names = [f"{role}:{h}" for h in chosen]
         if not names:
             continue
         best: tuple[float, tuple[float, ...]] | None = None
@@ -214,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("train")
     f.add_argument("--report", nargs="*", default=[])
     f.add_argument("--step", type=float, default=0.1)
+    f.add_argument("--age-heads", nargs="*", help="fit only these age heads (ids as collected)")
+    f.add_argument("--gender-heads", nargs="*", help="fit only these gender heads")
     args = parser.parse_args(argv)
     return collect(args) if args.command == "collect" else fit(args)
 

@@ -97,9 +97,12 @@ def test_serve_without_the_default_detectors_file_fails_at_startup(
 def test_pulling_or_verifying_a_preset_includes_its_detectors_card() -> None:
     from agegender.commands.models import expand_names
 
+    # every card of the preset, its optional ones too (pull installs them)
     assert [c.id for c in expand_names(["default"])] == [
         "cc0-age-v1",
+        "faceres-deep-age",
         "cc0-gender-v1",
+        "faceres-deep-gender",
         "centerface-int8",
     ]
     assert [c.id for c in expand_names(["dex-imdb"])] == ["dex-imdb-age", "dex-imdb-gender"]

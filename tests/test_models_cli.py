@@ -210,8 +210,8 @@ def test_pull_unknown_name_is_one_line(served_cards, capsys) -> None:
     code, _, err = run_cli(capsys, "models", "pull", "no-such-model")
     assert code == 2
     assert err.strip() == (
-        "agegender: error: 'no-such-model' is neither a preset (default, dex-imdb, "
-        "dex-chalearn, levi) nor a known model card; see 'agegender models list'"
+        "agegender: error: 'no-such-model' is neither a preset (default, fast, best, "
+        "dex-imdb, dex-chalearn, levi) nor a known model card; see 'agegender models list'"
     )
 
 

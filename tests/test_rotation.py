@@ -188,7 +188,15 @@ def test_a_preset_may_name_the_alignment_and_the_caller_overrides_it(monkeypatch
 
     assert {p.align for p in presets().values()} == {"none"}
     default = get_preset("default")
-    tilted = Preset("tilted", "", default.detector, default.age, default.gender, "landmarks")
+    tilted = Preset(
+        "tilted",
+        "",
+        default.detector,
+        default.age,
+        default.gender,
+        "landmarks",
+        optional=default.optional,
+    )
     monkeypatch.setattr("agegender.presets.get_preset", lambda name: tilted)
     assert config.EstimatorConfig.from_preset("tilted").align == "landmarks"
     assert Estimator.from_preset("tilted").config.align == "landmarks"

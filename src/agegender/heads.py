@@ -303,7 +303,6 @@ def build_tasks(
     calibration file (calibration.resolve says which applies)."""
     from .presets import preset_calibration
 
-    fitted = preset_calibration(preset) if calibration not in ("none",) and preset else None
     tasks: dict[str, Task] = {}
     for role in ROLES:
         role_refs = [r for r in refs.get(role, ()) if r not in ("", None)]
@@ -318,6 +317,8 @@ def build_tasks(
                     f"card {model.card.id} is not a{'n' * (role == 'age')} {role} model"
                 )
             heads.append(Head(model, float(weight)))
+        ids = tuple(h.card.id for h in heads)
+        fitted = preset_calibration(preset, role, ids) if calibration != "none" and preset else None
         chosen = resolve(
             calibration,
             fitted,

@@ -64,7 +64,11 @@ def missing_message(card: ModelCard, path: Path) -> str:
         size = f", {card.source.bytes / 2**20:.0f} MiB" if card.source.bytes else ""
         pull = f"'agegender models pull {card.id}'"
         # The user probably chose a preset: name it, since pulling it gets its partner too.
-        names = [p.name for p in presets().values() if card.id in (*p.age, *p.gender)]
+        names = [
+            p.name
+            for p in presets().values()
+            if card.id in (*p.age, *p.gender) and card.id not in p.optional
+        ]
         if names:
             pull += f" (or the preset: 'agegender models pull {names[0]}')"
         return (
@@ -76,8 +80,8 @@ def missing_message(card: ModelCard, path: Path) -> str:
         size = f", {card.source.bytes / 2**20:.1f} MiB" if card.source.bytes else ""
         return (
             f"model {card.id} is not installed ({path} is missing{size}); run "
-            f"'agegender models pull {ref}' (it fetches {card.source.origin} and extracts "
-            f"{card.source.member})"
+            f"'agegender models pull {ref}' (it fetches {card.source.origin} and "
+            f"{'converts' if card.source.convert else 'extracts'} {card.source.member})"
         )
     if card.source.quantize:
         return (

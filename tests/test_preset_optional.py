@@ -1,0 +1,103 @@
+"""Presets with optional cards (they join when their files are installed) and several
+calibration files (each task uses the one fitted for its running cards).
+
+The test session's model store is an empty folder (conftest.py), so the default preset's
+faceres-deep heads are missing until a test imports a stand-in under their card."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from agegender import Estimator, store
+from agegender.config import EstimatorConfig
+from agegender.presets import get_preset, preset_calibration
+
+
+def _faceres_like(path: Path) -> Path:
+    """faceres' signature: input_1 N x 224 x 224 x 3, a 100-age softmax, a sigmoid."""
+    rng = np.random.default_rng(11)
+    nodes = [
+        helper.make_node("ReduceMean", ["input_1"], ["pooled"], axes=[1, 2], keepdims=0),
+        helper.make_node("Gemm", ["pooled", "Wa", "Ba"], ["age_logits"]),
+        helper.make_node("Softmax", ["age_logits"], ["age_pred/Softmax"], axis=1),
+        helper.make_node("Gemm", ["pooled", "Wg", "Bg"], ["gender_logit"]),
+        helper.make_node("Sigmoid", ["gender_logit"], ["gender_pred/Sigmoid"]),
+        helper.make_node("ReduceMean", ["input_1"], ["global_pooling/Mean"], axes=[1, 2]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.02, (3, 100)).astype(np.float32), "Wa"),
+        numpy_helper.from_array(np.zeros(100, np.float32), "Ba"),
+        numpy_helper.from_array(rng.normal(0, 0.02, (3, 1)).astype(np.float32), "Wg"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "Bg"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "faceres-like",
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", 224, 224, 3])],
+        [
+            helper.make_tensor_value_info("gender_pred/Sigmoid", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("global_pooling/Mean", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("age_pred/Softmax", TensorProto.FLOAT, ["N", 100]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.fixture
+def own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("AGEGENDER_HOME", str(home))
+    return home
+
+
+def test_missing_optional_cards_leave_the_others_with_their_calibration(own_store) -> None:
+    preset = get_preset("default")
+    assert set(preset.optional) == {"faceres-deep-age", "faceres-deep-gender"}
+    config = EstimatorConfig.from_preset("default")
+    assert config.age_models == ("cc0-age-v1",) and config.gender_models == ("cc0-gender-v1",)
+    assert config.age_weights is None and config.gender_weights is None
+    # the CC0 pair's own calibration file applies
+    fitted = preset_calibration("default", "age", ("cc0-age-v1",))
+    assert fitted is not None and tuple(fitted.age_models) == ("cc0-age-v1",)
+    est = Estimator(config)
+    assert est.tasks["age"].calibration == fitted.for_role("age")
+
+
+def test_installed_optional_cards_join_with_the_fitted_weights(
+    own_store, tmp_path: Path, astronaut_rgb
+) -> None:
+    graph = _faceres_like(tmp_path / "faceres-deep.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unverified import warns: expected here
+        store.import_file(graph, "faceres-deep-age")
+    config = EstimatorConfig.from_preset("default")
+    assert config.age_models == ("cc0-age-v1", "faceres-deep-age")
+    assert config.gender_models == ("cc0-gender-v1", "faceres-deep-gender")
+    assert config.age_weights == (0.4, 0.6) and config.gender_weights == (0.3, 0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = Estimator(config)
+    # the ensemble's calibration file (fitted for these cards and weights), not the pair's
+    ensemble = preset_calibration("default", "age", config.age_models)
+    assert ensemble is not None and tuple(ensemble.age_models) == config.age_models
+    assert est.tasks["age"].calibration == ensemble.for_role("age")
+    # faceres-deep's two heads read one run; the face gets both tasks
+    (age_head, deep_age), (_, deep_gender) = est.heads["age"], est.heads["gender"]
+    assert deep_age.run_key == deep_gender.run_key != age_head.run_key
+    (face,) = est.predict(astronaut_rgb)
+    assert face.age is not None and face.gender is not None
+
+
+def test_a_preset_without_optional_cards_is_unchanged(own_store) -> None:
+    levi = EstimatorConfig.from_preset("levi")
+    assert levi.age_models == ("levi-age",) and get_preset("levi").optional == ()
