@@ -177,3 +177,31 @@ def test_our_warnings_survive_a_library_raising_the_root_level(caplog, tmp_path)
     finally:
         root.setLevel(before)
     assert any(r.getMessage() == "still shown" for r in caplog.records)
+
+
+def test_a_command_line_too_long_for_onnxruntime_still_runs(tmp_path: Path) -> None:
+    """ONNX Runtime 1.30 segfaults while imported when the process's command line passes
+    ~40 KB (600 image paths did): the command re-executes itself with its arguments in a
+    file, which is removed; every input gets its result or its one-line error."""
+    from agegender.cli import ARGV_LIMIT
+
+    missing = [str(tmp_path / ("d" * 100) / f"x{i}.jpg") for i in range(450)]
+    argv = ["predict", str(ASTRONAUT), *missing, "--detector", "dlib", "--jsonl", "--no-progress"]
+    assert sum(len(a) + 1 for a in argv) > max(ARGV_LIMIT, 45_000)
+    env = _env(tmp_path)
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "agegender", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr[-500:]  # some inputs failed, none crashed
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert rows[0]["path"] == str(ASTRONAUT) and len(rows[0]["faces"]) == 1
+    assert len(rows) == 451 and all(r.get("error") for r in rows[1:])
+    assert done.stderr.count("\n") == 450 and "no such file" in done.stderr
+    assert not list((tmp_path / "tmp").glob("agegender-args-*"))  # the arguments file is gone

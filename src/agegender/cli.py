@@ -24,6 +24,44 @@ from .errors import AgegenderError
 COMMANDS = ["predict", "models", "evaluate", "calibrate", "serve", "batch", "video"]
 
 BROKEN_PIPE_STATUS = 141  # what a shell reports for a process ended by SIGPIPE
+# ONNX Runtime 1.30 dies with SIGSEGV while being imported when the process's command line
+# is longer than about 40 KB (e.g. `agegender predict` given 600 paths). Above this many
+# bytes the command re-executes itself with its arguments in a file (named by ARGS_ENV).
+ARGV_LIMIT = 16 * 1024
+ARGS_ENV = "AGEGENDER_ARGS_FILE"
+
+
+def _arguments_via_file() -> None:
+    """Re-execute with a short command line when this process's own is long (POSIX)."""
+    total = sum(len(os.fsencode(arg)) + 1 for arg in sys.argv)
+    if total <= ARGV_LIMIT or os.name != "posix" or os.environ.get(ARGS_ENV):
+        return
+    import json
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="agegender-args-", suffix=".json")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(sys.argv[1:], out)  # surrogate-escaped (non-UTF-8) names survive as \udcXX
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "agegender"], {**os.environ, ARGS_ENV: path})
+
+
+def _arguments_from_file() -> list[str] | None:
+    """The arguments a long command line left in a file (which is removed), or None."""
+    path = os.environ.pop(ARGS_ENV, None)
+    if not path:
+        return None
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            args = json.load(handle)
+    finally:
+        os.unlink(path)
+    if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
+        raise SystemExit(f"agegender: error: {path}: not a list of arguments")
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +95,10 @@ def _stdout_to_devnull() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process's own command line (not a caller's list)
+        argv = _arguments_from_file()
+        if argv is None:
+            _arguments_via_file()
     try:
         try:
             return _main(argv)
