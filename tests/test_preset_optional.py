@@ -101,3 +101,18 @@ def test_installed_optional_cards_join_with_the_fitted_weights(
 def test_a_preset_without_optional_cards_is_unchanged(own_store) -> None:
     levi = EstimatorConfig.from_preset("levi")
     assert levi.age_models == ("levi-age",) and get_preset("levi").optional == ()
+
+
+def test_replacing_a_tasks_cards_drops_the_presets_weights(own_store, tmp_path: Path) -> None:
+    graph = _faceres_like(tmp_path / "faceres-deep.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        store.import_file(graph, "faceres-deep-age")
+    assert EstimatorConfig.from_preset("default").age_weights == (0.4, 0.6)
+    one = EstimatorConfig.from_preset("default", age_models=("cc0-age-v1",))
+    assert one.age_models == ("cc0-age-v1",) and one.age_weights is None
+    assert one.gender_weights == (0.3, 0.7)  # the other task keeps its own
+    two = EstimatorConfig.from_preset(
+        "default", age_models=("cc0-age-v1", "levi-age"), age_weights=(1.0, 3.0)
+    )
+    assert two.age_weights == (1.0, 3.0)

@@ -119,6 +119,10 @@ class EstimatorConfig:
         preset = overrides.pop("preset", None)
         if preset is not None and preset != self.preset:
             return EstimatorConfig.from_preset(preset, **overrides)
+        # New cards for a task drop the old cards' weights (unless new weights come too).
+        for role in ("age", "gender"):
+            if f"{role}_models" in overrides and f"{role}_weights" not in overrides:
+                overrides[f"{role}_weights"] = None
         return replace(self, **overrides) if overrides else self
 
     # -- checks ---------------------------------------------------------------------
