@@ -31,7 +31,7 @@ ROWS = {
     "CC0 pair, CenterFace INT8": f"{CC0} --calibration none",
     "faceres alone": "--age-model faceres-age --gender-model faceres-gender",
     "faceres-deep alone": "--age-model faceres-deep-age --gender-model faceres-deep-gender",
-    "faceres-deep-age-wide alone": "--age-model faceres-deep-age-wide --gender-model gear-gender",
+    "GEAR gender alone (age: CC0)": "--age-model cc0-age-v1 --gender-model gear-gender",
     "fast": "--preset fast",
     "default": "--preset default",
     "best": "--preset best",

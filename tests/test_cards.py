@@ -120,7 +120,6 @@ def test_builtin_cards() -> None:
         "faceres-age",
         "faceres-gender",
         "faceres-deep-age",
-        "faceres-deep-age-wide",
         "faceres-deep-gender",
         "gear-gender",
     }

@@ -74,9 +74,6 @@ CONTRACTS = {
     "faceres-deep-age": Contract(
         "margin", 224, width=100, margin=0.2, input="input_1", output="age_pred/Softmax", **FACERES
     ),
-    "faceres-deep-age-wide": Contract(
-        "margin", 224, width=100, margin=0.4, input="input_1", output="age_pred/Softmax", **FACERES
-    ),
     "faceres-deep-gender": Contract(
         "margin", 224, width=1, margin=0.2, input="input_1", output="gender_pred/Sigmoid", **FACERES
     ),
