@@ -327,6 +327,7 @@ def test_heads_reading_one_graph_share_each_session_run(tmp_path: Path, astronau
     est = Estimator(age_models=[str(age)], gender_models=[str(gender)], detector="none", tta=True)
     (age_head,), (gender_head,) = est.heads["age"], est.heads["gender"]
     assert age_head.run_key == gender_head.run_key
+    assert gender_head.model.session is age_head.model.session  # the file opened once
     calls: list[tuple[list[str], int]] = []
     session = age_head.model.session
 

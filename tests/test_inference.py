@@ -185,3 +185,34 @@ def test_tta_averages_the_mirrored_face(estimator: Estimator, astronaut_rgb) -> 
     # and the mirror counts: far more than the tolerance away from the face alone
     unflipped = expected_value(model.run([chip])[0], values)
     assert abs(unflipped - face.age.value) > 100 * RTOL * face.age.value
+
+
+def test_large_inputs_run_in_smaller_batches(tmp_path: Path) -> None:
+    """Rows x pixels per run are capped (ONNX Runtime's arena keeps its largest
+    activations): 224 x 224 inputs run 8 rows at a time, 64 x 64 chips the batch size."""
+    from agegender.inference import MAX_BATCH_PIXELS
+
+    big = standin_graph(tmp_path / "big.onnx", input_shape=["N", 3, 224, 224], width=101)
+    small = standin_graph(tmp_path / "small.onnx", input_shape=["N", 3, 64, 64], width=101)
+    small_card = parse_card(card_with(), "small.toml")
+    assert OnnxModel(small_card, small, max_batch=32).max_batch == 32
+    assert MAX_BATCH_PIXELS // (224 * 224) == 8
+    big_card = parse_card(card_with(**{"input.size": [224, 224], "crop.kind": "margin"}), "b.toml")
+    model = OnnxModel(big_card, big, max_batch=32)
+    assert model.max_batch == 8
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(19)]
+    seen: list[int] = []
+    session = model.session
+
+    class Counting:
+        def run(self, names, feed):
+            seen.append(len(next(iter(feed.values()))))
+            return session.run(names, feed)
+
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+    model.session = Counting()  # type: ignore[assignment]
+    assert model.run(crops).shape == (19, 101)
+    assert seen == [8, 8, 3]

@@ -67,12 +67,18 @@ DECODERS: dict[str, Decoder] = {
 
 
 def load_model(
-    ref: Any, *, threads: int | None = None, max_batch: int = DEFAULT_BATCH
+    ref: Any,
+    *,
+    threads: int | None = None,
+    max_batch: int = DEFAULT_BATCH,
+    opened: dict[tuple[Any, ...], OnnxModel] | None = None,
 ) -> OnnxModel:
     """An ONNX model from a card id, a card, ``CARD=PATH`` or (card, path).
 
     With an explicit path the card's size and hash are not required to match (a user's
     own conversion of the same model); the graph is still checked against the card.
+    `opened`: models loaded so far (by file and input); a card of a file already open with
+    the same input reuses that session instead of opening the file again.
     """
     from . import store
 
@@ -92,7 +98,12 @@ def load_model(
         path = store.resolve(card)
     elif not path.is_file():
         raise AgegenderError(f"model {card.id}: {path} is not a file")
-    return OnnxModel(card, path, threads=threads, max_batch=max_batch)
+    key = (path.resolve(), card.input, threads, max_batch)
+    shared = opened.get(key) if opened is not None else None
+    model = OnnxModel(card, path, threads=threads, max_batch=max_batch, session_of=shared)
+    if opened is not None and shared is None:
+        opened[key] = model
+    return model
 
 
 @dataclass
@@ -304,6 +315,7 @@ def build_tasks(
     from .presets import preset_calibration
 
     tasks: dict[str, Task] = {}
+    opened: dict[tuple[Any, ...], OnnxModel] = {}
     for role in ROLES:
         role_refs = [r for r in refs.get(role, ()) if r not in ("", None)]
         if not role_refs:
@@ -311,7 +323,7 @@ def build_tasks(
         role_weights = weights.get(role) or [1.0] * len(role_refs)
         heads = []
         for ref, weight in zip(role_refs, role_weights, strict=True):
-            model = load_model(ref, threads=threads, max_batch=batch_size)
+            model = load_model(ref, threads=threads, max_batch=batch_size, opened=opened)
             if TASK_ROLE.get(model.card.task) != role:
                 raise CardError(
                     f"card {model.card.id} is not a{'n' * (role == 'age')} {role} model"

@@ -200,8 +200,14 @@ def run_list(args: argparse.Namespace) -> int:
     print(f"\nstore: {store.models_dir()}")
     print("presets (agegender models pull PRESET; agegender predict --preset PRESET):")
     for preset in presets().values():
-        models = " + ".join((*preset.age, *preset.gender))
-        print(f"  {preset.name}: {models} (detector {preset.detector})")
+        models = " + ".join(
+            f"{card}?" if card in preset.optional else card
+            for card in (*preset.age, *preset.gender)
+        )
+        tta = "" if preset.tta else ", no TTA"
+        print(f"  {preset.name}: {models} (detector {preset.detector}{tta})")
+    if any(p.optional for p in presets().values()):
+        print("  (CARD? joins only when its file is installed)")
     from ..faces import DETECTORS
 
     print("detectors (agegender predict --detector NAME):")
