@@ -121,6 +121,8 @@ def test_builtin_cards() -> None:
         "faceres-gender",
         "faceres-deep-age",
         "faceres-deep-gender",
+        "faceres-deep-age-int8",
+        "faceres-deep-gender-int8",
         "gear-gender",
     }
     assert cards["dex-imdb-age"].output.width == 101

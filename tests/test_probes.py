@@ -77,6 +77,12 @@ CONTRACTS = {
     "faceres-deep-gender": Contract(
         "margin", 224, width=1, margin=0.2, input="input_1", output="gender_pred/Sigmoid", **FACERES
     ),
+    "faceres-deep-age-int8": Contract(
+        "margin", 224, width=100, margin=0.2, input="input_1", output="age_pred/Softmax", **FACERES
+    ),
+    "faceres-deep-gender-int8": Contract(
+        "margin", 224, width=1, margin=0.2, input="input_1", output="gender_pred/Sigmoid", **FACERES
+    ),
     # GEAR: RGB in [0, 1], NHWC 198
     "gear-gender": Contract(
         "chip",

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from numpy.typing import NDArray
+from onnx import TensorProto
 
 from agegender import cards, store
 from agegender.cli import main as cli_main
@@ -299,7 +300,17 @@ def test_builtin_int8_cards_keep_their_originals_contract() -> None:
             assert card.detection.outputs == base.detection.outputs
             assert card.input == base.input
         ranges = load_ranges(card.source.ranges or "")
-        assert ranges.card == base.id and ranges.sha256 == base.source.sha256
+        assert ranges.sha256 == base.source.sha256
+        named = builtin[ranges.card]  # the base, or a card reading the very same file
+        assert (named.source.file, named.source.sha256) == (base.source.file, base.source.sha256)
+    # faceres-deep's age and gender copies: one INT8 file, one crop (the pipeline's one run)
+    age, gender = builtin["faceres-deep-age-int8"], builtin["faceres-deep-gender-int8"]
+    assert (age.source.file, age.source.ranges, age.crop, age.input) == (
+        gender.source.file,
+        gender.source.ranges,
+        gender.crop,
+        gender.input,
+    )
 
 
 def test_the_int8_detector_without_its_file_is_a_one_line_hint(
@@ -343,3 +354,157 @@ def test_a_fixed_size_opset9_detector_is_prepared_then_quantized(
     prepared = prepare(onnx.load(str(path)), recipe.prepare).SerializeToString()
     fp32 = run(prepared, batch)
     assert int8.shape == (4, 2) and np.abs(int8 - fp32).max() < PROB_TOLERANCE
+
+
+# faceres-deep's INT8 copy: one graph, two outputs, read by an age card and a gender card.
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+FACERES_CARD = """\
+id = "{id}"
+task = "{task}"
+[source]
+{source}
+[input]
+size = [{size}, {size}]
+channels = "BGR"
+layout = "NHWC"
+mean = [103.939, 116.779, 123.68]
+name = "input_1"
+[crop]
+kind = "margin"
+margin = 0.2
+[output]
+{output}
+"""
+FACERES_OUTPUTS = {
+    "age": 'name = "age_pred/Softmax"\nrange = [0, 99]',
+    "gender": 'name = "gender_pred/Sigmoid"\nlabels = ["female", "male"]\nbinary = "male"',
+}
+# faceres-deep's recipe on its stand-in: Conv only, the first convolution left in fp32
+FACERES_RECIPE = Recipe(op_types=("Conv",), exclude=("conv1#Conv",))
+# Measured on the stand-in (astronaut crops, 24 calibration and 24 test inputs): the
+# expected age moved by at most 0.061 years and P(male) by 0.0044 (across the crops the
+# fp32 graph's age varies by 0.34 years, P(male) by 0.037: standard deviations).
+AGE_TOLERANCE = 0.2
+GENDER_TOLERANCE = 0.01
+
+
+def nhwc_crops(rgb: NDArray[np.uint8], count: int, seed: int) -> NDArray[np.float32]:
+    """As faceres' cards feed them: BGR, the Caffe means subtracted, NHWC."""
+    nchw = crops(rgb, count, seed)  # (pixel - 127.5) / 255, RGB
+    pixels = nchw.transpose(0, 2, 3, 1) * 255 + 127.5
+    return np.ascontiguousarray(pixels[..., ::-1] - CAFFE_MEAN_BGR)
+
+
+def faceres_outputs(
+    source: Path | bytes, batch: NDArray[np.float32]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Expected age and P(male) of each input."""
+    session = ort.InferenceSession(
+        source if isinstance(source, bytes) else str(source), providers=["CPUExecutionProvider"]
+    )
+    ages, male = session.run(["age_pred/Softmax", "gender_pred/Sigmoid"], {"input_1": batch})
+    return np.asarray(ages, np.float64) @ np.arange(100), np.asarray(male, np.float64)[:, 0]
+
+
+@pytest.fixture
+def faceres_folder(tmp_path: Path, astronaut_rgb: NDArray[np.uint8]) -> Path:
+    """Stand-in fp32 age and gender cards reading one file, their INT8 cards reading one
+    built file, and the ranges file (named for the age card) that both INT8 cards use."""
+    from tests.support.standins import faceres_graph
+
+    folder = tmp_path / "faceres"
+    folder.mkdir()
+    (folder / "fr.onnx").write_bytes(faceres_graph(size=SIZE).SerializeToString())
+    sha = hashlib.sha256((folder / "fr.onnx").read_bytes()).hexdigest()
+    for task in ("age", "gender"):
+        fp32 = f'file = "fr.onnx"\nsha256 = "{sha}"'
+        int8 = f'quantize = "fr-{task}.toml"\nranges = "fr.json"\nfile = "fr-int8.onnx"'
+        for name, source in ((f"fr-{task}", fp32), (f"fr-{task}-int8", int8)):
+            text = FACERES_CARD.format(
+                id=name, task=task, source=source, size=SIZE, output=FACERES_OUTPUTS[task]
+            )
+            (folder / f"{name}.toml").write_text(text)
+    feeds = [{"input_1": nhwc_crops(astronaut_rgb, 24, seed=1)[i : i + 8]} for i in (0, 8, 16)]
+    ranges = calibrate(
+        folder / "fr.onnx", "fr-age", sha, FACERES_RECIPE, feeds, name="fr.json", feeds_per_pass=1
+    )
+    (folder / "fr.json").write_text(ranges.dumps())
+    return folder
+
+
+def test_ranges_measured_in_several_passes_are_those_of_one(
+    faceres_folder: Path, astronaut_rgb: NDArray[np.uint8]
+) -> None:
+    feeds = [{"input_1": nhwc_crops(astronaut_rgb, 24, seed=1)[i : i + 8]} for i in (0, 8, 16)]
+    path = faceres_folder / "fr.onnx"
+    sha = load_ranges("fr.json", faceres_folder).sha256
+    one = calibrate(path, "fr-age", sha, FACERES_RECIPE, feeds, name="fr.json")
+    assert one.ranges == load_ranges("fr.json", faceres_folder).ranges  # 3 passes of 1 feed
+    assert "conv1#Conv" not in str(one.ranges) and "pw#Conv" not in str(one.ranges)
+
+
+def test_the_faceres_int8_graph_follows_its_fp32_original(
+    faceres_folder: Path, tmp_path: Path, astronaut_rgb: NDArray[np.uint8]
+) -> None:
+    ranges = load_ranges("fr.json", faceres_folder)
+    build(faceres_folder / "fr.onnx", ranges, tmp_path / "fr-int8.onnx")
+    graph = onnx.load(str(tmp_path / "fr-int8.onnx"))
+    int8_weights = {i.name for i in graph.graph.initializer if i.data_type == TensorProto.INT8}
+    assert any(name.startswith("wd") for name in int8_weights)  # the depthwise conv
+    assert any(name.startswith("wp") for name in int8_weights)  # the pointwise conv
+    assert not any(name.startswith(("w1", "fc", "age", "gender")) for name in int8_weights)
+    assert [o.name for o in graph.graph.output] == ["gender_pred/Sigmoid", "age_pred/Softmax"]
+    batch = nhwc_crops(astronaut_rgb, 24, seed=2)  # not the calibration crops
+    age32, male32 = faceres_outputs(faceres_folder / "fr.onnx", batch)
+    age8, male8 = faceres_outputs(tmp_path / "fr-int8.onnx", batch)
+    assert np.abs(age8 - age32).max() < AGE_TOLERANCE
+    assert np.abs(male8 - male32).max() < GENDER_TOLERANCE
+
+
+def test_age_and_gender_cards_share_one_int8_copy(
+    faceres_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    astronaut_rgb: NDArray[np.uint8],
+) -> None:
+    from agegender import Estimator
+
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    age, gender = (
+        cards.get_card(str(faceres_folder / f"fr-{t}-int8.toml")) for t in ("age", "gender")
+    )
+    first = store.pull(age)
+    assert first.action == "built"
+    second = store.pull(gender)  # ranges named for fr-age: fr-gender reads the same file
+    assert second.action == "present" and second.path == first.path
+    assert store.pull(age).action == "present"  # no rebuild back and forth
+    assert store.resolve(age) == store.resolve(gender) == first.path
+    est = Estimator(
+        detector="none",
+        age_models=[str(faceres_folder / "fr-age-int8.toml")],
+        gender_models=[str(faceres_folder / "fr-gender-int8.toml")],
+        tta=False,
+    )
+    assert est.heads["age"][0].run_key == est.heads["gender"][0].run_key  # one run for both
+    (face,) = est.predict(astronaut_rgb)
+    (fp32,) = Estimator(
+        detector="none",
+        age_models=[str(faceres_folder / "fr-age.toml")],
+        gender_models=[str(faceres_folder / "fr-gender.toml")],
+        tta=False,
+    ).predict(astronaut_rgb)
+    assert face.age is not None and fp32.age is not None
+    assert face.gender is not None and fp32.gender is not None
+    assert abs(face.age.value - fp32.age.value) < AGE_TOLERANCE
+    assert abs(face.gender.probability - fp32.gender.probability) < GENDER_TOLERANCE
+
+
+def test_ranges_named_for_a_card_of_another_file_are_still_refused(
+    faceres_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    text = (faceres_folder / "fr-gender.toml").read_text()
+    (faceres_folder / "fr-gender.toml").write_text(text.replace('"fr.onnx"', '"other.onnx"'))
+    (faceres_folder / "other.onnx").write_bytes((faceres_folder / "fr.onnx").read_bytes())
+    with pytest.raises(QuantizationError, match="ranges are for card fr-age, not fr-gender"):
+        store.pull(cards.get_card(str(faceres_folder / "fr-gender-int8.toml")))

@@ -476,6 +476,71 @@ def conv_graph(
     return model
 
 
+def faceres_graph(*, size: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """faceres-deep's signature and layer kinds, small: NHWC input ``input_1`` (Caffe-style
+    BGR pixels, mean subtracted), Transpose to NCHW, conv + ReLU6 (Clip), depthwise conv
+    with its batch norm as Mul and Add (as the TF.js conversion leaves it), pointwise conv
+    + ReLU6, spatial mean, a Gemm + ReLU feature layer and two heads: ``age_pred/Softmax``
+    (100 ages) and ``gender_pred/Sigmoid`` (one column). Node names end in ``#Op`` as the
+    converter writes them, so a recipe can exclude the first convolution by name."""
+    rng = np.random.default_rng(seed)
+
+    def normal(shape: tuple[int, ...], scale: float) -> np.ndarray:
+        return rng.normal(0, scale, shape).astype(np.float32)
+
+    inits = {
+        "w1": normal((8, 3, 3, 3), np.sqrt(2 / 27) / 60),  # pixels are about +-120
+        "b1": normal((8,), 0.1),
+        "wd": normal((8, 1, 3, 3), np.sqrt(2 / 9)),
+        "bn_mul": np.abs(normal((1, 8, 1, 1), 1.0)) + 0.5,
+        "bn_add": normal((1, 8, 1, 1), 0.1),
+        "wp": normal((16, 8, 1, 1), np.sqrt(2 / 8)),
+        "bp": normal((16,), 0.1),
+        "fc": normal((16, 16), np.sqrt(2 / 16)),
+        "fcb": normal((16,), 0.1),
+        "age": normal((16, 100), 0.5),
+        "ageb": np.zeros(100, np.float32),
+        "gender": normal((16, 1), 1.0),
+        "genderb": np.zeros(1, np.float32),
+        "lo": np.array(0, np.float32),
+        "hi": np.array(6, np.float32),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["input_1"], ["nchw"], perm=[0, 3, 1, 2], name="in#T"),
+        helper.make_node(
+            "Conv", ["nchw", "w1", "b1"], ["c1"], pads=[1] * 4, strides=[2, 2], name="conv1#Conv"
+        ),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu1#Clip"),
+        helper.make_node("Conv", ["r1", "wd"], ["d1"], pads=[1] * 4, group=8, name="dw#Conv"),
+        helper.make_node("Mul", ["d1", "bn_mul"], ["m1"], name="dw_bn#Mul"),
+        helper.make_node("Add", ["m1", "bn_add"], ["a1"], name="dw_bn#Add"),
+        helper.make_node("Clip", ["a1", "lo", "hi"], ["r2"], name="relu2#Clip"),
+        helper.make_node("Conv", ["r2", "wp", "bp"], ["p1"], name="pw#Conv"),
+        helper.make_node("Clip", ["p1", "lo", "hi"], ["r3"], name="relu3#Clip"),
+        helper.make_node("ReduceMean", ["r3"], ["pooled"], axes=[2, 3], keepdims=0, name="pool"),
+        helper.make_node("Gemm", ["pooled", "fc", "fcb"], ["f"], name="feats#Gemm"),
+        helper.make_node("Relu", ["f"], ["feats"], name="feats#Relu"),
+        helper.make_node("Gemm", ["feats", "gender", "genderb"], ["g"], name="gender#Gemm"),
+        helper.make_node("Sigmoid", ["g"], ["gender_pred/Sigmoid"], name="gender#Sigmoid"),
+        helper.make_node("Gemm", ["feats", "age", "ageb"], ["a"], name="age#Gemm"),
+        helper.make_node("Softmax", ["a"], ["age_pred/Softmax"], axis=1, name="age#Softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "faceres-standin",
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", size, size, 3])],
+        [
+            helper.make_tensor_value_info("gender_pred/Sigmoid", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("age_pred/Softmax", TensorProto.FLOAT, ["N", 100]),
+        ],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python tests/support/standins.py", description=__doc__.split("\n")[0]

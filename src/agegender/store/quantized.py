@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..cards import ModelCard
-from ..errors import ModelFileError
+from ..errors import CardError, ModelFileError
 from .download import exclusive
 from .files import card_folder
 from .hashing import sha256_file
@@ -45,6 +45,40 @@ def base_card(card: ModelCard) -> ModelCard:
     if ref.endswith(".toml") and folder is not None:
         return get_card(str(folder / ref))
     return get_card(ref)
+
+
+def _card_named(card_id: str, near: ModelCard) -> ModelCard | None:
+    """A built-in card, or a card file next to ``near``'s, with this id (None: none)."""
+    from ..cards import get_card
+
+    try:
+        return get_card(card_id)
+    except CardError:
+        pass
+    folder = card_folder(near)
+    for path in sorted(folder.glob("*.toml")) if folder is not None else ():
+        try:
+            found = get_card(str(path))
+        except CardError:
+            continue
+        if found.id == card_id:
+            return found
+    return None
+
+
+def ranges_base_id(named: str, base: ModelCard) -> str:
+    """The fp32 card id the ranges must name for ``base``: its own, or that of another card
+    reading the very same file (faceres-deep's age and gender cards: one graph, so one set
+    of ranges and one INT8 copy for both). The ranges' sha256 is checked all the same."""
+    if named == base.id or not base.source.sha256:
+        return base.id
+    other = _card_named(named, base)
+    if other is not None and (other.source.file, other.source.sha256) == (
+        base.source.file,
+        base.source.sha256,
+    ):
+        return named
+    return base.id
 
 
 def _ranges_sha256(card: ModelCard) -> str:
@@ -107,7 +141,7 @@ def build_copy(
     dest = layout.model_path(card)
     base_sha = sha256_file(base_path)
     ranges = load_ranges(card.source.ranges, ranges_folder(card))
-    check_base(ranges, base.id, base_sha)
+    check_base(ranges, ranges_base_id(ranges.card, base), base_sha)
     wanted: dict[str, Any] = {
         "card": card.id,
         "base": base.id,
@@ -117,7 +151,9 @@ def build_copy(
         "onnxruntime": _runtime(),
     }
     record = read_built(dest) if dest.is_file() else None
-    if record is not None and all(record.get(k) == v for k, v in wanted.items()):
+    # the cards sharing one copy (one file, one ranges file) differ only in card and base
+    same = [k for k in wanted if k not in ("card", "base")]
+    if record is not None and all(record.get(k) == wanted[k] for k in same):
         try:
             check_built(card, dest)
         except ModelFileError:
