@@ -9,7 +9,9 @@ Sits on top of the pipeline; nothing below imports it. Needs the ``serve`` extra
                          warm-up, the one `estimate(upload, options)` a request calls
     admission.py         in-flight limit (503), request timeout (504), their metrics
     deps.py              dependencies: the service, the API key, the estimate options
-    routes/              estimate, models (+ info), health (+ metrics), pages (+ docs)
+    routes/              estimate, sessions (live), models (+ info), health (+ metrics),
+                         pages (+ docs)
+    sessions.py          live sessions: one PeopleTracker per client stream, capped, expired
     request_batching.py  Batcher: faces of concurrent requests share model runs
     uploads.py           size-bounded body read, multipart parsed in memory
     errors.py            ApiError, the JSON error body and the exception handlers

@@ -78,6 +78,17 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.live_sessions = Gauge(
+            "agegender_live_sessions",
+            "Live (frame-by-frame) tracking sessions open.",
+            registry=self.registry,
+        )
+        self.live_frames = Counter(
+            "agegender_live_frames",
+            "Frames tracked in live sessions.",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""
         return generate_latest(self.registry)

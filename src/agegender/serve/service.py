@@ -25,12 +25,14 @@ from .. import images
 from ..cards import ModelCard
 from ..errors import AgegenderError, ImageTooLargeError, UnsupportedImageError
 from ..faces import DETECTORS, detector_problem
+from ..people import FrameReport, PeopleTracker, Person
 from ..pipeline import Estimator, PreparedImage, describe_error
 from ..results import Face, ImageResult
 from .admission import Admission
 from .errors import ApiError, shutting_down
 from .metrics import Metrics
 from .request_batching import Batcher, ShuttingDown
+from .sessions import LiveSession, SessionOptions, Sessions
 from .settings import ServeSettings
 from .uploads import Upload
 
@@ -106,6 +108,7 @@ class Service:
         self.ready = False
         self.stopping = False
         self._derived: OrderedDict[Hashable, Estimator] = OrderedDict()
+        self.sessions = Sessions(settings.max_sessions, settings.session_idle_s)
 
     # -- life ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -185,18 +188,8 @@ class Service:
             prepared = await self._in_pool(self.prepare_pool, self.prepare, estimator, upload)
         except ApiError:
             raise
-        except ImageTooLargeError as error:
-            raise ApiError(413, "image_too_large", str(error)) from None
-        except UnsupportedImageError as error:
-            raise ApiError(415, "unsupported_image", str(error)) from None
-        except AgegenderError as error:
-            raise ApiError(422, "invalid_image", describe_error(error)) from None
         except Exception as error:  # a fault of this input: its answer, never a 500
-            label = label_of(upload.filename)
-            log.warning("upload %s could not be prepared", label, exc_info=True)
-            raise ApiError(
-                422, "invalid_image", f"{label}: cannot be read ({describe_error(error)})"
-            ) from None
+            raise image_error(error, label_of(upload.filename)) from None
         key = (estimator.config.tta, estimator.config.age_thresholds)
         self.batched += 1
         try:
@@ -208,6 +201,103 @@ class Service:
         self.metrics.images.inc()
         self.metrics.faces.inc(len(faces))
         return ImageResult(prepared.name, faces, None, prepared.width, prepared.height).to_dict()
+
+    # -- live sessions (frame by frame) ---------------------------------------------------
+    def start_session(self, options: EstimateOptions, tracking: SessionOptions) -> LiveSession:
+        """A new live session: a PeopleTracker over the estimator for `options`, set up
+        as `agegender video` sets up its own (no thumbnails: nothing is written)."""
+        estimator = self.derived(options)
+
+        def make() -> PeopleTracker:
+            return PeopleTracker(
+                estimator,
+                fps=tracking.fps,
+                detect_every=tracking.detect_every,
+                max_lost=tracking.max_lost,
+                min_hits=tracking.min_hits,
+                thumbnails=False,
+            )
+
+        session = self.sessions.create(make, tracking)
+        self.metrics.live_sessions.set(len(self.sessions))
+        return session
+
+    async def track(self, session: LiveSession, upload: Upload) -> dict[str, Any]:
+        """One frame of a session: decoded, tracked, each face with its track's fused
+        estimate. The session's busy lock is held until the worker is done with the
+        tracker (even if this request times out meanwhile), so frames never overlap."""
+        if self.stopping:
+            raise shutting_down()
+        if not session.busy.acquire(blocking=False):
+            raise ApiError(
+                409,
+                "session_busy",
+                f"session {session.id} is still processing its previous frame; send the "
+                "next frame after that one's answer",
+            )
+        self.sessions.touch(session)
+
+        def done(_: object) -> None:
+            self.sessions.touch(session)
+            session.busy.release()
+
+        try:
+            future = self.prepare_pool.submit(self._track_frame, session, upload)
+        except RuntimeError:  # the pool is shut down
+            session.busy.release()
+            raise shutting_down() from None
+        future.add_done_callback(done)
+        try:
+            report, ended, width, height = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.stopping and task is not None and not task.cancelling():
+                raise shutting_down() from None
+            raise
+        self.metrics.live_frames.inc()
+        self.metrics.faces.inc(sum(1 for f in report.faces if f.detected))
+        return {
+            "session": session.id,
+            **report.to_dict(),
+            "width": width,
+            "height": height,
+            "ended": [p.to_dict() for p in ended],
+        }
+
+    def _track_frame(
+        self, session: LiveSession, upload: Upload
+    ) -> tuple[FrameReport, list[Person], int, int]:
+        """In a prepare worker, under the session's busy lock: decode, then track. A frame
+        that cannot be decoded is its own error and leaves the tracker as it was."""
+        from ..streams import SourceFrame
+
+        tracker = session.tracker
+        label = label_of(upload.filename)
+        try:
+            rgb = images.decode_bytes(
+                upload.data, pixel_limit=tracker.estimator.config.pixel_limit, name=label
+            )
+        except Exception as error:
+            raise image_error(error, label) from None
+        now = self.sessions.clock()
+        frame = SourceFrame(session.frames, now - session.created, rgb, now)
+        report, ended = tracker.process(frame)
+        session.frames += 1
+        session.add_people(ended)
+        return report, ended, int(rgb.shape[1]), int(rgb.shape[0])
+
+    async def end_session(self, key: str) -> dict[str, Any]:
+        """End a session: the people still tracked are finished (after a frame in flight,
+        whose worker holds the lock) and the summary lists everyone the session saw."""
+        session = self.sessions.end(key)
+        self.metrics.live_sessions.set(len(self.sessions))
+
+        def finish() -> None:
+            with session.busy:
+                session.add_people(session.tracker.finish())
+
+        await self._in_pool(self.prepare_pool, finish)
+        return session.summary(self.sessions.clock())
 
     async def _in_pool(self, pool: Executor, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in a worker pool; a pool shut down under the request is a 503."""
@@ -248,6 +338,21 @@ class Service:
 
     def model_ids(self) -> list[str]:
         return [h.card.id for task in self.estimator.heads.values() for h in task]
+
+
+def image_error(error: Exception, label: str) -> ApiError:
+    """The answer for an upload that cannot be decoded (or detected in): 413 over the
+    pixel limit, 415 not an image format, 422 truncated or corrupt; never a 500."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, ImageTooLargeError):
+        return ApiError(413, "image_too_large", str(error))
+    if isinstance(error, UnsupportedImageError):
+        return ApiError(415, "unsupported_image", str(error))
+    if isinstance(error, AgegenderError):
+        return ApiError(422, "invalid_image", describe_error(error))
+    log.warning("upload %s could not be prepared", label, exc_info=error)
+    return ApiError(422, "invalid_image", f"{label}: cannot be read ({describe_error(error)})")
 
 
 def card_info(card: ModelCard) -> dict[str, Any]:

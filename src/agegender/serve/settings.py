@@ -21,3 +21,5 @@ class ServeSettings:
     request_timeout_s: float = 30.0
     prepare_workers: int = 2
     retry_after_s: int = 1
+    max_sessions: int = 8  # live (frame-by-frame) sessions at once before 429
+    session_idle_s: float = 60.0  # a live session without a frame for this long ends

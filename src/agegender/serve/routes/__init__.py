@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import estimate, health, models, pages
+from . import estimate, health, models, pages, sessions
 
-ROUTERS = (estimate.router, models.router, health.router, pages.router)
+ROUTERS = (estimate.router, sessions.router, models.router, health.router, pages.router)
 
 __all__ = ["ROUTERS"]

@@ -33,4 +33,5 @@ async def readyz(service: ServiceDep) -> Any:
 )
 async def metrics(service: ServiceDep) -> Response:
     service.metrics.batch_waiting.set(service.batcher.waiting)
+    service.metrics.live_sessions.set(service.sessions.sweep())
     return Response(service.metrics.render(), media_type=service.metrics.content_type)

@@ -1,0 +1,96 @@
+"""Live sessions: /v1/sessions. A client (the page's webcam mode) opens a session, sends
+its frames one by one and gets each frame's tracked people with their fused estimates,
+as `agegender video --frames` writes them; see `serve/sessions.py` for why HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from ..deps import OptionsDep, ServiceDep, require_key
+from ..errors import error_responses
+from ..sessions import SessionOptions
+from ..uploads import extract_image, read_body
+from .estimate import ESTIMATE_ERRORS, REQUEST_BODY
+
+router = APIRouter(dependencies=[Depends(require_key)], tags=["live sessions"])
+
+NOT_FOUND = {404: "no such session, it ended, or it expired after its idle timeout"}
+FRAME_ERRORS = {
+    **ESTIMATE_ERRORS,
+    **NOT_FOUND,
+    409: "the session's previous frame is still being processed",
+}
+
+
+@router.post(
+    "/v1/sessions",
+    status_code=201,
+    summary="Open a live session: frames sent to it are tracked, one fused estimate per person",
+    responses=error_responses(
+        {
+            400: "bad option",
+            401: "API key missing or wrong",
+            429: "as many sessions as the server allows are open (Retry-After)",
+        }
+    ),
+)
+async def open_session(
+    service: ServiceDep,
+    options: OptionsDep,
+    fps: float = Query(
+        5.0, gt=0, le=240, description="frames per second the client sends (for max_lost)"
+    ),
+    detect_every: int = Query(1, ge=1, le=100, description="run the detector every K frames"),
+    min_hits: int = Query(3, ge=1, le=100, description="detections before a track gets an id"),
+    max_lost: float = Query(
+        1.0, ge=0, le=600, description="seconds unseen before a person's track ends"
+    ),
+) -> Any:
+    tracking = SessionOptions(fps, detect_every, min_hits, max_lost)
+    session = service.start_session(options, tracking)
+    body = {
+        "id": session.id,
+        "frames_url": f"/v1/sessions/{session.id}/frames",
+        "idle_timeout_s": service.sessions.idle_s,
+        "options": tracking.to_dict(),
+    }
+    return JSONResponse(body, status_code=201, headers={"Location": f"/v1/sessions/{session.id}"})
+
+
+@router.post(
+    "/v1/sessions/{session_id}/frames",
+    summary="Track one frame: every face with its track id and the track's fused estimate",
+    response_description="The frame as `agegender video --frames` writes it, plus the "
+    "image size and the people whose tracks ended with this frame",
+    responses=error_responses(FRAME_ERRORS),
+    openapi_extra={"requestBody": REQUEST_BODY},
+)
+async def frame(session_id: str, request: Request, service: ServiceDep) -> Any:
+    session = service.sessions.get(session_id)
+    async with service.admission.admit():
+        body = await read_body(request, service.settings.max_body_bytes)
+        upload = extract_image(body, request.headers.get("content-type"))
+        del body
+        return await service.track(session, upload)
+
+
+@router.get(
+    "/v1/sessions/{session_id}",
+    summary="A session's frame count, idle time and the people whose tracks ended",
+    responses=error_responses(NOT_FOUND),
+)
+async def session_info(session_id: str, service: ServiceDep) -> Any:
+    session = service.sessions.get(session_id)
+    return session.summary(service.sessions.clock())
+
+
+@router.delete(
+    "/v1/sessions/{session_id}",
+    summary="End a session: every person it saw, fused over their whole track",
+    responses=error_responses(NOT_FOUND),
+)
+async def end_session(session_id: str, service: ServiceDep) -> Any:
+    return await service.end_session(session_id)
