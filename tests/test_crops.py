@@ -125,7 +125,7 @@ def chip_to_image(landmarks, size: int, padding: float):
     wide, and maps chip pixel 0 to its left edge and size - 1 to its right edge.
     """
     template = (padding + DLIB_5_POINT_TEMPLATE) / (2 * padding + 1) * size
-    c, rotation, t = umeyama(template, np.round(landmarks))
+    c, rotation, t = umeyama(template, landmarks)  # crops.chip keeps the landmarks as floats
     centre = c * rotation @ np.array([size / 2, size / 2]) + t
     a = (c * size - 1) / (size - 1) * rotation
     b = centre - a @ np.array([(size - 1) / 2, (size - 1) / 2])

@@ -181,6 +181,11 @@ class DetectionSpec:
     # The box dlib's 5-point predictor is run on, from the detector's: centre shift (x, y)
     # in box widths and heights, then width and height factors.
     dlib_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    # Where chip crops' 5 landmarks come from: "predictor" (dlib's 5-point shape predictor
+    # run on dlib_box) or "template" (the detector's own 5 points fitted to
+    # `chip_template`, their mean position in dlib's chip frame: chip_template.py).
+    chip_landmarks: str = "predictor"
+    chip_template: tuple[tuple[float, float], ...] | None = None
 
     def output(self, role: str) -> str:
         return dict(self.outputs)[role]
@@ -776,7 +781,17 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
 
 
 DETECTOR_INPUT = ("channels", "layout", "scale", "mean", "std", "name", "multiple", "max_side")
-DETECTOR_OUTPUT = ("decoder", "stride", "threshold", "nms_iou", "outputs", "dlib_box")
+DETECTOR_OUTPUT = (
+    "decoder",
+    "stride",
+    "threshold",
+    "nms_iou",
+    "outputs",
+    "dlib_box",
+    "chip_landmarks",
+    "chip_template",
+)
+CHIP_LANDMARKS = ("predictor", "template")
 # What each decoder reads from the graph (``[output] outputs`` maps these to output names).
 DECODER_OUTPUTS = {"centerface": ("heatmap", "scale", "offset", "landmarks")}
 
@@ -788,6 +803,29 @@ def _positive_int(r: _CardReader, table: dict[str, Any], tname: str, key: str, d
     if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 16):
         r.expect(r.label(tname, key), "a positive integer", value)
     return int(value)
+
+
+def _chip_template(r: _CardReader, value: Any) -> tuple[tuple[float, float], ...] | None:
+    """[output] chip_template: 5 [x, y] points in dlib's chip frame, not all in one place."""
+    if value is None:
+        return None
+    if not (
+        isinstance(value, list)
+        and len(value) == 5
+        and all(
+            isinstance(p, list)
+            and len(p) == 2
+            and all(_is_number(v) and math.isfinite(v) and abs(v) <= 10 for v in p)
+            for p in value
+        )
+        and max(max(p[i] for p in value) - min(p[i] for p in value) for i in (0, 1)) > 1e-3
+    ):
+        r.expect(
+            "[output] chip_template",
+            "5 distinct [x, y] points (the detector's points in dlib's chip frame, about 0..1)",
+            value,
+        )
+    return tuple((float(x), float(y)) for x, y in value)
 
 
 def _parse_detector(
@@ -834,8 +872,14 @@ def _parse_detector(
         and dlib_box[3] > 0
     ):
         r.expect("[output] dlib_box", "[x shift, y shift, width factor, height factor]", dlib_box)
+    chip_landmarks = r.string(out, "output", "chip_landmarks", choices=CHIP_LANDMARKS)
+    template = _chip_template(r, r.get(out, "output", "chip_template"))
+    if chip_landmarks == "template" and template is None:
+        r.fail('[output] chip_landmarks = "template" needs [output] chip_template')
     detection = DetectionSpec(
         dlib_box=tuple(float(v) for v in dlib_box),  # type: ignore[arg-type]
+        chip_landmarks=chip_landmarks or "predictor",
+        chip_template=template,
         decoder=decoder,
         multiple=_positive_int(r, inp, "input", "multiple", 1),
         max_side=_positive_int(r, inp, "input", "max_side", 1024),

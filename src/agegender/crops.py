@@ -23,9 +23,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .cards import CropSpec
+from .chip_template import DLIB_CHIP_POINTS
 from .errors import AgegenderError
 from .faces import Box, Detection
-from .landmarks import to_dlib_rect
 from .rotation import upright_region
 
 
@@ -36,15 +36,21 @@ class CropError(AgegenderError):
 def chip(
     rgb: NDArray[np.uint8], detection: Detection, size: tuple[int, int], padding: float
 ) -> NDArray[np.uint8]:
-    """dlib's aligned face chip of `size` (height, width) from 5 landmarks."""
+    """dlib's aligned face chip of `size` (height, width) from 5 landmarks.
+
+    The chip ``get_face_chip_details`` + ``extract_image_chip`` make, with the landmarks
+    kept as floats (the predictor's are whole pixels; those from a detector's keypoints
+    and its card's template, ``chip_template.py``, are not): dlib's chip points for this
+    size and padding are fitted to them by dlib's own similarity fit.
+    """
     if detection.landmarks is None:
         raise CropError("a chip crop needs landmarks")
-    rect = to_dlib_rect(detection.box)
-    points = [dlib.point(round(x), round(y)) for x, y in detection.landmarks]
-    shape = dlib.full_object_detection(rect, points)
     if size[0] != size[1]:
         raise CropError(f"dlib face chips are square, the card asks for {size}")
-    details = dlib.get_face_chip_details(shape, size[0], padding)
+    frame = (padding + DLIB_CHIP_POINTS) / (2 * padding + 1) * size[0]
+    chip_points = dlib.dpoints([dlib.dpoint(float(x), float(y)) for x, y in frame])
+    image_points = dlib.dpoints([dlib.dpoint(float(x), float(y)) for x, y in detection.landmarks])
+    details = dlib.chip_details(chip_points, image_points, dlib.chip_dims(size[0], size[1]))
     return np.ascontiguousarray(dlib.extract_image_chip(rgb, details))
 
 

@@ -40,10 +40,11 @@ class Detection:
     """One face: box [x1, y1, x2, y2] in image pixels, a score, optional 5 landmarks.
 
     ``landmarks`` are dlib's 5 points (eye corners, base of the nose), which chip crops
-    are cut by; ``keypoints`` are a CNN detector's own 5 points (CenterFace: eye centres,
-    nose tip, mouth corners). ``upright`` is set when the face was aligned
-    (``rotation.py``: DEX's sweep or the eye line); ``support`` counts the sweep angles
-    the face was seen at.
+    are cut by (from dlib's predictor, or placed from the keypoints by the detector card's
+    ``chip_template``: ``chip_template.py``); ``keypoints`` are a CNN detector's own 5
+    points (CenterFace: eye centres, nose tip, mouth corners). ``upright`` is set when the
+    face was aligned (``rotation.py``: DEX's sweep or the eye line); ``support`` counts
+    the sweep angles the face was seen at.
     """
 
     box: Box

@@ -10,6 +10,11 @@ Decoding (``decode``): each heatmap cell above the threshold is a face centred a
 exp(scale) * stride; the 10 landmark channels place 5 points relative to the box
 (eye centres, nose tip, mouth corners); non-maximum suppression keeps the best of
 overlapping boxes.
+
+Chip crops need dlib's 5 landmarks: with the card's ``chip_landmarks = "template"`` (the
+shipped cards) they come from the 5 points and the card's ``chip_template``
+(``chip_template.py``), with no predictor run; with ``"predictor"`` the finder runs dlib's
+predictor on the card's ``dlib_box``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from numpy.typing import NDArray
 
 from .. import sessions
 from ..cards import ModelCard
+from ..chip_template import landmarks_from_keypoints
 from ..errors import CardError, ModelFileError
 from ..faces import Detection
 
@@ -135,6 +141,11 @@ class CenterFaceDetector:
         self.spec = card.detection
         self.max_side = max_side or self.spec.max_side
         self.threshold = self.spec.threshold if threshold is None else threshold
+        self.template = (
+            np.asarray(self.spec.chip_template, dtype=np.float64)
+            if self.spec.chip_landmarks == "template" and self.spec.chip_template is not None
+            else None
+        )
         try:
             model = free_dims(onnx.load(str(path)))
         except Exception as error:  # protobuf raises its own types
@@ -181,6 +192,17 @@ class CenterFaceDetector:
         w, h = x2 - x1, y2 - y1
         cx, cy = (x1 + x2) / 2 + dx * w, (y1 + y2) / 2 + dy * h
         return (cx - fw * w / 2, cy - fh * h / 2, cx + fw * w / 2, cy + fh * h / 2)
+
+    def _landmarks(self, keypoints: NDArray[np.float64]) -> NDArray[np.float64] | None:
+        """With the card's chip_landmarks = "template": the chip landmarks from the
+        keypoints (chip_template.py); else None (the finder runs dlib's predictor, as it
+        does for keypoints that coincide and so give no transform)."""
+        if self.template is None:
+            return None
+        try:
+            return landmarks_from_keypoints(keypoints, self.template)
+        except ValueError:
+            return None
 
     def detect(self, rgb: NDArray[np.uint8]) -> list[Detection]:
         return self.detect_many([rgb])[0]
@@ -243,7 +265,11 @@ class CenterFaceDetector:
                     face = (float(x1), float(y1), float(x2), float(y2))
                     results[index].append(
                         Detection(
-                            face, float(score), keypoints=pts, landmark_box=self._dlib_box(face)
+                            face,
+                            float(score),
+                            landmarks=self._landmarks(pts),
+                            keypoints=pts,
+                            landmark_box=self._dlib_box(face),
                         )
                     )
         return results
