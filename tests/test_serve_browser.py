@@ -2,7 +2,8 @@
 
 Uploads the astronaut photo through the page's file input, waits for the labelled box,
 checks the label and the table against the API's JSON, and saves a screenshot to
-`test-artifacts/serve-page.png`. Needs Debian's `chromium` (scripts/ci-deps.sh installs it).
+`test-artifacts/serve-page.png`; runs the webcam's live mode on Chromium's fake camera
+(`test-artifacts/serve-live.png`). Needs Debian's `chromium` (scripts/ci-deps.sh installs it).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import re
 import shutil
 from pathlib import Path
 
+import cv2
 import httpx
+import numpy as np
 import pytest
+from faceutils import PATCH
 from playwright.sync_api import sync_playwright
-from serve_support import ASTRONAUT, running_server
+from serve_support import ASTRONAUT, running_server, shared_estimator
 
 from agegender.serve import ServeSettings
 
@@ -114,7 +118,7 @@ def test_page_shows_a_labelled_box_for_the_astronaut() -> None:
     assert left == pytest.approx(x1 * scale, abs=2)
     assert top == pytest.approx(y1 * scale, abs=2)
     assert width == pytest.approx((x2 - x1) * scale, abs=2)
-    assert operations == 5
+    assert operations == 9  # estimate, 4 live-session routes, models, 3 probes
     assert outside == [], f"the page fetched from elsewhere: {outside}"
     assert console_errors == []
 
@@ -141,3 +145,74 @@ def test_page_asks_for_the_api_key_and_uses_it() -> None:
             browser.close()
     assert refused.startswith("error 401")
     assert LABEL.match(label.strip())
+
+
+def write_y4m(path: Path, rgb: np.ndarray, frames: int, fps: int = 10) -> None:
+    """A Y4M clip (Chromium's fake camera reads it): the astronaut's face patch moving
+    2 px a frame to the right over a grey background."""
+    px1, py1, px2, py2 = PATCH
+    patch = rgb[py1:py2, px1:px2, ::-1]
+    width, height = 640, 480
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for index in range(frames):
+            canvas = np.full((height, width, 3), 120, np.uint8)
+            x0, y0 = 60 + 2 * index, 120
+            canvas[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]] = patch
+            out.write(b"FRAME\n" + cv2.cvtColor(canvas, cv2.COLOR_BGR2YUV_I420).tobytes())
+
+
+TRACK_LABEL = re.compile(r"^#1 \d+ \((\d+)\u2013(\d+)\) (female|male) (0\.\d\d|1\.00)$")
+
+
+def test_webcam_live_mode_shows_tracked_fused_estimates(
+    tmp_path: Path, astronaut_rgb: np.ndarray
+) -> None:
+    """The webcam mode on Chromium's fake camera (a clip of the moving face): each frame
+    goes to a live session; the box is labelled with track #1 and its fused estimate,
+    and stopping lists the person the session saw."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    clip = tmp_path / "face.y4m"
+    write_y4m(clip, astronaut_rgb, 80)
+    args = [
+        *CHROMIUM_ARGS,
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ]
+    estimator = shared_estimator().derive(upsample=0)
+    with running_server(ServeSettings(), estimator) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 1100})
+            console_errors: list[str] = []
+            page.on(
+                "console", lambda m: console_errors.append(m.text) if m.type == "error" else None
+            )
+            page.goto(url + "/")
+            page.wait_for_selector("#detector option[value='haar']", state="attached")
+            page.click("#webcam")
+            page.click("#live")
+            label = page.wait_for_selector(
+                ".face-box[data-track='1'] .face-label", timeout=60_000
+            ).inner_text()
+            # a few more frames of the same track
+            page.wait_for_function(
+                "/frame ([4-9]|\\d\\d+),/.test(document.getElementById('status').textContent)",
+                timeout=60_000,
+            )
+            tracks = page.eval_on_selector_all(
+                ".face-box[data-track]", "boxes => boxes.map(b => b.dataset.track)"
+            )
+            page.screenshot(path=str(ARTIFACTS / "serve-live.png"), full_page=True)
+            page.click("#live")
+            page.wait_for_selector("#live-title:has-text('People seen')")
+            rows = page.locator("#people tbody tr").all_inner_texts()
+            status = page.inner_text("#status")
+        finally:
+            browser.close()
+    assert TRACK_LABEL.match(label.strip()), label
+    assert tracks == ["1"]
+    assert len(rows) == 1 and rows[0].split("\t")[0] == "#1"
+    assert re.match(r"^stopped: 1 person in \d+ frames$", status), status
+    assert console_errors == []

@@ -49,8 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser = sub.add_parser(
         "serve",
         help="serve the HTTP API and the web page",
-        description="Serve POST /v1/estimate, /v1/models, /healthz, /readyz, /metrics "
-        "and a web page at /. Binds to 127.0.0.1 unless --host says otherwise.",
+        description="Serve POST /v1/estimate, /v1/sessions (live tracking), /v1/models, "
+        "/healthz, /readyz, /metrics and a web page at /. Binds to 127.0.0.1 unless --host "
+        "says otherwise.",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
@@ -81,6 +82,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         type=_number(float, 0, above=True),
         default=30.0,
         help="seconds per request (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-sessions",
+        type=_number(int, 1),
+        default=8,
+        help="live (frame-by-frame) tracking sessions at once before 429 (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--session-idle",
+        type=_number(float, 0, above=True),
+        default=60.0,
+        metavar="SECONDS",
+        help="a live session without a frame for this long ends (default: %(default)s)",
     )
     batching = parser.add_argument_group("batching")
     batching.add_argument(
@@ -134,6 +148,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         max_pending=args.max_pending,
         request_timeout_s=args.timeout,
         prepare_workers=args.prepare_workers,
+        max_sessions=args.max_sessions,
+        session_idle_s=args.session_idle,
     )
 
 

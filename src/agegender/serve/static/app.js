@@ -1,10 +1,15 @@
-// The page: send an image to /v1/estimate and draw "age ± std, gender p" on each face.
+// The page: send an image to /v1/estimate and draw "age ± std, gender p" on each face;
+// in live mode, send webcam frames one by one to a /v1/sessions session and draw each
+// tracked person's id and fused estimate ("#1 34 (27–45), female 0.93").
 // Plain browser JavaScript: no build step, no external resources.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let photoUrl = null;
 let stream = null;
+// The live session: its id, whether frames are flowing, the people seen so far.
+const live = { id: null, running: false, frames: 0, started: 0, people: new Map() };
+const LIVE_WIDTH = 640; // frames are sent at most this wide: faster, and enough for faces
 
 function headers() {
   const key = $("api_key").value.trim();
@@ -187,17 +192,195 @@ function setupWebcam() {
       return;
     }
     $("video").srcObject = stream;
-    $("video").hidden = false;
+    $("live-stage").hidden = false;
     $("snap").hidden = false;
+    $("live").hidden = false;
   });
   $("snap").addEventListener("click", () => {
-    const video = $("video");
-    const canvas = document.createElement("canvas");
-    canvas.width = video.videoWidth;
-    canvas.height = video.videoHeight;
-    canvas.getContext("2d").drawImage(video, 0, 0);
+    const canvas = grab($("video"), 0);
     canvas.toBlob((blob) => blob && send(blob, "webcam.jpg"), "image/jpeg", 0.92);
   });
+  $("live").addEventListener("click", () => (live.running ? stopLive() : startLive()));
+  // A session left open would hold a slot until it expires: end it with the page.
+  window.addEventListener("pagehide", () => {
+    if (live.id) fetch("/v1/sessions/" + live.id, { method: "DELETE", headers: headers(), keepalive: true });
+  });
+}
+
+// The video's current frame on a canvas, at most `maxWidth` wide (0: full size).
+function grab(video, maxWidth) {
+  const scale = maxWidth && video.videoWidth > maxWidth ? maxWidth / video.videoWidth : 1;
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.round(video.videoWidth * scale);
+  canvas.height = Math.round(video.videoHeight * scale);
+  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  return canvas;
+}
+
+function errorText(response, body) {
+  if (response.status === 401) $("key-row").hidden = false;
+  const message = body && body.error ? body.error.message : response.statusText;
+  return "error " + response.status + ": " + message;
+}
+
+async function startLive() {
+  const params = new URLSearchParams(query());
+  params.set("fps", "5"); // about what a CPU server answers; turns 1 s unseen into frames
+  let response;
+  try {
+    response = await fetch("/v1/sessions?" + params, { method: "POST", headers: headers() });
+  } catch (error) {
+    setStatus("request failed: " + error, true);
+    return;
+  }
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    setStatus(errorText(response, body), true);
+    return;
+  }
+  Object.assign(live, { id: body.id, running: true, frames: 0, started: performance.now() });
+  live.people.clear();
+  $("live").textContent = "Stop tracking";
+  $("live").classList.add("on");
+  $("live-title").textContent = "Tracked people (live)";
+  $("live-result").hidden = false;
+  fillPeople();
+  setStatus("tracking: session " + body.id);
+  liveLoop();
+}
+
+// One frame at a time: the next is grabbed when the answer to this one is in, so a slow
+// server drops frames instead of falling behind.
+async function liveLoop() {
+  const video = $("video");
+  while (live.running) {
+    if (!video.videoWidth) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      continue;
+    }
+    const blob = await new Promise((resolve) => grab(video, LIVE_WIDTH).toBlob(resolve, "image/jpeg", 0.85));
+    if (!blob || !live.running) break;
+    const form = new FormData();
+    form.append("image", blob, "frame.jpg");
+    const sent = performance.now();
+    let response;
+    try {
+      response = await fetch("/v1/sessions/" + live.id + "/frames", { method: "POST", body: form, headers: headers() });
+    } catch (error) {
+      setStatus("request failed: " + error, true);
+      break;
+    }
+    const body = await response.json().catch(() => null);
+    if (!live.running) break;
+    if (!response.ok) {
+      setStatus(errorText(response, body), true);
+      if (response.status === 404) live.id = null; // expired or ended: nothing to delete
+      break;
+    }
+    live.frames += 1;
+    showFrame(body, Math.round(performance.now() - sent));
+  }
+  if (live.running) stopLive();
+}
+
+function trackLabel(face) {
+  const parts = ["#" + face.track];
+  const age = face.fused && face.fused.age;
+  const gender = face.fused && face.fused.gender;
+  if (age) parts.push(fmt(age.value, 0) + " (" + fmt(age.interval[0], 0) + "–" + fmt(age.interval[1], 0) + ")");
+  if (gender) parts.push(gender.label + " " + fmt(gender.probability, 2));
+  return parts.join(" ");
+}
+
+function showFrame(frame, ms) {
+  const layer = $("live-boxes");
+  layer.replaceChildren();
+  for (const face of frame.faces) {
+    const [x1, y1, x2, y2] = face.box;
+    const box = document.createElement("div");
+    box.className = "face-box";
+    box.style.left = (100 * x1) / frame.width + "%";
+    box.style.top = (100 * y1) / frame.height + "%";
+    box.style.width = (100 * (x2 - x1)) / frame.width + "%";
+    box.style.height = (100 * (y2 - y1)) / frame.height + "%";
+    if (face.track === null) {
+      box.classList.add("pending"); // not yet a person: a few more detections needed
+    } else {
+      if (!face.detected) box.classList.add("carried");
+      if (y1 < 0.08 * frame.height) box.classList.add("low");
+      const label = document.createElement("span");
+      label.className = "face-label";
+      label.textContent = trackLabel(face);
+      box.appendChild(label);
+      box.dataset.track = String(face.track);
+      live.people.set(face.track, { track: face.track, ...face.fused, last: frame.time });
+    }
+    layer.appendChild(box);
+  }
+  for (const person of frame.ended) live.people.set(person.track, { ...person, last: person.last_time, ended: true });
+  fillPeople();
+  const tracked = frame.faces.filter((f) => f.track !== null).length;
+  const rate = live.frames / ((performance.now() - live.started) / 1000);
+  setStatus(
+    "tracking: frame " + frame.frame + ", " + tracked + (tracked === 1 ? " person" : " people") +
+      " in view, " + ms + " ms/frame (" + fmt(rate, 1) + " frames/s)",
+  );
+}
+
+async function stopLive() {
+  live.running = false;
+  $("live").textContent = "Track live";
+  $("live").classList.remove("on");
+  $("live-boxes").replaceChildren();
+  const id = live.id;
+  live.id = null;
+  if (!id) return;
+  let response;
+  try {
+    response = await fetch("/v1/sessions/" + id, { method: "DELETE", headers: headers() });
+  } catch (error) {
+    setStatus("request failed: " + error, true);
+    return;
+  }
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    setStatus(errorText(response, body), true);
+    return;
+  }
+  // The final word: every person the session saw, fused over their whole track.
+  live.people.clear();
+  for (const person of body.people) live.people.set(person.track, { ...person, last: person.last_time, ended: true });
+  $("live-title").textContent = "People seen (" + body.frames + " frames)";
+  fillPeople();
+  const n = body.people.length;
+  setStatus("stopped: " + n + (n === 1 ? " person" : " people") + " in " + body.frames + " frames");
+}
+
+function fillPeople() {
+  const body = $("people").tBodies[0];
+  body.replaceChildren();
+  const people = [...live.people.values()].sort((a, b) => a.track - b.track);
+  for (const person of people) {
+    const age = person.age || {};
+    const gender = person.gender || {};
+    const cells = [
+      "#" + person.track,
+      age.value !== undefined ? fmt(age.value, 1) : "",
+      age.std !== undefined ? fmt(age.std, 1) : "",
+      age.interval ? fmt(age.interval[0], 0) + "–" + fmt(age.interval[1], 0) : "",
+      gender.label || "",
+      gender.probability !== undefined ? fmt(gender.probability, 2) : "",
+      person.frames_seen !== undefined ? String(person.frames_seen) : "",
+      person.ended ? "until " + fmt(person.last, 1) + " s" : "now",
+    ];
+    const row = document.createElement("tr");
+    for (const text of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.appendChild(cell);
+    }
+    body.appendChild(row);
+  }
 }
 
 setupInput();
