@@ -4,9 +4,13 @@ the first) and on a two-node cluster simulated here. Ray binds to 127.0.0.1 only
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +50,30 @@ def test_ray_engine_on_its_own_local_instance(inputs: tuple[Path, Path], tmp_pat
 
 
 def test_ray_engine_resumes_on_a_ray_instance_started_by_the_test(
-    inputs: tuple[Path, Path], tmp_path: Path, capsys: Any
+    inputs: tuple[Path, Path], tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The command joins the Ray instance running in its process (as under ray job
-    submit); a second run resumes the first and the rows equal the local engine's."""
+    submit); a second run resumes the first and the rows equal the local engine's. The
+    actors write the part files: the driver (this process) is refused any part write and
+    receives only small per-part summaries, never rows."""
     import ray
 
+    from agegender.batch import dataset, ray_engine
+
+    received: list[Any] = []
+    summaries = ray_engine._summaries
+
+    def recorded(data: Any) -> Any:
+        for table in summaries(data):
+            received.append(table)
+            yield table
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the driver wrote a part file")
+
+    monkeypatch.setattr(ray_engine, "_summaries", recorded)
+    monkeypatch.setattr(dataset, "write_part", refused)  # the actors import their own
+    monkeypatch.setattr(dataset.Dataset, "commit", refused)
     folder, local = inputs
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
@@ -61,10 +83,69 @@ def test_ray_engine_resumes_on_a_ray_instance_started_by_the_test(
         assert batch(*first_half, "--out", str(out), "--part-size", "3", *options) == 0
         assert ray.is_initialized()  # the command leaves a Ray it did not start running
         assert batch(str(folder), "--out", str(out), "--part-size", "3", *options) == 1
-        assert "6 skipped (done before" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "6 skipped (done before" in err and "1 failed" in err, err
         assert_rows_equal(rows_of(out), rows_of(local))
     finally:
         ray.shutdown()
+    parts = [row for table in received for row in table.to_pylist()]
+    assert len(parts) == 5 == len(list(out.glob("part-*.parquet")))
+    assert sum(json.loads(p["summary"])["inputs"] for p in parts) == 13
+    for table in received:
+        assert tuple(table.column_names) == ray_engine.SUMMARY_COLUMNS
+        # per part: its name, 3 keys of 8 bytes, counts and at most a few error lines
+        assert table.nbytes < 1000 * table.num_rows, table.nbytes
+    for part in parts:
+        assert set(json.loads(part["summary"])) == {
+            "inputs",
+            "retried",
+            "rows",
+            "faces",
+            "failed",
+            "reasons",
+            "errors",
+        }
+
+
+def _committed(dest: Path) -> int:
+    return len(list((dest / "_agegender" / "keys").glob("part-*.npy"))) if dest.exists() else 0
+
+
+def test_ray_engine_kill_9_then_resume_equals_uninterrupted_run(
+    inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The driver killed (SIGKILL) after some parts were committed, its Ray instance
+    with it; a second Ray run resumes: the rows equal the local engine's uninterrupted
+    run, without duplicates, and every part left in DEST is committed."""
+    folder, local = inputs
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "agegender", "batch", str(folder), "--out", str(out)]
+    command += ["--engine", "ray", "--concurrency", "1", "--part-size", "1", "--no-progress"]
+    env = _env(tmp_path)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600  # a hang guard, not a speed limit
+        while _committed(out) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        # the Ray processes this run started (its own session): gone before the resume
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL, "the job ended before it was killed"
+    before = _committed(out)
+    assert 2 <= before < 13
+    again = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    # 1 if broken.png was left for the resume, 0 if it was among the committed parts
+    assert again.returncode in (0, 1) and "Traceback" not in again.stderr, again.stderr
+    assert f"{before} skipped (done before" in again.stderr, again.stderr
+    got = rows_of(out)
+    assert len({(r["path"], r["face"]) for r in got}) == len(got)  # no duplicates
+    assert_rows_equal(got, rows_of(local))
+    stems = {p.stem for p in out.glob("part-*")}
+    assert stems == {p.stem for p in (out / "_agegender" / "keys").glob("part-*.npy")}
+    assert not [p for p in out.rglob(".tmp-*")]
 
 
 def test_ray_engine_on_a_two_node_cluster(inputs: tuple[Path, Path], tmp_path: Path) -> None:

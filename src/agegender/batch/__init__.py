@@ -6,11 +6,13 @@
     rows.py      ImageResult -> flat rows (one per face, one per image without a face or
                  with an error): the dataset's schema, shared by every sink and engine
     dataset.py   the output folder: manifest (configuration + model hashes), lock, part
-                 files committed atomically with their input keys, resume, --overwrite
+                 files committed atomically with their input keys, resume, --overwrite,
+                 retries of transient failures (attempt records, older rows pruned)
     local.py     the local engine: Estimator.predict_many over the stream, parts committed
                  as inputs complete, progress and summary
     ray_engine.py  the Ray Data engine: pending inputs -> map_batches over an actor pool of
-                 Estimators -> rows back to the driver, committed by dataset.py
+                 Estimators, each actor writing its parts to DEST -> small summaries back
+                 to the driver, which commits each part's keys (dataset.py)
 
 Nothing here is imported by the rest of the package; pyarrow is needed (``agegender[batch]``).
 """

@@ -5,14 +5,24 @@
     DEST/_agegender/manifest.json     configuration, model hashes, sink, key mode
     DEST/_agegender/keys/<part>.npy   the input keys a part holds: written (temp + rename)
                                       after its part; a part is committed once its keys are
+    DEST/_agegender/attempts/<part>.npy  (key, attempt, transient) of the part's inputs that
+                                      failed with a transient error or were a retry: written
+                                      before the keys, so a committed part always has it
     DEST/_agegender/lock              held (flock) by the one job writing DEST
 
-On resume a part without its keys file (the job died between the two renames) and any
+On resume a part without its keys file (the job died between the two writes) and any
 temporary file are removed, and the committed keys say which inputs are done: a job
-killed at any moment redoes at most the parts it had in flight. Readers that skip names
-starting with ``_`` or ``.`` (pyarrow.dataset, DuckDB's ``DEST/*.parquet``) see rows only.
-DEST may be a local folder or an object-store URI (pyarrow.fs; no lock there: run one job
-per DEST).
+killed at any moment redoes at most the parts it had in flight. Who writes a part does
+not matter: the local engine writes its own, Ray actors write theirs (``write_part``)
+and the driver commits their keys. Readers that skip names starting with ``_`` or ``.``
+(pyarrow.dataset, DuckDB's ``DEST/*.parquet``) see rows only. DEST may be a local folder
+or an object-store URI (pyarrow.fs; locked by ``lock.py``'s lock object).
+
+Retries: an input whose error is transient (``transient``: an I/O error, a timeout) is
+done again by a later run until it has had ``max_attempts``. Its new rows go into a new
+part and the old part is then rewritten without the old rows (``prune``): the key with
+the highest attempt wins, and a run that dies between the two leaves a state the next
+run repairs the same way (pruning is idempotent: rows are found by their key).
 """
 
 from __future__ import annotations
@@ -37,11 +47,15 @@ from . import sources
 META = "_agegender"
 MANIFEST = f"{META}/manifest.json"
 KEYS = f"{META}/keys"
+ATTEMPTS = f"{META}/attempts"
 LOCK = f"{META}/lock"
 FORMAT = "agegender-batch/1"
 SINKS = {"parquet": ".parquet", "jsonl": ".jsonl", "csv": ".csv"}
 TMP_PREFIX = ".tmp-"
 PART_PREFIX = "part-"
+# (input key, attempt number, 1 if its error was transient) of a part's retried or failed inputs
+ATTEMPT_DTYPE = np.dtype([("key", "<u8"), ("attempt", "<u2"), ("transient", "u1")])
+DEFAULT_MAX_ATTEMPTS = 3
 # Below this many keys a Python set answers "done?"; above, sorted arrays (8 bytes a key).
 SET_LIMIT = 1_000_000
 
@@ -86,10 +100,18 @@ class _Files:
             return []
 
     def mkdirs(self) -> None:
-        if self.remote:
-            self.fs.create_dir(self._p(KEYS), recursive=True)
-        else:
-            os.makedirs(self._p(KEYS), exist_ok=True)
+        for sub in (KEYS, ATTEMPTS):
+            if self.remote:
+                self.fs.create_dir(self._p(sub), recursive=True)
+            else:
+                os.makedirs(self._p(sub), exist_ok=True)
+
+    @property
+    def object_store(self) -> bool:
+        """An object store publishes an object whole when its upload completes (S3 PUT or
+        multipart completion, GCS): a write there needs no temporary name, whose "rename"
+        would be a copy and a delete."""
+        return self.remote and self.fs.type_name in ("s3", "gcs")
 
     def read(self, name: str) -> bytes:
         if self.remote:
@@ -102,6 +124,10 @@ class _Files:
         """`data` under `name`, never half written: a temporary name, then a rename."""
         folder, _, base = name.rpartition("/")
         tmp = f"{folder + '/' if folder else ''}{TMP_PREFIX}{os.getpid()}-{base}"
+        if self.object_store:
+            with self.fs.open_output_stream(self._p(name)) as stream:
+                stream.write(data)
+            return
         if self.remote:
             with self.fs.open_output_stream(self._p(tmp)) as stream:
                 stream.write(data)
@@ -160,12 +186,21 @@ def _ours(name: str) -> bool:
 class Dataset:
     """An open output folder: which inputs are done, and commit of new parts."""
 
-    def __init__(self, dest: str, manifest: dict[str, Any], sink: str, overwrite: bool):
+    def __init__(
+        self,
+        dest: str,
+        manifest: dict[str, Any],
+        sink: str,
+        overwrite: bool,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ):
         self.dest = dest
         self.sink = sink
         self.suffix = SINKS[sink]
         self.files = _Files(dest)
         self.manifest = manifest
+        self.key_mode = str(manifest.get("key", "stat"))
+        self.max_attempts = max_attempts
         self._lock_file: Any = None
         check_dest(dest)
         self.files.mkdirs()
@@ -184,6 +219,9 @@ class Dataset:
         self.parts_written = 0
         self._sorted: list[NDArray[np.uint64]] = []
         self._set: set[int] = set()
+        self._retry_taken: set[int] = set()
+        self._retry: dict[int, tuple[int, bool]] = {}
+        self.prune()  # rows a retry superseded, left by a run that died before pruning
         self.done_before = self._load_keys()
 
     # -- opening ------------------------------------------------------------------------
@@ -221,12 +259,14 @@ class Dataset:
         for name in self.files.names():
             if _ours(name):
                 self.files.delete(name)
-        for name in self.files.names(KEYS):
-            self.files.delete(f"{KEYS}/{name}")
+        for sub in (KEYS, ATTEMPTS):
+            for name in self.files.names(sub):
+                self.files.delete(f"{sub}/{name}")
         self.files.delete(MANIFEST)
 
     def _recover(self) -> None:
-        """Drop what a killed job left uncommitted: temporary files, parts without keys."""
+        """Drop what a killed job left uncommitted: temporary files, parts without keys
+        (written by this process or by a Ray actor), attempt records of such parts."""
         keyed = {n[: -len(".npy")] for n in self.files.names(KEYS) if n.endswith(".npy")}
         parts = set()
         for name in self.files.names():
@@ -238,10 +278,11 @@ class Dataset:
                     parts.add(stem)
                 else:
                     self.files.delete(name)  # written, never committed: redone now
-        for name in self.files.names(KEYS):
-            committed = name.endswith(".npy") and name[: -len(".npy")] in parts
-            if name.startswith(TMP_PREFIX) or not committed:
-                self.files.delete(f"{KEYS}/{name}")
+        for sub in (KEYS, ATTEMPTS):
+            for name in self.files.names(sub):
+                committed = name.endswith(".npy") and name[: -len(".npy")] in parts
+                if name.startswith(TMP_PREFIX) or not committed:
+                    self.files.delete(f"{sub}/{name}")
 
     def _load_keys(self) -> int:
         arrays = []
@@ -256,6 +297,60 @@ class Dataset:
             self._sorted = [keys]
         return len(keys)
 
+    def _attempt_records(self) -> dict[int, list[tuple[int, bool, str]]]:
+        """Every committed part's attempt records: key -> [(attempt, transient, stem)]."""
+        records: dict[int, list[tuple[int, bool, str]]] = {}
+        for name in self.files.names(ATTEMPTS):
+            if not name.endswith(".npy") or name.startswith(TMP_PREFIX):
+                continue
+            stem = name[: -len(".npy")]
+            table = load_attempts(self.files.read(f"{ATTEMPTS}/{name}"))
+            for key, attempt, transient in table.tolist():
+                records.setdefault(int(key), []).append((int(attempt), bool(transient), stem))
+        return records
+
+    def prune(self) -> int:
+        """Resolve inputs done more than once (a retry): the highest attempt's rows stay,
+        the older part is rewritten without the older rows and keys. Returns the number
+        of superseded (input, part) pairs removed; also refreshes the retry table."""
+        stale: dict[str, set[int]] = {}
+        retry: dict[int, tuple[int, bool]] = {}
+        for key, entries in self._attempt_records().items():
+            entries.sort(key=lambda e: (e[0], e[2]))
+            attempt, transient, _ = entries[-1]
+            retry[key] = (attempt, transient)
+            for _, _, stem in entries[:-1]:
+                stale.setdefault(stem, set()).add(key)
+        self._retry = retry
+        for stem, keys in sorted(stale.items()):
+            self._prune_part(stem, keys)
+        return sum(len(keys) for keys in stale.values())
+
+    def _prune_part(self, stem: str, drop: set[int]) -> None:
+        """The part `stem` without the inputs `drop`, in an order safe at any kill: rows
+        first (the newer part already holds these inputs), then keys, then attempts; a
+        part left with no input is uncommitted (keys first) and removed."""
+        key_name, attempt_name = f"{KEYS}/{stem}.npy", f"{ATTEMPTS}/{stem}.npy"
+        keys = np.load(io.BytesIO(self.files.read(key_name))).astype(np.uint64)
+        dropped = np.isin(keys, np.fromiter(drop, dtype=np.uint64, count=len(drop)))
+        if dropped.all():
+            self.files.delete(key_name)
+            self.files.delete(stem + self.suffix)
+            self.files.delete(attempt_name)
+            return
+        data = self.files.read(stem + self.suffix)
+        kept = filter_rows(data, self.sink, self.key_mode, drop)
+        if kept != data:
+            self.files.write_atomic(stem + self.suffix, kept)
+        if dropped.any():
+            self.files.write_atomic(key_name, _npy(keys[~dropped]))
+        table = load_attempts(self.files.read(attempt_name))
+        left = table[~np.isin(table["key"], np.fromiter(drop, dtype=np.uint64, count=len(drop)))]
+        if len(left) == 0:
+            self.files.delete(attempt_name)
+        elif len(left) != len(table):
+            self.files.write_atomic(attempt_name, _npy(left))
+
     # -- keys -----------------------------------------------------------------------------
     def is_done(self, key: int) -> bool:
         if key in self._set:
@@ -265,6 +360,18 @@ class Dataset:
             if i < len(array) and int(array[i]) == key:
                 return True
         return False
+
+    def retry_attempt(self, key: int) -> int | None:
+        """The attempt number a done input gets now if it is to be done again (its last
+        attempt failed with a transient error and had fewer than max_attempts), else
+        None. Only the first occurrence of a key in a run is retried."""
+        record = self._retry.get(key)
+        if record is None or not record[1] or record[0] >= self.max_attempts:
+            return None
+        if key in self._retry_taken:
+            return None
+        self._retry_taken.add(key)
+        return record[0] + 1
 
     def mark(self, key: int) -> None:
         """Remember a key taken in this run (a later duplicate input is skipped)."""
@@ -278,19 +385,113 @@ class Dataset:
                 self._sorted = [np.unique(np.concatenate(self._sorted))]
 
     # -- parts ------------------------------------------------------------------------------
-    def commit(self, rows: list[dict[str, Any]], keys: list[int], thresholds: Any) -> str:
-        """Write a part with its rows, then its keys: from then on those inputs are done."""
-        stem = f"{PART_PREFIX}{self.run}-{self.seq:06d}"
+    def next_stem(self) -> str:
+        stem = part_stem(self.run, self.seq)
         self.seq += 1
-        self.files.write_atomic(stem + self.suffix, encode(rows, self.sink, thresholds))
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(keys, dtype=np.uint64))
-        self.files.write_atomic(f"{KEYS}/{stem}.npy", buffer.getvalue())
+        return stem
+
+    def commit(
+        self,
+        rows: list[dict[str, Any]],
+        keys: list[int],
+        thresholds: Any,
+        attempts: list[tuple[int, int, bool]] | None = None,
+    ) -> str:
+        """Write a part with its rows, then its keys: from then on those inputs are done."""
+        stem = self.next_stem()
+        name = write_part(self.files, stem, rows, self.sink, thresholds)
+        self.commit_keys(stem, keys, attempts)
+        return name
+
+    def commit_keys(
+        self, stem: str, keys: Any, attempts: list[tuple[int, int, bool]] | None = None
+    ) -> None:
+        """Commit a part already written (here or by a Ray actor): its attempt records,
+        then its keys (the commit point)."""
+        if attempts:
+            self.files.write_atomic(f"{ATTEMPTS}/{stem}.npy", _npy(attempt_table(attempts)))
+        self.files.write_atomic(f"{KEYS}/{stem}.npy", _npy(np.asarray(keys, dtype=np.uint64)))
         self.parts_written += 1
-        return stem + self.suffix
 
     def part_names(self) -> list[str]:
         return [n for n in self.files.names() if n.startswith(PART_PREFIX)]
+
+
+def part_stem(run: str, seq: int) -> str:
+    return f"{PART_PREFIX}{run}-{seq:06d}"
+
+
+def write_part(
+    files: _Files | str, stem: str, rows: list[dict[str, Any]], sink: str, thresholds: Any
+) -> str:
+    """A part file of `rows` under its final name, never half visible; what a Ray actor
+    calls for its own parts (the driver then commits their keys)."""
+    if isinstance(files, str):
+        files = _Files(files)
+    name = stem + SINKS[sink]
+    files.write_atomic(name, encode(rows, sink, thresholds))
+    return name
+
+
+def attempt_table(attempts: list[tuple[int, int, bool]]) -> NDArray[Any]:
+    return np.array([(k, a, int(t)) for k, a, t in attempts], dtype=ATTEMPT_DTYPE)
+
+
+def load_attempts(data: bytes) -> NDArray[Any]:
+    return np.load(io.BytesIO(data)).astype(ATTEMPT_DTYPE)
+
+
+def _npy(array: NDArray[Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def row_key(row: dict[str, Any], mode: str) -> int:
+    """The resume key of the input a row came from (None and CSV's "" read as missing)."""
+    from .sources import hash_key, stat_key
+
+    def number(value: Any) -> int:
+        return -1 if value is None or value == "" else int(value)
+
+    if mode == "hash":
+        return hash_key(str(row["path"]), row.get("source_sha256") or "")
+    return stat_key(
+        str(row["path"]), number(row.get("source_size")), number(row.get("source_mtime_ns"))
+    )
+
+
+def filter_rows(data: bytes, sink: str, mode: str, drop: set[int]) -> bytes:
+    """A part's bytes without the rows of the inputs keyed `drop` (the same bytes when
+    none is there, so a repeated prune writes nothing)."""
+    if sink == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data))
+        columns = ["path", "source_size", "source_mtime_ns", "source_sha256"]
+        keep = [row_key(r, mode) not in drop for r in table.select(columns).to_pylist()]
+        if all(keep):
+            return data
+        out = pa.BufferOutputStream()
+        pq.write_table(table.filter(pa.array(keep)), out, compression="zstd")
+        return bytes(out.getvalue())
+    if sink == "jsonl":
+        lines = data.decode().splitlines(keepends=True)
+        kept_lines = [line for line in lines if row_key(json.loads(line), mode) not in drop]
+        return data if len(kept_lines) == len(lines) else "".join(kept_lines).encode()
+    import csv
+
+    records = list(csv.reader(io.StringIO(data.decode(), newline="")))
+    header, body = records[0], records[1:]
+    kept = [r for r in body if row_key(dict(zip(header, r, strict=True)), mode) not in drop]
+    if len(kept) == len(body):
+        return data
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(kept)
+    return text.getvalue().encode()
 
 
 def encode(rows: list[dict[str, Any]], sink: str, thresholds: Any) -> bytes:

@@ -45,6 +45,7 @@ class Pending:
     sha256: str | None = None
     data: bytes | None = None
     error: str | None = None
+    attempt: int = 1  # > 1: a retry of an input whose last error was transient
 
 
 def model_identities(estimator: Estimator) -> list[dict[str, str]]:
@@ -79,10 +80,38 @@ def pending(job: Job, tally: Tally) -> Iterator[Pending]:
         tally.seen += 1
         entry = _keyed(item, job.key)
         if job.dataset.is_done(entry.key):
-            tally.skipped += 1
-            continue
+            attempt = job.dataset.retry_attempt(entry.key)
+            if attempt is None:
+                tally.skipped += 1
+                continue
+            entry.attempt = attempt
         job.dataset.mark(entry.key)
         yield entry
+
+
+# What an error row says when its cause may be gone on the next try: images.load and
+# sources.read_remote write "cannot read (...)" for an OSError other than a missing file,
+# a folder or a denied permission (EIO, ESTALE, a network file system, an object store's
+# 5xx or a dropped connection); timeouts are transient wherever they come from. A file
+# that is "not an image", truncated or missing is not: trying again gives the same row.
+TRANSIENT_MARKS = (": cannot read (", "timed out", "timeout")
+
+
+def transient(error: str | None) -> bool:
+    """Whether an input with this error is worth another try (see TRANSIENT_MARKS)."""
+    if not error:
+        return False
+    text = error.lower()
+    return any(mark in text for mark in TRANSIENT_MARKS)
+
+
+def attempt_record(entry: Pending, rows: list[dict[str, Any]]) -> tuple[int, int, bool] | None:
+    """(key, attempt, transient) for the part's attempt records, or None for an input
+    tried once that did not fail transiently (nothing to record)."""
+    failed = any(transient(r.get("error")) for r in rows)
+    if failed or entry.attempt > 1:
+        return (entry.key, entry.attempt, failed)
+    return None
 
 
 def prefetched(items: Iterator[Pending], size: int = 256) -> Iterator[Pending]:
@@ -150,24 +179,57 @@ class Tally:
     faces: int = 0
     failed: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    retried: int = 0
     shown: int = 0
+    errors: list[str] = field(default_factory=list)  # kept by part summaries only
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, rows: list[dict[str, Any]], report: Any = None) -> None:
+    def add(self, rows: list[dict[str, Any]], report: Any = None, attempt: int = 1) -> None:
         """Count one finished input (all its rows)."""
         self.inputs += 1
+        self.retried += attempt > 1
         self.rows += len(rows)
         self.faces += sum(1 for r in rows if r.get("face") is not None)
         errors = [r["error"] for r in rows if r.get("error")]
         if errors:
             self.failed += 1
             self.reasons[reason(rows[0]["path"], errors[0])] += 1
-            if self.shown < ERRORS_SHOWN and report is not None:
-                report(f"agegender: error: {errors[0]}")
-            elif self.shown == ERRORS_SHOWN and report is not None:
-                report("agegender: further errors are only in the dataset's error column")
-            self.shown += 1
+            if len(self.errors) <= ERRORS_SHOWN:
+                self.errors.append(errors[0])
+            self.note_error(errors[0], report)
+
+    def note_error(self, error: str, report: Any) -> None:
+        """Print the first ERRORS_SHOWN errors as they happen, then say where the rest are."""
+        if self.shown < ERRORS_SHOWN and report is not None:
+            report(f"agegender: error: {error}")
+        elif self.shown == ERRORS_SHOWN and report is not None:
+            report("agegender: further errors are only in the dataset's error column")
+        self.shown += 1
+
+    def summary_of_part(self) -> dict[str, Any]:
+        """What a Ray actor sends the driver for one part: counts and the first errors,
+        no rows (the rows are in the part file the actor wrote)."""
+        return {
+            "inputs": self.inputs,
+            "retried": self.retried,
+            "rows": self.rows,
+            "faces": self.faces,
+            "failed": self.failed,
+            "reasons": dict(self.reasons),
+            "errors": list(self.errors),
+        }
+
+    def merge(self, part: dict[str, Any], report: Any = None) -> None:
+        """Add a part's summary (summary_of_part) made elsewhere."""
+        self.inputs += part["inputs"]
+        self.retried += part["retried"]
+        self.rows += part["rows"]
+        self.faces += part["faces"]
+        self.failed += part["failed"]
+        self.reasons.update(part["reasons"])
+        for error in part["errors"]:
+            self.note_error(error, report)
 
     def summary(self, dest: str, parts: int) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -176,6 +238,8 @@ class Tally:
             f"agegender: batch: {self.inputs} inputs done in {elapsed:.1f} s "
             f"({rate:.1f} images/s), {self.faces} faces, {self.rows} rows in {parts} parts"
         )
+        if self.retried:
+            text += f"; {self.retried} retried (transient errors before)"
         if self.skipped:
             text += f"; {self.skipped} skipped (done before, or repeated)"
         if self.failed:

@@ -1,15 +1,22 @@
 """The Ray engine: Ray Data's batch-inference pattern over the job's pending inputs.
 
     driver: pending inputs (keys checked against DEST) -> blocks of --part-size inputs
-            in Ray's object store (never a whole list in the driver's memory)
+            in Ray's object store (never a whole list in the driver's memory), each input
+            numbered in input order
     Ray Data: from_arrow_refs -> map_batches(_Worker, concurrency=N, num_cpus, num_gpus):
-            an actor pool, each actor loads one Estimator once and runs ``local.process``
-    driver: each output batch (one row per input: its key and its rows) is committed as a
-            part by dataset.py, so the exactly-once protocol is the local engine's
+            an actor pool, each actor loads one Estimator once, runs ``local.process``
+            and writes the batch's part file to DEST itself (``dataset.write_part``:
+            temporary name + rename, or one whole object on an object store), named after
+            the run and its first input's number (a retried task writes the same name)
+    driver: receives one small summary per part (its name, its input keys, its attempt
+            records, counts, the first errors: never rows) and commits the part by
+            writing its keys (dataset.py): the exactly-once protocol is the local
+            engine's, and the driver's work per part is two small writes
 
 ``--address`` joins a running cluster (``auto``, ``ray://host:10001``); without it a Ray
-instance is started on this machine and stopped at the end. Workers read the inputs
-themselves (a shared file system or an object store) and need agegender and its models
+instance is started on this machine and stopped at the end. Workers read the inputs and
+write the parts themselves, so inputs and DEST must be reachable from every node (an
+object store or a shared file system), and workers need agegender and its models
 (installed in the cluster's image or shipped by a runtime environment; README).
 """
 
@@ -22,9 +29,11 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .job import Job, Pending, Tally, pending
+from . import sources
+from .job import Job, Pending, Tally, attempt_record, pending
 from .local import Work, process
 from .sources import Input
 
@@ -34,11 +43,16 @@ if TYPE_CHECKING:
     from ..config import EstimatorConfig
 
 
-def _to_table(entries: list[Pending]) -> pa.Table:
+# The columns of what an actor returns for a part: nothing row-sized (tests check it).
+SUMMARY_COLUMNS = ("part", "keys", "attempts", "summary")
+
+
+def _to_table(entries: list[Pending], first: int) -> pa.Table:
     import pyarrow as pa
 
     return pa.table(
         {
+            "seq": pa.array(range(first, first + len(entries)), pa.int64()),
             "path": [e.item.path for e in entries],
             "size": pa.array([e.item.size for e in entries], pa.int64()),
             "mtime_ns": pa.array([e.item.mtime_ns for e in entries], pa.int64()),
@@ -46,6 +60,7 @@ def _to_table(entries: list[Pending]) -> pa.Table:
             "key": pa.array([e.key for e in entries], pa.uint64()),
             "sha256": pa.array([e.sha256 for e in entries], pa.string()),
             "error": pa.array([e.error for e in entries], pa.string()),
+            "attempt": pa.array([e.attempt for e in entries], pa.int32()),
         }
     )
 
@@ -53,30 +68,73 @@ def _to_table(entries: list[Pending]) -> pa.Table:
 def _entries(table: pa.Table) -> Iterator[Pending]:
     for row in table.to_pylist():
         item = Input(row["path"], row["size"], row["mtime_ns"], row["remote"])
-        yield Pending(item, int(row["key"]), row["sha256"], None, row["error"])
+        yield Pending(item, int(row["key"]), row["sha256"], None, row["error"], int(row["attempt"]))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how an actor writes its parts (picklable: travels with the actor class)."""
+
+    dest: str
+    run: str
+    sink: str
 
 
 class _Worker:
-    """One actor: an Estimator loaded once, run on batches of pending inputs (a subclass
-    made per job sets ``config`` and ``work``)."""
+    """One actor: an Estimator loaded once, run on batches of pending inputs, each batch
+    written as one part file by the actor (a subclass made per job sets ``config``,
+    ``work`` and ``target``)."""
 
     config: EstimatorConfig
     work: Work
+    target: Target
 
     def __init__(self) -> None:
         from ..pipeline import Estimator
+        from .dataset import _Files
 
         logging.getLogger("PIL").setLevel(logging.CRITICAL)
         self.estimator = Estimator(self.config)
+        self.files = _Files(self.target.dest)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import numpy as np
         import pyarrow as pa
 
-        keys, payloads = [], []
-        for entry, rows in process(self.estimator, _entries(batch), self.work):
+        from .dataset import _npy, attempt_table, part_stem, write_part
+
+        tally = Tally()
+        rows: list[dict[str, Any]] = []
+        keys: list[int] = []
+        attempts: list[tuple[int, int, bool]] = []
+        for entry, found in process(self.estimator, _entries(batch), self.work):
+            tally.add(found, None, entry.attempt)
+            rows.extend(found)
             keys.append(entry.key)
-            payloads.append(json.dumps(rows))
-        return pa.table({"key": pa.array(keys, pa.uint64()), "rows": payloads})
+            record = attempt_record(entry, found)
+            if record is not None:
+                attempts.append(record)
+        if not keys:
+            return pa.table({name: pa.array([], pa.binary()) for name in SUMMARY_COLUMNS})
+        # Named after the batch's first input: unique in the run, the same if Ray retries
+        # the task (the retry replaces the file; the driver commits it once).
+        stem = part_stem(self.target.run, int(batch.column("seq")[0].as_py()))
+        write_part(self.files, stem, rows, self.target.sink, self.work.thresholds)
+        return pa.table(
+            {
+                "part": pa.array([stem.encode()], pa.binary()),
+                "keys": pa.array([np.asarray(keys, dtype=np.uint64).tobytes()], pa.binary()),
+                "attempts": pa.array(
+                    [_npy(attempt_table(attempts)) if attempts else b""], pa.binary()
+                ),
+                "summary": pa.array([json.dumps(tally.summary_of_part()).encode()], pa.binary()),
+            }
+        )
+
+
+def _summaries(dataset: Any) -> Iterator[pa.Table]:
+    """The actors' part summaries as they arrive (a seam for tests: what the driver gets)."""
+    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def run_ray(job: Job, args: argparse.Namespace) -> Tally:
@@ -96,9 +154,12 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
         # A Ray started here serves this machine only: it binds to the loopback address
         # (Ray's switch for single-machine use), never to a network interface.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import numpy as np
     import pyarrow as pa
     import ray
     from tqdm import tqdm
+
+    from .dataset import load_attempts
 
     tally = Tally()
     verbose = bool(getattr(args, "verbose", False))
@@ -133,21 +194,29 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
         total = 0
         for entry in pending(job, tally):
             if entry.data is not None:  # --key hash read it: the actor reads it again
-                entry = Pending(entry.item, entry.key, entry.sha256, None, entry.error)
+                entry = Pending(
+                    entry.item, entry.key, entry.sha256, None, entry.error, entry.attempt
+                )
             chunk.append(entry)
             if len(chunk) >= job.part_size:
-                refs.append(ray.put(_to_table(chunk)))
+                refs.append(ray.put(_to_table(chunk, total)))
                 total += len(chunk)
                 chunk = []
         if chunk:
-            refs.append(ray.put(_to_table(chunk)))
+            refs.append(ray.put(_to_table(chunk, total)))
             total += len(chunk)
         if not refs:
             return tally
         tally.started = time.monotonic()
+        dest = job.dataset.dest
+        if not sources.is_uri(dest):
+            dest = os.path.abspath(dest)  # an actor's working folder is not the driver's
+        target = Target(dest, job.dataset.run, job.dataset.sink)
         # The configuration travels with the actor class (pickled by value), not as
         # constructor arguments held in the object store.
-        worker = type("Worker", (_Worker,), {"config": job.config, "work": Work.of(job)})
+        worker = type(
+            "Worker", (_Worker,), {"config": job.config, "work": Work.of(job), "target": target}
+        )
         dataset = ray.data.from_arrow_refs(refs).map_batches(
             worker,
             batch_size=job.part_size,
@@ -164,19 +233,17 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
             else:
                 print(line, file=sys.stderr, flush=True)
 
-        thresholds = job.config.age_thresholds
         try:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for batch in _summaries(dataset):
                 assert isinstance(batch, pa.Table)
-                keys = [int(k) for k in batch.column("key").to_pylist()]
-                part: list[dict[str, Any]] = []
-                for text in batch.column("rows").to_pylist():
-                    rows = json.loads(text)
-                    tally.add(rows, report)
-                    part.extend(rows)
-                if keys:
-                    job.dataset.commit(part, keys, thresholds)
-                bar.update(len(keys))
+                for part in batch.to_pylist():
+                    keys = np.frombuffer(part["keys"], dtype=np.uint64)
+                    attempts = part["attempts"]
+                    records = load_attempts(attempts).tolist() if attempts else None
+                    job.dataset.commit_keys(part["part"].decode(), keys, records)
+                    summary = json.loads(part["summary"])
+                    tally.merge(summary, report)
+                    bar.update(summary["inputs"])
         finally:
             bar.close()
     finally:

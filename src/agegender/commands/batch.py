@@ -57,6 +57,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="inputs per part file: the most a crash makes redo (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-attempts",
+        type=number(int, 1),
+        default=3,
+        metavar="N",
+        help="tries per input whose error is transient (an I/O error, a timeout; not a "
+        "file that is not an image): a later run with the same --out tries it again until "
+        "it has had N (1: never retry) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="(default: %(default)s)"
     )
     ray = parser.add_argument_group("ray engine")
@@ -103,7 +112,9 @@ def _run(args: argparse.Namespace) -> int:
     models = job.model_identities(estimator)
     video = {"step": args.video_step, "max_frames": args.max_frames}
     manifest = dataset.make_manifest(config.as_dict(), models, args.format, args.key, video)
-    out = dataset.Dataset(args.out, manifest, args.format, args.overwrite)
+    out = dataset.Dataset(
+        args.out, manifest, args.format, args.overwrite, max_attempts=args.max_attempts
+    )
     try:
         the_job = job.Job(
             sources=args.sources,
@@ -125,6 +136,8 @@ def _run(args: argparse.Namespace) -> int:
             from ..batch.local import run_local
 
             tally = run_local(the_job, estimator)
+        if tally.retried:
+            out.prune()  # the retried inputs' older rows leave their older parts
         job.print_summary(the_job, tally)
     finally:
         out.close()
