@@ -672,3 +672,98 @@ def test_help_loads_nothing_heavy(tmp_path: Path) -> None:
     )
     assert "--detect-every" in done.stdout
     assert done.stderr.strip() == "[]"
+
+
+# -- the annotated video: H.264 through imageio-ffmpeg, mp4v without it ----------------------
+
+
+def video_info(path: Path) -> tuple[str, int, tuple[int, int], str]:
+    """(fourcc, frames decoded, (width, height), ffmpeg's stream line) of a video file."""
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened()
+    code = int(capture.get(cv2.CAP_PROP_FOURCC))
+    fourcc = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4))
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    stream = ""
+    try:
+        from agegender.video_writer import ffmpeg_exe
+
+        exe = ffmpeg_exe()
+    except ImportError:
+        exe = None
+    if exe is not None:
+        # `ffmpeg -i FILE` with no output describes the file on stderr (and exits 1)
+        err = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True).stderr
+        stream = next((line.strip() for line in err.decode().splitlines() if "Video:" in line), "")
+    return fourcc, count, size, stream
+
+
+def test_writer_encodes_h264(tmp_path: Path) -> None:
+    pytest.importorskip(
+        "imageio_ffmpeg", reason="agegender[video] (imageio-ffmpeg) is not installed"
+    )
+    from agegender.video_writer import FfmpegWriter, open_writer
+
+    rng = np.random.default_rng(0)
+    for name, (width, height) in {"even.mp4": (160, 120), "odd.mov": (161, 121)}.items():
+        path = tmp_path / name
+        writer = open_writer(path, 12.5, (width, height))
+        assert isinstance(writer, FfmpegWriter)
+        for _ in range(17):
+            writer.write(rng.integers(0, 255, (height, width, 3), np.uint8))
+        writer.release()
+        fourcc, count, size, stream = video_info(path)
+        assert fourcc in ("avc1", "h264") and count == 17
+        assert "h264" in stream and "yuv420p" in stream
+        assert size == (width + width % 2, height + height % 2)  # odd sides padded
+
+
+def test_writer_without_imageio_ffmpeg_warns_and_writes_mp4v(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agegender import video_writer
+
+    monkeypatch.setattr(video_writer, "ffmpeg_exe", lambda: None)
+    path = tmp_path / "out.mp4"
+    writer = video_writer.open_writer(path, 10, (160, 120))
+    for _ in range(5):
+        writer.write(np.full((120, 160, 3), 90, np.uint8))
+    writer.release()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agegender: warning: --annotate")
+    assert "imageio-ffmpeg" in lines[0]
+    fourcc, count, _, stream = video_info(path)
+    assert fourcc in ("mp4v", "FMP4") and count == 5  # OpenCV reads MPEG-4 Part 2 as FMP4
+    assert "h264" not in stream
+
+
+def test_writer_failure_is_one_line(tmp_path: Path) -> None:
+    pytest.importorskip(
+        "imageio_ffmpeg", reason="agegender[video] (imageio-ffmpeg) is not installed"
+    )
+    from agegender.errors import AgegenderError
+    from agegender.video_writer import open_writer
+
+    writer = open_writer(tmp_path / "out.mp4", 10, (64, 48))
+    with pytest.raises(AgegenderError, match=r"frame size changed from 64x48 to 32x32$"):
+        writer.write(np.zeros((32, 32, 3), np.uint8))
+    writer.release()  # already reported: no second error
+
+
+def test_annotated_clip_is_h264(clips, tmp_path: Path) -> None:
+    pytest.importorskip(
+        "imageio_ffmpeg", reason="agegender[video] (imageio-ffmpeg) is not installed"
+    )
+    clip, _ = clips["simple"]
+    annotated = tmp_path / "out.mp4"
+    code, tracks, frames = run_video(
+        tmp_path, clip, "--annotate", str(annotated), "--max-frames", "8"
+    )
+    assert code == 0 and len(frames) == 8 and len(tracks) == 2
+    fourcc, count, size, stream = video_info(annotated)
+    assert fourcc in ("avc1", "h264") and count == 8 and size == SIZE
+    assert "h264" in stream and "yuv420p" in stream and "10 fps" in stream

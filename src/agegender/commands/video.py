@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_LOST = 1.0  # = people.DEFAULT_MAX_LOST_SECONDS (people.py imports OpenCV)
 DEFAULT_CORRELATION = 0.8  # = fusion.DEFAULT_CORRELATION
 DEFAULT_RETRIES = 5  # = streams.DEFAULT_RETRIES
-ANNOTATE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+ANNOTATE_CODECS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")  # = video_writer.OPENCV_CODECS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -64,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         metavar="OUT.mp4",
         type=Path,
         help="also write the video with boxes, track ids and each person's current "
-        f"estimate ({', '.join(ANNOTATE_CODECS)}); never replaces an existing file",
+        f"estimate ({', '.join(ANNOTATE_CODECS)}): H.264 with the 'video' extra "
+        "(imageio-ffmpeg), else OpenCV's mp4v (.avi: MJPG); never replaces an existing file",
     )
     parser.add_argument(
         "--thumbs",
@@ -349,16 +350,15 @@ class _Run:
         import cv2
         import numpy as np
 
+        from ..video_writer import open_writer
+
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         if self.writer is None:
             height, width = bgr.shape[:2]
-            fourcc = cv2.VideoWriter.fourcc(*ANNOTATE_CODECS[self.args.annotate.suffix.lower()])
             path = self.args.annotate
             if path.exists():  # made since the check: still never replaced
                 raise AgegenderError(f"--annotate {path}: exists; agegender never replaces a file")
-            self.writer = cv2.VideoWriter(str(path), fourcc, fps, (width, height))
-            if not self.writer.isOpened():
-                raise AgegenderError(f"--annotate {path}: OpenCV cannot write this video format")
+            self.writer = open_writer(path, fps, (width, height))
         scale = max(0.4, min(bgr.shape[:2]) / 720)
         for face in report.faces:
             x1, y1, x2, y2 = (round(v) for v in face.box)
