@@ -4,9 +4,13 @@ run's on the same images, and a second run resumes."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +88,113 @@ def test_inputs_and_dataset_on_s3(s3: dict[str, str], tmp_path: Path) -> None:
         if b["age_value"] is not None:
             assert a["age_value"] == pytest.approx(b["age_value"], rel=REL)
             assert a["gender_label"] == b["gender_label"]
+
+
+def pafs_selector(path: str) -> Any:
+    from pyarrow import fs as pafs
+
+    return pafs.FileSelector(path, allow_not_found=True, recursive=True)
+
+
+def _store(s3: dict[str, str], bucket: str) -> Any:
+    from pyarrow import fs as pafs
+
+    store = pafs.S3FileSystem(
+        endpoint_override=s3["AWS_ENDPOINT_URL"], scheme="http", allow_bucket_creation=True
+    )
+    store.create_dir(bucket)
+    return store
+
+
+def _put_lock(store: Any, path: str, **fields: Any) -> None:
+    with store.open_output_stream(path) as out:
+        out.write(json.dumps(fields).encode())
+
+
+@pytest.mark.parametrize("conditional", [True, False], ids=["if-none-match", "read-back"])
+def test_one_job_per_s3_dest(
+    s3: dict[str, str],
+    tmp_path: Path,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    conditional: bool,
+) -> None:
+    """A second job on a DEST whose lock object is held stops with one line; a released,
+    expired or dead-here lock lets the next job run. With S3's conditional create
+    (If-None-Match: *) and with the read-back fallback for stores without it."""
+    from agegender.batch import lock
+
+    if not conditional:
+        monkeypatch.setattr(lock, "_conditional_client", lambda files: None)
+        monkeypatch.setattr(lock, "SETTLE", 0.05)
+    bucket = f"locks-{'c' if conditional else 'r'}"
+    store = _store(s3, bucket)
+    dest = f"s3://{bucket}/faces"
+    image = str(make_images(tmp_path / "in", 1)[0])
+    holder = lock.ObjectLock(dataset._Files(dest), dataset.LOCK, dest)
+    holder.acquire()
+    assert (holder._client is not None) is conditional
+    try:
+        capsys.readouterr()
+        assert batch(image, "--out", dest) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "another agegender batch is writing it" in err, err
+        assert not [
+            f for f in store.get_file_info(pafs_selector(f"{bucket}/faces")) if "part-" in f.path
+        ]
+        holder.refresh()  # the heartbeat of a lock still ours
+        assert not holder.lost
+    finally:
+        holder.release()
+    assert batch(image, "--out", dest) == 0
+    lock_path = f"{bucket}/faces/{dataset.LOCK}"
+    assert store.get_file_info(lock_path).type.name == "NotFound"  # released at the end
+    # a lock with no heartbeat for longer than TTL: a dead job's, taken over
+    _put_lock(store, lock_path, owner="x", host="elsewhere", pid=1, heartbeat=time.time() - 1e4)
+    assert batch(image, "--out", dest, "--overwrite") == 0
+    # a fresh lock of a process of this machine that is gone (kill -9): taken over at once
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(gone.stdout)
+    _put_lock(
+        store, lock_path, owner="y", host=socket.gethostname(), pid=pid, heartbeat=time.time()
+    )
+    assert batch(image, "--out", dest, "--overwrite") == 0
+    # a fresh lock of a live process elsewhere: refused
+    _put_lock(store, lock_path, owner="z", host="elsewhere", pid=1, heartbeat=time.time())
+    assert batch(image, "--out", dest) == 2
+    assert "lock held by elsewhere pid 1" in capsys.readouterr().err
+
+
+def test_conditional_create_lets_exactly_one_job_in(s3: dict[str, str]) -> None:
+    """Eight jobs opening one DEST at the same moment: S3 creates the lock for one."""
+    from agegender.batch import lock
+    from agegender.errors import AgegenderError
+
+    _store(s3, "race")
+    dest = "s3://race/faces"
+    locks = [lock.ObjectLock(dataset._Files(dest), dataset.LOCK, dest) for _ in range(8)]
+    assert all(item._client is not None for item in locks)
+    barrier = threading.Barrier(len(locks))
+    won: list[lock.ObjectLock] = []
+    refused: list[str] = []
+
+    def open_one(item: lock.ObjectLock) -> None:
+        barrier.wait()
+        try:
+            item.acquire()
+            won.append(item)
+        except AgegenderError as error:
+            refused.append(str(error))
+
+    threads = [threading.Thread(target=open_one, args=(item,)) for item in locks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1 and len(refused) == 7, refused
+    won[0].release()

@@ -16,7 +16,8 @@ killed at any moment redoes at most the parts it had in flight. Who writes a par
 not matter: the local engine writes its own, Ray actors write theirs (``write_part``)
 and the driver commits their keys. Readers that skip names starting with ``_`` or ``.``
 (pyarrow.dataset, DuckDB's ``DEST/*.parquet``) see rows only. DEST may be a local folder
-or an object-store URI (pyarrow.fs; locked by ``lock.py``'s lock object).
+or an object-store URI (pyarrow.fs; locked by ``lock.py``'s lock object, which a
+second job finds and stops on).
 
 Retries: an input whose error is transient (``transient``: an I/O error, a timeout) is
 done again by a later run until it has had ``max_attempts``. Its new rows go into a new
@@ -202,17 +203,22 @@ class Dataset:
         self.key_mode = str(manifest.get("key", "stat"))
         self.max_attempts = max_attempts
         self._lock_file: Any = None
+        self._object_lock: Any = None
         check_dest(dest)
         self.files.mkdirs()
         self._lock()
-        old = self._read_manifest()
-        if old is not None and old != manifest and not overwrite:
-            raise AgegenderError(f"--out {dest}: {_difference(old, manifest)}")
-        if overwrite:
-            self._remove_all()
-        self._recover()
-        if old is None or overwrite:
-            self.files.write_atomic(MANIFEST, json.dumps(manifest, indent=2).encode())
+        try:
+            old = self._read_manifest()
+            if old is not None and old != manifest and not overwrite:
+                raise AgegenderError(f"--out {dest}: {_difference(old, manifest)}")
+            if overwrite:
+                self._remove_all()
+            self._recover()
+            if old is None or overwrite:
+                self.files.write_atomic(MANIFEST, json.dumps(manifest, indent=2).encode())
+        except BaseException:
+            self.close()  # an object-store lock would otherwise stay until it expires
+            raise
         # Unique per run (two runs in one second and process must not share names).
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
         self.seq = 0
@@ -227,6 +233,10 @@ class Dataset:
     # -- opening ------------------------------------------------------------------------
     def _lock(self) -> None:
         if self.files.remote:
+            from .lock import ObjectLock
+
+            self._object_lock = ObjectLock(self.files, LOCK, self.dest)
+            self._object_lock.acquire()
             return
         import fcntl
 
@@ -243,6 +253,9 @@ class Dataset:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+        if self._object_lock is not None:
+            self._object_lock.release()
+            self._object_lock = None
 
     def _read_manifest(self) -> dict[str, Any] | None:
         if self.files.kind(MANIFEST) != "file":
