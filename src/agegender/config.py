@@ -107,6 +107,11 @@ class EstimatorConfig:
         from .presets import get_preset
 
         base = get_preset(name).config()
+        # The caller's cards for a task replace the preset's, and so drop the preset's
+        # weights for them (unless the caller gives weights too).
+        for role in ("age", "gender"):
+            if f"{role}_models" in overrides and f"{role}_weights" not in overrides:
+                overrides[f"{role}_weights"] = None
         return base.with_overrides(**overrides)
 
     def with_overrides(self, **overrides: Any) -> EstimatorConfig:
@@ -119,10 +124,6 @@ class EstimatorConfig:
         preset = overrides.pop("preset", None)
         if preset is not None and preset != self.preset:
             return EstimatorConfig.from_preset(preset, **overrides)
-        # New cards for a task drop the old cards' weights (unless new weights come too).
-        for role in ("age", "gender"):
-            if f"{role}_models" in overrides and f"{role}_weights" not in overrides:
-                overrides[f"{role}_weights"] = None
         return replace(self, **overrides) if overrides else self
 
     # -- checks ---------------------------------------------------------------------
