@@ -55,6 +55,8 @@ class Evidence:
     best_weight: float = -1.0
     thumbnail: NDArray[np.uint8] | None = None
     thumbnail_frame: int | None = None
+    # the best face (highest weight): frame index, time, box, detector score
+    best: tuple[int, float, Box, float] | None = None
     seen: int = 0  # detection frames matched (also those dropped beyond MAX_EVIDENCE)
     # (estimates, frames_used, fusion details), cached until the next frame is added
     fused: tuple[dict[str, Any], int, dict[str, float]] | None = None
@@ -125,6 +127,10 @@ class Person:
     fusion: dict[str, float] = field(default_factory=dict)  # n_eff, correlation (rho)
     thumbnail: NDArray[np.uint8] | None = field(default=None, repr=False)
     thumbnail_frame: int | None = None
+    best_frame: int | None = None  # the best face (highest weight), with or without thumbnails
+    best_time: float | None = None
+    best_box: Box | None = None
+    best_score: float | None = None
 
     def to_dict(self, thumbnail_path: str | None = None) -> dict[str, Any]:
         return {
@@ -328,10 +334,13 @@ class PeopleTracker:
             for rows in evidence.probs.values():
                 del rows[drop]
         evidence.fused = None
-        if self.thumbnails and weight > evidence.best_weight:
+        if weight > evidence.best_weight:
             evidence.best_weight = weight
-            evidence.thumbnail = _thumbnail(rgb, detection.box)
-            evidence.thumbnail_frame = frame.index
+            box: Box = tuple(float(v) for v in detection.box)  # type: ignore[assignment]
+            evidence.best = (frame.index, frame.time, box, float(detection.score))
+            if self.thumbnails:
+                evidence.thumbnail = _thumbnail(rgb, detection.box)
+                evidence.thumbnail_frame = frame.index
 
     def _fused(self, evidence: Evidence) -> dict[str, Any]:
         if evidence.fused is not None:
@@ -384,6 +393,7 @@ class PeopleTracker:
             return None
         fused = self._fused(evidence)
         assert evidence.fused is not None
+        best = evidence.best
         return Person(
             id=track.id,
             first_frame=track.first_frame,
@@ -398,6 +408,10 @@ class PeopleTracker:
             gender=fused.get("gender"),
             thumbnail=evidence.thumbnail,
             thumbnail_frame=evidence.thumbnail_frame,
+            best_frame=None if best is None else best[0],
+            best_time=None if best is None else best[1],
+            best_box=None if best is None else best[2],
+            best_score=None if best is None else best[3],
         )
 
 

@@ -4,7 +4,8 @@
                  Parquet lists, object-store URIs), each with its resume key; never a list
                  of all paths in memory
     rows.py      ImageResult -> flat rows (one per face, one per image without a face or
-                 with an error): the dataset's schema, shared by every sink and engine
+                 with an error): the dataset's schema, shared by every sink and engine;
+                 with --video-rows tracks one row per tracked person of a video
     dataset.py   the output folder: manifest (configuration + model hashes), lock, part
                  files committed atomically with their input keys, resume, --overwrite,
                  retries of transient failures (attempt records, older rows pruned)

@@ -201,6 +201,8 @@ class Dataset:
         self.files = _Files(dest)
         self.manifest = manifest
         self.key_mode = str(manifest.get("key", "stat"))
+        # --video-rows tracks: the track columns in every part (rows.TRACK_COLUMNS)
+        self.tracks = (manifest.get("video") or {}).get("rows") == "tracks"
         self.max_attempts = max_attempts
         self._lock_file: Any = None
         self._object_lock: Any = None
@@ -266,6 +268,8 @@ class Dataset:
             raise AgegenderError(f"--out {self.dest}: unreadable {MANIFEST} ({error})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise AgegenderError(f"--out {self.dest}: {MANIFEST} is not agegender's")
+        if isinstance(data.get("video"), dict):
+            data["video"].setdefault("rows", "frames")  # made before --video-rows
         return data
 
     def _remove_all(self) -> None:
@@ -412,7 +416,7 @@ class Dataset:
     ) -> str:
         """Write a part with its rows, then its keys: from then on those inputs are done."""
         stem = self.next_stem()
-        name = write_part(self.files, stem, rows, self.sink, thresholds)
+        name = write_part(self.files, stem, rows, self.sink, thresholds, tracks=self.tracks)
         self.commit_keys(stem, keys, attempts)
         return name
 
@@ -435,14 +439,19 @@ def part_stem(run: str, seq: int) -> str:
 
 
 def write_part(
-    files: _Files | str, stem: str, rows: list[dict[str, Any]], sink: str, thresholds: Any
+    files: _Files | str,
+    stem: str,
+    rows: list[dict[str, Any]],
+    sink: str,
+    thresholds: Any,
+    tracks: bool = False,
 ) -> str:
     """A part file of `rows` under its final name, never half visible; what a Ray actor
     calls for its own parts (the driver then commits their keys)."""
     if isinstance(files, str):
         files = _Files(files)
     name = stem + SINKS[sink]
-    files.write_atomic(name, encode(rows, sink, thresholds))
+    files.write_atomic(name, encode(rows, sink, thresholds, tracks))
     return name
 
 
@@ -507,15 +516,15 @@ def filter_rows(data: bytes, sink: str, mode: str, drop: set[int]) -> bytes:
     return text.getvalue().encode()
 
 
-def encode(rows: list[dict[str, Any]], sink: str, thresholds: Any) -> bytes:
+def encode(rows: list[dict[str, Any]], sink: str, thresholds: Any, tracks: bool = False) -> bytes:
     from .rows import arrow_schema, columns, text_value
 
-    names = [name for name, _ in columns(thresholds)]
+    names = [name for name, _ in columns(thresholds, tracks)]
     if sink == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(rows, schema=arrow_schema(thresholds))
+        table = pa.Table.from_pylist(rows, schema=arrow_schema(thresholds, tracks))
         out = pa.BufferOutputStream()
         pq.write_table(table, out, compression="zstd")
         return bytes(out.getvalue())

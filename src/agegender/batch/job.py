@@ -34,6 +34,7 @@ class Job:
     video_step: float = 1.0
     max_frames: int | None = None
     progress: bool = False
+    video_rows: str = "frames"  # "tracks": one row per tracked person of a video
 
 
 @dataclass

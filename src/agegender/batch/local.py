@@ -4,6 +4,11 @@ Decoding and detection run in the estimator's worker threads, faces of several i
 share model batches (as in ``predict``); a part is committed every ``part_size``
 finished inputs, so a killed job loses at most the part in flight. ``process`` (inputs
 -> rows of each input) is what a Ray actor runs too.
+
+With ``--video-rows tracks`` a video is read frame by frame through the ``video``
+command's :class:`agegender.people.PeopleTracker` (its defaults: every frame detected,
+tracks end after 1 s unseen, 3 detections make a person), in the thread that feeds
+``predict_many``, and gives one row per person (``rows.person_rows``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Work:
     video_step: float = 1.0
     max_frames: int | None = None
     pixel_limit: int | None = None
+    video_rows: str = "frames"  # or "tracks": one row per tracked person
 
     @classmethod
     def of(cls, job: Job) -> Work:
@@ -43,7 +49,50 @@ class Work:
             job.video_step,
             job.max_frames,
             job.config.pixel_limit,
+            job.video_rows,
         )
+
+
+def track_video(estimator: Estimator, entry: Pending, work: Work) -> list[dict[str, Any]]:
+    """One video's rows with ``--video-rows tracks``: one per person, as ``agegender video
+    --tracks`` finds them; a read error ends the video with an error row after the people
+    seen until then."""
+    from ..errors import AgegenderError
+    from ..people import PeopleTracker
+    from ..streams import Source
+
+    item = entry.item
+    source = Source(item.path, pixel_limit=work.pixel_limit)
+    tracker: PeopleTracker | None = None
+    people: list[Any] = []
+    size: tuple[int, int] | None = None
+    error: str | None = None
+    count = 0
+    try:
+        for frame in source.frames():
+            if tracker is None:
+                tracker = PeopleTracker(estimator, fps=source.fps, thumbnails=False)
+                size = (int(frame.rgb.shape[1]), int(frame.rgb.shape[0]))
+            people.extend(tracker.process(frame)[1])
+            count += 1
+            if work.max_frames is not None and count >= work.max_frames:
+                break
+    except AgegenderError as failure:
+        error = str(failure)
+    finally:
+        source.stop()
+    if tracker is not None:
+        people.extend(tracker.finish())
+    elif error is None:
+        error = f"{item.path}: no frames"
+    people.sort(key=lambda p: p.id)
+    found = rowmod.person_rows(item, people, size, work.constants, work.thresholds, entry.sha256)
+    if error is None:
+        return found
+    if not error.startswith(item.path):
+        error = f"{item.path}: {error}"
+    error_only = rowmod.error_row(item, error, work.constants)
+    return (found if people else []) + [error_only]
 
 
 def process(
@@ -53,6 +102,7 @@ def process(
     from .. import video
 
     tags: deque[tuple[int, Pending]] = deque()
+    tracked: dict[int, list[dict[str, Any]]] = {}  # --video-rows tracks: a video's rows
 
     def feed() -> Iterator[ImageInput]:
         for seq, entry in enumerate(entries):
@@ -60,6 +110,10 @@ def process(
             if entry.error is not None:
                 tags.append((seq, entry))
                 yield Frame(item.path, 0, 0.0, error=entry.error)
+            elif is_video(item.path) and not item.remote and work.video_rows == "tracks":
+                tracked[seq] = track_video(estimator, entry, work)
+                tags.append((seq, entry))
+                yield Frame(item.path, 0, 0.0, error="tracked")  # a placeholder
             elif is_video(item.path) and not item.remote:
                 count = 0
                 for frame in video.frames(
@@ -99,6 +153,9 @@ def process(
             rows = []
         current = tag
         entry = tag[1]
+        if tag[0] in tracked:
+            rows.extend(tracked.pop(tag[0]))
+            continue
         if not is_video(entry.item.path) or entry.error is not None:
             result = replace(result, frame=None, time=None)
         rows.extend(

@@ -119,7 +119,8 @@ class _Worker:
         # Named after the batch's first input: unique in the run, the same if Ray retries
         # the task (the retry replaces the file; the driver commits it once).
         stem = part_stem(self.target.run, int(batch.column("seq")[0].as_py()))
-        write_part(self.files, stem, rows, self.target.sink, self.work.thresholds)
+        tracks = self.work.video_rows == "tracks"
+        write_part(self.files, stem, rows, self.target.sink, self.work.thresholds, tracks)
         return pa.table(
             {
                 "part": pa.array([stem.encode()], pa.binary()),

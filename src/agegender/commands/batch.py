@@ -78,6 +78,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ray.add_argument("--num-cpus", type=number(float, 0), default=1.0, help="CPUs per actor")
     ray.add_argument("--num-gpus", type=number(float, 0), default=0.0, help="GPUs per actor")
     add_input_options(parser)
+    parser.add_argument(
+        "--video-rows",
+        choices=["frames", "tracks"],
+        default="frames",
+        help="videos: one row per face per sampled frame (frames), or one row per person "
+        "tracked through every frame and fused as 'agegender video --tracks' does "
+        "(tracks; --video-step does not apply) (default: %(default)s)",
+    )
     add_estimator_options(parser)
     parser.set_defaults(run=run)
 
@@ -110,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
 
     estimator = Estimator(config)
     models = job.model_identities(estimator)
-    video = {"step": args.video_step, "max_frames": args.max_frames}
+    video = {"step": args.video_step, "max_frames": args.max_frames, "rows": args.video_rows}
     manifest = dataset.make_manifest(config.as_dict(), models, args.format, args.key, video)
     out = dataset.Dataset(
         args.out, manifest, args.format, args.overwrite, max_attempts=args.max_attempts
@@ -125,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
             part_size=args.part_size,
             video_step=args.video_step,
             max_frames=args.max_frames,
+            video_rows=args.video_rows,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
         if args.engine == "ray":
