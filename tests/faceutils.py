@@ -30,6 +30,16 @@ class Scene:
     placements: list[tuple[float, int, int, bool]]
 
 
+def gradient_canvas(height: int, width: int) -> NDArray[np.uint8]:
+    """The smooth colour gradient composed scenes and clips draw the face patch on."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[..., 0] = (90 + 60 * xx / width).astype(np.uint8)
+    canvas[..., 1] = (110 + 40 * yy / height).astype(np.uint8)
+    canvas[..., 2] = 120
+    return canvas
+
+
 def compose_scene(
     face_rgb: NDArray[np.uint8],
     placements: list[tuple[float, int, int, bool]],
@@ -41,11 +51,7 @@ def compose_scene(
     copy is the astronaut's box carried through the same scale, flip and shift.
     """
     height, width = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    canvas = np.empty((height, width, 3), np.uint8)
-    canvas[..., 0] = (90 + 60 * xx / width).astype(np.uint8)
-    canvas[..., 1] = (110 + 40 * yy / height).astype(np.uint8)
-    canvas[..., 2] = 120
+    canvas = gradient_canvas(height, width)
     px1, py1, px2, py2 = PATCH
     patch = face_rgb[py1:py2, px1:px2]
     expected = []

@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from faceutils import PATCH
+from faceutils import PATCH, gradient_canvas
 from numpy.typing import NDArray
 
 pytest.importorskip("pyarrow", reason="agegender[batch] (pyarrow) is not installed")
@@ -30,11 +30,7 @@ def write_clip(path: Path, rgb: NDArray[np.uint8] | None) -> None:
     """Two copies of the astronaut's face patch moving on diagonals (the video tests'
     "simple" clip), or, without `rgb`, the background alone."""
     width, height = SIZE
-    yy, xx = np.mgrid[0:height, 0:width]
-    background = np.empty((height, width, 3), np.uint8)
-    background[..., 0] = (90 + 60 * xx / width).astype(np.uint8)
-    background[..., 1] = (110 + 40 * yy / height).astype(np.uint8)
-    background[..., 2] = 120
+    background = gradient_canvas(height, width)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, SIZE)
     assert writer.isOpened()
     for i in range(FRAMES if rgb is not None else 10):

@@ -10,61 +10,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from support.standins import CENTERFACE_CARD, centerface_graph
 
 from agegender import Estimator, cards
 from agegender.cards import load_card_file, parse_card
 from agegender.detectors.centerface import CenterFaceDetector, decode, feed_size, nms
 from agegender.errors import CardError
 
-CARD = """\
-id = "centerface"
-task = "face-detection"
-title = "stand-in"
-[source]
-file = "centerface.onnx"
-[input]
-channels = "RGB"
-multiple = 32
-max_side = {max_side}
-[output]
-decoder = "centerface"
-stride = 4
-threshold = 0.5
-nms_iou = 0.3
-outputs = {{ heatmap = "537", scale = "538", offset = "539", landmarks = "540" }}
-"""
+CARD = CENTERFACE_CARD
 
 
 def standin_graph() -> onnx.ModelProto:
     """heatmap = mean of the cell's pixels / 255; scale, offset and landmarks all zero."""
-    zero = numpy_helper.from_array(np.zeros(1, np.float32), "zero")
-    scale = numpy_helper.from_array(np.full(1, 1 / 255, np.float32), "k")
-    nodes = [
-        helper.make_node(
-            "AveragePool", ["input.1"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]
-        ),
-        helper.make_node("ReduceMean", ["pooled"], ["mean"], axes=[1], keepdims=1),
-        helper.make_node("Mul", ["mean", "k"], ["537"]),
-        helper.make_node("Mul", ["mean", "zero"], ["z"]),
-        helper.make_node("Concat", ["z", "z"], ["538"], axis=1),
-        helper.make_node("Concat", ["z", "z"], ["539"], axis=1),
-        helper.make_node("Concat", ["z"] * 10, ["540"], axis=1),
-    ]
-    outputs = [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, c, 8, 8])
-        for name, c in (("537", 1), ("538", 2), ("539", 2), ("540", 10))
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "centerface-standin",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 32, 32])],
-        outputs,
-        initializer=[zero, scale],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return centerface_graph()
 
 
 @pytest.fixture

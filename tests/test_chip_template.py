@@ -11,7 +11,7 @@ import dlib
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from support.standins import CENTERFACE_CARD, centerface_graph
 
 from agegender import Estimator, cards, crops
 from agegender.cards import load_card_file, parse_card
@@ -210,63 +210,17 @@ def test_card_faults_are_one_line(output: dict, message: str) -> None:
 
 # (y, x) of each point in units of the box's height and width from its top left corner
 POINTS_YX = [0.3, 0.3, 0.3, 0.7, 0.55, 0.5, 0.75, 0.35, 0.75, 0.65]
-CARD = """\
-id = "centerface"
-task = "face-detection"
-title = "stand-in"
-[source]
-file = "centerface.onnx"
-[input]
-channels = "RGB"
-multiple = 32
-max_side = 960
-[output]
-decoder = "centerface"
-stride = 4
-threshold = 0.5
-nms_iou = 0.3
-outputs = {{ heatmap = "537", scale = "538", offset = "539", landmarks = "540" }}
-chip_landmarks = "{mode}"
+CARD = CENTERFACE_CARD.format(max_side=960).replace("{", "{{").replace("}", "}}") + (
+    """chip_landmarks = "{mode}"
 chip_template = [[0.2182, 0.2254], [0.7839, 0.235], [0.4887, 0.5041],
                  [0.2533, 0.7623], [0.7051, 0.7657]]
 """
+)
 
 
 def standin_graph() -> onnx.ModelProto:
     """heatmap = a cell's brightness / 255; boxes 64 px (scale log 16); fixed points."""
-    const = {
-        "zero": np.zeros(1, np.float32),
-        "k": np.full(1, 1 / 255, np.float32),
-        "log16": np.full((1, 2, 1, 1), math.log(16), np.float32),
-        "points": np.asarray(POINTS_YX, np.float32).reshape(1, 10, 1, 1),
-    }
-    nodes = [
-        helper.make_node(
-            "AveragePool", ["input.1"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]
-        ),
-        helper.make_node("ReduceMean", ["pooled"], ["mean"], axes=[1], keepdims=1),
-        helper.make_node("Mul", ["mean", "k"], ["537"]),
-        helper.make_node("Mul", ["mean", "zero"], ["z"]),
-        helper.make_node("Concat", ["z", "z"], ["zz"], axis=1),
-        helper.make_node("Add", ["zz", "log16"], ["538"]),
-        helper.make_node("Concat", ["z", "z"], ["539"], axis=1),
-        helper.make_node("Concat", ["z"] * 10, ["z10"], axis=1),
-        helper.make_node("Add", ["z10", "points"], ["540"]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, c, 8, 8])
-        for name, c in (("537", 1), ("538", 2), ("539", 2), ("540", 10))
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "centerface-standin",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 32, 32])],
-        outputs,
-        initializer=[numpy_helper.from_array(v, k) for k, v in const.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return centerface_graph(log_scale=math.log(16), points=POINTS_YX)
 
 
 def standin(tmp_path: Path, mode: str, monkeypatch) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from faceutils import ASTRONAUT
-from support.standins import card_graph
+from support.standins import card_graph, faceres_like_graph
 
 from agegender import Estimator
 from agegender.cards import get_card
@@ -253,40 +253,6 @@ def test_a_preset_listing_two_cards_is_an_ensemble(heads, monkeypatch, astronaut
     assert face.age.value == pytest.approx(0.25 * 30 + 0.75 * 50, abs=1e-3)
 
 
-def _two_output_graph(path: Path) -> Path:
-    """A faceres-like graph: NHWC input, a 100-age softmax and a one-column sigmoid."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(5)
-    nodes = [
-        helper.make_node("ReduceMean", ["input_1"], ["pooled"], axes=[1, 2], keepdims=0),
-        helper.make_node("Gemm", ["pooled", "Wa", "Ba"], ["age_logits"]),
-        helper.make_node("Softmax", ["age_logits"], ["age_pred/Softmax"], axis=1),
-        helper.make_node("Gemm", ["pooled", "Wg", "Bg"], ["gender_logit"]),
-        helper.make_node("Sigmoid", ["gender_logit"], ["gender_pred/Sigmoid"]),
-    ]
-    inits = [
-        numpy_helper.from_array(rng.normal(0, 0.05, (3, 100)).astype(np.float32), "Wa"),
-        numpy_helper.from_array(np.zeros(100, np.float32), "Ba"),
-        numpy_helper.from_array(rng.normal(0, 0.05, (3, 1)).astype(np.float32), "Wg"),
-        numpy_helper.from_array(np.zeros(1, np.float32), "Bg"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "two-heads",
-        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", 32, 32, 3])],
-        [
-            helper.make_tensor_value_info("age_pred/Softmax", TensorProto.FLOAT, ["N", 100]),
-            helper.make_tensor_value_info("gender_pred/Sigmoid", TensorProto.FLOAT, ["N", 1]),
-        ],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return path
-
-
 TWO_HEADS = """\
 id = "{id}"
 task = "{task}"
@@ -308,7 +274,7 @@ name = "{output}"
 def test_heads_reading_one_graph_share_each_session_run(tmp_path: Path, astronaut_rgb) -> None:
     """faceres' age and gender heads: one run of one session per batch (and TTA's mirrors in
     the same run), each head reading its own output, the same numbers as running alone."""
-    _two_output_graph(tmp_path / "two.onnx")
+    faceres_like_graph(tmp_path / "two.onnx", size=32)
     age = tmp_path / "two-age.toml"
     age.write_text(
         TWO_HEADS.format(

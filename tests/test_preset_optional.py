@@ -9,48 +9,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from support.standins import faceres_like_graph
 
 from agegender import Estimator, store
 from agegender.config import EstimatorConfig
 from agegender.presets import get_preset, preset_calibration
-
-
-def _faceres_like(path: Path) -> Path:
-    """faceres' signature: input_1 N x 224 x 224 x 3, a 100-age softmax, a sigmoid."""
-    rng = np.random.default_rng(11)
-    nodes = [
-        helper.make_node("ReduceMean", ["input_1"], ["pooled"], axes=[1, 2], keepdims=0),
-        helper.make_node("Gemm", ["pooled", "Wa", "Ba"], ["age_logits"]),
-        helper.make_node("Softmax", ["age_logits"], ["age_pred/Softmax"], axis=1),
-        helper.make_node("Gemm", ["pooled", "Wg", "Bg"], ["gender_logit"]),
-        helper.make_node("Sigmoid", ["gender_logit"], ["gender_pred/Sigmoid"]),
-        helper.make_node("ReduceMean", ["input_1"], ["global_pooling/Mean"], axes=[1, 2]),
-    ]
-    inits = [
-        numpy_helper.from_array(rng.normal(0, 0.02, (3, 100)).astype(np.float32), "Wa"),
-        numpy_helper.from_array(np.zeros(100, np.float32), "Ba"),
-        numpy_helper.from_array(rng.normal(0, 0.02, (3, 1)).astype(np.float32), "Wg"),
-        numpy_helper.from_array(np.zeros(1, np.float32), "Bg"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "faceres-like",
-        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", 224, 224, 3])],
-        [
-            helper.make_tensor_value_info("gender_pred/Sigmoid", TensorProto.FLOAT, ["N", 1]),
-            helper.make_tensor_value_info("global_pooling/Mean", TensorProto.FLOAT, None),
-            helper.make_tensor_value_info("age_pred/Softmax", TensorProto.FLOAT, ["N", 100]),
-        ],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return path
 
 
 @pytest.fixture
@@ -76,7 +40,7 @@ def test_missing_optional_cards_leave_the_others_with_their_calibration(own_stor
 def test_installed_optional_cards_join_with_the_fitted_weights(
     own_store, tmp_path: Path, astronaut_rgb
 ) -> None:
-    graph = _faceres_like(tmp_path / "faceres-deep.onnx")
+    graph = faceres_like_graph(tmp_path / "faceres-deep.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an unverified import warns: expected here
         store.import_file(graph, "faceres-deep-age")
@@ -104,7 +68,7 @@ def test_a_preset_without_optional_cards_is_unchanged(own_store) -> None:
 
 
 def test_replacing_a_tasks_cards_drops_the_presets_weights(own_store, tmp_path: Path) -> None:
-    graph = _faceres_like(tmp_path / "faceres-deep.onnx")
+    graph = faceres_like_graph(tmp_path / "faceres-deep.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         store.import_file(graph, "faceres-deep-age")

@@ -35,12 +35,8 @@ from agegender.quantization import (
 from tests.support.standins import conv_graph
 
 SIZE = 32
-FP32_CARD = """\
-id = "tiny-gender"
-task = "gender"
-[source]
-file = "tiny.onnx"
-sha256 = "{sha}"
+# The fp32 stand-in card and its INT8 copy differ only in [source].
+CARD_BODY = """\
 [input]
 size = [{size}, {size}]
 channels = "RGB"
@@ -51,23 +47,27 @@ kind = "margin"
 [output]
 labels = ["female", "male"]
 """
-INT8_CARD = """\
+FP32_CARD = (
+    """\
+id = "tiny-gender"
+task = "gender"
+[source]
+file = "tiny.onnx"
+sha256 = "{sha}"
+"""
+    + CARD_BODY
+)
+INT8_CARD = (
+    """\
 id = "tiny-gender-int8"
 task = "gender"
 [source]
 quantize = "{base}"
 ranges = "tiny.json"
 file = "tiny-int8.onnx"
-[input]
-size = [{size}, {size}]
-channels = "RGB"
-scale = 0.00392156862745098
-mean = [127.5, 127.5, 127.5]
-[crop]
-kind = "margin"
-[output]
-labels = ["female", "male"]
 """
+    + CARD_BODY
+)
 # Measured on this stand-in (astronaut crops, 24 calibration and 24 test inputs): the
 # largest difference of a probability between the INT8 and fp32 graphs was about 0.01.
 PROB_TOLERANCE = 0.03

@@ -16,7 +16,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from faceutils import ASTRONAUT_BOX, PATCH
+from faceutils import ASTRONAUT_BOX, PATCH, gradient_canvas
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from serve_support import shared_estimator
@@ -59,11 +59,7 @@ def frame_jpeg(patch: NDArray[np.uint8] | None, index: int) -> bytes:
     """Frame `index`: the patch at (20, 30) + index * STEP over a gradient (None: the
     gradient alone), as JPEG."""
     width, height = SIZE
-    yy, xx = np.mgrid[0:height, 0:width]
-    canvas = np.empty((height, width, 3), np.uint8)
-    canvas[..., 0] = (90 + 60 * xx / width).astype(np.uint8)
-    canvas[..., 1] = (110 + 40 * yy / height).astype(np.uint8)
-    canvas[..., 2] = 120
+    canvas = gradient_canvas(height, width)
     if patch is not None:
         x0, y0 = 20 + STEP[0] * index, 30 + STEP[1] * index
         h, w = patch.shape[:2]

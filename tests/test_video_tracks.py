@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from faceutils import ASTRONAUT_BOX, PATCH
+from faceutils import ASTRONAUT_BOX, PATCH, gradient_canvas
 from numpy.typing import NDArray
 
 from agegender.cli import main
@@ -55,11 +55,7 @@ def write_clip(
 ) -> list[list[tuple[float, float, float, float] | None]]:
     """Write the clip; returns, per frame, each face's true box (None: not fully in view)."""
     width, height = SIZE
-    yy, xx = np.mgrid[0:height, 0:width]
-    background = np.empty((height, width, 3), np.uint8)
-    background[..., 0] = (90 + 60 * xx / width).astype(np.uint8)
-    background[..., 1] = (110 + 40 * yy / height).astype(np.uint8)
-    background[..., 2] = 120
+    background = gradient_canvas(height, width)
     px1, py1, px2, py2 = PATCH
     patch = rgb[py1:py2, px1:px2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, SIZE)

@@ -388,6 +388,103 @@ def card_graph(
     return model
 
 
+# A CenterFace detector card for the stand-in below (format with max_side; more
+# [output] lines may follow).
+CENTERFACE_CARD = """\
+id = "centerface"
+task = "face-detection"
+title = "stand-in"
+[source]
+file = "centerface.onnx"
+[input]
+channels = "RGB"
+multiple = 32
+max_side = {max_side}
+[output]
+decoder = "centerface"
+stride = 4
+threshold = 0.5
+nms_iou = 0.3
+outputs = {{ heatmap = "537", scale = "538", offset = "539", landmarks = "540" }}
+"""
+
+
+def centerface_graph(
+    log_scale: float | None = None, points: Sequence[float] | None = None
+) -> onnx.ModelProto:
+    """CenterFace's outputs for a 1x3x32x32 input: heatmap = a cell's brightness / 255;
+    scale 0 (or `log_scale` in both channels), offset 0, landmarks 0 (or the 10 `points`,
+    y then x of each in box units, the same in every cell)."""
+    const = {"zero": np.zeros(1, np.float32), "k": np.full(1, 1 / 255, np.float32)}
+    nodes = [
+        helper.make_node(
+            "AveragePool", ["input.1"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]
+        ),
+        helper.make_node("ReduceMean", ["pooled"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["mean", "k"], ["537"]),
+        helper.make_node("Mul", ["mean", "zero"], ["z"]),
+        helper.make_node("Concat", ["z", "z"], ["539"], axis=1),
+    ]
+    for name, channels, value in (("538", 2, log_scale), ("540", 10, points)):
+        if value is None:
+            nodes.append(helper.make_node("Concat", ["z"] * channels, [name], axis=1))
+            continue
+        const[f"c{name}"] = np.broadcast_to(
+            np.asarray(value, np.float32).reshape(1, -1, 1, 1), (1, channels, 1, 1)
+        ).copy()
+        nodes.append(helper.make_node("Concat", ["z"] * channels, [f"z{name}"], axis=1))
+        nodes.append(helper.make_node("Add", [f"z{name}", f"c{name}"], [name]))
+    outputs = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, c, 8, 8])
+        for name, c in (("537", 1), ("538", 2), ("539", 2), ("540", 10))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "centerface-standin",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 32, 32])],
+        outputs,
+        initializer=[numpy_helper.from_array(v, k) for k, v in const.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def faceres_like_graph(path: str | Path, size: int = 224, seed: int = 5) -> Path:
+    """A graph with faceres' signature: ``input_1`` N x size x size x 3 (NHWC), a 100-age
+    softmax ``age_pred/Softmax``, a one-column sigmoid ``gender_pred/Sigmoid`` and the
+    features output ``global_pooling/Mean``; both heads read the pixels' channel means."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("ReduceMean", ["input_1"], ["pooled"], axes=[1, 2], keepdims=0),
+        helper.make_node("Gemm", ["pooled", "Wa", "Ba"], ["age_logits"]),
+        helper.make_node("Softmax", ["age_logits"], ["age_pred/Softmax"], axis=1),
+        helper.make_node("Gemm", ["pooled", "Wg", "Bg"], ["gender_logit"]),
+        helper.make_node("Sigmoid", ["gender_logit"], ["gender_pred/Sigmoid"]),
+        helper.make_node("ReduceMean", ["input_1"], ["global_pooling/Mean"], axes=[1, 2]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.05, (3, 100)).astype(np.float32), "Wa"),
+        numpy_helper.from_array(np.zeros(100, np.float32), "Ba"),
+        numpy_helper.from_array(rng.normal(0, 0.05, (3, 1)).astype(np.float32), "Wg"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "Bg"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "faceres-like",
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", size, size, 3])],
+        [
+            helper.make_tensor_value_info("gender_pred/Sigmoid", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("global_pooling/Mean", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("age_pred/Softmax", TensorProto.FLOAT, ["N", 100]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return save(model, path)
+
+
 def standin_graph(
     path: str | Path,
     *,
