@@ -35,7 +35,6 @@ import numpy as np
 from agegender import Estimator
 from agegender.evaluate.readers import read_dataset
 from agegender.evaluate.runner import select_face
-from agegender.faces import Detection
 
 MIN_GROUP = 20  # races with fewer faces are left out of the gap
 
@@ -75,7 +74,6 @@ def collect(args: argparse.Namespace) -> int:
             index = 0
         else:
             index = pseudo.index(face)
-        detection: Detection = prepared.detections[index]
         for (role, head), name in zip(heads, names, strict=True):
             crop = prepared.crops[head.crop_key][index]
             probs = head.run([crop], tta=est.config.tta)[0]
@@ -93,7 +91,6 @@ def collect(args: argparse.Namespace) -> int:
         meta["lo"].append(lo)
         meta["hi"].append(hi)
         meta["found"].append(found)
-        del detection
         if (i + 1) % 100 == 0:
             rate = (i + 1) / (time.perf_counter() - start)
             print(f"{i + 1}/{len(records)} ({rate:.1f}/s)", file=sys.stderr)

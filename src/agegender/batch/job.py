@@ -115,6 +115,28 @@ def attempt_record(entry: Pending, rows: list[dict[str, Any]]) -> tuple[int, int
     return None
 
 
+@dataclass
+class PartBuffer:
+    """The rows, input keys and attempt records of the part being filled: what both
+    engines gather per input before a part is written (local) or returned (Ray)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
+    attempts: list[tuple[int, int, bool]] = field(default_factory=list)
+
+    def add(self, entry: Pending, rows: list[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+        self.keys.append(entry.key)
+        record = attempt_record(entry, rows)
+        if record is not None:
+            self.attempts.append(record)
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.keys.clear()
+        self.attempts.clear()
+
+
 def prefetched(items: Iterator[Pending], size: int = 256) -> Iterator[Pending]:
     """`items` produced by a thread, `size` ahead: listing, stat and --key hash reads
     overlap the models instead of stalling the loop that feeds them (a stat on a network

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..images import Frame
 from . import rows as rowmod
-from .job import Job, Pending, Tally, attempt_record, pending, prefetched
+from .job import Job, PartBuffer, Pending, Tally, pending, prefetched
 from .sources import is_video, iter_inputs
 
 if TYPE_CHECKING:
@@ -180,30 +180,22 @@ def run_local(job: Job, estimator: Estimator) -> Tally:
             print(line, file=sys.stderr, flush=True)
 
     thresholds = job.config.age_thresholds
-    part_rows: list[dict[str, Any]] = []
-    part_keys: list[int] = []
-    part_attempts: list[tuple[int, int, bool]] = []
+    part = PartBuffer()
     skipped_shown = 0
 
     def commit() -> None:
-        if part_keys:
-            job.dataset.commit(part_rows, part_keys, thresholds, part_attempts)
-            part_rows.clear()
-            part_keys.clear()
-            part_attempts.clear()
+        if part.keys:
+            job.dataset.commit(part.rows, part.keys, thresholds, part.attempts)
+            part.clear()
 
     try:
         entries = prefetched(pending(job, tally))
         for entry, rows in process(estimator, entries, Work.of(job)):
             tally.add(rows, report, entry.attempt)
-            part_rows.extend(rows)
-            part_keys.append(entry.key)
-            record = attempt_record(entry, rows)
-            if record is not None:
-                part_attempts.append(record)
+            part.add(entry, rows)
             bar.update(1 + tally.skipped - skipped_shown)
             skipped_shown = tally.skipped
-            if len(part_keys) >= job.part_size:
+            if len(part.keys) >= job.part_size:
                 commit()
         commit()
     finally:

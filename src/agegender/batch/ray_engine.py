@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import sources
-from .job import Job, Pending, Tally, attempt_record, pending
+from .job import Job, PartBuffer, Pending, Tally, pending
 from .local import Work, process
 from .sources import Input
 
@@ -104,16 +104,11 @@ class _Worker:
         from .dataset import _npy, attempt_table, part_stem, write_part
 
         tally = Tally()
-        rows: list[dict[str, Any]] = []
-        keys: list[int] = []
-        attempts: list[tuple[int, int, bool]] = []
+        part = PartBuffer()
         for entry, found in process(self.estimator, _entries(batch), self.work):
             tally.add(found, None, entry.attempt)
-            rows.extend(found)
-            keys.append(entry.key)
-            record = attempt_record(entry, found)
-            if record is not None:
-                attempts.append(record)
+            part.add(entry, found)
+        rows, keys, attempts = part.rows, part.keys, part.attempts
         if not keys:
             return pa.table({name: pa.array([], pa.binary()) for name in SUMMARY_COLUMNS})
         # Named after the batch's first input: unique in the run, the same if Ray retries

@@ -82,12 +82,10 @@ def parse_setting(spec: str, cli: Mapping[str, Any] | None = None) -> Setting:
     gives a Setting with its error (its row reports it, the other settings run).
     """
     preset, overrides = setting_overrides(spec)
-    cli = dict(cli or {})
-    for task in ("age", "gender"):
-        if f"{task}_models" in overrides and f"{task}_weights" not in cli:
-            overrides[f"{task}_weights"] = None
     try:
-        config = EstimatorConfig.from_preset(preset, **cli).with_overrides(**overrides)
+        # from_preset drops the preset's weights for cards the caller replaces, unless
+        # weights come too (here: the command line's --age-weights / --gender-weights)
+        config = EstimatorConfig.from_preset(preset, **{**(cli or {}), **overrides})
     except AgegenderError as error:
         return Setting(spec, None, str(error))
     return Setting(spec, config)

@@ -223,21 +223,28 @@ function errorText(response, body) {
   return "error " + response.status + ": " + message;
 }
 
-async function startLive() {
-  const params = new URLSearchParams(query());
-  params.set("fps", "5"); // about what a CPU server answers; turns 1 s unseen into frames
+// A session request's JSON body, or null once the status line says why there is none.
+async function sessionCall(url, method) {
   let response;
   try {
-    response = await fetch("/v1/sessions?" + params, { method: "POST", headers: headers() });
+    response = await fetch(url, { method, headers: headers() });
   } catch (error) {
     setStatus("request failed: " + error, true);
-    return;
+    return null;
   }
   const body = await response.json().catch(() => null);
   if (!response.ok) {
     setStatus(errorText(response, body), true);
-    return;
+    return null;
   }
+  return body;
+}
+
+async function startLive() {
+  const params = new URLSearchParams(query());
+  params.set("fps", "5"); // about what a CPU server answers; turns 1 s unseen into frames
+  const body = await sessionCall("/v1/sessions?" + params, "POST");
+  if (!body) return;
   Object.assign(live, { id: body.id, running: true, frames: 0, started: performance.now() });
   live.people.clear();
   $("live").textContent = "Stop tracking";
@@ -335,18 +342,8 @@ async function stopLive() {
   const id = live.id;
   live.id = null;
   if (!id) return;
-  let response;
-  try {
-    response = await fetch("/v1/sessions/" + id, { method: "DELETE", headers: headers() });
-  } catch (error) {
-    setStatus("request failed: " + error, true);
-    return;
-  }
-  const body = await response.json().catch(() => null);
-  if (!response.ok) {
-    setStatus(errorText(response, body), true);
-    return;
-  }
+  const body = await sessionCall("/v1/sessions/" + id, "DELETE");
+  if (!body) return;
   // The final word: every person the session saw, fused over their whole track.
   live.people.clear();
   for (const person of body.people) live.people.set(person.track, { ...person, last: person.last_time, ended: true });
