@@ -2,6 +2,8 @@
 and the local engine's peak memory on a list of missing paths.
 
     python benchmarks/batch_throughput.py ../shared/datasets/utkface-dev/images --count 600
+    python benchmarks/batch_throughput.py ../shared/datasets/utkface-calib/images --count 2000 \
+        --rounds 2
     python benchmarks/batch_throughput.py --missing 1000000
 
 The images are linked under distinct names until --count is reached (batch keys inputs
@@ -22,19 +24,26 @@ from pathlib import Path
 AGEGENDER = [sys.executable, "-m", "agegender"]
 
 
-def run(command: list[str], label: str, count: int) -> None:
+def run(command: list[str], label: str, count: int) -> float:
+    """Run one command; print and return its images per second."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    peak = after.ru_maxrss / 1024
     status = "" if done.returncode in (0, 1) else f" (exit {done.returncode})"
     print(
-        f"{label:28s} {count} images in {elapsed:6.1f} s = {count / elapsed:6.1f} images/s"
+        f"{label:28s} {count} images in {elapsed:6.1f} s = {count / elapsed:6.1f} images/s,"
+        f" CPU {1000 * cpu / count:5.1f} ms per image, load before {load:.1f}"
         f" (largest child so far {peak:.0f} MB){status}",
         flush=True,
     )
     if status:
         print(done.stderr.decode()[-2000:], file=sys.stderr)
+    return count / elapsed
 
 
 def main() -> int:
@@ -43,6 +52,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=600)
     parser.add_argument("--missing", type=int, default=0, help="paths in the memory run")
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="each round runs all, every other one reversed"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -67,34 +79,39 @@ def main() -> int:
         files = sorted(str(p) for p in links.iterdir())
         listing = work / "list.txt"
         listing.write_text("\n".join(files) + "\n")
-        run(
-            [*AGEGENDER, "predict", "--jsonl", "--no-progress", str(links)],
-            "predict --jsonl",
-            args.count,
-        )
-        run(
-            [*AGEGENDER, "batch", str(listing), "--out", str(work / "local"), "--no-progress"],
-            "batch --engine local",
-            args.count,
-        )
+        runs: list[tuple[str, list[str]]] = [
+            ("predict --jsonl", [*AGEGENDER, "predict", "--jsonl", "--no-progress", str(links)]),
+            ("batch --engine local", [*AGEGENDER, "batch", str(listing), "--no-progress"]),
+        ]
         if not args.no_ray:
             for actors in (1, 2):
-                run(
-                    [
-                        *AGEGENDER,
-                        "batch",
-                        str(listing),
-                        "--out",
-                        str(work / f"ray{actors}"),
-                        "--engine",
-                        "ray",
-                        "--concurrency",
-                        str(actors),
-                        "--no-progress",
-                    ],
-                    f"batch --engine ray x{actors}",
-                    args.count,
+                runs.append(
+                    (
+                        f"batch --engine ray x{actors}",
+                        [
+                            *AGEGENDER,
+                            "batch",
+                            str(listing),
+                            "--engine",
+                            "ray",
+                            "--concurrency",
+                            str(actors),
+                            "--no-progress",
+                        ],
+                    )
                 )
+        rates: dict[str, list[float]] = {label: [] for label, _ in runs}
+        for round_ in range(args.rounds):
+            order = runs if round_ % 2 == 0 else runs[::-1]
+            for label, command in order:
+                if "batch" in command:
+                    out = work / f"out-{round_}-{label.split()[-1]}"
+                    command = [*command, "--out", str(out)]
+                rates[label].append(run(command, label, args.count))
+        base = sum(rates["predict --jsonl"]) / args.rounds
+        for label, values in rates.items():
+            mean = sum(values) / len(values)
+            print(f"{label:28s} mean {mean:6.1f} images/s = {mean / base:5.2f}x predict")
     return 0
 
 
