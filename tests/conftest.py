@@ -1,4 +1,5 @@
-"""Shared fixtures: the astronaut photo, one Estimator per session, a composed scene.
+"""Shared fixtures: the astronaut photo, one Estimator per session, a composed scene, an
+S3-compatible server on 127.0.0.1 (moto) for the object-store tests.
 
 Everything is built from `tests/data/astronaut.png` (public domain, see ATTRIBUTION.md)
 and the models installed with the package: no network, no `../shared`, no file of the
@@ -10,12 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from faceutils import ASTRONAUT, SCENE_PLACEMENTS, Scene, compose_scene
 from numpy.typing import NDArray
 from PIL import Image
+from support.s3 import moto_s3
 
 from agegender import Estimator
 
@@ -52,3 +55,12 @@ def estimator() -> Estimator:
 @pytest.fixture(scope="session")
 def scene(astronaut_rgb: NDArray[np.uint8]) -> Scene:
     return compose_scene(astronaut_rgb, SCENE_PLACEMENTS)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """An S3-compatible server (moto) on 127.0.0.1 for the module's tests; the AWS_*
+    settings that reach it, also in os.environ while it runs (support/s3.py)."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    with moto_s3() as env:
+        yield env

@@ -5,7 +5,6 @@ run's on the same images, and a second run resumes."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -17,36 +16,12 @@ from typing import Any
 import pytest
 
 pytest.importorskip("pyarrow", reason="agegender[batch] (pyarrow) is not installed")
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+pytest.importorskip("moto.server", reason="moto[server] is not installed")
 
-from test_batch import REL, _env, batch, make_images, rows_of  # noqa: E402
+from support.s3 import bucket as _store
+from test_batch import REL, _env, batch, make_images, rows_of
 
-from agegender.batch import dataset  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def s3() -> Any:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
+from agegender.batch import dataset
 
 
 def test_inputs_and_dataset_on_s3(s3: dict[str, str], tmp_path: Path) -> None:
@@ -94,16 +69,6 @@ def pafs_selector(path: str) -> Any:
     from pyarrow import fs as pafs
 
     return pafs.FileSelector(path, allow_not_found=True, recursive=True)
-
-
-def _store(s3: dict[str, str], bucket: str) -> Any:
-    from pyarrow import fs as pafs
-
-    store = pafs.S3FileSystem(
-        endpoint_override=s3["AWS_ENDPOINT_URL"], scheme="http", allow_bucket_creation=True
-    )
-    store.create_dir(bucket)
-    return store
 
 
 def _put_lock(store: Any, path: str, **fields: Any) -> None:
