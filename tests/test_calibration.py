@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -50,41 +48,133 @@ def test_kernel_fit_widens_a_model_whose_error_grows_with_age() -> None:
     )
 
 
-def test_conformal_quantile_by_hand() -> None:
-    # n = 9, mass 0.8: rank ceil(10 * 0.8) = 8 -> the 8th smallest score
-    assert cal.conformal_quantile([9, 1, 8, 2, 7, 3, 6, 4, 5], 0.8) == 8
-    # n = 3: rank ceil(4 * 0.8) = 4 > 3: no finite quantile
-    assert cal.conformal_quantile([1, 2, 3], 0.8) == math.inf
-
-
-def test_conformal_widening_gives_the_requested_coverage() -> None:
+def test_pit_values_are_uniform_under_the_true_distribution() -> None:
     rng = np.random.default_rng(2)
+    centres = rng.uniform(3, 75, 6000)
+    truth = _peaked(centres, 3.0)
+    ages = np.array([rng.choice(VALUES, p=row) for row in truth])
+    u = cal.pit_values(truth, VALUES, ages.tolist(), seed=0)
+    deciles = np.histogram(u, bins=10, range=(0, 1))[0] / len(u)
+    assert np.all(np.abs(deciles - 0.1) < 0.015)
+    # an overconfident model (width 1 instead of 3) puts far more than 20% in the tails
+    sharp = cal.pit_values(_peaked(centres, 1.0), VALUES, ages.tolist())
+    assert np.mean((sharp < 0.1) | (sharp > 0.9)) > 0.5
 
-    def draw(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        predicted = rng.uniform(0, 80, n)
-        noise = np.where(predicted < 13, 1.0, 6.0)  # children's errors are smaller
-        ages = predicted + rng.normal(0, noise)
-        return predicted - 1.0, predicted + 1.0, ages, predicted  # far too narrow intervals
 
-    lo, hi, ages, predicted = draw(4000)
-    widen = cal.fit_widening(lo, hi, ages, predicted, cal.DEFAULT_AGE_BANDS, 0.8)
-    assert widen[0] < widen[2]  # the children's band needs less
-    c = cal.Calibration("age", bands=cal.DEFAULT_AGE_BANDS, widen=widen)
-    lo, hi, ages, predicted = draw(20000)
-    w = np.array([c.widening(p) for p in predicted])
-    inside = (ages >= lo - w) & (ages <= hi + w)
-    assert inside.mean() == pytest.approx(0.8, abs=0.015)
-    for low, high in ((0, 13), (25, 45)):  # and within each band
+def test_pit_map_and_remap_by_hand() -> None:
+    u = np.array([0.1, 0.2, 0.3, 0.4])
+    # grid 0, .25, .5, .75, 1: two of four at or below .25, all below .5
+    assert cal.fit_pit_map(u, np.ones(4), points=5) == (0.0, 0.5, 1.0, 1.0, 1.0)
+    assert cal.fit_pit_map(u, np.array([3.0, 1, 1, 1]), points=5)[1] == pytest.approx(4 / 6)
+    # a value exactly on a grid point counts half below, half above
+    assert cal.fit_pit_map(np.array([0.25, 0.75]), np.ones(2), points=5)[1] == 0.25
+    p = np.array([0.25, 0.25, 0.25, 0.25])
+    assert np.allclose(cal.remap(p, (0.0, 1.0)), p)  # the identity map
+    # R(0.5) = 0.8: the first half of the mass becomes 0.8
+    assert np.allclose(cal.remap(p, (0.0, 0.8, 1.0)), [0.4, 0.4, 0.1, 0.1])
+
+
+def test_decade_weights_make_every_decade_count_equally() -> None:
+    w = cal.decade_weights([5, 6, 7, 25, 95, 85])  # 80+ is one decade
+    assert w[:3].sum() == pytest.approx(w[3]) == pytest.approx(w[4:].sum())
+    assert w.sum() == pytest.approx(6)
+
+
+def _draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A model far too sure (width 1) and biased for children, whose error grows with age:
+    its distributions and the true ages."""
+    centres = rng.uniform(2, 60, n)
+    noise = 1.0 + 0.15 * centres
+    ages = np.clip(np.round(centres + 3.0 * (centres < 13) + rng.normal(0, noise)), 0, 80)
+    return _peaked(centres, 1.0), ages
+
+
+def test_recalibration_gives_the_requested_coverage_and_reliable_probabilities() -> None:
+    rng = np.random.default_rng(4)
+    model, ages = _draw(rng, 4000)
+    labels = [(a, a) for a in ages]
+    fitted = cal.fit_age(model, VALUES, labels, range(4000), balance=False)
+    assert len(fitted.pit) == len(cal.DEFAULT_AGE_BANDS) and fitted.widen == ()
+    test, truth = _draw(rng, 6000)
+    raw = [age_from_distribution(p, VALUES, thresholds=(18.0,)) for p in test]
+    calibrated = [
+        age_from_distribution(p, VALUES, thresholds=(18.0,), calibration=fitted) for p in test
+    ]
+
+    def covered(estimates: list) -> np.ndarray:
+        return np.array(
+            [e.interval[0] <= a <= e.interval[1] for e, a in zip(estimates, truth, strict=True)]
+        )
+
+    inside = covered(calibrated)
+    assert covered(raw).mean() < 0.5  # the model's own interval: far too narrow
+    assert inside.mean() == pytest.approx(0.8, abs=0.02)
+    predicted = np.array([e.value for e in raw])
+    for low, high in ((13, 20), (30, 45), (45, 60)):  # and within each band of adults
         band = (predicted >= low) & (predicted < high)
-        assert inside[band].mean() == pytest.approx(0.8, abs=0.03)
+        assert inside[band].mean() == pytest.approx(0.8, abs=0.04)
+    # children (whole years, errors of 1-3 years: coverage of whole ages runs above the
+    # mass) are 3 years older than the model says: their band's map moves the interval up
+    young = predicted < 13
+    middle = np.array([(e.interval[0] + e.interval[1]) / 2 for e in calibrated])
+    assert np.mean(middle[young] - predicted[young]) > 1.5
+    assert np.mean(middle[~young] - predicted[~young]) < 1.0
+    # P(age >= 18): reliable (expected calibration error, 10 bins)
+    stated = np.array([e.p_at_least[18.0] for e in calibrated])
+    adult = truth >= 18
+    bins = np.minimum((stated * 10).astype(int), 9)
+    ece = sum(
+        abs(stated[bins == b].mean() - adult[bins == b].mean()) * (bins == b).sum()
+        for b in range(10)
+        if (bins == b).any()
+    ) / len(stated)
+    assert ece < 0.03
+    # the point estimate does not move
+    assert [e.value for e in calibrated] == pytest.approx([e.value for e in raw])
 
 
-def test_band_below_min_band_takes_the_pooled_widening() -> None:
-    lows, highs = [0.0] * 40, [1.0] * 40
-    ages = [float(i % 10) for i in range(40)]
-    predicted = [30.0] * 40  # all in one band: the others have none
-    widen = cal.fit_widening(lows, highs, ages, predicted, (0.0, 25.0), 0.8)
-    assert widen[0] == widen[1]
+def test_decade_balance_evens_coverage_across_ages() -> None:
+    rng = np.random.default_rng(5)
+    model, ages = _draw(rng, 4000)
+    # nine in ten calibration faces are 20-39; the rest of the ages are few
+    keep = np.flatnonzero((ages >= 20) & (ages < 40))
+    few = np.flatnonzero((ages < 20) | (ages >= 40))[: len(keep) // 9]
+    rows = np.concatenate([keep, few])
+    labels = [(a, a) for a in ages]
+    one_band = {"bands": (0.0,)}  # one map for all: only the weighting differs
+    plain = cal.fit_age(model, VALUES, labels, rows, balance=False, **one_band)
+    balanced = cal.fit_age(model, VALUES, labels, rows, balance=True, **one_band)
+    test, truth = _draw(rng, 4000)
+
+    def spread(c: cal.Calibration) -> float:
+        inside = np.array(
+            [
+                e.interval[0] <= a <= e.interval[1]
+                for e, a in zip(
+                    (age_from_distribution(p, VALUES, calibration=c) for p in test),
+                    truth,
+                    strict=True,
+                )
+            ]
+        )
+        decade = np.minimum(truth // 10, 7)
+        per = [inside[decade == d].mean() for d in range(8) if (decade == d).sum() > 100]
+        return float(max(per) - min(per))
+
+    assert spread(balanced) < spread(plain)
+
+
+def test_band_below_min_band_takes_the_pooled_map() -> None:
+    rng = np.random.default_rng(6)
+    model, ages = _draw(rng, 400)
+    centres = model @ VALUES
+    rows = np.flatnonzero(centres >= 30)  # no face in the children's bands
+    bands = (0.0, 13.0, 30.0, 45.0)
+    labels = [(a, a) for a in ages]
+    fitted = cal.fit_age(model, VALUES, labels, rows, bands=bands, balance=False)
+    pooled = cal.fit_age(model, VALUES, labels, rows, bands=(0.0,), balance=False).pit[0]
+    assert fitted.pit[0] == fitted.pit[1] == pooled
+    assert fitted.pit[2] != pooled and fitted.pit[3] != pooled
 
 
 def test_gender_fit_per_band() -> None:
@@ -120,6 +210,11 @@ def test_card_calibration_is_parsed_and_validated() -> None:
         "my.toml",
     )
     assert card.calibration == cal.Calibration("age", 1.5, 0.2, 0.8, (0.0, 13.0), (0.5, -1.0), ())
+    pit = [[0, 0.3, 1], [0, 0.5, 1]]
+    card = parse_card(_card({"bands": [0, 13], "pit": pit}), "my.toml")
+    assert card.calibration is not None
+    assert card.calibration.pit == ((0.0, 0.3, 1.0), (0.0, 0.5, 1.0))
+    assert card.calibration.pit_map(20.0) == (0.0, 0.5, 1.0)
     gender = parse_card(_card({"temperature": 2.0}, task="gender"), "g.toml")
     assert gender.calibration is not None and gender.calibration.task == "gender"
     for table, field in (
@@ -131,6 +226,13 @@ def test_card_calibration_is_parsed_and_validated() -> None:
         ({"bands": [13, 0], "widen": [1, 1]}, "bands"),
         ({"bands": [0, 13], "widen": [1]}, "widen"),
         ({"bands": [0, 13]}, "bands"),
+        ({"bands": [0, 13], "pit": [[0, 1]]}, "pit"),
+        ({"bands": [0], "pit": [[0, 0.7, 0.6, 1]]}, "pit[0]"),
+        ({"bands": [0], "pit": [[0.1, 1]]}, "pit[0]"),
+        ({"bands": [0], "pit": [[0, 1.5, 1]]}, "pit[0]"),
+        ({"bands": [0], "pit": [0, 1]}, "pit"),
+        ({"bands": [0, 1], "pit": [[0, 1], [0, 0.5, 1]]}, "pit"),
+        ({"bands": [0], "pit": [[0, 1]], "widen": [1]}, "both"),
         ({"temperatures": [1.0]}, "temperatures"),  # a gender key on an age card
         ({"warmth": 1}, "warmth"),
         ("hot", "[calibration]"),

@@ -117,7 +117,7 @@ def test_calibrate_writes_a_file_evaluate_applies(
     fitted = cal.load_file(out)
     assert fitted.age_models == ("cc0-age-v1",) and fitted.gender_models == ("cc0-gender-v1",)
     assert fitted.age is not None and fitted.age.temperature > 0
-    assert "9 faces for the likelihood fit, 9 for the conformal widening" in fitted.data
+    assert "18 faces fitted" in fitted.data and "6 held out" in fitted.data
     # an existing file is not replaced without --force
     assert main([*args, "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err

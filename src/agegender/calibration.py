@@ -13,15 +13,23 @@ Age (a distribution p over bin values v):
    true age is the model's times a log-normal error (errors grow with age). T and s are
    fitted together by maximum likelihood of the labelled ages (exact ages: the nearest
    bin; a group label, interval-censored: the mass of the bins inside the group);
-3. **split-conformal widening** of the central interval (conformalized quantile
-   regression, Romano et al. 2019): on labelled faces *not* used for 1-2, the score
-   ``E = max(low - age, age - high)``; per band of predicted age, ``widen`` is its
-   ceil((n + 1) * mass) / n empirical quantile, and the interval becomes
-   ``[low - widen, high + widen]``. Guarantee: if the faces to estimate and the
-   calibration faces are exchangeable (drawn alike, e.g. the same kind of photos and
-   people), the interval holds the true age with probability at least `mass`, on
-   average over faces whose predicted age falls in the band (marginal within the band,
-   not for each face). With other photos (other cameras, populations) it may not hold.
+3. **recalibration map** per band of predicted age (distributional conformal prediction,
+   Chernozhukov, Wuthrich & Zhu 2021; Kuleshov et al. 2018): for labelled faces, the
+   randomised probability integral transform ``u = F(age - 1) + V * p(age)`` (F the
+   cumulative distribution after 1-2, V uniform) would be uniform if the distributions
+   were calibrated; its empirical distribution R in the band (``pit``: R at ``len(row)``
+   evenly spaced points of [0, 1], linear between) turns F into ``R(F)``, from which the
+   std, the central interval and P(age >= t) are all read, so they agree with each other.
+   The u values are cross-fitted (each face's from T and s fitted without it), and the
+   faces are weighted so that every decade of true age counts equally (weighted conformal
+   prediction under label shift, Podkopaev & Ramdas 2021): coverage is balanced across
+   ages rather than set by the 20-39 year-olds who make up half of UTKFace. Guarantee (up
+   to O(1/n) per band): for faces exchangeable with the calibration faces after that
+   reweighting (drawn alike, an equal share per decade), the interval holds the true age
+   with probability `mass` on average over the faces of a band: marginal, not for each
+   face. With other photos (other cameras, populations) it may not hold.
+   Older files may instead carry ``widen`` (years added at each end of the interval per
+   band: split-conformal widening); it is still applied.
 
 The expected value (``AgeEstimate.value``) is the raw distribution's: calibration leaves
 the point estimate and so the MAE unchanged (the flattened distribution's mean was worse).
@@ -35,6 +43,7 @@ calibration tables while ``--help`` must stay light).
 
 from __future__ import annotations
 
+import itertools
 import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -48,7 +57,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-AGE_KEYS = ("temperature", "kernel", "mass", "bands", "widen")
+AGE_KEYS = ("temperature", "kernel", "mass", "bands", "widen", "pit")
 GENDER_KEYS = ("temperature", "bands", "temperatures")
 FILE_KEYS = (
     "age_models",
@@ -59,7 +68,9 @@ FILE_KEYS = (
     "age",
     "gender",
 )
-DEFAULT_AGE_BANDS = (0.0, 13.0, 25.0, 45.0, 65.0)
+DEFAULT_AGE_BANDS = (0.0, 5.0, 13.0, 20.0, 30.0, 45.0, 60.0)
+PIT_POINTS = 41  # points of each band's recalibration map
+CROSS_FOLDS = 5
 DEFAULT_GENDER_BANDS = (0.0, 13.0)
 MIN_BAND = 30  # fewer calibration faces in a band: it takes the pooled value
 MAX_TEMPERATURE = 100.0
@@ -80,6 +91,7 @@ class Calibration:
     bands: tuple[float, ...] = ()  # lower edges of predicted-age bands, increasing
     widen: tuple[float, ...] = ()  # age: years added at each end of the interval, per band
     temperatures: tuple[float, ...] = ()  # gender: temperature per band
+    pit: tuple[tuple[float, ...], ...] = ()  # age: recalibration map per band
 
     def band(self, age: float | None) -> int | None:
         """Index of the band holding a predicted age (below the first: the first)."""
@@ -94,6 +106,11 @@ class Calibration:
     def widening(self, age: float) -> float:
         index = self.band(age)
         return 0.0 if index is None or not self.widen else self.widen[index]
+
+    def pit_map(self, age: float) -> tuple[float, ...] | None:
+        """The recalibration map of the band holding a predicted age (None: no map)."""
+        index = self.band(age)
+        return None if index is None or not self.pit else self.pit[index]
 
     def gender_temperature(self, age: float | None) -> float:
         index = self.band(age)
@@ -113,6 +130,8 @@ class Calibration:
             out["widen"] = [round(w, 2) for w in self.widen]
         if self.temperatures:
             out["temperatures"] = [round(t, 4) for t in self.temperatures]
+        if self.pit:
+            out["pit"] = [[round(v, 4) for v in row] for row in self.pit]
         return out
 
 
@@ -192,12 +211,35 @@ def parse_table(
     temperatures = numbers(
         "temperatures", lambda v: 0 < v <= MAX_TEMPERATURE, "temperatures > 0 (one per band)"
     )
-    for key, items in (("widen", widen), ("temperatures", temperatures)):
+    pit = _pit_rows(table.get("pit"), name, fail)
+    for key, items in (("widen", widen), ("temperatures", temperatures), ("pit", pit)):
         if items and len(items) != len(bands):
-            fail(f"{name} {key} has {len(items)} numbers for {len(bands)} bands")
-    if bands and not widen and not temperatures:
-        fail(f"{name} bands without {'temperatures' if role == 'gender' else 'widen'}")
-    return Calibration(role, temperature, kernel, mass, bands, widen, temperatures)
+            fail(f"{name} {key} has {len(items)} entries for {len(bands)} bands")
+    if widen and pit:
+        fail(f"{name} has both widen and pit (one way to adjust the interval)")
+    if bands and not widen and not temperatures and not pit:
+        fail(f"{name} bands without {'temperatures' if role == 'gender' else 'pit or widen'}")
+    return Calibration(role, temperature, kernel, mass, bands, widen, temperatures, pit)
+
+
+def _pit_rows(
+    value: Any, name: str, fail: Callable[[str], NoReturn]
+) -> tuple[tuple[float, ...], ...]:
+    """``pit``: one list per band of the same length (>= 2), each rising from 0 to 1."""
+    if value is None:
+        return ()
+    if not (isinstance(value, list) and value and all(isinstance(r, list) for r in value)):
+        fail(f"{name} pit must be a list of lists (one per band), got {value!r:.60}")
+    rows = []
+    for index, row in enumerate(value):
+        if not (len(row) >= 2 and all(_is_number(v) and 0 <= v <= 1 for v in row)):
+            fail(f"{name} pit[{index}] must hold at least two numbers in 0..1, got {row!r:.60}")
+        if row[0] != 0 or row[-1] != 1 or any(b < a for a, b in itertools.pairwise(row)):
+            fail(f"{name} pit[{index}] must rise from 0 to 1 (never falling), got {row!r:.60}")
+        if len(row) != len(value[0]):
+            fail(f"{name} pit rows differ in length ({len(value[0])} and {len(row)})")
+        rows.append(tuple(float(v) for v in row))
+    return tuple(rows)
 
 
 def parse_set(data: Mapping[str, Any], origin: str) -> CalibrationSet:
@@ -341,6 +383,19 @@ def calibrate_age(
     return out
 
 
+def remap(probs: NDArray[np.float64], pit: Sequence[float]) -> NDArray[np.float64]:
+    """A distribution (bins,) whose cumulative distribution is ``R(F)``: F the given one's,
+    R the map through ``pit`` (its values at evenly spaced points of [0, 1])."""
+    import numpy as np
+
+    p = np.asarray(probs, np.float64)
+    cdf = np.cumsum(p)
+    cdf = cdf / cdf[-1]
+    mapped = np.interp(cdf, np.linspace(0.0, 1.0, len(pit)), np.asarray(pit, np.float64))
+    mapped[-1] = 1.0
+    return np.diff(mapped, prepend=0.0)
+
+
 def interval_of(
     probs: NDArray[np.float64], values: NDArray[np.float64], mass: float
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -422,62 +477,103 @@ def fit_temperature_kernel(
     return math.exp(best[1]), best[2]
 
 
-def conformal_quantile(scores: Sequence[float], mass: float) -> float:
-    """The ceil((n + 1) * mass)-th smallest score (split-conformal); inf when n is too small."""
-    ordered = sorted(float(s) for s in scores)
-    n = len(ordered)
-    rank = math.ceil((n + 1) * mass)
-    return math.inf if rank > n or n == 0 else ordered[rank - 1]
+def pit_values(
+    probs: NDArray[np.float64], values: NDArray[np.float64], ages: Sequence[float], seed: int = 0
+) -> NDArray[np.float64]:
+    """Randomised probability integral transform of each exact age under its (N, bins)
+    distribution: F(age - 1) + V * p(age), V uniform (seeded: the same fit every time)."""
+    import numpy as np
+
+    probs = np.atleast_2d(probs)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    index = np.array([int(np.argmin(np.abs(values - a))) for a in ages], dtype=np.int64)
+    rows = np.arange(len(index))
+    below = np.cumsum(probs, axis=1)[rows, index] - probs[rows, index]
+    draw = np.random.default_rng(seed).random(len(index))
+    return np.clip(below + draw * probs[rows, index], 0.0, 1.0)  # type: ignore[no-any-return]
 
 
-def fit_widening(
-    lows: Sequence[float],
-    highs: Sequence[float],
-    ages: Sequence[float],
-    predicted: Sequence[float],
-    bands: Sequence[float],
-    mass: float,
+def decade_weights(ages: Sequence[float]) -> NDArray[np.float64]:
+    """Weights under which every decade of true age (0-9, ..., 80+) counts equally."""
+    import numpy as np
+
+    decade = np.minimum(np.asarray(ages, np.float64) // 10, 8).astype(np.int64)
+    counts = np.bincount(decade, minlength=9)
+    weights = 1.0 / counts[decade]
+    return weights * len(weights) / weights.sum()  # type: ignore[no-any-return]
+
+
+def fit_pit_map(
+    u: NDArray[np.float64], weights: NDArray[np.float64], points: int = PIT_POINTS
 ) -> tuple[float, ...]:
-    """Per band of predicted age, the conformal widening of [low, high] (years); a band
-    with fewer than MIN_BAND faces takes the pooled one."""
-    scores = [max(lo - y, y - hi) for lo, hi, y in zip(lows, highs, ages, strict=True)]
-    pooled = conformal_quantile(scores, mass)
-    probe = Calibration("age", bands=tuple(bands), widen=tuple(0.0 for _ in bands))
-    out = []
-    for index in range(len(bands)):
-        mine = [s for s, p in zip(scores, predicted, strict=True) if probe.band(p) == index]
-        value = conformal_quantile(mine, mass) if len(mine) >= MIN_BAND else pooled
-        out.append(value if math.isfinite(value) else (pooled if math.isfinite(pooled) else 0.0))
-    return tuple(out)
+    """R: the weighted empirical distribution of the u values at `points` evenly spaced
+    points of [0, 1] (ties counted half below, half above), pinned to 0 and 1."""
+    import numpy as np
+
+    order = np.argsort(u)
+    u, w = np.asarray(u, np.float64)[order], np.asarray(weights, np.float64)[order]
+    cum = np.concatenate([[0.0], np.cumsum(w)]) / w.sum()
+    grid = np.linspace(0.0, 1.0, points)
+    below = cum[np.searchsorted(u, grid, side="left")]
+    upto = cum[np.searchsorted(u, grid, side="right")]
+    row = (below + upto) / 2
+    row[0], row[-1] = 0.0, 1.0
+    return tuple(float(v) for v in np.maximum.accumulate(row))
 
 
 def fit_age(
     probs: NDArray[np.float64],
     values: NDArray[np.float64],
     labels: Sequence[tuple[float, float]],
-    fit_rows: Sequence[int],
-    conformal_rows: Sequence[int],
+    rows: Sequence[int],
     *,
     bands: Sequence[float] = DEFAULT_AGE_BANDS,
     mass: float = 0.8,
+    balance: bool = True,
+    folds: int = CROSS_FOLDS,
+    seed: int = 0,
+    points: int = PIT_POINTS,
 ) -> Calibration:
-    """Temperature and kernel by likelihood on `fit_rows`; the conformal widening on
-    `conformal_rows` (exact ages only)."""
-    fit_rows = list(fit_rows)
-    temperature, kernel = fit_temperature_kernel(
-        probs[fit_rows], values, [labels[i] for i in fit_rows]
-    )
-    exact = [i for i in conformal_rows if labels[i][0] == labels[i][1]]
-    widen: tuple[float, ...] = ()
-    if exact:
-        q = calibrate_age(probs[exact], values, temperature, kernel)
-        lo, hi = interval_of(q, values, mass)
-        raw = probs[exact] / probs[exact].sum(axis=1, keepdims=True)
-        predicted = raw @ values
-        widen = fit_widening(
-            lo.tolist(), hi.tolist(), [labels[i][0] for i in exact], predicted.tolist(), bands, mass
+    """Temperature and kernel by likelihood on `rows`; the recalibration map per band of
+    predicted age from the exact ages' PIT values, each computed with T and s fitted on
+    the other folds (cross-fitting: no face's u comes from parameters fitted on it),
+    weighted by decade unless `balance` is off. A band whose faces weigh as little as fewer
+    than MIN_BAND unweighted ones (Kish's effective sample size) takes the map of all."""
+    import random
+
+    import numpy as np
+
+    rows = list(rows)
+    temperature, kernel = fit_temperature_kernel(probs[rows], values, [labels[i] for i in rows])
+    exact = [i for i in rows if labels[i][0] == labels[i][1]]
+    if len(exact) < MIN_BAND:
+        return Calibration("age", temperature, kernel, mass)
+    shuffled = list(exact)
+    random.Random(seed).shuffle(shuffled)
+    k = max(2, min(folds, len(exact) // MIN_BAND))
+    u = np.empty(len(exact))
+    position = {row: n for n, row in enumerate(exact)}
+    for fold in range(k):
+        held = shuffled[fold::k]
+        kept = set(held)
+        rest = [i for i in rows if i not in kept]
+        t, s = fit_temperature_kernel(probs[rest], values, [labels[i] for i in rest])
+        q = calibrate_age(probs[held], values, t, s)
+        u[[position[i] for i in held]] = pit_values(
+            q, values, [labels[i][0] for i in held], seed + fold
         )
-    return Calibration("age", temperature, kernel, mass, tuple(bands) if widen else (), widen)
+    ages = [labels[i][0] for i in exact]
+    weights = decade_weights(ages) if balance else np.ones(len(exact))
+    raw = probs[exact] / probs[exact].sum(axis=1, keepdims=True)
+    probe = Calibration("age", bands=tuple(bands), widen=tuple(0.0 for _ in bands))
+    band = np.array([probe.band(float(a)) for a in raw @ values])
+    pooled = fit_pit_map(u, weights, points)
+    maps = []
+    for index in range(len(bands)):
+        w = weights[band == index]
+        effective = w.sum() ** 2 / (w**2).sum() if len(w) else 0.0  # Kish's effective n
+        maps.append(fit_pit_map(u[band == index], w, points) if effective >= MIN_BAND else pooled)
+    return Calibration("age", temperature, kernel, mass, tuple(bands), pit=tuple(maps))
 
 
 def gender_nll(p_male: Sequence[float], is_male: Sequence[bool], temperature: float) -> float:

@@ -8,9 +8,10 @@ cumulative distribution), and P(age >= t) = sum of p_i over v_i >= t.
 With a :class:`~agegender.calibration.Calibration` (the task's, see calibration.py) the
 value stays the raw distribution's expected value (so the MAE does not move); the std,
 interval and P(age >= t) are those of the calibrated distribution (temperature, log-age
-smoothing), the interval read off its cumulative distribution interpolated between bin
-values and widened by the split-conformal amount of the value's age band (rounded to 0.1
-year, never below 0). The gender probability is the tempered one.
+smoothing, then the recalibration map of the value's age band), the interval read off its
+cumulative distribution interpolated between bin values (an older calibration's
+split-conformal widening added; rounded to 0.1 year, never below 0). The gender
+probability is the tempered one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .calibration import Calibration, calibrate_age, interval_of, temper
+from .calibration import Calibration, calibrate_age, interval_of, remap, temper
 from .results import AgeEstimate, GenderEstimate
 
 INTERVAL_MASS = 0.8
@@ -48,6 +49,9 @@ def age_from_distribution(
     if calibration is not None:
         mass = calibration.mass
         probs = calibrate_age(probs, values, calibration.temperature, calibration.kernel)
+        pit = calibration.pit_map(mean)
+        if pit is not None:
+            probs = remap(probs, pit)
     spread_mean = float(probs @ values)
     std = float(np.sqrt(max(0.0, float(probs @ (values - spread_mean) ** 2))))
     tail = (1.0 - mass) / 2

@@ -3,11 +3,11 @@
 Runs the configuration's models with calibration off over any dataset ``evaluate``
 reads (its readers and runner), recovers each face's age distribution from P(age >= v)
 at every bin value v, and splits the faces at random (``--seed``): ``--holdout`` of them
-are never fitted on and get the before/after figures; of the rest, half fit the age
-temperature and kernel by likelihood, the other half the split-conformal widening of the
-interval (the gender temperatures use both halves). The parameters are written as a
-calibration TOML (``--out``; ``--calibration FILE`` applies it, a preset names its own
-file in ``agegender/calibrations/``).
+are never fitted on and get the before/after figures; the rest fit the age temperature and
+kernel by likelihood and, cross-fitted in folds, the recalibration map of each band of
+predicted age (see calibration.py), and the gender temperatures. The parameters are
+written as a calibration TOML (``--out``; ``--calibration FILE`` applies it, a preset
+names its own file in ``agegender/calibrations/``).
 
 Nothing heavy is imported at module level (``--help`` stays fast).
 """
@@ -45,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "calibrate",
         help="fit calibrated uncertainty (interval, P(age >= t), gender) on a labelled dataset",
         description=(
-            "Fit the temperature, log-age smoothing and split-conformal interval widening of "
-            "the age distribution and the gender temperatures on a labelled dataset (any "
+            "Fit the temperature, log-age smoothing and per-band recalibration map (conformal) "
+            "of the age distribution and the gender temperatures on a labelled dataset (any "
             "--format evaluate reads); print before/after figures on a held-out part; write "
             "the parameters as a calibration file (--out)."
         ),
@@ -81,7 +81,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         type=_bands,
         default=None,
         metavar="A,B,...",
-        help="predicted-age bands of the conformal widening (default: 0,13,25,45,65)",
+        help="predicted-age bands of the recalibration map (default: 0,5,13,20,30,45,60)",
+    )
+    parser.add_argument(
+        "--balance",
+        choices=("decade", "none"),
+        default="decade",
+        help="weigh the faces so every decade of true age counts equally in the map "
+        "(default), or as they come",
     )
     parser.add_argument(
         "--gender-bands",
@@ -266,29 +273,25 @@ def run(args: argparse.Namespace) -> int:
     random.Random(args.seed).shuffle(order)
     n_hold = max(1, round(args.holdout * n))
     holdout, rest = sorted(order[:n_hold]), order[n_hold:]
-    fit_rows, conformal_rows = sorted(rest[0::2]), sorted(rest[1::2])
     thresholds = tuple(config.age_thresholds) or REPORT_THRESHOLDS
 
     age_cal = gender_cal = None
     values = data["values"]
-    if values is not None:
-        usable = [i for i in fit_rows if data["labels"][i] is not None]
-        conformal = [i for i in conformal_rows if data["labels"][i] is not None]
-        if usable:
-            width = len(values)
-            probs = np.array(
-                [p if p is not None else np.ones(width) / width for p in data["probs"]]
-            )
-            labels = [lab if lab is not None else (0.0, 0.0) for lab in data["labels"]]
-            age_cal = cal.fit_age(
-                probs,
-                values,
-                labels,
-                usable,
-                conformal,
-                bands=args.age_bands or cal.DEFAULT_AGE_BANDS,
-                mass=args.mass,
-            )
+    usable = sorted(i for i in rest if data["labels"][i] is not None)
+    if values is not None and usable:
+        width = len(values)
+        probs = np.array([p if p is not None else np.ones(width) / width for p in data["probs"]])
+        labels = [lab if lab is not None else (0.0, 0.0) for lab in data["labels"]]
+        age_cal = cal.fit_age(
+            probs,
+            values,
+            labels,
+            usable,
+            bands=args.age_bands or cal.DEFAULT_AGE_BANDS,
+            mass=args.mass,
+            balance=args.balance == "decade",
+            seed=args.seed,
+        )
     gender_rows = [i for i in rest if data["gender_probs"][i] is not None]
     if gender_rows:
         labels_g = data["gender_labels"]
@@ -301,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if age_cal is None and gender_cal is None:
         raise AgegenderError(f"{source}: nothing to fit (no labelled face with an estimate)")
+    weighting = "ages balanced by decade" if args.balance == "decade" else "unweighted"
     fitted = cal.CalibrationSet(
         age_cal,
         gender_cal,
@@ -308,8 +312,9 @@ def run(args: argparse.Namespace) -> int:
         tuple(_ids(config.gender_models)) if gender_cal else (),
         config.age_weights if age_cal else None,
         config.gender_weights if gender_cal else None,
-        f"{source}: {len(fit_rows)} faces for the likelihood fit, {len(conformal_rows)} for "
-        f"the conformal widening, {len(holdout)} held out (seed {args.seed})",
+        f"{source}: {len(rest)} faces fitted (the recalibration map cross-fitted in "
+        f"{cal.CROSS_FOLDS} folds, {weighting}), "
+        f"{len(holdout)} held out (seed {args.seed})",
         "<fitted>",
     )
     before = _figures(holdout, data, None, thresholds)
