@@ -181,8 +181,8 @@ def evidence_row(task: Task, row: NDArray[np.float64], age: Any = None) -> NDArr
 
 def decode_fused(task: Task, probs: NDArray[np.float64], thresholds: Any) -> Any:
     """Decode a fused distribution of calibrated frames: no second temperature or
-    smoothing; the calibration's interval mass and its per-band widening (a person-level
-    correction, such as the +10 years past the CC0 model's last bin) still apply."""
+    smoothing; the calibration's interval mass and its per-band recalibration map (or an
+    older file's widening: person-level corrections) still apply, once."""
     calibration = task.calibration
     if calibration is not None:
         calibration = replace(calibration, temperature=1.0, kernel=0.0, temperatures=())
