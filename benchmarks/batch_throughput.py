@@ -53,6 +53,11 @@ def main() -> int:
     parser.add_argument("--missing", type=int, default=0, help="paths in the memory run")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument(
+        "--running-ray",
+        action="store_true",
+        help="also run Ray x1 joining an instance started before the timing (ray start)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="each round runs all, every other one reversed"
     )
     args = parser.parse_args()
@@ -100,14 +105,40 @@ def main() -> int:
                         ],
                     )
                 )
+            if args.running_ray:
+                # the same engine joining a Ray instance that is already up (as on a
+                # cluster): Ray's own start is paid once, outside the timing
+                runs.append(
+                    (
+                        "batch --engine ray x1, Ray already up",
+                        [*runs[2][1], "--address", "auto"],
+                    )
+                )
+                ray = str(Path(sys.executable).with_name("ray"))
+                subprocess.run(
+                    [
+                        ray,
+                        "start",
+                        "--head",
+                        "--num-cpus",
+                        str(os.cpu_count() or 2),
+                        "--include-dashboard",
+                        "false",
+                        "--disable-usage-stats",
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
         rates: dict[str, list[float]] = {label: [] for label, _ in runs}
         for round_ in range(args.rounds):
-            order = runs if round_ % 2 == 0 else runs[::-1]
-            for label, command in order:
+            order = list(enumerate(runs))
+            for index, (label, command) in order if round_ % 2 == 0 else order[::-1]:
                 if "batch" in command:
-                    out = work / f"out-{round_}-{label.split()[-1]}"
-                    command = [*command, "--out", str(out)]
+                    command = [*command, "--out", str(work / f"out-{round_}-{index}")]
                 rates[label].append(run(command, label, args.count))
+        if args.running_ray and not args.no_ray:
+            subprocess.run([ray, "stop"], check=False, stdout=subprocess.DEVNULL)
         base = sum(rates["predict --jsonl"]) / args.rounds
         for label, values in rates.items():
             mean = sum(values) / len(values)
