@@ -257,6 +257,11 @@ def test_calibration_file_round_trip_and_which_applies(tmp_path) -> None:
         ("a1",),
         "synthetic",
     )
+    # a recalibration map survives the file too (to 4 decimals)
+    mapped = cal.Calibration("age", 1.0, 0.1, 0.8, (0.0, 30.0), pit=((0.0, 0.3, 1.0),) * 2)
+    other = tmp_path / "mapped.toml"
+    other.write_text(cal.to_toml(cal.CalibrationSet(mapped, None, ("a1",)), []))
+    assert cal.load_file(other).age == mapped
     card_own = cal.Calibration("age", 3.0)
     # The preset's, for the very models it was fitted for; else a lone card's own.
     assert cal.resolve("", back, "age", ["a1"], None, [None]) == age
