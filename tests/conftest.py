@@ -31,6 +31,9 @@ from agegender import Estimator
 os.environ["AGEGENDER_DETECTOR"] = "dlib"
 _STORE = tempfile.mkdtemp(prefix="agegender-test-store-")
 os.environ["AGEGENDER_HOME"] = _STORE
+# Ray instances the tests start run their workers at normal priority, as the batch engine's
+# own does (Ray's default niceness 15 starves them beside other work on a busy machine)
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -171,6 +171,11 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
                 handler.setLevel(logging.ERROR)
     started_here = not ray.is_initialized()
     if started_here:
+        if not args.address:
+            # Ray runs its workers at niceness 15 by default: on a machine with other
+            # work the actors (where the models run) would get a few percent of a core.
+            # A Ray started for this job runs them at the job's own priority.
+            os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
             # "local": a new instance, never one a stale /tmp/ray record points at
             address=args.address or "local",
