@@ -164,6 +164,21 @@ def test_decade_balance_evens_coverage_across_ages() -> None:
     assert spread(balanced) < spread(plain)
 
 
+def test_temperature_and_kernel_are_fitted_per_band() -> None:
+    """Children's error (in log-age) is five times adults' here: their band gets the wider
+    smoothing, and each estimate uses its own band's pair."""
+    rng = np.random.default_rng(7)
+    centres = rng.uniform(1, 60, 3000)
+    spread = np.where(centres < 5, 0.5, 0.1)
+    ages = np.clip(np.round(np.expm1(np.log1p(centres) + rng.normal(0, spread))), 0, 80)
+    model = _peaked(centres, 0.7)
+    fitted = cal.fit_age(model, VALUES, [(a, a) for a in ages], range(3000), bands=(0.0, 5.0))
+    assert len(fitted.kernels) == len(fitted.temperatures) == 2
+    assert fitted.kernels[0] > 2 * fitted.kernels[1]
+    assert fitted.age_parameters(3.0) == (fitted.temperatures[0], fitted.kernels[0])
+    assert fitted.age_parameters(30.0) == (fitted.temperatures[1], fitted.kernels[1])
+
+
 def test_band_below_min_band_takes_the_pooled_map() -> None:
     rng = np.random.default_rng(6)
     model, ages = _draw(rng, 400)
@@ -172,9 +187,12 @@ def test_band_below_min_band_takes_the_pooled_map() -> None:
     bands = (0.0, 13.0, 30.0, 45.0)
     labels = [(a, a) for a in ages]
     fitted = cal.fit_age(model, VALUES, labels, rows, bands=bands, balance=False)
-    pooled = cal.fit_age(model, VALUES, labels, rows, bands=(0.0,), balance=False).pit[0]
-    assert fitted.pit[0] == fitted.pit[1] == pooled
-    assert fitted.pit[2] != pooled and fitted.pit[3] != pooled
+    # the empty bands take the map of all faces and the global temperature and kernel
+    assert fitted.pit[0] == fitted.pit[1]
+    assert fitted.pit[2] != fitted.pit[0] and fitted.pit[3] != fitted.pit[0]
+    assert fitted.age_parameters(5.0) == fitted.age_parameters(20.0)
+    assert fitted.age_parameters(5.0) == (fitted.temperature, fitted.kernel)
+    assert fitted.age_parameters(35.0) != fitted.age_parameters(5.0)
 
 
 def test_gender_fit_per_band() -> None:
@@ -215,6 +233,10 @@ def test_card_calibration_is_parsed_and_validated() -> None:
     assert card.calibration is not None
     assert card.calibration.pit == ((0.0, 0.3, 1.0), (0.0, 0.5, 1.0))
     assert card.calibration.pit_map(20.0) == (0.0, 0.5, 1.0)
+    per_band = {"bands": [0, 13], "temperatures": [1.2, 0.9], "kernels": [0.5, 0.1]}
+    card = parse_card(_card(per_band), "my.toml")
+    assert card.calibration is not None
+    assert card.calibration.age_parameters(5.0) == (1.2, 0.5)
     gender = parse_card(_card({"temperature": 2.0}, task="gender"), "g.toml")
     assert gender.calibration is not None and gender.calibration.task == "gender"
     for table, field in (
@@ -233,6 +255,9 @@ def test_card_calibration_is_parsed_and_validated() -> None:
         ({"bands": [0], "pit": [0, 1]}, "pit"),
         ({"bands": [0, 1], "pit": [[0, 1], [0, 0.5, 1]]}, "pit"),
         ({"bands": [0], "pit": [[0, 1]], "widen": [1]}, "both"),
+        ({"bands": [0], "temperatures": [1.0], "pit": [[0, 1]]}, "kernels"),
+        ({"bands": [0], "temperatures": [1.0], "kernels": [9.0]}, "kernels"),
+        ({"bands": [0, 1], "temperatures": [1.0, 1], "kernels": [0.1]}, "kernels"),
         ({"temperatures": [1.0]}, "temperatures"),  # a gender key on an age card
         ({"warmth": 1}, "warmth"),
         ("hot", "[calibration]"),
@@ -258,7 +283,16 @@ def test_calibration_file_round_trip_and_which_applies(tmp_path) -> None:
         "synthetic",
     )
     # a recalibration map survives the file too (to 4 decimals)
-    mapped = cal.Calibration("age", 1.0, 0.1, 0.8, (0.0, 30.0), pit=((0.0, 0.3, 1.0),) * 2)
+    mapped = cal.Calibration(
+        "age",
+        1.0,
+        0.1,
+        0.8,
+        (0.0, 30.0),
+        temperatures=(1.1, 0.9),
+        pit=((0.0, 0.3, 1.0),) * 2,
+        kernels=(0.4, 0.1),
+    )
     other = tmp_path / "mapped.toml"
     other.write_text(cal.to_toml(cal.CalibrationSet(mapped, None, ("a1",)), []))
     assert cal.load_file(other).age == mapped

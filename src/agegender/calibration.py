@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-AGE_KEYS = ("temperature", "kernel", "mass", "bands", "widen", "pit")
+AGE_KEYS = ("temperature", "kernel", "mass", "bands", "widen", "pit", "temperatures", "kernels")
 GENDER_KEYS = ("temperature", "bands", "temperatures")
 FILE_KEYS = (
     "age_models",
@@ -90,8 +90,9 @@ class Calibration:
     mass: float = 0.8
     bands: tuple[float, ...] = ()  # lower edges of predicted-age bands, increasing
     widen: tuple[float, ...] = ()  # age: years added at each end of the interval, per band
-    temperatures: tuple[float, ...] = ()  # gender: temperature per band
+    temperatures: tuple[float, ...] = ()  # temperature per band (gender; age: with kernels)
     pit: tuple[tuple[float, ...], ...] = ()  # age: recalibration map per band
+    kernels: tuple[float, ...] = ()  # age: log-age smoothing per band
 
     def band(self, age: float | None) -> int | None:
         """Index of the band holding a predicted age (below the first: the first)."""
@@ -106,6 +107,14 @@ class Calibration:
     def widening(self, age: float) -> float:
         index = self.band(age)
         return 0.0 if index is None or not self.widen else self.widen[index]
+
+    def age_parameters(self, age: float) -> tuple[float, float]:
+        """(temperature, kernel) for a distribution whose expected value is `age`: its
+        band's when the calibration has them per band, else the global ones."""
+        index = self.band(age)
+        if index is None or not self.kernels:
+            return self.temperature, self.kernel
+        return self.temperatures[index], self.kernels[index]
 
     def pit_map(self, age: float) -> tuple[float, ...] | None:
         """The recalibration map of the band holding a predicted age (None: no map)."""
@@ -130,6 +139,8 @@ class Calibration:
             out["widen"] = [round(w, 2) for w in self.widen]
         if self.temperatures:
             out["temperatures"] = [round(t, 4) for t in self.temperatures]
+        if self.kernels:
+            out["kernels"] = [round(k, 4) for k in self.kernels]
         if self.pit:
             out["pit"] = [[round(v, 4) for v in row] for row in self.pit]
         return out
@@ -212,14 +223,18 @@ def parse_table(
         "temperatures", lambda v: 0 < v <= MAX_TEMPERATURE, "temperatures > 0 (one per band)"
     )
     pit = _pit_rows(table.get("pit"), name, fail)
-    for key, items in (("widen", widen), ("temperatures", temperatures), ("pit", pit)):
+    kernels = numbers("kernels", lambda v: 0 <= v <= 5.0, "widths in 0..5 (one per band)")
+    if role == "age" and bool(kernels) != bool(temperatures):
+        fail(f"{name} temperatures and kernels go together (one of each per band)")
+    checks = (("widen", widen), ("temperatures", temperatures), ("pit", pit), ("kernels", kernels))
+    for key, items in checks:
         if items and len(items) != len(bands):
             fail(f"{name} {key} has {len(items)} entries for {len(bands)} bands")
     if widen and pit:
         fail(f"{name} has both widen and pit (one way to adjust the interval)")
     if bands and not widen and not temperatures and not pit:
         fail(f"{name} bands without {'temperatures' if role == 'gender' else 'pit or widen'}")
-    return Calibration(role, temperature, kernel, mass, bands, widen, temperatures, pit)
+    return Calibration(role, temperature, kernel, mass, bands, widen, temperatures, pit, kernels)
 
 
 def _pit_rows(
@@ -521,6 +536,29 @@ def fit_pit_map(
     return tuple(float(v) for v in np.maximum.accumulate(row))
 
 
+def fit_band_parameters(
+    probs: NDArray[np.float64],
+    values: NDArray[np.float64],
+    labels: Sequence[tuple[float, float]],
+    rows: Sequence[int],
+    band_of: Sequence[int | None],
+    count: int,
+) -> tuple[tuple[float, float], list[tuple[float, float]]]:
+    """(T, s) fitted on all `rows`, and per band on its rows (a band with fewer than
+    MIN_BAND rows takes the global pair)."""
+    rows = list(rows)
+    pooled = fit_temperature_kernel(probs[rows], values, [labels[i] for i in rows])
+    per_band = []
+    for index in range(count):
+        mine = [i for i in rows if band_of[i] == index]
+        per_band.append(
+            fit_temperature_kernel(probs[mine], values, [labels[i] for i in mine])
+            if len(mine) >= MIN_BAND
+            else pooled
+        )
+    return pooled, per_band
+
+
 def fit_age(
     probs: NDArray[np.float64],
     values: NDArray[np.float64],
@@ -534,17 +572,24 @@ def fit_age(
     seed: int = 0,
     points: int = PIT_POINTS,
 ) -> Calibration:
-    """Temperature and kernel by likelihood on `rows`; the recalibration map per band of
-    predicted age from the exact ages' PIT values, each computed with T and s fitted on
-    the other folds (cross-fitting: no face's u comes from parameters fitted on it),
-    weighted by decade unless `balance` is off. A band whose faces weigh as little as fewer
-    than MIN_BAND unweighted ones (Kish's effective sample size) takes the map of all."""
+    """Temperature and kernel by likelihood, globally and per band of predicted age (the
+    error's scale differs: a baby's in months, an adult's in years), on `rows`; the
+    recalibration map per band from the exact ages' PIT values, each computed with the
+    parameters fitted on the other folds (cross-fitting: no face's u comes from
+    parameters fitted on it), weighted by decade unless `balance` is off. A band whose
+    faces weigh as little as fewer than MIN_BAND unweighted ones (Kish's effective sample
+    size) takes the map of all."""
     import random
 
     import numpy as np
 
     rows = list(rows)
-    temperature, kernel = fit_temperature_kernel(probs[rows], values, [labels[i] for i in rows])
+    probe = Calibration("age", bands=tuple(bands), widen=tuple(0.0 for _ in bands))
+    raw = probs / probs.sum(axis=1, keepdims=True)
+    band_of = [probe.band(float(a)) for a in raw @ values]
+    (temperature, kernel), per_band = fit_band_parameters(
+        probs, values, labels, rows, band_of, len(bands)
+    )
     exact = [i for i in rows if labels[i][0] == labels[i][1]]
     if len(exact) < MIN_BAND:
         return Calibration("age", temperature, kernel, mass)
@@ -556,24 +601,36 @@ def fit_age(
     for fold in range(k):
         held = shuffled[fold::k]
         kept = set(held)
-        rest = [i for i in rows if i not in kept]
-        t, s = fit_temperature_kernel(probs[rest], values, [labels[i] for i in rest])
-        q = calibrate_age(probs[held], values, t, s)
-        u[[position[i] for i in held]] = pit_values(
-            q, values, [labels[i][0] for i in held], seed + fold
+        _, fold_params = fit_band_parameters(
+            probs, values, labels, [i for i in rows if i not in kept], band_of, len(bands)
         )
+        for index in range(len(bands)):
+            mine = [i for i in held if band_of[i] == index]
+            if mine:
+                t, s = fold_params[index]
+                q = calibrate_age(probs[mine], values, t, s)
+                u[[position[i] for i in mine]] = pit_values(
+                    q, values, [labels[i][0] for i in mine], seed + fold
+                )
     ages = [labels[i][0] for i in exact]
     weights = decade_weights(ages) if balance else np.ones(len(exact))
-    raw = probs[exact] / probs[exact].sum(axis=1, keepdims=True)
-    probe = Calibration("age", bands=tuple(bands), widen=tuple(0.0 for _ in bands))
-    band = np.array([probe.band(float(a)) for a in raw @ values])
+    band = np.array([band_of[i] for i in exact])
     pooled = fit_pit_map(u, weights, points)
     maps = []
     for index in range(len(bands)):
         w = weights[band == index]
         effective = w.sum() ** 2 / (w**2).sum() if len(w) else 0.0  # Kish's effective n
         maps.append(fit_pit_map(u[band == index], w, points) if effective >= MIN_BAND else pooled)
-    return Calibration("age", temperature, kernel, mass, tuple(bands), pit=tuple(maps))
+    return Calibration(
+        "age",
+        temperature,
+        kernel,
+        mass,
+        tuple(bands),
+        temperatures=tuple(t for t, _ in per_band),
+        pit=tuple(maps),
+        kernels=tuple(s for _, s in per_band),
+    )
 
 
 def gender_nll(p_male: Sequence[float], is_male: Sequence[bool], temperature: float) -> float:

@@ -48,7 +48,8 @@ def age_from_distribution(
     mean = float(probs @ values)
     if calibration is not None:
         mass = calibration.mass
-        probs = calibrate_age(probs, values, calibration.temperature, calibration.kernel)
+        temperature, kernel = calibration.age_parameters(mean)
+        probs = calibrate_age(probs, values, temperature, kernel)
         pit = calibration.pit_map(mean)
         if pit is not None:
             probs = remap(probs, pit)

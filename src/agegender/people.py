@@ -170,7 +170,10 @@ def evidence_row(task: Task, row: NDArray[np.float64], age: Any = None) -> NDArr
         return row / row.sum() if row.sum() > 0 else row
     kind = task.support.kind
     if kind == "age":
-        out = calibrate_age(row, task.support.values, calibration.temperature, calibration.kernel)
+        values = task.support.values
+        mean = float(row @ values / row.sum()) if row.sum() > 0 else float("nan")
+        temperature, kernel = calibration.age_parameters(mean)
+        out = calibrate_age(row, values, temperature, kernel)
     elif kind == "gender":
         value = None if age is None else getattr(age, "value", None)
         out = temper(row, calibration.gender_temperature(value))
@@ -185,7 +188,7 @@ def decode_fused(task: Task, probs: NDArray[np.float64], thresholds: Any) -> Any
     older file's widening: person-level corrections) still apply, once."""
     calibration = task.calibration
     if calibration is not None:
-        calibration = replace(calibration, temperature=1.0, kernel=0.0, temperatures=())
+        calibration = replace(calibration, temperature=1.0, kernel=0.0, temperatures=(), kernels=())
     return DECODERS[task.support.kind](task.support, probs, thresholds, calibration, None)
 
 
