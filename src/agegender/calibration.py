@@ -12,7 +12,9 @@ Age (a distribution p over bin values v):
 2. **kernel** s: ``p'`` is smoothed with a Gaussian of std s in log(1 + age), i.e. the
    true age is the model's times a log-normal error (errors grow with age). T and s are
    fitted together by maximum likelihood of the labelled ages (exact ages: the nearest
-   bin; a group label, interval-censored: the mass of the bins inside the group);
+   bin; a group label, interval-censored: the mass of the bins inside the group),
+   overall and per band of predicted age (``temperatures``, ``kernels``: a baby's error
+   is months, an adult's years); a distribution uses its band's pair;
 3. **recalibration map** per band of predicted age (distributional conformal prediction,
    Chernozhukov, Wuthrich & Zhu 2021; Kuleshov et al. 2018): for labelled faces, the
    randomised probability integral transform ``u = F(age - 1) + V * p(age)`` (F the
