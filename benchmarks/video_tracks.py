@@ -30,6 +30,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from faceutils import gradient_canvas  # noqa: E402
 
 from agegender.fusion import FusionSettings  # noqa: E402
 from agegender.people import PeopleTracker  # noqa: E402
@@ -38,15 +41,6 @@ from agegender.streams import Source  # noqa: E402
 from agegender.tracking import iou_matrix  # noqa: E402
 
 FPS = 10
-
-
-def background(width: int, height: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:height, 0:width]
-    canvas = np.empty((height, width, 3), np.uint8)
-    canvas[..., 0] = (90 + 60 * xx / width).astype(np.uint8)
-    canvas[..., 1] = (110 + 40 * yy / height).astype(np.uint8)
-    canvas[..., 2] = 120
-    return canvas
 
 
 def paste(canvas: np.ndarray, image: np.ndarray, x: int, y: int) -> None:
@@ -76,7 +70,7 @@ def speed(_: argparse.Namespace) -> None:
     estimator.warm()
     with tempfile.TemporaryDirectory() as tmp:
         for width, height, faces in ((640, 480, 2), (1280, 720, 3)):
-            bg = background(width, height)
+            bg = gradient_canvas(height, width)
             frames = []
             for i in range(60):
                 canvas = bg.copy()
@@ -113,7 +107,7 @@ def utkface(args: argparse.Namespace) -> None:
     rows = rows[: 2 * args.clips]
     estimator = Estimator()
     width, height = 640, 480
-    bg = background(width, height)
+    bg = gradient_canvas(height, width)
     switches = 0
     track_err, frame_err, track_hit, frame_hit = [], [], [], []
     track_width, frame_width, track_gender, frame_gender = [], [], [], []
