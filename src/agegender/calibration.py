@@ -400,6 +400,15 @@ def calibrate_age(
     return out
 
 
+def calibrate_in_band(
+    calibration: Calibration, probs: NDArray[np.float64], values: NDArray[np.float64], age: float
+) -> NDArray[np.float64]:
+    """A distribution tempered and smoothed with the pair of the band holding `age` (its
+    expected value): what a frame's estimate and a frame's fusion evidence both use."""
+    temperature, kernel = calibration.age_parameters(age)
+    return calibrate_age(probs, values, temperature, kernel)
+
+
 def remap(probs: NDArray[np.float64], pit: Sequence[float]) -> NDArray[np.float64]:
     """A distribution (bins,) whose cumulative distribution is ``R(F)``: F the given one's,
     R the map through ``pit`` (its values at evenly spaced points of [0, 1])."""

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .calibration import Calibration, calibrate_age, interval_of, remap, temper
+from .calibration import Calibration, calibrate_in_band, interval_of, remap, temper
 from .results import AgeEstimate, GenderEstimate
 
 INTERVAL_MASS = 0.8
@@ -48,8 +48,7 @@ def age_from_distribution(
     mean = float(probs @ values)
     if calibration is not None:
         mass = calibration.mass
-        temperature, kernel = calibration.age_parameters(mean)
-        probs = calibrate_age(probs, values, temperature, kernel)
+        probs = calibrate_in_band(calibration, probs, values, mean)
         pit = calibration.pit_map(mean)
         if pit is not None:
             probs = remap(probs, pit)

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .calibration import calibrate_age, temper
+from .calibration import calibrate_in_band, temper
 from .fusion import FusionSettings, centres_of, frame_weight, pool, sharpness
 from .heads import DECODERS, Task, decode_face, distributions
 from .pipeline import Estimator
@@ -172,8 +172,7 @@ def evidence_row(task: Task, row: NDArray[np.float64], age: Any = None) -> NDArr
     if kind == "age":
         values = task.support.values
         mean = float(row @ values / row.sum()) if row.sum() > 0 else float("nan")
-        temperature, kernel = calibration.age_parameters(mean)
-        out = calibrate_age(row, values, temperature, kernel)
+        out = calibrate_in_band(calibration, row, values, mean)
     elif kind == "gender":
         value = None if age is None else getattr(age, "value", None)
         out = temper(row, calibration.gender_temperature(value))
