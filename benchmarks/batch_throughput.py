@@ -99,12 +99,13 @@ def main() -> int:
             # the same engine joining a Ray instance that is already up (as on a cluster):
             # Ray's own start is paid once, outside the timing; its workers at normal
             # priority, as the engine runs the Ray it starts itself
-            runs.append(
+            runs += [
                 (
-                    "batch --engine ray x1, Ray already up",
-                    [*ray_batch, "--concurrency", "1", "--address", "auto"],
+                    f"batch --engine ray x{n}, Ray already up",
+                    [*ray_batch, "--concurrency", str(n), "--address", "auto"],
                 )
-            )
+                for n in (1, 2)
+            ]
             start = [ray, "start", "--head", "--num-cpus", str(os.cpu_count() or 2)]
             subprocess.run(
                 [*start, "--include-dashboard", "false", "--disable-usage-stats"],

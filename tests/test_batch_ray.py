@@ -165,3 +165,32 @@ def test_ray_engine_on_a_two_node_cluster(inputs: tuple[Path, Path], tmp_path: P
         assert_rows_equal(rows_of(out), rows_of(local))
     finally:
         cluster.shutdown()
+
+
+def test_each_actor_reserves_an_equal_share_of_the_cpus() -> None:
+    from agegender.batch.ray_engine import cpu_share
+
+    assert cpu_share([2.0], 1) == 2.0
+    assert cpu_share([2.0], 2) == 1.0
+    assert cpu_share([16.0] * 100, 100) == 16.0
+    assert cpu_share([16.0] * 4, 3) == 16.0  # 21.3 each would fit no node
+    assert cpu_share([16.0, 4.0], 2) == 4.0  # no more than the smallest node has
+    assert cpu_share([8.0, 8.0], 3) == 5.0  # whole CPUs from one up
+    assert cpu_share([2.0], 3) == pytest.approx(2 / 3)  # more actors than CPUs
+    assert cpu_share([0.0, 4.0], 4) == 1.0  # a node without CPUs (a GPU-only head) counts 0
+    assert cpu_share([], 2) == 1.0
+
+
+def test_an_actors_threads_follow_its_reservation() -> None:
+    from agegender.batch.ray_engine import actor_config
+    from agegender.config import EstimatorConfig
+
+    config = EstimatorConfig.from_preset("default")
+    one = actor_config(config, 1.0)
+    assert (one.workers, one.threads) == (1, 1)
+    assert one.with_overrides(workers=None, threads=None) == config  # nothing else changed
+    assert (actor_config(config, 0.5).workers, actor_config(config, 0.5).threads) == (1, 1)
+    sixteen = actor_config(config, 16.0)
+    assert (sixteen.workers, sixteen.threads) == (4, 16)  # decode/detect: at most 4
+    chosen = actor_config(config.with_overrides(workers=3, threads=2), 8.0)
+    assert (chosen.workers, chosen.threads) == (3, 2)  # the job's own settings are kept

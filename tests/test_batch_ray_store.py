@@ -8,11 +8,16 @@ as under ray job submit):
 - an input whose read fails in an actor with an I/O error is an error row, retried and
   replaced by its rows in the next run, and left an error once --max-attempts is spent.
 
+- two actors share the parts: each holds one while the other starts its own (an actor
+  that queued both parts would wait at the meeting point for an actor that never came).
+
 The failing reader is test_batch_retry.py's (images._read_file raising EIO for chosen
 file names). It reaches the actors through Ray's own ``worker_process_setup_hook``, a
 function every worker process of this Ray instance runs before its tasks; it patches
 the worker's reader and reads which names fail from a file at every read, so the test
-changes them between runs. The driver (this process) keeps the real reader.
+changes them between runs; reads of files named ``meet-*`` wait at a meeting point (a
+folder where each reading process leaves its pid). The driver (this process) keeps the
+real reader.
 """
 
 from __future__ import annotations
@@ -39,15 +44,21 @@ from agegender.batch import dataset
 RAY = ["--engine", "ray", "--no-progress"]
 
 
-def _failing_reads(control: Path) -> Callable[[], None]:
+MEETING_WAIT = 300.0  # seconds an actor waits for the other one before it gives up
+
+
+def _failing_reads(control: Path, meeting: Path) -> Callable[[], None]:
     """A worker setup hook: images._read_file fails with EIO (a bad disk, a dropped
-    network mount) for the file names listed in `control`, read at every call. A local
-    function, so Ray pickles it by value: the workers need not import this module."""
-    where = str(control)
+    network mount) for the file names listed in `control`, read at every call; a read of
+    a file named ``meet-*`` leaves the process's pid in `meeting` and waits until two
+    processes have (at most MEETING_WAIT). A local function, so Ray pickles it by value:
+    the workers need not import this module."""
+    where, folder = str(control), str(meeting)
 
     def setup() -> None:
         import errno
         import os
+        import time
         from pathlib import Path
 
         from agegender import images
@@ -58,7 +69,15 @@ def _failing_reads(control: Path) -> Callable[[], None]:
             def read_bytes(self) -> bytes:
                 raise OSError(errno.EIO, "Input/output error")
 
+        def meet() -> None:
+            Path(folder, str(os.getpid())).touch()
+            give_up = time.monotonic() + MEETING_WAIT
+            while len(os.listdir(folder)) < 2 and time.monotonic() < give_up:
+                time.sleep(0.05)
+
         def read(path: Path, label: str) -> bytes:
+            if path.name.startswith("meet-"):
+                meet()
             names = Path(where).read_text().split() if os.path.exists(where) else []
             return real(Failing(path) if path.name in names else path, label)
 
@@ -70,22 +89,26 @@ def _failing_reads(control: Path) -> Callable[[], None]:
 @pytest.fixture(scope="module")
 def ray_here(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[dict[str, str], Path]]:
+) -> Iterator[tuple[dict[str, str], Path, Path]]:
     """One Ray instance (2 CPUs) for the module's tests, its workers given the S3
     server's settings and the failing reader. Yields (the S3 settings, {} without moto;
-    the file of names whose reads fail in the workers)."""
+    the file of names whose reads fail in the workers; the meeting folder)."""
     import ray
 
     try:
         s3: dict[str, str] = request.getfixturevalue("s3")
-    except pytest.skip.Exception:  # no moto: the object-store test skips, not the other
+    except pytest.skip.Exception:  # no moto: the object-store test skips, not the others
         s3 = {}
     control = tmp_path_factory.mktemp("failing") / "names"
     control.write_text("")
-    runtime_env = {"worker_process_setup_hook": _failing_reads(control), "env_vars": dict(s3)}
+    meeting = tmp_path_factory.mktemp("meeting")
+    runtime_env = {
+        "worker_process_setup_hook": _failing_reads(control, meeting),
+        "env_vars": dict(s3),
+    }
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env)
     try:
-        yield s3, control
+        yield s3, control, meeting
     finally:
         ray.shutdown()
 
@@ -110,7 +133,7 @@ def _objects(store: Any, prefix: str) -> dict[str, tuple[Any, bytes]]:
 
 
 def test_ray_engine_reads_and_writes_an_object_store(
-    ray_here: tuple[dict[str, str], Path],
+    ray_here: tuple[dict[str, str], Path, Path],
     s3: dict[str, str],
     tmp_path: Path,
     capsys: Any,
@@ -166,12 +189,12 @@ def test_ray_engine_reads_and_writes_an_object_store(
 
 
 def test_ray_engine_retries_transient_failures(
-    ray_here: tuple[dict[str, str], Path], tmp_path: Path, capsys: Any
+    ray_here: tuple[dict[str, str], Path, Path], tmp_path: Path, capsys: Any
 ) -> None:
     """Reads failing in the actors (EIO) are error rows; the next run retries them and
     their rows replace the error rows; after --max-attempts an input stays an error
     (until a run allows more attempts)."""
-    _, control = ray_here
+    _, control, _ = ray_here
     folder = tmp_path / "in"
     make_images(folder, 4)
     clean = tmp_path / "clean"
@@ -216,3 +239,25 @@ def test_ray_engine_retries_transient_failures(
     assert "1 inputs done" in err and "1 retried" in err and "3 skipped" in err, err
     assert_rows_equal(rows_of(out), want)
     assert sorted((a, t) for _, a, t in _attempts(out)) == [(2, 0), (3, 0)]
+
+
+def test_ray_engine_gives_each_actor_its_own_part(
+    ray_here: tuple[dict[str, str], Path, Path], tmp_path: Path, capsys: Any
+) -> None:
+    """Two actors, two parts: each actor takes one (its first read waits at the meeting
+    point until the other actor reads too). Ray Data's default of several batches in
+    flight per actor queued both parts on the first actor ready, so one actor did all
+    the work while the other idled; then only one pid reaches the meeting."""
+    _, _, meeting = ray_here
+    folder = tmp_path / "in"
+    for number, photo in enumerate(make_images(tmp_path / "made", 4)):
+        folder.mkdir(exist_ok=True)
+        photo.rename(folder / f"meet-{number}{photo.suffix}")
+    out = tmp_path / "out"
+    command = [str(folder), "--out", str(out), "--part-size", "2", *RAY, "--concurrency", "2"]
+    capsys.readouterr()
+    assert batch(*command) == 0
+    err = capsys.readouterr().err
+    assert "4 inputs done" in err and "in 2 parts" in err, err
+    assert len(os.listdir(meeting)) == 2, os.listdir(meeting)  # two actors met
+    assert len(rows_of(out)) >= 4

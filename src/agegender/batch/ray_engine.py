@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -71,6 +72,28 @@ def _entries(table: pa.Table) -> Iterator[Pending]:
         yield Pending(item, int(row["key"]), row["sha256"], None, row["error"], int(row["attempt"]))
 
 
+def cpu_share(node_cpus: list[float], concurrency: int) -> float:
+    """CPUs each of `concurrency` actors reserves by default: an equal share of the
+    cluster's (whole CPUs from one up), never more than its smallest node has, so every
+    actor can be placed; under one CPU each when there are more actors than CPUs."""
+    cpus = [c for c in node_cpus if c > 0]
+    if not cpus:
+        return 1.0
+    share = sum(cpus) / concurrency
+    if share >= 1:
+        share = float(math.floor(share))
+    return min(share, min(cpus))
+
+
+def actor_config(config: EstimatorConfig, cpus: float) -> EstimatorConfig:
+    """An actor's Estimator sized to the CPUs it reserved, not to the node's: its decode
+    and detect threads and each model's ONNX Runtime threads (unless the job sets them),
+    so actors sharing a node do not each start a thread per core of it."""
+    n = max(1, round(cpus))
+    workers = config.workers or min(4, n)
+    return config.with_overrides(workers=workers, threads=config.threads or n)
+
+
 @dataclass(frozen=True)
 class Target:
     """Where and how an actor writes its parts (picklable: travels with the actor class)."""
@@ -83,18 +106,19 @@ class Target:
 class _Worker:
     """One actor: an Estimator loaded once, run on batches of pending inputs, each batch
     written as one part file by the actor (a subclass made per job sets ``config``,
-    ``work`` and ``target``)."""
+    ``work``, ``target`` and the ``cpus`` it reserves)."""
 
     config: EstimatorConfig
     work: Work
     target: Target
+    cpus: float
 
     def __init__(self) -> None:
         from ..pipeline import Estimator
         from .dataset import _Files
 
         logging.getLogger("PIL").setLevel(logging.CRITICAL)
-        self.estimator = Estimator(self.config)
+        self.estimator = Estimator(actor_config(self.config, self.cpus))
         self.files = _Files(self.target.dest)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -215,15 +239,24 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
         target = Target(dest, job.dataset.run, job.dataset.sink)
         # The configuration travels with the actor class (pickled by value), not as
         # constructor arguments held in the object store.
-        worker = type(
-            "Worker", (_Worker,), {"config": job.config, "work": Work.of(job), "target": target}
-        )
+        cpus = args.num_cpus
+        if cpus is None:
+            alive = [node for node in ray.nodes() if node.get("Alive")]
+            cpus = cpu_share(
+                [node["Resources"].get("CPU", 0.0) for node in alive], args.concurrency
+            )
+        settings = {"config": job.config, "work": Work.of(job), "target": target, "cpus": cpus}
+        worker = type("Worker", (_Worker,), settings)
         dataset = ray.data.from_arrow_refs(refs).map_batches(
             worker,
             batch_size=job.part_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=args.concurrency),
-            num_cpus=args.num_cpus,
+            # one batch in flight per actor: with more, the first actor to start queues
+            # several parts while the others idle (2 parts, 2 actors: one did both)
+            compute=ray.data.ActorPoolStrategy(
+                size=args.concurrency, max_tasks_in_flight_per_actor=1
+            ),
+            num_cpus=cpus,
             num_gpus=args.num_gpus or None,
         )
         bar = tqdm(total=total, unit="img", file=sys.stderr, disable=not job.progress)

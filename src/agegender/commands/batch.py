@@ -75,7 +75,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ray.add_argument(
         "--concurrency", type=number(int, 1), default=1, metavar="N", help="Estimator actors"
     )
-    ray.add_argument("--num-cpus", type=number(float, 0), default=1.0, help="CPUs per actor")
+    ray.add_argument(
+        "--num-cpus",
+        type=number(float, 0),
+        default=None,
+        help="CPUs each actor reserves, and its threads (default: an equal share of the "
+        "cluster's CPUs, at most a node's)",
+    )
     ray.add_argument("--num-gpus", type=number(float, 0), default=0.0, help="GPUs per actor")
     add_input_options(parser)
     parser.add_argument(
