@@ -9,15 +9,18 @@ as under ray job submit):
   replaced by its rows in the next run, and left an error once --max-attempts is spent.
 
 - two actors share the parts: each holds one while the other starts its own (an actor
-  that queued both parts would wait at the meeting point for an actor that never came).
+  that queued both parts would wait at the meeting point for an actor that never came);
+- the driver commits a part as soon as it is done: one actor's second part waits until
+  the first part's keys are in DEST.
 
 The failing reader is test_batch_retry.py's (images._read_file raising EIO for chosen
 file names). It reaches the actors through Ray's own ``worker_process_setup_hook``, a
 function every worker process of this Ray instance runs before its tasks; it patches
 the worker's reader and reads which names fail from a file at every read, so the test
 changes them between runs; reads of files named ``meet-*`` wait at a meeting point (a
-folder where each reading process leaves its pid). The driver (this process) keeps the
-real reader.
+folder where each reading process leaves its pid), reads of ``late-*`` until the folder
+named in a watch file has an entry (noting in ``<watch>.waited`` whether it came). The
+driver (this process) keeps the real reader.
 """
 
 from __future__ import annotations
@@ -47,13 +50,15 @@ RAY = ["--engine", "ray", "--no-progress"]
 MEETING_WAIT = 300.0  # seconds an actor waits for the other one before it gives up
 
 
-def _failing_reads(control: Path, meeting: Path) -> Callable[[], None]:
+def _failing_reads(control: Path, meeting: Path, watch: Path) -> Callable[[], None]:
     """A worker setup hook: images._read_file fails with EIO (a bad disk, a dropped
     network mount) for the file names listed in `control`, read at every call; a read of
     a file named ``meet-*`` leaves the process's pid in `meeting` and waits until two
-    processes have (at most MEETING_WAIT). A local function, so Ray pickles it by value:
-    the workers need not import this module."""
-    where, folder = str(control), str(meeting)
+    processes have; a read of ``late-*`` waits until the folder named in `watch` has an
+    entry and writes "came" or "timed out" to ``<watch>.waited`` (each wait at most
+    MEETING_WAIT). A local function, so Ray pickles it by value: the workers need not
+    import this module."""
+    where, folder, watched = str(control), str(meeting), str(watch)
 
     def setup() -> None:
         import errno
@@ -75,9 +80,20 @@ def _failing_reads(control: Path, meeting: Path) -> Callable[[], None]:
             while len(os.listdir(folder)) < 2 and time.monotonic() < give_up:
                 time.sleep(0.05)
 
+        def late() -> None:
+            give_up = time.monotonic() + MEETING_WAIT
+            came = False
+            while not came and time.monotonic() < give_up:
+                target = Path(Path(watched).read_text().strip())
+                came = target.is_dir() and any(target.iterdir())
+                time.sleep(0.05)
+            Path(watched + ".waited").write_text("came" if came else "timed out")
+
         def read(path: Path, label: str) -> bytes:
             if path.name.startswith("meet-"):
                 meet()
+            if path.name.startswith("late-"):
+                late()
             names = Path(where).read_text().split() if os.path.exists(where) else []
             return real(Failing(path) if path.name in names else path, label)
 
@@ -89,10 +105,11 @@ def _failing_reads(control: Path, meeting: Path) -> Callable[[], None]:
 @pytest.fixture(scope="module")
 def ray_here(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[dict[str, str], Path, Path]]:
+) -> Iterator[tuple[dict[str, str], Path, Path, Path]]:
     """One Ray instance (2 CPUs) for the module's tests, its workers given the S3
     server's settings and the failing reader. Yields (the S3 settings, {} without moto;
-    the file of names whose reads fail in the workers; the meeting folder)."""
+    the file of names whose reads fail in the workers; the meeting folder; the watch
+    file)."""
     import ray
 
     try:
@@ -102,13 +119,15 @@ def ray_here(
     control = tmp_path_factory.mktemp("failing") / "names"
     control.write_text("")
     meeting = tmp_path_factory.mktemp("meeting")
+    watch = tmp_path_factory.mktemp("watch") / "folder"
+    watch.write_text("")
     runtime_env = {
-        "worker_process_setup_hook": _failing_reads(control, meeting),
+        "worker_process_setup_hook": _failing_reads(control, meeting, watch),
         "env_vars": dict(s3),
     }
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env)
     try:
-        yield s3, control, meeting
+        yield s3, control, meeting, watch
     finally:
         ray.shutdown()
 
@@ -133,7 +152,7 @@ def _objects(store: Any, prefix: str) -> dict[str, tuple[Any, bytes]]:
 
 
 def test_ray_engine_reads_and_writes_an_object_store(
-    ray_here: tuple[dict[str, str], Path, Path],
+    ray_here: tuple[dict[str, str], Path, Path, Path],
     s3: dict[str, str],
     tmp_path: Path,
     capsys: Any,
@@ -189,12 +208,12 @@ def test_ray_engine_reads_and_writes_an_object_store(
 
 
 def test_ray_engine_retries_transient_failures(
-    ray_here: tuple[dict[str, str], Path, Path], tmp_path: Path, capsys: Any
+    ray_here: tuple[dict[str, str], Path, Path, Path], tmp_path: Path, capsys: Any
 ) -> None:
     """Reads failing in the actors (EIO) are error rows; the next run retries them and
     their rows replace the error rows; after --max-attempts an input stays an error
     (until a run allows more attempts)."""
-    _, control, _ = ray_here
+    _, control, _, _ = ray_here
     folder = tmp_path / "in"
     make_images(folder, 4)
     clean = tmp_path / "clean"
@@ -242,13 +261,13 @@ def test_ray_engine_retries_transient_failures(
 
 
 def test_ray_engine_gives_each_actor_its_own_part(
-    ray_here: tuple[dict[str, str], Path, Path], tmp_path: Path, capsys: Any
+    ray_here: tuple[dict[str, str], Path, Path, Path], tmp_path: Path, capsys: Any
 ) -> None:
     """Two actors, two parts: each actor takes one (its first read waits at the meeting
     point until the other actor reads too). Ray Data's default of several batches in
     flight per actor queued both parts on the first actor ready, so one actor did all
     the work while the other idled; then only one pid reaches the meeting."""
-    _, _, meeting = ray_here
+    _, _, meeting, _ = ray_here
     folder = tmp_path / "in"
     for number, photo in enumerate(make_images(tmp_path / "made", 4)):
         folder.mkdir(exist_ok=True)
@@ -260,4 +279,28 @@ def test_ray_engine_gives_each_actor_its_own_part(
     err = capsys.readouterr().err
     assert "4 inputs done" in err and "in 2 parts" in err, err
     assert len(os.listdir(meeting)) == 2, os.listdir(meeting)  # two actors met
+    assert len(rows_of(out)) >= 4
+
+
+def test_ray_engine_commits_each_part_when_it_is_done(
+    ray_here: tuple[dict[str, str], Path, Path, Path], tmp_path: Path, capsys: Any
+) -> None:
+    """One actor, two parts: the second part's reads wait until the first part's keys
+    are committed in DEST. With Ray Data's default prefetch of one batch, the driver got
+    the first summary only when the second part was done (so it would wait in vain, and a
+    crash meanwhile would redo a finished part)."""
+    _, _, _, watch = ray_here
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for number, photo in enumerate(make_images(tmp_path / "made", 4)):
+        name = f"img-{number}" if number < 2 else f"late-{number}"
+        photo.rename(folder / f"{name}{photo.suffix}")
+    out = tmp_path / "out"
+    watch.write_text(str(out / dataset.KEYS))
+    command = [str(folder), "--out", str(out), "--part-size", "2", *RAY, "--concurrency", "1"]
+    capsys.readouterr()
+    assert batch(*command) == 0
+    err = capsys.readouterr().err
+    assert "4 inputs done" in err and "in 2 parts" in err, err
+    assert Path(f"{watch}.waited").read_text() == "came"
     assert len(rows_of(out)) >= 4

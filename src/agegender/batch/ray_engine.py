@@ -153,8 +153,11 @@ class _Worker:
 
 
 def _summaries(dataset: Any) -> Iterator[pa.Table]:
-    """The actors' part summaries as they arrive (a seam for tests: what the driver gets)."""
-    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    """The actors' part summaries as they arrive (a seam for tests: what the driver gets).
+    No prefetching: with Ray Data's default of one batch, each summary reached the driver
+    only when the next part was done, so a finished part stayed uncommitted (redone after
+    a crash) for as long as its successor took."""
+    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
 
 
 def run_ray(job: Job, args: argparse.Namespace) -> Tally:
