@@ -194,3 +194,21 @@ def test_an_actors_threads_follow_its_reservation() -> None:
     assert (sixteen.workers, sixteen.threads) == (4, 16)  # decode/detect: at most 4
     chosen = actor_config(config.with_overrides(workers=3, threads=2), 8.0)
     assert (chosen.workers, chosen.threads) == (3, 2)  # the job's own settings are kept
+
+
+def test_without_concurrency_one_actor_per_cpu_or_gpu_share_at_most_one_per_part() -> None:
+    from argparse import Namespace
+
+    from agegender.batch.ray_engine import actor_count
+
+    def count(cpus: list[float], gpus: list[float], parts: int, **given: float) -> int:
+        args = Namespace(num_cpus=given.get("num_cpus"), num_gpus=given.get("num_gpus", 0.0))
+        return actor_count(cpus, gpus, parts, args)
+
+    assert count([2.0], [], 2) == 2  # this machine, 2,000 inputs in parts of 1,000
+    assert count([2.0], [], 1) == 1  # one part: one actor (which then reserves both CPUs)
+    assert count([16.0] * 100, [], 10**6) == 1600
+    assert count([16.0] * 100, [], 10**6, num_cpus=4.0) == 400
+    assert count([16.0] * 4, [1.0] * 4, 100, num_gpus=0.5) == 8  # two actors per GPU
+    assert count([16.0], [], 100, num_cpus=0.0) == 16  # 0 reserved: still one per CPU
+    assert count([0.0], [], 5) == 1  # no CPUs known (an autoscaling head): one

@@ -85,6 +85,17 @@ def cpu_share(node_cpus: list[float], concurrency: int) -> float:
     return min(share, min(cpus))
 
 
+def actor_count(node_cpus: list[float], node_gpus: list[float], parts: int, args: Any) -> int:
+    """Actors when ``--concurrency`` is not given: one per ``--num-gpus`` share of the
+    cluster's GPUs, else one per ``--num-cpus`` share (one per CPU without it), never
+    more than there are parts to do (an actor with no part would only load models)."""
+    if args.num_gpus:
+        count = math.floor(sum(node_gpus) / args.num_gpus)
+    else:
+        count = math.floor(sum(node_cpus) / (args.num_cpus or 1.0))
+    return max(1, min(count, parts))
+
+
 def actor_config(config: EstimatorConfig, cpus: float) -> EstimatorConfig:
     """An actor's Estimator sized to the CPUs it reserved, not to the node's: its decode
     and detect threads and each model's ONNX Runtime threads (unless the job sets them),
@@ -242,12 +253,15 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
         target = Target(dest, job.dataset.run, job.dataset.sink)
         # The configuration travels with the actor class (pickled by value), not as
         # constructor arguments held in the object store.
+        alive = [node for node in ray.nodes() if node.get("Alive")]
+        node_cpus = [node["Resources"].get("CPU", 0.0) for node in alive]
+        concurrency = args.concurrency
+        if concurrency is None:
+            node_gpus = [node["Resources"].get("GPU", 0.0) for node in alive]
+            concurrency = actor_count(node_cpus, node_gpus, len(refs), args)
         cpus = args.num_cpus
         if cpus is None:
-            alive = [node for node in ray.nodes() if node.get("Alive")]
-            cpus = cpu_share(
-                [node["Resources"].get("CPU", 0.0) for node in alive], args.concurrency
-            )
+            cpus = cpu_share(node_cpus, concurrency)
         settings = {"config": job.config, "work": Work.of(job), "target": target, "cpus": cpus}
         worker = type("Worker", (_Worker,), settings)
         dataset = ray.data.from_arrow_refs(refs).map_batches(
@@ -256,9 +270,7 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
             batch_format="pyarrow",
             # one batch in flight per actor: with more, the first actor to start queues
             # several parts while the others idle (2 parts, 2 actors: one did both)
-            compute=ray.data.ActorPoolStrategy(
-                size=args.concurrency, max_tasks_in_flight_per_actor=1
-            ),
+            compute=ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1),
             num_cpus=cpus,
             num_gpus=args.num_gpus or None,
         )

@@ -73,7 +73,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--address", default=None, help="Ray cluster to join ('auto'; default: start a local one)"
     )
     ray.add_argument(
-        "--concurrency", type=number(int, 1), default=1, metavar="N", help="Estimator actors"
+        "--concurrency",
+        type=number(int, 1),
+        default=None,
+        metavar="N",
+        help="Estimator actors (default: one per CPU of the cluster, or per --num-gpus share "
+        "of its GPUs, at most one per part)",
     )
     ray.add_argument(
         "--num-cpus",
