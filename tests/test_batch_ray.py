@@ -197,13 +197,7 @@ def test_an_actors_threads_follow_its_reservation() -> None:
 
 
 def test_without_concurrency_one_actor_per_cpu_or_gpu_share_at_most_one_per_part() -> None:
-    from argparse import Namespace
-
-    from agegender.batch.ray_engine import actor_count
-
-    def count(cpus: list[float], gpus: list[float], parts: int, **given: float) -> int:
-        args = Namespace(num_cpus=given.get("num_cpus"), num_gpus=given.get("num_gpus", 0.0))
-        return actor_count(cpus, gpus, parts, args)
+    from agegender.batch.ray_engine import actor_count as count
 
     assert count([2.0], [], 2) == 2  # this machine, 2,000 inputs in parts of 1,000
     assert count([2.0], [], 1) == 1  # one part: one actor (which then reserves both CPUs)

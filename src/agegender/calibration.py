@@ -82,6 +82,18 @@ class CalibrationError(AgegenderError):
     """A calibration table or file is malformed, or does not fit the models it is used with."""
 
 
+def band_index(bands: Sequence[float], age: float | None) -> int | None:
+    """Index of the band (lower bounds, ascending) holding a predicted age (below the
+    first: the first); None without bands or a finite age."""
+    if not bands or age is None or not math.isfinite(age):
+        return None
+    index = 0
+    for i, low in enumerate(bands):
+        if age >= low:
+            index = i
+    return index
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One task's calibration: age or gender (see the module's docstring)."""
@@ -98,13 +110,7 @@ class Calibration:
 
     def band(self, age: float | None) -> int | None:
         """Index of the band holding a predicted age (below the first: the first)."""
-        if not self.bands or age is None or not math.isfinite(age):
-            return None
-        index = 0
-        for i, low in enumerate(self.bands):
-            if age >= low:
-                index = i
-        return index
+        return band_index(self.bands, age)
 
     def widening(self, age: float) -> float:
         index = self.band(age)
@@ -595,9 +601,8 @@ def fit_age(
     import numpy as np
 
     rows = list(rows)
-    probe = Calibration("age", bands=tuple(bands), widen=tuple(0.0 for _ in bands))
     raw = probs / probs.sum(axis=1, keepdims=True)
-    band_of = [probe.band(float(a)) for a in raw @ values]
+    band_of = [band_index(bands, float(a)) for a in raw @ values]
     (temperature, kernel), per_band = fit_band_parameters(
         probs, values, labels, rows, band_of, len(bands)
     )
@@ -669,10 +674,9 @@ def fit_gender(
 ) -> Calibration:
     """One temperature overall and one per band of predicted age (pooled below MIN_BAND)."""
     pooled = fit_gender_temperature(p_male, is_male)
-    probe = Calibration("gender", bands=tuple(bands), temperatures=tuple(1.0 for _ in bands))
     per_band = []
     for index in range(len(bands)):
-        rows = [i for i, a in enumerate(predicted_age) if probe.band(a) == index]
+        rows = [i for i, a in enumerate(predicted_age) if band_index(bands, a) == index]
         if len(rows) >= MIN_BAND:
             per_band.append(
                 fit_gender_temperature([p_male[i] for i in rows], [is_male[i] for i in rows])

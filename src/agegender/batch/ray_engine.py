@@ -85,14 +85,20 @@ def cpu_share(node_cpus: list[float], concurrency: int) -> float:
     return min(share, min(cpus))
 
 
-def actor_count(node_cpus: list[float], node_gpus: list[float], parts: int, args: Any) -> int:
+def actor_count(
+    node_cpus: list[float],
+    node_gpus: list[float],
+    parts: int,
+    num_cpus: float | None = None,
+    num_gpus: float = 0.0,
+) -> int:
     """Actors when ``--concurrency`` is not given: one per ``--num-gpus`` share of the
     cluster's GPUs, else one per ``--num-cpus`` share (one per CPU without it), never
     more than there are parts to do (an actor with no part would only load models)."""
-    if args.num_gpus:
-        count = math.floor(sum(node_gpus) / args.num_gpus)
+    if num_gpus:
+        count = math.floor(sum(node_gpus) / num_gpus)
     else:
-        count = math.floor(sum(node_cpus) / (args.num_cpus or 1.0))
+        count = math.floor(sum(node_cpus) / (num_cpus or 1.0))
     return max(1, min(count, parts))
 
 
@@ -258,7 +264,7 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
         concurrency = args.concurrency
         if concurrency is None:
             node_gpus = [node["Resources"].get("GPU", 0.0) for node in alive]
-            concurrency = actor_count(node_cpus, node_gpus, len(refs), args)
+            concurrency = actor_count(node_cpus, node_gpus, len(refs), args.num_cpus, args.num_gpus)
         cpus = args.num_cpus
         if cpus is None:
             cpus = cpu_share(node_cpus, concurrency)
