@@ -50,7 +50,7 @@ RAY = ["--engine", "ray", "--no-progress"]
 MEETING_WAIT = 300.0  # seconds an actor waits for the other one before it gives up
 
 
-def _failing_reads(control: Path, meeting: Path, watch: Path) -> Callable[[], None]:
+def _worker_reads(control: Path, meeting: Path, watch: Path) -> Callable[[], None]:
     """A worker setup hook: images._read_file fails with EIO (a bad disk, a dropped
     network mount) for the file names listed in `control`, read at every call; a read of
     a file named ``meet-*`` leaves the process's pid in `meeting` and waits until two
@@ -122,7 +122,7 @@ def ray_here(
     watch = tmp_path_factory.mktemp("watch") / "folder"
     watch.write_text("")
     runtime_env = {
-        "worker_process_setup_hook": _failing_reads(control, meeting, watch),
+        "worker_process_setup_hook": _worker_reads(control, meeting, watch),
         "env_vars": dict(s3),
     }
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env)
