@@ -167,6 +167,38 @@ def test_ray_engine_on_a_two_node_cluster(inputs: tuple[Path, Path], tmp_path: P
         cluster.shutdown()
 
 
+def test_a_ray_started_for_the_job_stops_its_monitor_before_the_gcs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ray.shutdown stops the GCS first; the autoscaler monitor, stopped after it, waits
+    out Ray's grace period reporting to the stopped GCS. The engine stops the monitor of
+    a Ray it started first, at once, and then every Ray process of the instance ends."""
+    import psutil
+    import ray
+    from ray._private import node as ray_node
+
+    from agegender.batch.ray_engine import stop_started_ray
+
+    kills: list[tuple[str, bool]] = []
+    kill = ray_node.Node._kill_process_type
+
+    def recorded(self: Any, process_type: str, *args: Any, **kwargs: Any) -> Any:
+        kills.append((process_type, bool(kwargs.get("allow_graceful", False))))
+        return kill(self, process_type, *args, **kwargs)
+
+    monkeypatch.setattr(ray_node.Node, "_kill_process_type", recorded)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    node = ray._private.worker._global_node
+    pids = [info.process.pid for infos in node.all_processes.values() for info in infos]
+    stop_started_ray(ray)
+    assert not ray.is_initialized()
+    types = [process_type for process_type, _ in kills]
+    assert types[0] == "monitor" and ("monitor", False) in kills, kills
+    assert types.index("gcs_server") > 0 and types.count("monitor") == 1, kills
+    alive = [pid for pid in pids if psutil.pid_exists(pid)]
+    assert all(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in alive), alive
+
+
 def test_each_actor_reserves_an_equal_share_of_the_cpus() -> None:
     from agegender.batch.ray_engine import cpu_share
 

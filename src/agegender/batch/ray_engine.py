@@ -303,5 +303,25 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
             bar.close()
     finally:
         if started_here:
-            ray.shutdown()
+            stop_started_ray(ray)
     return tally
+
+
+def stop_started_ray(ray: Any) -> None:
+    """Stop the Ray instance this job started. ``ray.shutdown`` stops the GCS before
+    Ray's autoscaler monitor, whose SIGTERM handler then tries to report its own end to
+    the stopped GCS and is killed after Ray's one-second grace period: a second of every
+    job (1.7 s of shutdown, measured; 0.5 s with the monitor stopped first). On an
+    instance started for this job alone the monitor has nothing to scale and no driver
+    to tell, so it is stopped at once before the rest. Ray's node API is internal: where
+    it differs, ``ray.shutdown`` alone does the whole work."""
+    try:
+        from ray._private import ray_constants
+
+        node = ray._private.worker._global_node
+        monitor = ray_constants.PROCESS_TYPE_MONITOR
+        if node is not None and monitor in node.all_processes:
+            node._kill_process_type(monitor, check_alive=False, allow_graceful=False, wait=True)
+    except (AttributeError, ImportError):
+        pass
+    ray.shutdown()
