@@ -199,6 +199,32 @@ def test_a_ray_started_for_the_job_stops_its_monitor_before_the_gcs(
     assert all(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in alive), alive
 
 
+def test_a_failure_to_stop_the_monitor_first_still_stops_ray() -> None:
+    """Ray's node API is internal: when stopping the monitor first fails, ray.shutdown
+    still runs and stops everything."""
+    from types import SimpleNamespace
+
+    from agegender.batch.ray_engine import stop_started_ray
+
+    calls: list[str] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        calls.append("kill")
+        raise OSError("no such process")
+
+    node = SimpleNamespace(all_processes={"monitor": [], "gcs_server": []})
+    node._kill_process_type = refuse
+    fake = SimpleNamespace(
+        _private=SimpleNamespace(worker=SimpleNamespace(_global_node=node)),
+        shutdown=lambda: calls.append("shutdown"),
+    )
+    stop_started_ray(fake)
+    assert calls == ["kill", "shutdown"]
+    fake._private.worker = SimpleNamespace()  # another Ray: no _global_node
+    stop_started_ray(fake)
+    assert calls == ["kill", "shutdown", "shutdown"]
+
+
 def test_each_actor_reserves_an_equal_share_of_the_cpus() -> None:
     from agegender.batch.ray_engine import cpu_share
 

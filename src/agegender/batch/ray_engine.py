@@ -314,7 +314,7 @@ def stop_started_ray(ray: Any) -> None:
     job (1.7 s of shutdown, measured; 0.5 s with the monitor stopped first). On an
     instance started for this job alone the monitor has nothing to scale and no driver
     to tell, so it is stopped at once before the rest. Ray's node API is internal: where
-    it differs, ``ray.shutdown`` alone does the whole work."""
+    it differs or fails, ``ray.shutdown`` alone does the whole work."""
     try:
         from ray._private import ray_constants
 
@@ -322,6 +322,7 @@ def stop_started_ray(ray: Any) -> None:
         monitor = ray_constants.PROCESS_TYPE_MONITOR
         if node is not None and monitor in node.all_processes:
             node._kill_process_type(monitor, check_alive=False, allow_graceful=False, wait=True)
-    except (AttributeError, ImportError):
-        pass
-    ray.shutdown()
+    except Exception as error:  # any failure leaves the monitor to ray.shutdown
+        logging.getLogger(__name__).debug("stopping Ray's monitor first: %s", error)
+    finally:
+        ray.shutdown()
