@@ -38,7 +38,10 @@ def preprocess(card: ModelCard, crops: Sequence[NDArray[np.uint8]]) -> NDArray[n
         batch = batch[..., ::-1]
     mean = np.asarray(spec.mean, dtype=np.float32)
     factor = np.float32(spec.scale) / np.asarray(spec.std, dtype=np.float32)
-    batch = (batch - mean) * factor
+    # in place: each new array of a batch is megabytes, which glibc hands to a worker
+    # thread (where Ray Data runs the actors' work) as freshly mapped, page-faulting memory
+    batch -= mean
+    batch *= factor
     if spec.layout == "NCHW":
         batch = batch.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(batch, dtype=np.float32)
