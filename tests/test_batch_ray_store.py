@@ -74,19 +74,24 @@ def _worker_reads(control: Path, meeting: Path, watch: Path) -> Callable[[], Non
             def read_bytes(self) -> bytes:
                 raise OSError(errno.EIO, "Input/output error")
 
+        def wait_until(done: Callable[[], bool]) -> bool:
+            give_up = time.monotonic() + MEETING_WAIT
+            while not done():
+                if time.monotonic() >= give_up:
+                    return False
+                time.sleep(0.05)
+            return True
+
         def meet() -> None:
             Path(folder, str(os.getpid())).touch()
-            give_up = time.monotonic() + MEETING_WAIT
-            while len(os.listdir(folder)) < 2 and time.monotonic() < give_up:
-                time.sleep(0.05)
+            wait_until(lambda: len(os.listdir(folder)) >= 2)
+
+        def entered() -> bool:
+            target = Path(Path(watched).read_text().strip())
+            return target.is_dir() and any(target.iterdir())
 
         def late() -> None:
-            give_up = time.monotonic() + MEETING_WAIT
-            came = False
-            while not came and time.monotonic() < give_up:
-                target = Path(Path(watched).read_text().strip())
-                came = target.is_dir() and any(target.iterdir())
-                time.sleep(0.05)
+            came = wait_until(entered)
             Path(watched + ".waited").write_text("came" if came else "timed out")
 
         def read(path: Path, label: str) -> bytes:
@@ -269,8 +274,8 @@ def test_ray_engine_gives_each_actor_its_own_part(
     the work while the other idled; then only one pid reaches the meeting."""
     _, _, meeting, _ = ray_here
     folder = tmp_path / "in"
+    folder.mkdir()
     for number, photo in enumerate(make_images(tmp_path / "made", 4)):
-        folder.mkdir(exist_ok=True)
         photo.rename(folder / f"meet-{number}{photo.suffix}")
     out = tmp_path / "out"
     command = [str(folder), "--out", str(out), "--part-size", "2", *RAY, "--concurrency", "2"]

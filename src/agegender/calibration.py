@@ -675,8 +675,9 @@ def fit_gender(
     """One temperature overall and one per band of predicted age (pooled below MIN_BAND)."""
     pooled = fit_gender_temperature(p_male, is_male)
     per_band = []
+    band_of = [band_index(bands, a) for a in predicted_age]
     for index in range(len(bands)):
-        rows = [i for i, a in enumerate(predicted_age) if band_index(bands, a) == index]
+        rows = [i for i, band in enumerate(band_of) if band == index]
         if len(rows) >= MIN_BAND:
             per_band.append(
                 fit_gender_temperature([p_male[i] for i in rows], [is_male[i] for i in rows])
