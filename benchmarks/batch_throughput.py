@@ -60,6 +60,13 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=1, help="each round runs all, every other one reversed"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="run only the runs whose label contains TEXT (repeatable; predict always runs)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -114,6 +121,12 @@ def main() -> int:
                 stderr=subprocess.DEVNULL,
                 env={**os.environ, "RAY_worker_niceness": "0"},
             )
+        if args.only:
+            runs = [
+                (label, command)
+                for label, command in runs
+                if label.startswith("predict") or any(text in label for text in args.only)
+            ]
         rates: dict[str, list[float]] = {label: [] for label, _ in runs}
         try:
             for round_ in range(args.rounds):
