@@ -77,6 +77,41 @@ def test_preprocess_by_hand() -> None:
         preprocess(parse_card(card_with(), "c"), [np.zeros((32, 32, 3), np.uint8)])
 
 
+@pytest.mark.parametrize("channels", ["RGB", "BGR"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize(
+    "normalise",
+    [
+        {"input.mean": [0, 0, 0]},  # nothing to subtract or scale: the pixels as floats
+        {"input.mean": [103.939, 116.779, 123.68]},  # Caffe-style, scale 1 (faceres-deep)
+        {"input.scale": 0.00390625, "input.std": [0.229, 0.224, 0.225]},
+    ],
+)
+def test_preprocess_is_the_plain_formula_on_every_pixel(
+    channels: str, layout: str, normalise: dict
+) -> None:
+    # (pixel - mean) * scale / std, channels reordered, then the layout: computed the
+    # plain way on random, non-square crops, compared exactly (the same float operations)
+    table = {"input.size": [48, 40], "input.channels": channels, "input.layout": layout}
+    table["crop"] = {"kind": "margin", "margin": 0.2}
+    card = parse_card(card_with(**table, **normalise), "c")
+    rng = np.random.default_rng(11)
+    crops = [rng.integers(0, 256, (48, 40, 3), dtype=np.uint8) for _ in range(3)]
+    crops.append(crops[0][:, ::-1])  # a mirrored view, as flip TTA passes it
+    x = np.stack([np.ascontiguousarray(c) for c in crops]).astype(np.float32)
+    if channels == "BGR":
+        x = np.ascontiguousarray(x[..., ::-1])
+    spec = card.input
+    mean = np.asarray(spec.mean, np.float32)
+    factor = np.float32(spec.scale) / np.asarray(spec.std, np.float32)
+    want = (x - mean) * factor
+    if layout == "NCHW":
+        want = want.transpose(0, 3, 1, 2)
+    got = preprocess(card, crops)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
 def test_softmax_applied_when_not_in_graph(tmp_path: Path) -> None:
     path = standin_graph(
         tmp_path / "logits.onnx", input_shape=["N", 3, 64, 64], width=101, softmax=False
