@@ -17,7 +17,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from . import sessions
-from .cards import ModelCard, check_against_graph
+from .cards import InputSpec, ModelCard, check_against_graph
 from .config import DEFAULT_BATCH
 from .errors import AgegenderError, CardError, ModelFileError
 from .onnxgraph import batch_free
@@ -26,15 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def preprocess(card: ModelCard, crops: Sequence[NDArray[np.uint8]]) -> NDArray[np.float32]:
-    """Stack RGB uint8 crops into the tensor the card describes.
-
-    Channel order and layout are changed on the uint8 pixels (views), so the one
-    conversion to float32 writes the tensor in its final, contiguous order; mean and
-    scale are then applied in place, and skipped where they change nothing (a zero mean,
-    a factor of 1). The same float operations in the same order as a plain
-    ``(x - mean) * scale / std``: the tensor is bitwise the same, in a quarter of the time
-    for a 224 x 224 BGR crop (1.22 -> 0.33 ms of CPU: one pass instead of four).
-    """
+    """Stack RGB uint8 crops into the tensor the card describes."""
     spec = card.input
     batch = np.stack(crops)  # N, H, W, 3 (RGB), uint8
     if batch.shape[1:] != (spec.height, spec.width, 3):
@@ -42,6 +34,21 @@ def preprocess(card: ModelCard, crops: Sequence[NDArray[np.uint8]]) -> NDArray[n
             f"card {card.id}: crops are {batch.shape[1:]}, the card needs "
             f"{(spec.height, spec.width, 3)}"
         )
+    return tensor_from_pixels(batch, spec)
+
+
+def tensor_from_pixels(batch: NDArray[np.uint8], spec: InputSpec) -> NDArray[np.float32]:
+    """(N, H, W, 3) RGB uint8 pixels -> the float32 tensor `spec` describes:
+    ``(pixel - mean) * scale / std`` in its channel order and layout.
+
+    Channel order and layout are changed on the uint8 pixels (views), so the one
+    conversion to float32 writes the tensor in its final, contiguous order; mean and
+    scale are then applied in place, and skipped where they change nothing (a zero mean,
+    a factor of 1). The same float operations in the same order as the plain formula:
+    the tensor is bitwise the same, in a quarter of the time for a 224 x 224 BGR crop
+    (1.22 -> 0.33 ms of CPU: one pass instead of four) and half for CenterFace's input
+    of a 1280 x 960 photo (10.7 -> 5.3 ms, most of it the resize before).
+    """
     if spec.channels == "BGR":
         batch = batch[..., ::-1]
     channel_axis = (1, 3, 1, 1) if spec.layout == "NCHW" else (1, 1, 1, 3)

@@ -33,6 +33,7 @@ from ..cards import ModelCard
 from ..chip_template import landmarks_from_keypoints
 from ..errors import CardError, ModelFileError
 from ..faces import Detection
+from ..inference import tensor_from_pixels
 
 
 def nms(boxes: NDArray[np.float64], scores: NDArray[np.float64], iou: float) -> list[int]:
@@ -171,17 +172,9 @@ class CenterFaceDetector:
         small = (
             rgb if size == (width, height) else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         )
-        canvas = np.zeros((fed[0], fed[1], 3), np.float32)
+        canvas = np.zeros((fed[0], fed[1], 3), np.uint8)
         canvas[: small.shape[0], : small.shape[1]] = small
-        spec = self.card.input
-        if spec.channels == "BGR":
-            canvas = canvas[..., ::-1]
-        canvas = (canvas - np.asarray(spec.mean, np.float32)) * (
-            np.float32(spec.scale) / np.asarray(spec.std, np.float32)
-        )
-        if spec.layout == "NCHW":
-            canvas = canvas.transpose(2, 0, 1)
-        return np.ascontiguousarray(canvas[None], dtype=np.float32)
+        return tensor_from_pixels(canvas[None], self.card.input)
 
     def _dlib_box(
         self, box: tuple[float, float, float, float]
