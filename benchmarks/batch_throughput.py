@@ -4,6 +4,8 @@ and the local engine's peak memory on a list of missing paths.
     python benchmarks/batch_throughput.py ../shared/datasets/utkface-dev/images --count 600
     python benchmarks/batch_throughput.py ../shared/datasets/utkface-calib/images --count 2000 \
         --rounds 2
+    python benchmarks/batch_throughput.py ../shared/datasets/utkface-calib/images --count 8000 \
+        --only "ray x1" --running-ray
     python benchmarks/batch_throughput.py --missing 1000000
 
 The images are linked under distinct names until --count is reached (batch keys inputs
