@@ -102,9 +102,7 @@ def main() -> int:
             runs += [
                 (f"batch --engine ray x{n}", [*ray_batch, "--concurrency", str(n)]) for n in (1, 2)
             ]
-        ray = str(Path(sys.executable).with_name("ray"))
-        running = args.running_ray and not args.no_ray
-        if running:
+        if args.running_ray and not args.no_ray:
             # the same engine joining a Ray instance that is already up (as on a cluster):
             # Ray's own start is paid once, outside the timing; its workers at normal
             # priority, as the engine runs the Ray it starts itself
@@ -115,6 +113,15 @@ def main() -> int:
                 )
                 for n in (1, 2)
             ]
+        if args.only:
+            runs = [
+                (label, command)
+                for label, command in runs
+                if label.startswith("predict") or any(text in label for text in args.only)
+            ]
+        ray = str(Path(sys.executable).with_name("ray"))
+        running = any("--address" in command for _, command in runs)
+        if running:
             start = [ray, "start", "--head", "--num-cpus", str(os.cpu_count() or 2)]
             subprocess.run(
                 [*start, "--include-dashboard", "false", "--disable-usage-stats"],
@@ -123,12 +130,6 @@ def main() -> int:
                 stderr=subprocess.DEVNULL,
                 env={**os.environ, "RAY_worker_niceness": "0"},
             )
-        if args.only:
-            runs = [
-                (label, command)
-                for label, command in runs
-                if label.startswith("predict") or any(text in label for text in args.only)
-            ]
         rates: dict[str, list[float]] = {label: [] for label, _ in runs}
         try:
             for round_ in range(args.rounds):

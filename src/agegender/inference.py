@@ -47,13 +47,14 @@ def tensor_from_pixels(batch: NDArray[np.uint8], spec: InputSpec) -> NDArray[np.
     a factor of 1). The same float operations in the same order as the plain formula:
     the tensor is bitwise the same, in a quarter of the time for a 224 x 224 BGR crop
     (1.22 -> 0.33 ms of CPU: one pass instead of four) and half for CenterFace's input
-    of a 1280 x 960 photo (10.7 -> 5.3 ms, most of it the resize before).
+    of a 1280 x 960 photo (10.7 -> 5.3 ms, most of what remains being the resize).
     """
     if spec.channels == "BGR":
         batch = batch[..., ::-1]
-    channel_axis = (1, 3, 1, 1) if spec.layout == "NCHW" else (1, 1, 1, 3)
+    channel_axis = (1, 1, 1, 3)  # where mean and scale broadcast
     if spec.layout == "NCHW":
         batch = batch.transpose(0, 3, 1, 2)
+        channel_axis = (1, 3, 1, 1)
     tensor = batch.astype(np.float32, order="C")
     mean = np.asarray(spec.mean, dtype=np.float32)
     factor = np.float32(spec.scale) / np.asarray(spec.std, dtype=np.float32)
