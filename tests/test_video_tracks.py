@@ -614,7 +614,15 @@ def test_a_run_stops_cleanly(
         "--frames",
         str(frames),
     ] + (["--live"] if live else [])
-    process = subprocess.Popen(command, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    # A suite started in the background of a shell without job control inherits SIGINT
+    # ignored, and so would the child (Python keeps an ignored SIGINT ignored): give the
+    # child the default disposition, as a terminal's foreground job has.
+    inherited = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     try:
         deadline = time.monotonic() + 300  # a hang guard, not a speed limit
         while time.monotonic() < deadline and process.poll() is None:
