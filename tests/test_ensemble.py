@@ -20,7 +20,7 @@ from agegender.cards import get_card
 from agegender.cli import main
 from agegender.config import EstimatorConfig
 from agegender.errors import AgegenderError, CardError
-from agegender.heads import Support, Task
+from agegender.heads import Mirror, Support, Task, distributions
 
 DEX_LIKE = """\
 id = "{id}"
@@ -317,3 +317,83 @@ def test_heads_reading_one_graph_share_each_session_run(tmp_path: Path, astronau
     ).predict(astronaut_rgb)
     assert face.age.value == pytest.approx(alone_age.age.value, abs=1e-4)
     assert face.gender.probability == pytest.approx(alone_gender.gender.probability, abs=1e-5)
+
+
+def test_gated_heads_average_with_the_mirror_only_for_uncertain_gender(tmp_path: Path) -> None:
+    """heads.Mirror: gated heads run their mirrored crops only for the faces whose gender
+    is uncertain (top probability below 0.5 + margin, from the crops alone), and those
+    faces get exactly what full TTA gives; the others what no TTA gives."""
+    age_file, gender_file = tmp_path / "age.onnx", tmp_path / "gender.onnx"
+    onnx.save_model(card_graph(input_shape=["N", 3, 64, 64], width=81, seed=1), str(age_file))
+    onnx.save_model(card_graph(input_shape=["N", 3, 32, 32], width=2, seed=2), str(gender_file))
+    est = Estimator(
+        age_models=[f"cc0-age-v1={age_file}"],
+        gender_models=[f"cc0-gender-v1={gender_file}"],
+        detector="none",
+        calibration="none",
+    )
+    rng = np.random.default_rng(3)
+    crops = {
+        h.crop_key: [
+            rng.integers(0, 256, (h.card.input.height, h.card.input.width, 3), dtype=np.uint8)
+            for _ in range(16)
+        ]
+        for hs in est.heads.values()
+        for h in hs
+    }
+    gated = frozenset({"cc0-age-v1", "cc0-gender-v1"})
+
+    def run(tta: bool | Mirror, tasks: dict[str, Task] | None = None) -> dict[str, np.ndarray]:
+        return distributions(tasks or est.tasks, lambda head: crops[head.crop_key], tta=tta)
+
+    full, none = run(True), run(False)
+    assert not np.allclose(full["age"], none["age"], atol=1e-4)  # the mirror matters here
+    assert not np.allclose(full["gender"], none["gender"], atol=1e-4)
+    closed = run(Mirror(True, gated, 0.0))  # margin 0: no face is uncertain
+    for role in full:
+        np.testing.assert_allclose(closed[role], none[role], atol=1e-6)
+    top = none["gender"].max(axis=1)
+    margin = float(np.median(top)) - 0.5
+    unsure = top < 0.5 + margin
+    assert 0 < unsure.sum() < len(top)
+    (gender_head,) = est.heads["gender"]
+    session = gender_head.model.session
+    batches: list[int] = []
+
+    class Counting:
+        def run(self, names, feed):
+            batches.append(len(next(iter(feed.values()))))
+            return session.run(names, feed)
+
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+    gender_head.model.session = Counting()  # type: ignore[assignment]
+    out = run(Mirror(True, gated, margin))
+    gender_head.model.session = session
+    assert batches == [16, int(unsure.sum())]  # the crops, then the unsure faces' mirrors
+    for role in full:
+        np.testing.assert_allclose(out[role][unsure], full[role][unsure], atol=1e-6)
+        np.testing.assert_allclose(out[role][~unsure], none[role][~unsure], atol=1e-6)
+    # margin 0.5 mirrors every face; so does a gate without a gender task to decide by
+    everyone = run(Mirror(True, gated, 0.5))
+    no_gender = run(Mirror(True, gated, margin), {"age": est.tasks["age"]})
+    for role in full:
+        np.testing.assert_allclose(everyone[role], full[role], atol=1e-6)
+    np.testing.assert_allclose(no_gender["age"], full["age"], atol=1e-6)
+    assert run(Mirror(False, gated, margin))["age"] == pytest.approx(none["age"], abs=1e-6)
+
+
+def test_the_mirror_gate_is_configured_by_preset_and_option(capsys) -> None:
+    config = EstimatorConfig.from_preset("default")
+    assert set(config.tta_gated) == {"faceres-deep-age", "faceres-deep-gender"}
+    assert config.tta_margin == 0.2
+    assert config.mirror() == Mirror(True, frozenset(config.tta_gated), 0.2)
+    assert EstimatorConfig.from_preset("default", tta_margin=0.5).mirror().margin == 0.5
+    assert EstimatorConfig().mirror() == Mirror(True, frozenset(), 0.5)  # no gate
+    with pytest.raises(AgegenderError, match=r"--tta-margin must be between 0 and 0\.5"):
+        EstimatorConfig(tta_margin=0.6)
+    with pytest.raises(SystemExit):
+        main(["predict", str(ASTRONAUT), "--tta-margin", "0.7"])
+    err = capsys.readouterr().err
+    assert "--tta-margin: must be in [0, 0.5], got '0.7'" in err

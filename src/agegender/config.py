@@ -15,9 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AgegenderError
+
+if TYPE_CHECKING:
+    from .heads import Mirror
 
 ALIGN_MODES = ("none", "landmarks", "sweep")
 DEFAULT_SWEEP = (-60.0, 60.0, 5.0)  # DEX: -60..60 degrees in 5 degree steps
@@ -66,6 +69,11 @@ class EstimatorConfig:
     # estimates
     # Measured on utkface-dev (README): flip averaging lowers the CC0 age model's MAE.
     tta: bool = True
+    # With tta, these cards (the costly ones) average with the mirror image only for faces
+    # whose gender is uncertain: top probability below 0.5 + tta_margin, computed without
+    # their mirror (heads.Mirror). 0.5: every face, as for the other cards.
+    tta_gated: tuple[str, ...] = ()
+    tta_margin: float = 0.5
     age_thresholds: tuple[float, ...] = ()
     # Calibration of std, interval, P(age >= t) and gender probability (calibration.py):
     # "" the preset's (or a lone card's own), "none" raw model outputs, or a TOML file
@@ -82,7 +90,7 @@ class EstimatorConfig:
 
     def __post_init__(self) -> None:
         # Sequences given as lists are kept as tuples (hashable, frozen).
-        for name in ("age_models", "gender_models", "age_thresholds"):
+        for name in ("age_models", "gender_models", "age_thresholds", "tta_gated"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 value = () if value in (None, "") else (value,)
@@ -127,6 +135,12 @@ class EstimatorConfig:
         return replace(self, **overrides) if overrides else self
 
     # -- checks ---------------------------------------------------------------------
+    def mirror(self) -> Mirror:
+        """The test-time augmentation policy the heads run with (heads.Mirror)."""
+        from .heads import Mirror
+
+        return Mirror(self.tta, frozenset(self.tta_gated), self.tta_margin)
+
     def validate(self) -> None:
         """Reject impossible values with one line naming the option (never ignore one)."""
         if self.align not in ALIGN_MODES:
@@ -151,6 +165,11 @@ class EstimatorConfig:
                 raise AgegenderError(f"--{_flag(name)} must be >= {low}, got {value}")
         if self.min_score is not None and not math.isfinite(self.min_score):
             raise AgegenderError(f"--min-score must be a number, got {self.min_score}")
+        if not (math.isfinite(self.tta_margin) and 0.0 <= self.tta_margin <= 0.5):
+            raise AgegenderError(f"--tta-margin must be between 0 and 0.5, got {self.tta_margin}")
+        if not all(isinstance(c, str) and c for c in self.tta_gated):
+            gated = list(self.tta_gated)
+            raise AgegenderError(f"tta_gated must name cards by id, got {gated!r:.80}")
         for t in self.age_thresholds:
             if not math.isfinite(t):
                 raise AgegenderError(f"--age-threshold must be a number, got {t}")

@@ -163,19 +163,60 @@ def run_together(
     return results
 
 
+@dataclass(frozen=True)
+class Mirror:
+    """Which heads average each face with its mirror image (test-time augmentation).
+
+    ``gated``: cards whose mirrored crop runs only for faces whose gender is uncertain:
+    the gender task's top probability, computed with those cards on the crop alone (and
+    every other head mirror-averaged), below ``0.5 + margin``. The other heads always
+    average. ``margin`` 0.5 or more mirrors every face; without a gender task every face
+    is mirrored. The README has the measurement behind the default's gate.
+    """
+
+    on: bool = True
+    gated: frozenset[str] = frozenset()
+    margin: float = 0.5
+
+    def gates(self, head: Head) -> bool:
+        return self.on and self.margin < 0.5 and head.card.id in self.gated
+
+
 def distributions(
-    tasks: dict[str, Task], crops_of: Callable[[Head], Sequence[NDArray[np.uint8]]], *, tta: bool
+    tasks: dict[str, Task],
+    crops_of: Callable[[Head], Sequence[NDArray[np.uint8]]],
+    *,
+    tta: bool | Mirror,
 ) -> dict[str, NDArray[np.float64]]:
     """Each task's combined distribution (faces x support): the heads grouped by
-    ``run_key`` so that one session run serves every head reading the same graph."""
+    ``run_key`` so that one session run serves every head reading the same graph.
+
+    With a gating ``Mirror``, a group of gated heads first runs on the crops alone; the
+    faces whose gender is then uncertain get a second run on their mirrored crops, which
+    is averaged in exactly as an ungated run averages it."""
+    mirror = tta if isinstance(tta, Mirror) else Mirror(on=tta)
     groups: dict[tuple[str, CropKey, Any], list[Head]] = {}
     for task in tasks.values():
         for head in task.heads:
             groups.setdefault(head.run_key, []).append(head)
+    gender = tasks.get("gender")
     probs: dict[int, NDArray[np.float64]] = {}
+    later: list[tuple[list[Head], Sequence[NDArray[np.uint8]]]] = []
     for group in groups.values():
-        for head, out in zip(group, run_together(group, crops_of(group[0]), tta=tta), strict=True):
+        gate = gender is not None and all(mirror.gates(h) for h in group)
+        crops = crops_of(group[0])
+        if gate:
+            later.append((group, crops))
+        outs = run_together(group, crops, tta=mirror.on and not gate)
+        for head, out in zip(group, outs, strict=True):
             probs[id(head)] = out
+    if later and gender is not None:
+        combined = gender.combine([probs[id(h)] for h in gender.heads])
+        uncertain = np.flatnonzero(combined.max(axis=1) < 0.5 + mirror.margin)
+        for group, crops in later if len(uncertain) else ():
+            mirrored = run_together(group, [crops[int(i)][:, ::-1] for i in uncertain], tta=False)
+            for head, out in zip(group, mirrored, strict=True):
+                probs[id(head)][uncertain] = (probs[id(head)][uncertain] + out) / 2
     return {role: task.combine([probs[id(h)] for h in task.heads]) for role, task in tasks.items()}
 
 

@@ -154,7 +154,7 @@ def face_distributions(estimator: Estimator, prepared: Any) -> dict[str, NDArray
     """Each task's combined distribution (faces x support) for a PreparedImage's faces:
     what ``Estimator.estimate`` computes before decoding."""
     combined = distributions(
-        estimator.tasks, lambda head: prepared.crops[head.crop_key], tta=estimator.config.tta
+        estimator.tasks, lambda head: prepared.crops[head.crop_key], tta=estimator.config.mirror()
     )
     return {role: np.asarray(rows, np.float64) for role, rows in combined.items()}
 

@@ -182,12 +182,12 @@ class Estimator:
 
     def estimate(self, prepared: Sequence[PreparedImage]) -> list[list[Face]]:
         """Run the crops of all prepared images through each head in shared batches."""
-        tta, thresholds = self.config.tta, self.config.age_thresholds
         probs = distributions(
             self.tasks,
             lambda head: [c for p in prepared for c in p.crops[head.crop_key]],
-            tta=tta,
+            tta=self.config.mirror(),
         )
+        thresholds = self.config.age_thresholds
         results: list[list[Face]] = []
         row = 0
         for p in prepared:

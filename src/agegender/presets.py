@@ -44,6 +44,8 @@ class Preset:
     calibration: tuple[CalibrationSet, ...] = ()
     optional: tuple[str, ...] = ()
     tta: bool = True  # average with the mirrored crop (twice the head work)
+    tta_gated: tuple[str, ...] = ()  # cards mirrored only for uncertain gender (heads.Mirror)
+    tta_margin: float = 0.5
 
     def config(self) -> EstimatorConfig:
         """The preset as a configuration (its detector replaced by ``$AGEGENDER_DETECTOR``),
@@ -59,6 +61,8 @@ class Preset:
             age_weights=age_weights,
             gender_weights=gender_weights,
             tta=self.tta,
+            tta_gated=self.tta_gated,
+            tta_margin=self.tta_margin,
         )
 
     def _running(
@@ -118,6 +122,12 @@ def _flag(name: str, key: str, value: Any) -> bool:
     return value
 
 
+def _margin(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 0.5:
+        raise AgegenderError(f"preset {name}: tta_margin must be a number in 0..0.5, got {value!r}")
+    return float(value)
+
+
 def _calibration(name: str, value: Any) -> tuple[CalibrationSet, ...]:
     if value is None:
         return ()
@@ -147,6 +157,8 @@ def presets() -> dict[str, Preset]:
             _calibration(name, t.get("calibration")),
             _cards(t.get("optional")),
             _flag(name, "tta", t.get("tta", True)),
+            _cards(t.get("tta_gated")),
+            _margin(name, t.get("tta_margin", 0.5)),
         )
         for name, t in data.items()
     }

@@ -187,6 +187,15 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         help=f"average each face with its mirror image (default: {'on' if d('tta') else 'off'})",
     )
     group.add_argument(
+        "--tta-margin",
+        type=number(float, 0, 0.5),
+        default=S,
+        metavar="M",
+        help="the preset's costly heads (default: faceres-deep) average with the mirror "
+        "only for faces whose gender probability is within M of 0.5 (default: the "
+        "preset's, 0.2; 0.5: every face)",
+    )
+    group.add_argument(
         "--age-threshold",
         dest="age_thresholds",
         type=number(float),
