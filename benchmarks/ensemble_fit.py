@@ -39,7 +39,19 @@ from agegender.evaluate.runner import select_face
 MIN_GROUP = 20  # races with fewer faces are left out of the gap
 
 
-def _group_bounds(record: Any) -> tuple[float, float]:
+def labelled_face(est: Estimator, whole: Estimator, record: Any) -> tuple[Any, int, bool]:
+    """The prepared image and the index of the face a record's labels describe, and
+    whether it was found (else the whole image, `whole`'s, like evaluate's fallback)."""
+    decoded = est.decode(record.path)
+    prepared = est.prepare(decoded.rgb, decoded.name)
+    pseudo = [SimpleNamespace(box=d.box) for d in prepared.detections]
+    face = select_face(pseudo, record.box, prepared.width, prepared.height)  # type: ignore[arg-type]
+    if face is None:
+        return whole.prepare(decoded.rgb, decoded.name), 0, False
+    return prepared, pseudo.index(face), True
+
+
+def group_bounds(record: Any) -> tuple[float, float]:
     low = getattr(record, "age_min", None)
     high = getattr(record, "age_max", None)
     if low is None or high is None:
@@ -64,16 +76,7 @@ def collect(args: argparse.Namespace) -> int:
     meta: dict[str, list[Any]] = {k: [] for k in ("age", "gender", "race", "lo", "hi", "found")}
     start = time.perf_counter()
     for i, record in enumerate(records):
-        decoded = est.decode(record.path)
-        prepared = est.prepare(decoded.rgb, decoded.name)
-        pseudo = [SimpleNamespace(box=d.box) for d in prepared.detections]
-        face = select_face(pseudo, record.box, prepared.width, prepared.height)  # type: ignore[arg-type]
-        found = face is not None
-        if not found:
-            prepared = whole.prepare(decoded.rgb, decoded.name)
-            index = 0
-        else:
-            index = pseudo.index(face)
+        prepared, index, found = labelled_face(est, whole, record)
         for (role, head), name in zip(heads, names, strict=True):
             crop = prepared.crops[head.crop_key][index]
             probs = head.run([crop], tta=est.config.tta)[0]
@@ -87,7 +90,7 @@ def collect(args: argparse.Namespace) -> int:
         meta["age"].append(np.nan if record.age is None else float(record.age))
         meta["gender"].append(record.gender or "")
         meta["race"].append(getattr(record, "race", None) or "")
-        lo, hi = _group_bounds(record)
+        lo, hi = group_bounds(record)
         meta["lo"].append(lo)
         meta["hi"].append(hi)
         meta["found"].append(found)

@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
+from ensemble_fit import group_bounds, labelled_face  # benchmarks/ is on sys.path
 
 from agegender import Estimator
 from agegender.evaluate.readers import read_dataset
-from agegender.evaluate.runner import select_face
 
 MIN_GROUP = 20
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -50,14 +49,7 @@ def collect(args: argparse.Namespace) -> int:
     meta: dict[str, list[object]] = {k: [] for k in ("age", "gender", "race", "lo", "hi")}
     start = time.perf_counter()
     for record in dataset.records:
-        decoded = est.decode(record.path)
-        prepared = est.prepare(decoded.rgb, decoded.name)
-        pseudo = [SimpleNamespace(box=d.box) for d in prepared.detections]
-        face = select_face(pseudo, record.box, prepared.width, prepared.height)  # type: ignore[arg-type]
-        if face is None:
-            prepared, index = whole.prepare(decoded.rgb, decoded.name), 0
-        else:
-            index = pseudo.index(face)
+        prepared, index, _ = labelled_face(est, whole, record)
         for (_, head), name in zip(heads, names, strict=True):
             crop = prepared.crops[head.crop_key][index]
             out = head.run([crop, np.ascontiguousarray(crop[:, ::-1])], tta=False)
@@ -66,9 +58,9 @@ def collect(args: argparse.Namespace) -> int:
         meta["age"].append(np.nan if record.age is None else float(record.age))
         meta["gender"].append(record.gender or "")
         meta["race"].append(getattr(record, "race", None) or "")
-        low, high = getattr(record, "age_min", None), getattr(record, "age_max", None)
-        meta["lo"].append(np.nan if low is None else float(low))
-        meta["hi"].append(np.nan if high is None else float(high))
+        low, high = group_bounds(record)
+        meta["lo"].append(low)
+        meta["hi"].append(high)
     arrays = {f"o:{n}": np.array(v) for n, v in plain.items()}
     arrays |= {f"f:{n}": np.array(v) for n, v in mirror.items()}
     arrays |= {f"m:{k}": np.array(v) for k, v in meta.items()}

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from faceutils import ASTRONAUT
+from support.spies import CountingSession
 from support.standins import card_graph, faceres_like_graph
 
 from agegender import Estimator
@@ -294,20 +295,10 @@ def test_heads_reading_one_graph_share_each_session_run(tmp_path: Path, astronau
     (age_head,), (gender_head,) = est.heads["age"], est.heads["gender"]
     assert age_head.run_key == gender_head.run_key
     assert gender_head.model.session is age_head.model.session  # the file opened once
-    calls: list[tuple[list[str], int]] = []
-    session = age_head.model.session
-
-    class Counting:
-        def run(self, names, feed):
-            calls.append((list(names), len(next(iter(feed.values())))))
-            return session.run(names, feed)
-
-        def __getattr__(self, name):
-            return getattr(session, name)
-
-    age_head.model.session = Counting()  # type: ignore[assignment]
+    spy = CountingSession(age_head.model.session)
+    age_head.model.session = spy  # type: ignore[assignment]
     (face,) = est.predict(astronaut_rgb)
-    assert calls == [(["age_pred/Softmax", "gender_pred/Sigmoid"], 2)]
+    assert spy.calls == [(["age_pred/Softmax", "gender_pred/Sigmoid"], 2)]
     # the same estimates as each head alone (separate sessions, float32 tolerances)
     (alone_age,) = Estimator(age_models=[str(age)], gender_models=[], detector="none").predict(
         astronaut_rgb
@@ -357,21 +348,11 @@ def test_gated_heads_average_with_the_mirror_only_for_uncertain_gender(tmp_path:
     unsure = top < 0.5 + margin
     assert 0 < unsure.sum() < len(top)
     (gender_head,) = est.heads["gender"]
-    session = gender_head.model.session
-    batches: list[int] = []
-
-    class Counting:
-        def run(self, names, feed):
-            batches.append(len(next(iter(feed.values()))))
-            return session.run(names, feed)
-
-        def __getattr__(self, name):
-            return getattr(session, name)
-
-    gender_head.model.session = Counting()  # type: ignore[assignment]
+    spy = CountingSession(gender_head.model.session)
+    gender_head.model.session = spy  # type: ignore[assignment]
     out = run(Mirror(True, gated, margin))
-    gender_head.model.session = session
-    assert batches == [16, int(unsure.sum())]  # the crops, then the unsure faces' mirrors
+    gender_head.model.session = spy.session
+    assert spy.batches == [16, int(unsure.sum())]  # the crops, then the unsure faces' mirrors
     for role in full:
         np.testing.assert_allclose(out[role][unsure], full[role][unsure], atol=1e-6)
         np.testing.assert_allclose(out[role][~unsure], none[role][~unsure], atol=1e-6)

@@ -9,24 +9,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from faceutils import box_matches, card_with
+from support.spies import CountingSession
 from support.standins import standin_graph
 from support.tolerance import PROB_ATOL, RTOL, expected_value
 
 from agegender import Estimator
 from agegender.cards import get_card, parse_card
 from agegender.inference import OnnxModel, preprocess
-
-
-class CountingSession:
-    """Wraps an InferenceSession and records the batch size of every run."""
-
-    def __init__(self, session: ort.InferenceSession):
-        self.session = session
-        self.batches: list[int] = []
-
-    def run(self, names, feeds):
-        self.batches.append(len(next(iter(feeds.values()))))
-        return self.session.run(names, feeds)
 
 
 def count_runs(estimator: Estimator) -> dict[str, CountingSession]:
@@ -237,17 +226,7 @@ def test_large_inputs_run_in_smaller_batches(tmp_path: Path) -> None:
     assert model.max_batch == 8
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(19)]
-    seen: list[int] = []
-    session = model.session
-
-    class Counting:
-        def run(self, names, feed):
-            seen.append(len(next(iter(feed.values()))))
-            return session.run(names, feed)
-
-        def __getattr__(self, name):
-            return getattr(session, name)
-
-    model.session = Counting()  # type: ignore[assignment]
+    spy = CountingSession(model.session)
+    model.session = spy  # type: ignore[assignment]
     assert model.run(crops).shape == (19, 101)
-    assert seen == [8, 8, 3]
+    assert spy.batches == [8, 8, 3]
