@@ -378,3 +378,8 @@ def test_the_mirror_gate_is_configured_by_preset_and_option(capsys) -> None:
         main(["predict", str(ASTRONAUT), "--tta-margin", "0.7"])
     err = capsys.readouterr().err
     assert "--tta-margin: must be in [0, 0.5], got '0.7'" in err
+    assert main(["models", "list"]) == 0
+    presets = capsys.readouterr().out.partition("presets (")[2]
+    assert "fast: " in presets and "no TTA)" in presets
+    gate = "TTA of faceres-deep-age, faceres-deep-gender only when gender is within 0.2 of 0.5)"
+    assert presets.count(gate) == 2  # default and best

@@ -205,6 +205,9 @@ def run_list(args: argparse.Namespace) -> int:
             for card in (*preset.age, *preset.gender)
         )
         tta = "" if preset.tta else ", no TTA"
+        if preset.tta and preset.tta_gated and preset.tta_margin < 0.5:
+            gated = ", ".join(preset.tta_gated)
+            tta = f", TTA of {gated} only when gender is within {preset.tta_margin:g} of 0.5"
         print(f"  {preset.name}: {models} (detector {preset.detector}{tta})")
     if any(p.optional for p in presets().values()):
         print("  (CARD? joins only when its file is installed)")
