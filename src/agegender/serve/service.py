@@ -327,6 +327,9 @@ class Service:
             "detectors": self.detectors,
             "align": config.align,
             "tta": config.tta,
+            # cards that average with the mirror only for faces whose gender is unsure
+            "tta_gated": list(config.tta_gated),
+            "tta_margin": config.tta_margin,
             "batching": self.settings.batching,
             # The first head of each role (every built-in preset has one per role).
             "models": {role: card_info(task[0].card) for role, task in heads.items() if task},
