@@ -168,8 +168,9 @@ class Mirror:
     """Which heads average each face with its mirror image (test-time augmentation).
 
     ``gated``: cards whose mirrored crop runs only for faces whose gender is uncertain:
-    the gender task's top probability, computed with those cards on the crop alone (and
-    every other head mirror-averaged), below ``0.5 + margin``. The other heads always
+    the gender task's top probability (its raw mixture, before calibration), computed with
+    those cards on the crop alone (and every other head mirror-averaged), below
+    ``0.5 + margin``. The other heads always
     average. ``margin`` 0.5 or more mirrors every face; without a gender task every face
     is mirrored. The README has the measurement behind the default's gate.
     """
