@@ -100,9 +100,9 @@ def test_pulling_or_verifying_a_preset_includes_its_detectors_card() -> None:
     # every card of the preset, its optional ones too (pull installs them)
     assert [c.id for c in expand_names(["default"])] == [
         "cc0-age-v1",
-        "faceres-deep-age",
+        "faceres-deep-age-int8",
         "cc0-gender-v1",
-        "faceres-deep-gender",
+        "faceres-deep-gender-int8",
         "centerface-int8",
     ]
     assert [c.id for c in expand_names(["dex-imdb"])] == ["dex-imdb-age", "dex-imdb-gender"]

@@ -367,7 +367,7 @@ def test_gated_heads_average_with_the_mirror_only_for_uncertain_gender(tmp_path:
 
 def test_the_mirror_gate_is_configured_by_preset_and_option(capsys) -> None:
     config = EstimatorConfig.from_preset("default")
-    assert set(config.tta_gated) == {"faceres-deep-age", "faceres-deep-gender"}
+    assert set(config.tta_gated) == {"faceres-deep-age-int8", "faceres-deep-gender-int8"}
     assert config.tta_margin == 0.2
     assert config.mirror() == Mirror(True, frozenset(config.tta_gated), 0.2)
     assert EstimatorConfig.from_preset("default", tta_margin=0.5).mirror().margin == 0.5
@@ -381,5 +381,6 @@ def test_the_mirror_gate_is_configured_by_preset_and_option(capsys) -> None:
     assert main(["models", "list"]) == 0
     presets = capsys.readouterr().out.partition("presets (")[2]
     assert "fast: " in presets and "no TTA)" in presets
-    gate = "TTA of faceres-deep-age, faceres-deep-gender only when gender is within 0.2 of 0.5)"
-    assert presets.count(gate) == 2  # default and best
+    gate = "TTA of faceres-deep-age{0}, faceres-deep-gender{0} only when gender is within 0.2"
+    assert gate.format("-int8") in presets.partition("fast: ")[0]  # the default
+    assert gate.format("") in presets.partition("best: ")[2]  # best: fp32

@@ -26,7 +26,7 @@ def own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_missing_optional_cards_leave_the_others_with_their_calibration(own_store) -> None:
     preset = get_preset("default")
-    assert set(preset.optional) == {"faceres-deep-age", "faceres-deep-gender"}
+    assert set(preset.optional) == {"faceres-deep-age-int8", "faceres-deep-gender-int8"}
     config = EstimatorConfig.from_preset("default")
     assert config.age_models == ("cc0-age-v1",) and config.gender_models == ("cc0-gender-v1",)
     assert config.age_weights is None and config.gender_weights is None
@@ -43,10 +43,10 @@ def test_installed_optional_cards_join_with_the_fitted_weights(
     graph = faceres_like_graph(tmp_path / "faceres-deep.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an unverified import warns: expected here
-        store.import_file(graph, "faceres-deep-age")
+        store.import_file(graph, "faceres-deep-age-int8")
     config = EstimatorConfig.from_preset("default")
-    assert config.age_models == ("cc0-age-v1", "faceres-deep-age")
-    assert config.gender_models == ("cc0-gender-v1", "faceres-deep-gender")
+    assert config.age_models == ("cc0-age-v1", "faceres-deep-age-int8")
+    assert config.gender_models == ("cc0-gender-v1", "faceres-deep-gender-int8")
     assert config.age_weights == (0.4, 0.6) and config.gender_weights == (0.3, 0.7)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -71,7 +71,7 @@ def test_replacing_a_tasks_cards_drops_the_presets_weights(own_store, tmp_path: 
     graph = faceres_like_graph(tmp_path / "faceres-deep.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        store.import_file(graph, "faceres-deep-age")
+        store.import_file(graph, "faceres-deep-age-int8")
     assert EstimatorConfig.from_preset("default").age_weights == (0.4, 0.6)
     one = EstimatorConfig.from_preset("default", age_models=("cc0-age-v1",))
     assert one.age_models == ("cc0-age-v1",) and one.age_weights is None

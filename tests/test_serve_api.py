@@ -93,7 +93,7 @@ def test_health_ready_and_models() -> None:
     assert models["detector"] == "dlib"
     assert models["align"] == "none"
     assert models["tta"] is True and models["tta_margin"] == 0.2
-    assert models["tta_gated"] == ["faceres-deep-age", "faceres-deep-gender"]
+    assert models["tta_gated"] == ["faceres-deep-age-int8", "faceres-deep-gender-int8"]
     assert models["heads"] == {
         "age": [{"id": "cc0-age-v1", "weight": 1.0}],
         "gender": [{"id": "cc0-gender-v1", "weight": 1.0}],
