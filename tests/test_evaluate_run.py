@@ -71,6 +71,19 @@ def test_parse_setting_is_the_command_lines_config_with_the_settings_keys() -> N
     fits = runner.parse_setting("default:age=x+y", weighted).config
     assert fits is not None and fits.age_weights == (1.0, 2.0)
     assert "2 weights for 1 age models" in str(runner.parse_setting("default:age=x", weighted))
+    # A setting's own weights (without them its cards run with equal weights)
+    fitted = runner.parse_setting(
+        "default:age=cc0-age-v1+dex-imdb-age,age_weights=0.4+0.6,"
+        "gender=cc0-gender-v1+dex-imdb-gender,gender_weights=0.3+0.7"
+    ).config
+    assert fitted is not None and fitted.age_weights == (0.4, 0.6)
+    assert fitted.age_models == ("cc0-age-v1", "dex-imdb-age")
+    assert fitted.gender_weights == (0.3, 0.7)
+    assert both.age_weights is None
+    wrong = runner.parse_setting("default:age=cc0-age-v1+dex-imdb-age,age_weights=1+2+3")
+    assert wrong.config is None and "3 weights for 2 age models" in (wrong.error or "")
+    with pytest.raises(AgegenderError, match="numbers joined by"):
+        runner.parse_setting("default:age_weights=a+b")
     # Names that do not exist: an error row, not an exception.
     missing = runner.parse_setting("no-such-preset")
     assert missing.config is None and "unknown preset" in (missing.error or "")

@@ -86,7 +86,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         nargs="+",
         metavar="SETTING",
         help="several settings over the same images: PRESET or PRESET:age=CARD[+CARD],"
-        "gender=CARD,detector=NAME,tta=on|off; every other option applies to every setting",
+        "gender=CARD,age_weights=W[+W],gender_weights=W[+W],detector=NAME,tta=on|off "
+        "(cards named here run with equal weights unless their weights are given); every "
+        "other option applies to every setting",
     )
     parser.add_argument("--k", type=float, default=5, help="CS@k: within k years (default: 5)")
     parser.add_argument(

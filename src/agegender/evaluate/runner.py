@@ -23,7 +23,7 @@ from .readers import Box, Record
 
 # A detection must overlap the labelled box at least this much to be the labelled face.
 MATCH_IOU = 0.3
-SETTING_KEYS = ("age", "gender", "detector", "tta")
+SETTING_KEYS = ("age", "gender", "age_weights", "gender_weights", "detector", "tta")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ def setting_overrides(spec: str) -> tuple[str, dict[str, Any]]:
     """(preset, configuration overrides) of ``PRESET[:key=value,...]``.
 
     Keys: age (a card; ``A+B`` or the key repeated: an ensemble), gender (likewise),
-    detector, tta=on|off. A malformed spec is an AgegenderError.
+    age_weights / gender_weights (``W+W``, one per card: a setting's cards otherwise run
+    with equal weights, not the preset's), detector, tta=on|off. A malformed spec is an
+    AgegenderError.
     """
     preset, _, options = spec.partition(":")
     preset = preset.strip()
@@ -63,6 +65,13 @@ def setting_overrides(spec: str) -> tuple[str, dict[str, Any]]:
         elif key in ("age", "gender"):
             field = f"{key}_models"
             overrides[field] = (*overrides.get(field, ()), *_cards(value))
+        elif key in ("age_weights", "gender_weights"):
+            try:
+                overrides[key] = tuple(float(w) for w in value.split("+"))
+            except ValueError:
+                raise AgegenderError(
+                    f"--compare {spec!r}: {key} is numbers joined by +, such as 0.4+0.6"
+                ) from None
         elif "detector" in overrides:
             raise AgegenderError(f"--compare {spec!r}: detector is named twice")
         else:
