@@ -109,14 +109,12 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
-class Data:
-    def __init__(self, path: str):
-        z = np.load(path, allow_pickle=False)
-        self.path = path
-        self.names = [str(n) for n in z["names"]]
-        self.heads = {n: z[f"h:{n}"] for n in self.names}
-        self.meta = {k[2:]: z[k] for k in z.files if k.startswith("m:")}
-        self.interval = bool(z["interval"])
+class Labels:
+    """Scores against a collected file's labels (``meta``: age, gender, race, lo, hi;
+    ``interval``: the ages are groups)."""
+
+    meta: dict[str, np.ndarray]
+    interval: bool
 
     def age_score(self, mean: np.ndarray) -> tuple[str, float]:
         """MAE (exact ages) or group accuracy (interval labels)."""
@@ -144,6 +142,16 @@ class Data:
             return acc, float("nan"), ""
         lo, hi = min(per, key=per.__getitem__), max(per, key=per.__getitem__)
         return acc, per[hi] - per[lo], f"{lo}..{hi}"
+
+
+class Data(Labels):
+    def __init__(self, path: str):
+        z = np.load(path, allow_pickle=False)
+        self.path = path
+        self.names = [str(n) for n in z["names"]]
+        self.heads = {n: z[f"h:{n}"] for n in self.names}
+        self.meta = {k[2:]: z[k] for k in z.files if k.startswith("m:")}
+        self.interval = bool(z["interval"])
 
 
 def _simplex(n: int, step: float = 0.1) -> list[tuple[float, ...]]:

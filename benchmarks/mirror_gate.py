@@ -29,12 +29,11 @@ import sys
 import time
 
 import numpy as np
-from ensemble_fit import group_bounds, labelled_face  # benchmarks/ is on sys.path
+from ensemble_fit import Labels, group_bounds, labelled_face  # benchmarks/ is on sys.path
 
 from agegender import Estimator
 from agegender.evaluate.readers import read_dataset
 
-MIN_GROUP = 20
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
@@ -64,11 +63,10 @@ def collect(args: argparse.Namespace) -> int:
     arrays = {f"o:{n}": np.array(v) for n, v in plain.items()}
     arrays |= {f"f:{n}": np.array(v) for n, v in mirror.items()}
     arrays |= {f"m:{k}": np.array(v) for k, v in meta.items()}
+    config = est.config
+    weights = dict(zip(config.age_models, config.age_weights or (), strict=False))
+    weights |= dict(zip(config.gender_models, config.gender_weights or (), strict=False))
     for (role, head), name in zip(heads, names, strict=True):
-        weights = dict(zip(est.config.age_models, est.config.age_weights or (), strict=False))
-        weights |= dict(
-            zip(est.config.gender_models, est.config.gender_weights or (), strict=False)
-        )
         arrays[f"w:{name}"] = np.array(weights.get(head.card.id, 1.0))
         arrays[f"g:{name}"] = np.array(head.card.id in est.config.tta_gated)
         if role == "age":
@@ -81,13 +79,14 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
-class Data:
+class Data(Labels):
     def __init__(self, path: str):
         z = np.load(path, allow_pickle=False)
         self.path = path
         self.z = z
         self.names = [str(n) for n in z["names"]]
         self.meta = {k[2:]: z[k] for k in z.files if k.startswith("m:")}
+        self.interval = bool(np.isnan(self.meta["age"]).all())  # group labels only
         self.n = len(self.meta["age"])
 
     def _probs(self, name: str, mirrored: np.ndarray) -> np.ndarray:
@@ -118,25 +117,13 @@ class Data:
 
     def scores(self, margin: float) -> str:
         age, p_male, unsure = self.ensemble(margin)
-        truth, race = self.meta["gender"], self.meta["race"]
-        known = truth != ""
-        right = (p_male >= 0.5) == (truth == "male")
-        by_race = [
-            float(np.mean(right[race == r]))
-            for r in set(race.tolist())
-            if r and np.sum(race == r) >= MIN_GROUP
-        ]
-        gap = f"{100 * (max(by_race) - min(by_race)):.1f}" if by_race else "-"
-        exact = self.meta["age"]
-        if np.isnan(exact).all():
-            lo, hi = self.meta["lo"], self.meta["hi"]
-            age_text = f"group acc {100 * np.mean((age >= lo) & (age < hi + 1)):.1f}%"
-        else:
-            ok = ~np.isnan(exact)
-            age_text = f"MAE {np.mean(np.abs(age[ok] - exact[ok])):.3f}"
-        gender = 100 * float(np.mean(right[known]))
+        what, value = self.age_score(age)
+        age_text = f"MAE {value:.3f}" if what == "MAE" else f"{what} {100 * value:.1f}%"
+        gender, gap, _ = self.gender_scores(p_male)
+        gap_text = "-" if np.isnan(gap) else f"{100 * gap:.1f}"
         return (
-            f"{age_text}, gender {gender:.1f}%, race gap {gap}, mirrored {100 * unsure.mean():.0f}%"
+            f"{age_text}, gender {100 * gender:.1f}%, race gap {gap_text}, "
+            f"mirrored {100 * unsure.mean():.0f}%"
         )
 
 
