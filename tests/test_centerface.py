@@ -200,3 +200,75 @@ def test_the_card_contract_against_an_independent_computation(card_file: Path) -
     np.testing.assert_allclose(fed, want, atol=1e-4)
     swapped = want[:, ::-1]  # the test tells the orders apart
     assert np.abs(fed - swapped).mean() > 10
+
+
+def _bright_squares(count: int) -> list[np.ndarray]:
+    out = []
+    for k in range(count):
+        image = np.zeros((480, 640, 3), np.uint8)
+        image[40 + 30 * k : 104 + 30 * k, 60 + 50 * k : 124 + 50 * k] = 200
+        out.append(image)
+    return out
+
+
+def test_a_parallel_worker_runs_a_single_threaded_twin_with_the_same_faces(
+    card_file: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agegender import sessions
+
+    det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"), threads=2)
+    images = _bright_squares(3)
+    assert det.session_here() is det.session  # not a worker: the configured session
+    plain = [det.detect(im) for im in images]
+    with ThreadPoolExecutor(2, initializer=sessions.parallel_worker) as pool:
+        twins = set(pool.map(lambda _: det.session_here(), range(4)))
+        pooled = list(pool.map(det.detect, images))
+    (twin,) = twins  # one twin, made once, shared by the workers
+    assert twin is not det.session
+    assert twin.get_session_options().intra_op_num_threads == 1
+    assert det.session.get_session_options().intra_op_num_threads == 2
+    assert [len(f) for f in pooled] == [len(f) for f in plain] and all(plain)
+    for ours, theirs in zip(pooled, plain, strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+    # a thread not made by such a pool keeps the configured session
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(det.session_here).result() is det.session
+
+
+def test_no_twin_when_the_session_has_one_thread_already(card_file: Path) -> None:
+    from agegender import sessions
+
+    det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"), threads=1)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, initializer=sessions.parallel_worker) as pool:
+        assert pool.submit(det.session_here).result() is det.session
+
+
+@pytest.mark.parametrize(("workers", "twin"), [(2, True), (1, False)])
+def test_predict_many_workers_detect_on_the_twin(
+    card_file: Path, monkeypatch, workers: int, twin: bool
+) -> None:
+    real = cards.get_card
+    monkeypatch.setattr(
+        cards,
+        "get_card",
+        lambda ref: load_card_file(card_file) if ref == "centerface" else real(ref),
+    )
+    est = Estimator(detector="centerface", tta=False, workers=workers, threads=2)
+    det = est.detector
+    assert isinstance(det, CenterFaceDetector)
+    images = _bright_squares(3)
+    alone = [est.predict(im) for im in images]
+    assert det._twin is None  # predict() detects on the calling thread's session
+    many = list(est.predict_many(images))
+    assert (det._twin is not None) is twin
+    assert [len(r.faces) for r in many] == [len(f) for f in alone] and all(alone)
+    for result, faces in zip(many, alone, strict=True):
+        for a, b in zip(result.faces, faces, strict=True):
+            np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+            assert a.age.value == pytest.approx(b.age.value, abs=1e-3)

@@ -232,7 +232,12 @@ class Estimator:
         With ``keep_images`` each result carries its decoded RGB image (for annotation).
         """
         inputs = iter(sources)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="agegender-prepare") as pool:
+        with ThreadPoolExecutor(
+            self.workers,
+            thread_name_prefix="agegender-prepare",
+            # several workers detect different images at once: one intra-op thread each
+            initializer=sessions.parallel_worker if self.workers > 1 else None,
+        ) as pool:
 
             def submit() -> list[Future[tuple[images.ImageInput, PreparedImage | str]]]:
                 return [

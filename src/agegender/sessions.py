@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -91,6 +92,27 @@ def using(providers: Sequence[str]) -> Iterator[None]:
 
 def current_providers() -> tuple[str, ...]:
     return _PROVIDERS.get()
+
+
+_WORKER = threading.local()
+
+
+def parallel_worker() -> None:
+    """Mark this thread as one of several that each prepare whole images at once
+    (``ThreadPoolExecutor(initializer=...)`` in ``predict_many``).
+
+    In such a thread a detector runs its graph on one intra-op thread
+    (:func:`in_parallel_worker`): the workers already keep the cores busy with different
+    images, and an intra-op pool split over the same cores only makes them wait on each
+    other. 1,000 utkface-dev chips, three interleaved pairs: 142-144 -> 153-156 images/s,
+    CPU 12.5 -> 11.6 ms an image (README). The graph's outputs are bitwise the same.
+    """
+    _WORKER.parallel = True
+
+
+def in_parallel_worker() -> bool:
+    """Whether this thread was marked by :func:`parallel_worker`."""
+    return bool(getattr(_WORKER, "parallel", False))
 
 
 def options(threads: int | None = None, *, quiet: bool = False) -> ort.SessionOptions:

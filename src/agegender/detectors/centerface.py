@@ -20,12 +20,14 @@ predictor on the card's ``dlib_box``.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 from numpy.typing import NDArray
 
 from .. import sessions
@@ -154,15 +156,34 @@ class CenterFaceDetector:
                 f"model {card.id}: {path} is not an ONNX graph ({error})"
             ) from None
         # quiet: errors only, the file's own quirks are handled here
+        self._model = model.SerializeToString()
         self.session = sessions.create(
-            model.SerializeToString(),
-            session_options=sessions.options(threads, quiet=True),
-            providers=providers,
+            self._model, session_options=sessions.options(threads, quiet=True), providers=providers
         )
+        # In predict_many's workers (several images detected at once) a twin session on
+        # one intra-op thread runs instead (sessions.parallel_worker); made on first use,
+        # only where it differs: more than one thread here, and on the CPU alone.
+        self._single_thread = threads != 1 and self.session.get_providers() == [sessions.CPU]
+        self._twin: ort.InferenceSession | None = None
+        self._twin_lock = threading.Lock()
         self.input_name = card.input.name or self.session.get_inputs()[0].name
         self.output_names = [
             self.spec.output(role) for role in ("heatmap", "scale", "offset", "landmarks")
         ]
+
+    def session_here(self) -> ort.InferenceSession:
+        """The session this thread runs: in a parallel worker (``sessions.parallel_worker``)
+        the single-threaded twin, else the configured one."""
+        if not (self._single_thread and sessions.in_parallel_worker()):
+            return self.session
+        with self._twin_lock:
+            if self._twin is None:
+                self._twin = sessions.create(
+                    self._model,
+                    session_options=sessions.options(1, quiet=True),
+                    providers=[sessions.CPU],
+                )
+            return self._twin
 
     def _tensor(
         self, rgb: NDArray[np.uint8], factor: float, fed: tuple[int, int]
@@ -229,15 +250,14 @@ class CenterFaceDetector:
         ]
         results: list[list[Detection]] = [[] for _ in images]
         groups: dict[tuple[int, int], list[int]] = {}
+        session = self.session_here()
         for index, (_, fed_h, fed_w) in enumerate(plans):
             groups.setdefault((fed_h, fed_w), []).append(index)
         for fed, members in groups.items():
             batch = np.concatenate([self._tensor(images[i], plans[i][0], fed) for i in members])
             # InferenceSession.run may be called from several threads at once (ORT
             # documents it thread-safe): predict_many's workers detect in parallel.
-            heat, scale, offset, marks = self.session.run(
-                self.output_names, {self.input_name: batch}
-            )
+            heat, scale, offset, marks = session.run(self.output_names, {self.input_name: batch})
             for row, index in enumerate(members):
                 boxes, scores, points = decode(
                     heat[row, 0],
