@@ -228,7 +228,9 @@ class Estimator:
         """One ImageResult per input, in order; an input's error is captured, not raised.
 
         Inputs are decoded and detected by `workers` threads, `chunk` images at a time
-        (the next chunk is prepared while the current one runs through the models).
+        (the next chunk is prepared while the current one runs through the models); with
+        more than one worker each detects on one intra-op thread
+        (``sessions.parallel_worker``), as the workers already share the cores.
         With ``keep_images`` each result carries its decoded RGB image (for annotation).
         """
         inputs = iter(sources)
