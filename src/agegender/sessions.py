@@ -104,7 +104,7 @@ def parallel_worker() -> None:
     In such a thread a detector runs its graph on one intra-op thread
     (:func:`in_parallel_worker`): the workers already keep the cores busy with different
     images, and an intra-op pool split over the same cores only makes them wait on each
-    other. 1,000 utkface-dev chips, three interleaved pairs: 142-144 -> 153-156 images/s,
+    other. 1,000 utkface-calib chips, three interleaved pairs: 142-144 -> 153-156 images/s,
     CPU 12.5 -> 11.6 ms an image (README). The graph's outputs are bitwise the same.
     """
     _WORKER.parallel = True
