@@ -207,14 +207,19 @@ def fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """A collect command's dataset (as ``agegender evaluate`` reads it) and preset."""
+    parser.add_argument("source")
+    parser.add_argument("--format", required=True)
+    parser.add_argument("--root")
+    parser.add_argument("--preset", default="default")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="run every head once per labelled face")
-    c.add_argument("source")
-    c.add_argument("--format", required=True)
-    c.add_argument("--root")
-    c.add_argument("--preset", default="default")
+    add_dataset_arguments(c)
     c.add_argument("--detector")
     c.add_argument("--age", nargs="+", default=[])
     c.add_argument("--gender", nargs="+", default=[])

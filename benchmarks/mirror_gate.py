@@ -29,7 +29,12 @@ import sys
 import time
 
 import numpy as np
-from ensemble_fit import Labels, group_bounds, labelled_face  # benchmarks/ is on sys.path
+from ensemble_fit import (  # benchmarks/ is on sys.path
+    Labels,
+    add_dataset_arguments,
+    group_bounds,
+    labelled_face,
+)
 
 from agegender import Estimator
 from agegender.evaluate.readers import read_dataset
@@ -138,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="each head on every face's crop and its mirror")
-    c.add_argument("source")
-    c.add_argument("--format", required=True)
-    c.add_argument("--root")
-    c.add_argument("--preset", default="default")
+    add_dataset_arguments(c)
     c.add_argument("--out", required=True)
     s = sub.add_parser("score", help="each margin's figures on each collected file")
     s.add_argument("files", nargs="+")

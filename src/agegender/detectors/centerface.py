@@ -156,14 +156,16 @@ class CenterFaceDetector:
                 f"model {card.id}: {path} is not an ONNX graph ({error})"
             ) from None
         # quiet: errors only, the file's own quirks are handled here
-        self._model = model.SerializeToString()
+        serialized = model.SerializeToString()
         self.session = sessions.create(
-            self._model, session_options=sessions.options(threads, quiet=True), providers=providers
+            serialized, session_options=sessions.options(threads, quiet=True), providers=providers
         )
         # In predict_many's workers (several images detected at once) a twin session on
         # one intra-op thread runs instead (sessions.parallel_worker); made on first use,
-        # only where it differs: more than one thread here, and on the CPU alone.
-        self._single_thread = threads != 1 and self.session.get_providers() == [sessions.CPU]
+        # only where it differs: more than one thread here, and on the CPU alone. The
+        # graph's bytes are kept only for that.
+        differs = threads != 1 and self.session.get_providers() == [sessions.CPU]
+        self._twin_model = serialized if differs else None
         self._twin: ort.InferenceSession | None = None
         self._twin_lock = threading.Lock()
         self.input_name = card.input.name or self.session.get_inputs()[0].name
@@ -174,12 +176,12 @@ class CenterFaceDetector:
     def session_here(self) -> ort.InferenceSession:
         """The session this thread runs: in a parallel worker (``sessions.parallel_worker``)
         the single-threaded twin, else the configured one."""
-        if not (self._single_thread and sessions.in_parallel_worker()):
+        if self._twin_model is None or not sessions.in_parallel_worker():
             return self.session
         with self._twin_lock:
             if self._twin is None:
                 self._twin = sessions.create(
-                    self._model,
+                    self._twin_model,
                     session_options=sessions.options(1, quiet=True),
                     providers=[sessions.CPU],
                 )
