@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -71,7 +72,11 @@ def test_ray_engine_resumes_on_a_ray_instance_started_by_the_test(
     def refused(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the driver wrote a part file")
 
+    def remote_metadata(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the blocks' metadata was computed by a Ray task")
+
     monkeypatch.setattr(ray_engine, "_summaries", recorded)
+    monkeypatch.setattr(ray.data, "from_arrow_refs", remote_metadata)  # Ray's public path
     monkeypatch.setattr(dataset, "write_part", refused)  # the actors import their own
     monkeypatch.setattr(dataset.Dataset, "commit", refused)
     folder, local = inputs
@@ -202,7 +207,6 @@ def test_a_ray_started_for_the_job_stops_its_monitor_before_the_gcs(
 def test_a_failure_to_stop_the_monitor_first_still_stops_ray() -> None:
     """Ray's node API is internal: when stopping the monitor first fails, ray.shutdown
     still runs and stops everything."""
-    from types import SimpleNamespace
 
     from agegender.batch.ray_engine import stop_started_ray
 
@@ -223,6 +227,20 @@ def test_a_failure_to_stop_the_monitor_first_still_stops_ray() -> None:
     fake._private.worker = SimpleNamespace()  # another Ray: no _global_node
     stop_started_ray(fake)
     assert calls == ["kill", "shutdown", "shutdown"]
+
+
+def test_without_the_drivers_metadata_rays_public_call_builds_the_dataset() -> None:
+    """The engine computes each block's Ray Data metadata itself (the end-to-end test
+    above refuses ``from_arrow_refs``, which would run a Ray task for it); where that
+    metadata or Ray Data's internal classes are missing, the public call does the work."""
+    from agegender.batch import ray_engine
+
+    public = SimpleNamespace(data=SimpleNamespace(from_arrow_refs=lambda refs: ("public", refs)))
+    assert ray_engine.from_blocks(public, ["ref"], [None]) == ("public", ["ref"])
+    with pytest.MonkeyPatch.context() as patch:
+        # a Ray release without this module
+        patch.setitem(sys.modules, "ray.data._internal.logical.operators.from_operators", None)
+        assert ray_engine.from_blocks(public, ["ref"], [object()]) == ("public", ["ref"])
 
 
 def test_each_actor_reserves_an_equal_share_of_the_cpus() -> None:
