@@ -68,14 +68,14 @@ def _to_table(entries: list[Pending], first: int) -> pa.Table:
 
 
 def block_metadata(table: pa.Table) -> Any:
-    """Ray Data's metadata (and schema) of one block, computed here in the driver; None
-    where this Ray has no such API."""
+    """Ray Data's metadata (and schema) of one block, computed here in the driver by the
+    function ``from_arrow_refs`` runs as a Ray task; None where this Ray has no such
+    function (the dataset is then made by ``from_arrow_refs`` itself)."""
     try:
-        from ray.data.block import BlockExecStats, BlockMetadataWithSchema
+        from ray.data.read_api import get_table_block_metadata_schema
     except ImportError:
         return None
-    stats = BlockExecStats.builder().build()
-    return BlockMetadataWithSchema.from_block(table, block_exec_stats=stats)
+    return get_table_block_metadata_schema(table)
 
 
 def from_blocks(ray: Any, refs: list[Any], metadata: list[Any]) -> Any:
