@@ -27,7 +27,6 @@ import math
 import os
 import struct
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +36,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support.corrupt import FORMATS, damage, encode, png_chunk
 
 from agegender import cli
 from agegender import video as _video_module  # noqa: F401  quiets FFmpeg before its first use
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.png"
-FORMATS = {
-    "PNG": ".png",
-    "JPEG": ".jpg",
-    "BMP": ".bmp",
-    "GIF": ".gif",
-    "TIFF": ".tif",
-    "WEBP": ".webp",
-    "PPM": ".ppm",
-}
 # --detector none: the whole image is the face, so a run costs one model pass per input.
 OPTIONS = ["--jsonl", "--detector", "none", "--no-progress"]
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -73,18 +64,8 @@ def _small_astronaut() -> Image.Image:
         return image.convert("RGB").resize((96, 96), Image.Resampling.BILINEAR)
 
 
-def _encode(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
-
-
 SMALL = _small_astronaut()
-ENCODED = {fmt: _encode(SMALL, fmt) for fmt in FORMATS}
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+ENCODED = {fmt: encode(SMALL, fmt) for fmt in FORMATS}
 
 
 def png_with_size(width: int, height: int) -> bytes:
@@ -92,7 +73,7 @@ def png_with_size(width: int, height: int) -> bytes:
     png = ENCODED["PNG"]
     ihdr = bytearray(png[16:29])
     ihdr[0:8] = struct.pack(">II", width, height)
-    return png[:8] + _png_chunk(b"IHDR", bytes(ihdr)) + png[33:]
+    return png[:8] + png_chunk(b"IHDR", bytes(ihdr)) + png[33:]
 
 
 def gif_with_size(width: int, height: int) -> bytes:
@@ -132,21 +113,11 @@ def corruptions() -> st.SearchStrategy[Bad]:
     @st.composite
     def make(draw: st.DrawFn) -> Bad:
         fmt = draw(st.sampled_from(sorted(FORMATS)))
-        data = bytearray(ENCODED[fmt])
-        how = draw(st.sampled_from(["truncate", "flip", "overwrite", "flip+truncate"]))
-        if "flip" in how:
-            for _ in range(draw(st.integers(1, 8))):
-                at = draw(st.integers(0, len(data) - 1))
-                data[at] ^= 1 << draw(st.integers(0, 7))
-        if how == "overwrite":
-            start = draw(st.integers(0, len(data) - 1))
-            data[start : start + 64] = draw(st.binary(min_size=1, max_size=64))
-        if "truncate" in how:
-            data = data[: draw(st.integers(0, len(data) - 1))]
+        how, data = damage(draw, ENCODED[fmt])
         suffix = draw(
             st.sampled_from([FORMATS[fmt]] * 4 + sorted(set(FORMATS.values()) | {".mp4"}))
         )
-        return Bad(f"{how} {fmt}", suffix, bytes(data), certain=not data)
+        return Bad(f"{how} {fmt}", suffix, data, certain=not data)
 
     return make()
 

@@ -22,14 +22,12 @@ The number of requests by kind and the run time are printed at the end.
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import socket
 import struct
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +42,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from serve_support import ASTRONAUT, running_app, shared_estimator
+from support.corrupt import FORMATS, damage, encode, png_chunk
 
 from agegender.faces import DETECTORS
 from agegender.serve import ServeSettings, create_app
@@ -55,15 +54,6 @@ CAMPAIGN = settings(
     derandomize=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-FORMATS = {
-    "PNG": ".png",
-    "JPEG": ".jpg",
-    "BMP": ".bmp",
-    "GIF": ".gif",
-    "TIFF": ".tif",
-    "WEBP": ".webp",
-    "PPM": ".ppm",
-}
 MAX_BODY = 1 << 20
 COUNTS: Counter[str] = Counter()
 HANG_GUARD = 120.0  # seconds; only a hang reaches it
@@ -75,14 +65,8 @@ def _small_photo() -> Image.Image:
         return image.convert("RGB").crop((96, 0, 352, 256))
 
 
-def _encode(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
-
-
 PHOTO = _small_photo()
-ENCODED = {fmt: _encode(PHOTO, fmt) for fmt in FORMATS}
+ENCODED = {fmt: encode(PHOTO, fmt) for fmt in FORMATS}
 GOOD = ENCODED["PNG"]
 
 
@@ -106,17 +90,13 @@ class Body:
         return f"Body({self.kind!r}, {len(self.data)} bytes {head!r}..., {self.suffix!r})"
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def bomb(fmt: str, width: int, height: int) -> bytes:
     """The small photo with its header claiming `width` x `height` (a bomb header)."""
     data = bytearray(ENCODED[fmt])
     if fmt == "PNG":
         ihdr = bytearray(data[16:29])
         ihdr[0:8] = struct.pack(">II", width, height)
-        return bytes(data[:8] + _png_chunk(b"IHDR", bytes(ihdr)) + data[33:])
+        return bytes(data[:8] + png_chunk(b"IHDR", bytes(ihdr)) + data[33:])
     if fmt == "GIF":
         data[6:10] = struct.pack("<HH", min(width, 65535), min(height, 65535))
         return bytes(data)
@@ -134,19 +114,9 @@ def bomb(fmt: str, width: int, height: int) -> bytes:
 def corrupted(draw: st.DrawFn) -> Body:
     """A real encoding, truncated, bit-flipped or overwritten, maybe under another suffix."""
     fmt = draw(st.sampled_from(sorted(FORMATS)))
-    data = bytearray(ENCODED[fmt])
-    how = draw(st.sampled_from(["truncate", "flip", "overwrite", "flip+truncate"]))
-    if "flip" in how:
-        for _ in range(draw(st.integers(1, 8))):
-            at = draw(st.integers(0, len(data) - 1))
-            data[at] ^= 1 << draw(st.integers(0, 7))
-    if how == "overwrite":
-        start = draw(st.integers(0, len(data) - 1))
-        data[start : start + 64] = draw(st.binary(min_size=1, max_size=64))
-    if "truncate" in how:
-        data = data[: draw(st.integers(0, len(data) - 1))]
+    how, data = damage(draw, ENCODED[fmt])
     suffix = draw(st.sampled_from([FORMATS[fmt]] * 3 + [*FORMATS.values(), ".txt", ""]))
-    return Body(f"{how} {fmt}", bytes(data), suffix, certain=not data)
+    return Body(f"{how} {fmt}", data, suffix, certain=not data)
 
 
 def certain_bad() -> st.SearchStrategy[Body]:
