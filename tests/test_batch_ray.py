@@ -207,7 +207,6 @@ def test_a_ray_started_for_the_job_stops_its_monitor_before_the_gcs(
 def test_a_failure_to_stop_the_monitor_first_still_stops_ray() -> None:
     """Ray's node API is internal: when stopping the monitor first fails, ray.shutdown
     still runs and stops everything."""
-
     from agegender.batch.ray_engine import stop_started_ray
 
     calls: list[str] = []

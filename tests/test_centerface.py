@@ -240,11 +240,11 @@ def test_a_parallel_worker_runs_a_single_threaded_twin_with_the_same_faces(
 
 
 def test_no_twin_when_the_session_has_one_thread_already(card_file: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     from agegender import sessions
 
     det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"), threads=1)
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(1, initializer=sessions.parallel_worker) as pool:
         assert pool.submit(det.session_here).result() is det.session
 

@@ -178,6 +178,8 @@ class CenterFaceDetector:
         the single-threaded twin, else the configured one."""
         if self._twin_model is None or not sessions.in_parallel_worker():
             return self.session
+        if self._twin is not None:  # made: no lock on every image
+            return self._twin
         with self._twin_lock:
             if self._twin is None:
                 self._twin = sessions.create(
