@@ -210,8 +210,10 @@ def test_uncommitted_part_and_temp_files_are_redone(photos: Path, tmp_path: Path
     want = rows_of(out)
     keys = sorted((out / dataset.KEYS).glob("*.npy"))
     keys[-1].unlink()  # the last part written but not committed
-    (out / f"{dataset.TMP_PREFIX}123-part-x.parquet").write_bytes(b"half")
-    (out / dataset.KEYS / f"{dataset.TMP_PREFIX}123-part-x.npy").write_bytes(b"half")
+    # and what write_atomic leaves when killed while writing a part and a keys file
+    stem = keys[0].stem
+    (out / f"{dataset.TMP_PREFIX}123-{stem}.parquet").write_bytes(b"half")
+    (out / dataset.KEYS / f"{dataset.TMP_PREFIX}123-{stem}.npy").write_bytes(b"half")
     assert batch(*some, "--out", str(out), "--part-size", "2") == 0
     assert_rows_equal(rows_of(out), want)
     assert not [p for p in out.rglob(f"{dataset.TMP_PREFIX}*")]
@@ -335,3 +337,155 @@ def test_help_loads_nothing_heavy(tmp_path: Path) -> None:
     assert "--out DEST" in done.stdout
     heavy = {"numpy", "pyarrow", "ray", "onnxruntime", "cv2", "dlib"}
     assert not heavy & {m.split(".")[0] for m in done.stderr.split()}
+
+
+def test_a_name_that_is_not_utf8_is_a_row_in_every_sink(tmp_path: Path) -> None:
+    """A file name in another encoding (bytes UTF-8 cannot decode) reached Parquet and
+    CSV as a lone surrogate, which they cannot store: the whole job failed, every time.
+    Its bytes are written as \\xNN; the job resumes past it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = folder / "a.png"
+    Image.open(ASTRONAUT).convert("RGB").resize((240, 240)).save(good)
+    odd = os.path.join(os.fsencode(folder), b"zz\xff.png")
+    with open(odd, "wb") as handle:
+        handle.write(good.read_bytes())
+    for sink in ("parquet", "csv", "jsonl"):
+        out = tmp_path / f"out-{sink}"
+        assert batch(str(folder), "--out", str(out), "--format", sink) == 0
+        paths = sorted(str(r["path"]) for r in rows_of(out))
+        name = os.fsdecode(odd)
+        written = name if sink == "jsonl" else str(folder / "zz\\xff.png")
+        assert paths == sorted([str(good), written]), sink
+        assert batch(str(folder), "--out", str(out), "--format", sink) == 0  # nothing to redo
+        assert len(rows_of(out)) == 2
+
+
+def test_retried_rows_of_a_name_written_with_escaped_bytes_are_pruned() -> None:
+    """Pruning finds a row by its input's key: for a name written with \\xNN bytes, the
+    key of the name those bytes spell."""
+    name = os.fsdecode(b"/photos/zz\xff.png")
+    key = sources.stat_key(name, 5, 7)
+    rows = [
+        {"path": name, "source_size": 5, "source_mtime_ns": 7, "error": "x: cannot read (EIO)"},
+        {"path": "/photos/b.png", "source_size": 3, "source_mtime_ns": 1, "error": None},
+    ]
+    for sink in ("parquet", "csv"):
+        data = dataset.encode(rows, sink, ())
+        kept = dataset.filter_rows(data, sink, "stat", {key})
+        assert kept != data
+        assert dataset.filter_rows(kept, sink, "stat", {key}) == kept
+        if sink == "csv":
+            assert "zz\\xff.png" in data.decode() and "zz" not in kept.decode()
+
+
+def test_files_of_the_user_in_dest_are_never_removed(photos: Path, tmp_path: Path) -> None:
+    """Only the names agegender gives its parts (part-<run>-<seq>.<sink>, .tmp-<pid>-<part>)
+    are removed by a resume or --overwrite: a user's part-notes.csv or .tmp-keep stays,
+    and a folder with a part-like name does not stop the job."""
+    one = str(photos / "img001.png")
+    out = tmp_path / "out"
+    assert batch(one, "--out", str(out)) == 0
+    mine = {"part-notes.csv": "notes", ".tmp-keep": "keep", "part-1.parquet": "mine"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    (out / "part-old.parquet").mkdir()
+    assert batch(one, str(photos / "img002.png"), "--out", str(out)) == 0
+    assert batch(one, "--out", str(out), "--overwrite") == 0
+    for name, text in mine.items():
+        assert (out / name).read_text() == text
+    assert (out / "part-old.parquet").is_dir()
+    assert {r["path"] for r in rows_of(out)} == {one}
+
+
+def test_dest_that_cannot_be_the_dataset_is_refused_before_work(
+    tmp_path: Path, capsys: Any
+) -> None:
+    one = str(ASTRONAUT)
+    a_file = tmp_path / "in1.png"
+    a_file.write_bytes(ASTRONAUT.read_bytes())
+    marked = tmp_path / "d1"
+    marked.mkdir()
+    (marked / dataset.META).write_text("mine")
+    missing = tmp_path / "g3.jpg"
+    for dest, sources_given, why in [
+        ("", [one], "an empty path"),
+        (f"{a_file}/", [one], "not a folder"),
+        (str(marked), [one], f"a file named {dataset.META}"),
+        (str(missing), [one, str(missing)], "also given as a source"),
+    ]:
+        assert batch(*sources_given, "--out", dest) == 2, dest
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and why in err, (dest, err)
+    assert a_file.read_bytes() == ASTRONAUT.read_bytes()
+    assert (marked / dataset.META).read_text() == "mine"
+    assert not missing.exists() and sorted(os.listdir(tmp_path)) == ["d1", "in1.png"]
+
+
+def test_a_second_job_on_dest_names_the_holder(photos: Path, tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "out"
+    manifest = dataset.make_manifest({}, [], "parquet", "stat", {})
+    holder = dataset.Dataset(str(out), manifest, "parquet", overwrite=False)
+    try:
+        assert batch(str(photos / "img001.png"), "--out", str(out)) == 2
+        err = capsys.readouterr().err.strip()
+        assert "another agegender batch is writing it" in err
+        assert f"process {os.getpid()} on " in err and err.count("\n") == 0
+    finally:
+        holder.close()
+
+
+def test_a_broken_parquet_list_is_refused_before_work(tmp_path: Path, capsys: Any) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("garbage")
+    nopath = tmp_path / "nopath.parquet"
+    pq.write_table(pa.table({"file": ["a.jpg"]}), nopath)
+    for listing, why in [(broken, "not a readable Parquet list"), (nopath, "'path' column")]:
+        out = tmp_path / f"o-{listing.stem}"
+        assert batch(str(ASTRONAUT), str(listing), "--out", str(out)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and why in err and str(listing) in err
+        assert not out.exists()
+
+
+def test_a_list_that_fails_part_way_is_an_error_row_and_the_job_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A Parquet list whose second row group is damaged: the entries before it are done,
+    the list itself is a row with the error, and the sources after it are done too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    first, last = tmp_path / "first.png", tmp_path / "last.png"
+    Image.open(ASTRONAUT).convert("RGB").resize((240, 240)).save(first)
+    Image.open(ASTRONAUT).convert("RGB").resize((260, 260)).save(last)
+    listing = tmp_path / "list.parquet"
+    table = pa.table({"path": [str(first), "x" * 64]})
+    pq.write_table(table, listing, row_group_size=1, use_dictionary=False)
+    chunk = pq.ParquetFile(listing).metadata.row_group(1).column(0)
+    data = bytearray(listing.read_bytes())
+    start = chunk.data_page_offset  # the second row group's page header: unreadable now
+    data[start : start + 8] = b"\xff" * 8
+    listing.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert batch(str(listing), str(last), "--out", str(out)) == 1
+    rows = {str(r["path"]): r for r in rows_of(out)}
+    assert set(rows) == {str(first), str(listing), str(last)}
+    assert rows[str(first)]["error"] is None and rows[str(last)]["error"] is None
+    error = rows[str(listing)]["error"]
+    assert error.startswith(f"{listing}: cannot read the list after 1 entries (")
+
+
+def test_links_to_folders_are_not_followed(tmp_path: Path) -> None:
+    """A link loop inside a folder: walked once, as predict walks it (os.walk)."""
+    from agegender.images import expand_inputs
+
+    root = tmp_path / "loop"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.jpg").write_bytes(b"x")
+    (root / "sub" / "up").symlink_to("..")
+    walked = [i.path for i in sources.iter_inputs([str(root)])]
+    assert walked == [str(root / "sub" / "a.jpg")] == expand_inputs([str(root)])

@@ -87,10 +87,11 @@ class _Shared:
 
 
 def describe_error(error: BaseException) -> str:
-    """One line for an error: our own messages as they are, others with their type."""
-    text = (str(error).splitlines() or [""])[0].strip()
+    """One line for an error: our own messages whole (a line break, as in a file name
+    that holds one, written as \\n), others' first line with their type."""
     if isinstance(error, AgegenderError):
-        return text
+        return str(error).strip().replace("\r", "\\r").replace("\n", "\\n")
+    text = (str(error).splitlines() or [""])[0].strip()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

@@ -32,7 +32,9 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +56,12 @@ FORMAT = "agegender-batch/1"
 SINKS = {"parquet": ".parquet", "jsonl": ".jsonl", "csv": ".csv"}
 TMP_PREFIX = ".tmp-"
 PART_PREFIX = "part-"
+# The names this project writes beside the user's files in DEST, and the only ones it
+# removes there: part-<run>-<seq>.<sink> (run: time and 8 hex digits; seq: 6 digits or
+# more) and the temporary .tmp-<pid>-<part> of one being written. A user's part-notes.csv
+# or .tmp-keep is not one of them.
+_PART_NAME = re.compile(r"part-\d{8}T\d{6}-[0-9a-f]{8}-\d{6,}\.(?:parquet|jsonl|csv)")
+_TMP_PART_NAME = re.compile(r"\.tmp-\d+-" + _PART_NAME.pattern)
 # (input key, attempt number, 1 if its error was transient) of a part's retried or failed inputs
 ATTEMPT_DTYPE = np.dtype([("key", "<u8"), ("attempt", "<u2"), ("transient", "u1")])
 DEFAULT_MAX_ATTEMPTS = 3
@@ -75,7 +83,7 @@ class _Files:
         return f"{self.root}/{name}" if self.remote else os.path.join(self.dest, name)
 
     def kind(self, name: str = "") -> str:
-        """'missing', 'file' or 'dir'."""
+        """'missing', 'file' or 'dir' ("file/" is the file, not a missing folder)."""
         if self.remote:
             from pyarrow import fs as pafs
 
@@ -83,7 +91,7 @@ class _Files:
             return {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(
                 info.type, "missing"
             )
-        path = self._p(name) if name else self.dest
+        path = self._p(name) if name else (self.dest.rstrip(os.sep) or os.sep)
         if os.path.isdir(path):
             return "dir"
         return "file" if os.path.lexists(path) else "missing"
@@ -158,11 +166,18 @@ def check_dest(dest: str) -> None:
     """Refuse, before any work, a DEST that is a file or a folder agegender did not make
     (other files in a folder agegender made are left alone: only its own names are
     written or removed)."""
+    if not dest.strip():
+        raise AgegenderError("--out '': an empty path (give the dataset's folder)")
     files = _Files(dest)
     kind = files.kind()
     if kind == "file":
         raise AgegenderError(f"--out {dest}: exists and is not a folder (batch writes a folder)")
     if kind == "dir":
+        if files.kind(META) == "file":
+            raise AgegenderError(
+                f"--out {dest}: holds a file named {META}, which agegender batch did not "
+                "make; choose a new or empty folder"
+            )
         names = [n for n in files.names() if n != META]
         if files.kind(MANIFEST) != "file" and names:
             raise AgegenderError(
@@ -178,10 +193,28 @@ def check_dest(dest: str) -> None:
             raise AgegenderError(f"--out {dest}: not writable (permission denied)")
 
 
+def check_not_a_source(dest: str, items: list[str]) -> None:
+    """Refuse a DEST that is also one of the sources (a missing input named like DEST
+    would otherwise be walked as the new, empty folder and give no row)."""
+
+    def same(path: str) -> str:
+        if sources.is_uri(path):
+            return path.rstrip("/")
+        return os.path.normcase(os.path.abspath(path))
+
+    target = same(dest)
+    for item in items:
+        if same(item) == target:
+            raise AgegenderError(f"--out {dest}: also given as a source; choose another --out")
+
+
 def _ours(name: str) -> bool:
-    return (
-        name.startswith(PART_PREFIX) and Path(name).suffix in SINKS.values()
-    ) or name.startswith(TMP_PREFIX)
+    """A part file or a part's temporary file, by the names this project gives them."""
+    return bool(_PART_NAME.fullmatch(name) or _TMP_PART_NAME.fullmatch(name))
+
+
+def _part(name: str) -> bool:
+    return bool(_PART_NAME.fullmatch(name))
 
 
 class Dataset:
@@ -246,10 +279,20 @@ class Dataset:
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read(200).decode("utf-8", "replace").strip()
             self._lock_file.close()
+            who = f" ({holder})" if holder else ""
             raise AgegenderError(
-                f"--out {self.dest}: another agegender batch is writing it"
+                f"--out {self.dest}: another agegender batch is writing it{who}"
             ) from None
+        # Who holds it, for the message a second job prints (the lock is the flock).
+        self._lock_file.truncate(0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._lock_file.write(
+            f"process {os.getpid()} on {socket.gethostname()} since {started}\n".encode()
+        )
+        self._lock_file.flush()
 
     def close(self) -> None:
         if self._lock_file is not None:
@@ -287,9 +330,9 @@ class Dataset:
         keyed = {n[: -len(".npy")] for n in self.files.names(KEYS) if n.endswith(".npy")}
         parts = set()
         for name in self.files.names():
-            if name.startswith(TMP_PREFIX):
+            if _TMP_PART_NAME.fullmatch(name):
                 self.files.delete(name)
-            elif _ours(name):
+            elif _part(name):
                 stem = name[: -len(Path(name).suffix)]
                 if stem in keyed:
                     parts.add(stem)
@@ -431,7 +474,7 @@ class Dataset:
         self.parts_written += 1
 
     def part_names(self) -> list[str]:
-        return [n for n in self.files.names() if n.startswith(PART_PREFIX)]
+        return [n for n in self.files.names() if _part(n)]
 
 
 def part_stem(run: str, seq: int) -> str:
@@ -483,6 +526,43 @@ def row_key(row: dict[str, Any], mode: str) -> int:
     )
 
 
+def utf8_text(value: str) -> str:
+    """`value` as UTF-8 text can hold it. A name read from a file system in another
+    encoding carries its undecodable bytes as lone surrogates (Python's surrogateescape:
+    predict's JSON writes them as \\udcNN), which Parquet and CSV cannot store: each such
+    byte is written as \\xNN, as ``ls -b`` shows it."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (from a JSON list)
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _utf8_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: utf8_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+
+
+_ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
+
+
+def _row_keys(row: dict[str, Any], mode: str) -> set[int]:
+    """The resume keys the input of a row may have: its path as written and, for a path
+    written by utf8_text with \\xNN bytes, the path those bytes spell."""
+    keys = {row_key(row, mode)}
+    path = str(row["path"])
+    if "\\x" in path:
+        raw = _ESCAPED_BYTE.sub(lambda m: bytes([int(m.group(1), 16)]), path.encode("utf-8"))
+        keys.add(row_key({**row, "path": raw.decode("utf-8", "surrogateescape")}, mode))
+    return keys
+
+
 def filter_rows(data: bytes, sink: str, mode: str, drop: set[int]) -> bytes:
     """A part's bytes without the rows of the inputs keyed `drop` (the same bytes when
     none is there, so a repeated prune writes nothing)."""
@@ -492,7 +572,7 @@ def filter_rows(data: bytes, sink: str, mode: str, drop: set[int]) -> bytes:
 
         table = pq.read_table(io.BytesIO(data))
         columns = ["path", "source_size", "source_mtime_ns", "source_sha256"]
-        keep = [row_key(r, mode) not in drop for r in table.select(columns).to_pylist()]
+        keep = [not _row_keys(r, mode) & drop for r in table.select(columns).to_pylist()]
         if all(keep):
             return data
         out = pa.BufferOutputStream()
@@ -506,7 +586,7 @@ def filter_rows(data: bytes, sink: str, mode: str, drop: set[int]) -> bytes:
 
     records = list(csv.reader(io.StringIO(data.decode(), newline="")))
     header, body = records[0], records[1:]
-    kept = [r for r in body if row_key(dict(zip(header, r, strict=True)), mode) not in drop]
+    kept = [r for r in body if not _row_keys(dict(zip(header, r, strict=True)), mode) & drop]
     if len(kept) == len(body):
         return data
     text = io.StringIO()
@@ -520,6 +600,8 @@ def encode(rows: list[dict[str, Any]], sink: str, thresholds: Any, tracks: bool 
     from .rows import arrow_schema, columns, text_value
 
     names = [name for name, _ in columns(thresholds, tracks)]
+    if sink != "jsonl":  # JSON escapes what UTF-8 cannot hold; Parquet and CSV cannot
+        rows = _utf8_rows(rows)
     if sink == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -585,7 +667,7 @@ def iter_rows(dest: str) -> Iterator[dict[str, Any]]:
     files = _Files(dest)
     keyed = {n[: -len(".npy")] for n in files.names(KEYS)}
     for name in files.names():
-        if not _ours(name) or name.startswith(TMP_PREFIX) or Path(name).stem not in keyed:
+        if not _part(name) or Path(name).stem not in keyed:
             continue
         data = files.read(name)
         if name.endswith(".parquet"):

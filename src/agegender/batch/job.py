@@ -178,7 +178,9 @@ def prefetched(items: Iterator[Pending], size: int = 256) -> Iterator[Pending]:
 
 def _keyed(item: Input, mode: str) -> Pending:
     if mode == "stat":
-        return Pending(item, stat_key(item.path, item.size, item.mtime_ns))
+        return Pending(item, stat_key(item.path, item.size, item.mtime_ns), error=item.error)
+    if item.error is not None:  # a list that could not be read: nothing to hash
+        return Pending(item, hash_key(item.path, ""), error=item.error)
     try:
         if item.remote:
             data = read_remote(item.path)

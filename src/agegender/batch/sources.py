@@ -7,10 +7,11 @@ An argument is, in this order of checks:
 - a list of paths, by its suffix: ``.txt``/``.lst`` (one path a line; blank lines and
   ``#`` comments skipped), ``.csv`` (the ``path`` column, else the first), ``.parquet``
   (the ``path`` column); relative entries are relative to the list's folder; read in
-  blocks, never whole;
+  blocks, never whole; a list that fails part way gives an error row of its own after
+  the entries read before it failed;
 - a folder: its image and video files, recursively, with predict's rules (hidden files
-  and folders skipped, folders agegender marked as outputs skipped), each folder's
-  entries in name order, walked lazily;
+  and folders skipped, folders agegender marked as outputs skipped, links to folders
+  not followed), each folder's entries in name order, walked lazily;
 - a glob (``photos/**/*.jpg``) that names no existing file: its matches, sorted;
 - anything else: one image or video file (a missing one becomes an error row).
 
@@ -26,7 +27,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class Input:
     size: int = -1  # -1: unknown (missing or unreadable: the estimator reports why)
     mtime_ns: int = -1
     remote: bool = False  # read through pyarrow.fs (path is a URI)
+    error: str | None = None  # why it gives no result, known before reading it (a list)
 
 
 def is_uri(text: str) -> bool:
@@ -86,6 +88,21 @@ def check_sources(items: list[str]) -> None:
         if suffix in LIST_SUFFIXES:
             raise AgegenderError(f"{item}: no such list file")
         # a missing image is an error row of its own, as in predict
+    for item in items:
+        if not is_uri(item) and Path(item).suffix.lower() == ".parquet" and Path(item).is_file():
+            _parquet_list(item)  # its footer and its path column, before any model loads
+
+
+def _parquet_list(item: str, stream: Any = None) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(stream if stream is not None else item)
+    except Exception as error:
+        raise AgegenderError(f"{item}: not a readable Parquet list ({_one_line(error)})") from None
+    if "path" not in parquet.schema_arrow.names:
+        raise AgegenderError(f"{item}: a Parquet list needs a 'path' column")
+    return parquet
 
 
 def iter_inputs(items: list[str], stat: bool = True) -> Iterator[Input]:
@@ -101,7 +118,7 @@ def _expand(item: str, stat: bool) -> Iterator[Input]:
         return
     path = Path(item)
     if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-        yield from _local_list(item, stat)
+        yield from _listed(item, _local_list(item, stat), lambda: local_input(item, stat))
     elif path.is_dir():
         yield from _walk(item, stat)
     elif not path.exists() and _GLOB_CHARS & set(item):
@@ -126,8 +143,25 @@ def local_input(path: str, stat: bool = True) -> Input:
     return Input(path, st.st_size, st.st_mtime_ns)
 
 
+def _listed(item: str, inputs: Iterator[Input], itself: Any) -> Iterator[Input]:
+    """The inputs a list names; if reading it fails part way (a damaged file, a lost
+    connection), one more input: the list itself (`itself()`) with the error, so the job
+    goes on with its other sources."""
+    count = 0
+    try:
+        for entry in inputs:
+            count += 1
+            yield entry
+    except Exception as error:
+        text = _one_line(error)
+        if not (count == 0 and isinstance(error, AgegenderError)):
+            text = f"{item}: cannot read the list after {count} entries ({text})"
+        yield replace(itself(), error=text)
+
+
 def _walk(folder: str, stat: bool = True) -> Iterator[Input]:
-    """predict's folder rules (images.expand_each), walked lazily in name order."""
+    """predict's folder rules (images.expand_each, os.walk: links to folders are not
+    followed, so a link loop is not walked forever), walked lazily in name order."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
@@ -136,7 +170,7 @@ def _walk(folder: str, stat: bool = True) -> Iterator[Input]:
         if entry.name.startswith("."):
             continue
         try:
-            if entry.is_dir():
+            if entry.is_dir(follow_symlinks=False):
                 if not os.path.isfile(os.path.join(entry.path, OUTPUT_MARKER)):
                     yield from _walk(entry.path, stat)
             elif entry.is_file() and Path(entry.name).suffix.lower() in MEDIA_SUFFIXES:
@@ -171,19 +205,16 @@ def list_entries(item: str, stream: Any = None) -> Iterator[str]:
     """The paths of a list file (text, CSV or Parquet), streamed."""
     suffix = Path(item.split("?", 1)[0]).suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            parquet = pq.ParquetFile(stream if stream is not None else item)
-        except Exception as error:
-            raise AgegenderError(f"{item}: not a readable Parquet list ({error})") from None
-        names = parquet.schema_arrow.names
-        if "path" not in names:
-            raise AgegenderError(f"{item}: a Parquet list needs a 'path' column")
-        for block in parquet.iter_batches(batch_size=_LIST_BLOCK, columns=["path"]):
-            for value in block.column(0).to_pylist():
-                if value:
-                    yield str(value)
+        parquet = _parquet_list(item, stream)
+        # Row group by row group: the entries of the groups before a damaged one are used.
+        for group in range(parquet.num_row_groups):
+            blocks = parquet.iter_batches(
+                batch_size=_LIST_BLOCK, row_groups=[group], columns=["path"]
+            )
+            for block in blocks:
+                for value in block.column(0).to_pylist():
+                    if value:
+                        yield str(value)
         return
     text = (
         io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
@@ -244,9 +275,14 @@ def _expand_uri(uri: str, stat: bool) -> Iterator[Input]:
             yield Input(prefix + f.path, f.size or 0, f.mtime_ns or 0, remote=True)
     elif Path(path).suffix.lower() in LIST_SUFFIXES and info.type == pafs.FileType.File:
         base = prefix + os.path.dirname(path) if scheme else ""
-        with fs.open_input_file(path) as stream:
-            for entry in list_entries(uri, stream):
-                yield _entry_input(_resolve(entry, base), stat)
+
+        def entries() -> Iterator[Input]:
+            with fs.open_input_file(path) as stream:
+                for entry in list_entries(uri, stream):
+                    yield _entry_input(_resolve(entry, base), stat)
+
+        itself = Input(uri, info.size or 0, info.mtime_ns or 0, remote=True)
+        yield from _listed(uri, entries(), lambda: itself)
     else:
         yield remote_input(uri, info)
 

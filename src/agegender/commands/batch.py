@@ -118,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
 
     sources.check_sources(args.sources)
     dataset.check_dest(args.out)  # before any model is loaded
+    dataset.check_not_a_source(args.out, args.sources)
     if args.engine == "ray":
         try:
             import ray  # noqa: F401
