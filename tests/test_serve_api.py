@@ -666,3 +666,121 @@ def test_a_detector_whose_file_is_missing_is_not_advertised_and_is_a_400(
         assert answer.status_code == 400
         message = answer.json()["error"]["message"]
         assert "not installed on this server" in message and "\n" not in message
+
+
+def test_several_image_parts_are_refused_not_dropped() -> None:
+    """A form with two images answered for the first and dropped the other silently."""
+    with client() as c:
+        two = c.post(
+            "/v1/estimate",
+            files=[("image", ("a.png", PNG, "image/png")), ("image", ("b.png", PNG, "image/png"))],
+        )
+        two_files = c.post(
+            "/v1/estimate",
+            files=[("file", ("a.png", PNG, "image/png")), ("other", ("b.png", PNG, "image/png"))],
+        )
+        one_file = c.post("/v1/estimate", files={"file": ("a.png", PNG, "image/png")})
+        with_field = c.post(
+            "/v1/estimate", data={"note": "x"}, files={"image": ("a.png", PNG, "image/png")}
+        )
+    message = assert_error(two, 400, "bad_request")["message"]
+    assert "2 image parts" in message and "'a.png'" in message and "'b.png'" in message
+    assert_error(two_files, 400, "bad_request")
+    assert one_file.status_code == 200 and with_field.status_code == 200
+
+
+def test_a_form_of_many_parts_is_refused_and_parsed_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agegender.serve import uploads
+
+    boundary = b"XyZb"
+    part = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n'
+    body = part * (uploads.MAX_PARTS + 1) + b"--" + boundary + b"--\r\n"
+    headers = {"content-type": "multipart/form-data; boundary=XyZb"}
+    on_loop: list[bool] = []  # whether each multipart parse ran on the event loop
+    parse = uploads.extract_image
+
+    def spy(data: bytes, content_type: str | None) -> uploads.Upload:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # a worker thread: no event loop runs there
+            on_loop.append(False)
+        return parse(data, content_type)
+
+    monkeypatch.setattr(uploads, "extract_image", spy)
+    with client() as c:
+        many = c.post("/v1/estimate", content=body, headers=headers)
+        fine = post_image(c)
+    assert (
+        f"more than {uploads.MAX_PARTS} parts" in assert_error(many, 400, "bad_request")["message"]
+    )
+    assert fine.status_code == 200
+    assert on_loop == [False, False]
+
+
+def test_repeated_thresholds_all_count_and_unknown_parameters_are_400() -> None:
+    with client() as c:
+        both = c.post(
+            "/v1/estimate",
+            files={"image": ("a.png", PNG, "image/png")},
+            params=[("age_threshold", "18"), ("age_threshold", "65"), ("age_threshold", "18")],
+        )
+        typo = post_image(c, age_treshold=18)
+        nan = post_image(c, age_threshold="nan")
+        negative = post_image(c, age_threshold=-5)
+        session_typo = c.post("/v1/sessions", params={"fsp": 5})
+        session_nan = c.post("/v1/sessions", params={"fps": "nan"})
+    assert both.status_code == 200, both.text
+    assert list(both.json()["faces"][0]["age"]["p_at_least"]) == ["18", "65"]
+    message = assert_error(typo, 400, "invalid_option")["message"]
+    assert "'age_treshold'" in message and "age_threshold" in message
+    assert "finite" in assert_error(nan, 400, "invalid_option")["message"]
+    assert "from 0 to 150" in assert_error(negative, 400, "invalid_option")["message"]
+    assert "'fsp'" in assert_error(session_typo, 400, "invalid_option")["message"]
+    assert "finite" in assert_error(session_nan, 400, "invalid_option")["message"]
+
+
+def test_an_icon_is_measured_before_pillow_decodes_it() -> None:
+    """Pillow decodes an ICO's largest image while opening it; a 9000 x 9000 PNG inside a
+    small icon file was decoded whole before the 413."""
+    import struct
+
+    inner = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(inner, "PNG")
+    payload = inner.getvalue()
+    icon = (
+        struct.pack("<HHH", 0, 1, 1)
+        + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(payload), 22)
+        + payload
+    )
+    small = io.BytesIO()
+    Image.open(ASTRONAUT).convert("RGB").save(small, "ICO", sizes=[(128, 128)])
+    from agegender import images
+
+    opened: list[int] = []
+    real_open = Image.open
+
+    def counting_open(*args: object, **kwargs: object) -> Image.Image:
+        opened.append(1)
+        return real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    with client() as c:
+        images.Image.open = counting_open  # type: ignore[assignment]
+        try:
+            bomb = post_image(c, data=icon, name="bomb.ico")
+        finally:
+            images.Image.open = real_open  # type: ignore[assignment]
+        icon_ok = post_image(c, data=small.getvalue(), name="a.ico")
+    assert "9000x9000" in assert_error(bomb, 413, "image_too_large")["message"]
+    assert opened == []  # refused from the icon's own headers, never opened by Pillow
+    assert icon_ok.status_code == 200, icon_ok.text
+
+
+def test_probes_and_page_answer_head() -> None:
+    with client() as c:
+        for path in ("/healthz", "/readyz", "/"):
+            response = c.head(path)
+            assert response.status_code == 200, path
+            assert response.content == b""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 ALIGN_MODES = ("none", "landmarks", "sweep")
 DEFAULT_SWEEP = (-60.0, 60.0, 5.0)  # DEX: -60..60 degrees in 5 degree steps
 DEFAULT_PIXEL_LIMIT = 50_000_000
+MAX_AGE_THRESHOLD = 150.0  # P(age >= t) beyond any age: t is a typo
 DEFAULT_MAX_DETECT_SIDE = 1600
 DEFAULT_BATCH = 32
 
@@ -101,7 +102,9 @@ class EstimatorConfig:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
         if self.sweep is not None:
             object.__setattr__(self, "sweep", tuple(float(v) for v in self.sweep))
-        object.__setattr__(self, "age_thresholds", tuple(float(t) for t in self.age_thresholds))
+        # a threshold given twice is one (one column, one key in the JSON)
+        thresholds = dict.fromkeys(float(t) for t in self.age_thresholds)
+        object.__setattr__(self, "age_thresholds", tuple(thresholds))
         object.__setattr__(self, "providers", _provider_names(self.providers))
         if self.calibration is None:
             object.__setattr__(self, "calibration", "")
@@ -171,8 +174,10 @@ class EstimatorConfig:
             gated = list(self.tta_gated)
             raise AgegenderError(f"tta_gated must name cards by id, got {gated!r:.80}")
         for t in self.age_thresholds:
-            if not math.isfinite(t):
-                raise AgegenderError(f"--age-threshold must be a number, got {t}")
+            if not (math.isfinite(t) and 0 <= t <= MAX_AGE_THRESHOLD):
+                raise AgegenderError(
+                    f"--age-threshold must be a number from 0 to {MAX_AGE_THRESHOLD:g}, got {t}"
+                )
         for task in ("age", "gender"):
             weights = getattr(self, f"{task}_weights")
             heads = getattr(self, f"{task}_models")

@@ -123,6 +123,9 @@ def decode_bytes(
         with warnings.catch_warnings():
             # Pillow's own bomb check warns or raises at its limit; ours is explicit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if data[:4] == _ICO_MAGIC and pixel_limit is not None:
+                # Pillow decodes an icon's largest image while opening it: check first.
+                _check_pixels(*_icon_size(data), pixel_limit, name)
             image = _open_header(data)
             _check_pixels(image.width, image.height, pixel_limit, name)
             with _pillow_guard_lifted(pixel_limit is None or pixel_limit > _pillow_error_limit()):
@@ -135,6 +138,8 @@ def decode_bytes(
         raise ImageTooLargeError(f"{name}: {error} (raise it with --pixel-limit)") from None
     except (OSError, SyntaxError, ValueError) as error:
         reason = str(error) or type(error).__name__
+        if "ghostscript" in reason.lower():  # EPS: a format this machine cannot render
+            raise UnsupportedImageError(f"{name}: EPS needs Ghostscript ({reason})") from None
         if "truncated" in reason.lower():
             raise ImageError(f"{name}: truncated image data ({reason})") from None
         raise ImageError(f"{name}: corrupt image ({reason})") from None
@@ -167,12 +172,41 @@ def _pillow_guard_lifted(lift: bool = True) -> Iterator[None]:
 
 
 def _open_header(data: bytes) -> Image.Image:
-    """Image.open (header only) without Pillow's bomb error; the caller checks our limit."""
+    """Image.open (header only) without Pillow's bomb error; the caller checks our limit.
+    (An ICO is the exception: Pillow decodes it while opening, so decode_bytes measures
+    it from its own headers first.)"""
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         with _pillow_guard_lifted():
             return Image.open(io.BytesIO(data))
+
+
+_ICO_MAGIC = b"\x00\x00\x01\x00"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _icon_size(data: bytes) -> tuple[int, int]:
+    """The largest image of an ICO file, as the headers of its images say (an embedded
+    PNG's own IHDR, a bitmap's DIB header; the directory's sizes can say 256 for any)."""
+    count = int.from_bytes(data[4:6], "little")
+    best = (1, 1)
+    for i in range(min(count, 256)):
+        entry = data[6 + 16 * i : 22 + 16 * i]
+        if len(entry) < 16:
+            break
+        width, height = entry[0] or 256, entry[1] or 256
+        offset = int.from_bytes(entry[12:16], "little")
+        head = data[offset : offset + 24]
+        if head[:8] == _PNG_MAGIC and len(head) >= 24:
+            width = int.from_bytes(head[16:20], "big")
+            height = int.from_bytes(head[20:24], "big")
+        elif len(head) >= 12:  # BITMAPINFOHEADER: the height counts the AND mask too
+            width = abs(int.from_bytes(head[4:8], "little", signed=True))
+            height = abs(int.from_bytes(head[8:12], "little", signed=True)) // 2
+        if width * height > best[0] * best[1]:
+            best = (width, height)
+    return best
 
 
 def _check_pixels(width: int, height: int, pixel_limit: int | None, name: str) -> None:

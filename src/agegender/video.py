@@ -109,8 +109,33 @@ def frames(
 def _open(name: str) -> cv2.VideoCapture:
     """A capture through FFmpeg (whose messages are silenced) when OpenCV has it."""
     backend = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return _open_by_link(name, backend)
     with _opencv_quiet():
         return cv2.VideoCapture(name, backend)
+
+
+def _open_by_link(name: str, backend: int) -> cv2.VideoCapture:
+    """A file whose name is not UTF-8 (bytes from a file system in another encoding,
+    held as lone surrogates): OpenCV's binding crashed the process on such a name
+    (SIGSEGV), so the file is opened through a link with a plain name in a private
+    folder, removed once the capture holds the file open."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="agegender-video-")
+    try:
+        link = os.path.join(folder, "video" + Path(name).suffix.encode("ascii", "ignore").decode())
+        try:
+            os.symlink(os.path.abspath(os.fsencode(name)), link)
+        except OSError:
+            return cv2.VideoCapture()  # not opened: reported as unreadable by the caller
+        with _opencv_quiet():
+            return cv2.VideoCapture(link, backend)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AgegenderError
@@ -196,7 +198,6 @@ def _progress(enabled: bool) -> Callable[[str, int], Callable[[int], None]] | No
 
 def _dataset_folders(args: argparse.Namespace) -> list[str]:
     """Folders the dataset is read from: the report must not go inside them."""
-    from pathlib import Path
 
     folders = [args.source] if Path(args.source).is_dir() else []
     if args.root:
@@ -234,7 +235,12 @@ def run(args: argparse.Namespace) -> int:
         raise AgegenderError(f"{args.source}: no labelled images to evaluate ({dropped})")
     if args.report:  # and with the inputs known, before the work
         inputs = [args.source, *(r.path for r in dataset.records)]
-        report.check_target(args.report, inputs=inputs, dataset_folders=folders)
+        # Nor among the images (a labels file's may be anywhere): inside their folder, the
+        # report is marked as output so that folder searches skip its plots.
+        beside = sorted({os.path.dirname(os.path.abspath(r.path)) for r in dataset.records})
+        report.check_target(
+            args.report, inputs=inputs, dataset_folders=folders, image_folders=beside
+        )
     seed = 0 if args.seed is None else args.seed
     records = readers.sample(dataset.records, args.limit, seed)
     runs = runner.run(

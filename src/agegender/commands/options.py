@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from .. import config as cfg
+from ..errors import AgegenderError
 
 if TYPE_CHECKING:
     from ..pipeline import Estimator
@@ -255,7 +256,30 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> cfg.EstimatorConfig:
     """The preset named by --preset (or the default) overlaid with the given options."""
     preset = getattr(args, "preset", cfg.default_of("preset"))
-    return cfg.EstimatorConfig.from_preset(preset, **overrides_from_args(args))
+    overrides = overrides_from_args(args)
+    config = cfg.EstimatorConfig.from_preset(preset, **dict(overrides))
+    refuse_ignored(overrides, config)
+    return config
+
+
+def refuse_ignored(given: dict[str, Any], config: cfg.EstimatorConfig) -> None:
+    """A one-line error for an option given on the command line that the resulting
+    configuration would ignore (the run would look as if it had applied)."""
+    detector = config.detector
+    if "upsample" in given and detector != "dlib":
+        raise AgegenderError(f"--upsample applies only to --detector dlib (here: {detector})")
+    if detector == "none":
+        for name in ("max_detect_side", "min_score"):
+            if name in given:
+                raise AgegenderError(
+                    f"--{name.replace('_', '-')} steers face detection, which --detector none skips"
+                )
+        if "align" in given and config.align == "sweep":
+            raise AgegenderError(
+                "--align sweep searches rotations with a detector: not with --detector none"
+            )
+    if "tta_margin" in given and not config.tta:
+        raise AgegenderError("--tta-margin applies only with TTA (turned off by --no-tta)")
 
 
 def estimator_from_args(args: argparse.Namespace) -> Estimator:

@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument(
         "--annotate",
         metavar="DIR",
-        type=Path,
+        type=folder_path,
         help="also write images with boxes and labels into DIR (made if missing). A file "
         "there is never replaced: a name taken gets -1, -2, ... DIR may not be an input "
         "folder; a DIR inside one is marked (.agegender-output) and later folder searches "
@@ -60,6 +60,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_input_options(parser)
     add_estimator_options(parser)
     parser.set_defaults(run=run, format="table")
+
+
+def folder_path(text: str) -> Path:
+    """An output folder's argument: an empty one would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (give a folder; '.' for this one)")
+    return Path(text)
 
 
 def check_annotate_dir(folder: Path, inputs: list[str]) -> None:

@@ -93,10 +93,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument(
         "--retries",
         type=number(int, 0),
-        default=DEFAULT_RETRIES,
+        default=None,
         metavar="N",
         help="--live: reconnection attempts (0.5 s, 1 s, 2 s, ... apart) before a lost "
-        "stream is an error (default: %(default)s)",
+        f"stream is an error (default: {DEFAULT_RETRIES})",
     )
     parser.add_argument(
         "--max-frames",
@@ -202,6 +202,8 @@ def check_outputs(args: argparse.Namespace) -> Path | None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # a bad option or preset: exit 2 before anything
+    if args.retries is not None and not args.live:
+        raise AgegenderError("--retries applies only with --live (a file is not reconnected)")
     thumbs = check_outputs(args)
     from ..streams import check_input
 
@@ -244,6 +246,7 @@ class _Run:
         self.latencies: list[float] = []
         self.used_thumbs: set[str] = set()
         self.csv_header = False
+        self.created: list[Path] = []  # output files and folders this run made
 
     def _open(self, path: str | None) -> IO[str] | None:
         if path is None:
@@ -252,9 +255,11 @@ class _Run:
             return sys.stdout
         try:
             # exclusive: never replaces a file; newline="" as the csv module asks
-            return open(path, "x", encoding="utf-8", newline="")
+            handle = open(path, "x", encoding="utf-8", newline="")  # noqa: SIM115
         except OSError as error:
             raise AgegenderError(f"{path}: cannot create ({error.strerror or error})") from None
+        self.created.append(Path(path))
+        return handle
 
     def run(self) -> int:
         from ..fusion import FusionSettings
@@ -265,7 +270,10 @@ class _Run:
         args = self.args
         estimator = Estimator(self.config)
         source = Source(
-            args.input, live=args.live, retries=args.retries, pixel_limit=self.config.pixel_limit
+            args.input,
+            live=args.live,
+            retries=DEFAULT_RETRIES if args.retries is None else args.retries,
+            pixel_limit=self.config.pixel_limit,
         )
         status = 0
         interrupted = False
@@ -319,6 +327,10 @@ class _Run:
                     self._people(tracker.finish())
         finally:
             self._close()
+            if frames == 0 and status != 0:
+                # The input gave no frame: an empty tracks file (or thumbs folder) left
+                # behind would only make the next run with the same names refuse to start.
+                self._remove_created()
         elapsed = time.monotonic() - started
         self._summary(frames, tracker, source, elapsed, interrupted)
         if interrupted and not args.live:
@@ -327,11 +339,24 @@ class _Run:
         return status
 
     # -- outputs -------------------------------------------------------------------------
+    def _remove_created(self) -> None:
+        from ..images import OUTPUT_MARKER
+
+        for path in reversed(self.created):
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    (path / OUTPUT_MARKER).unlink(missing_ok=True)
+                    path.rmdir()  # only if nothing else is in it
+                else:
+                    path.unlink()
+
     def _make_thumbs_folder(self, folder: Path) -> None:
         from ..images import OUTPUT_MARKER
 
         try:
-            folder.mkdir(exist_ok=True)
+            if not folder.exists():
+                folder.mkdir()
+                self.created.append(folder)
             (folder / OUTPUT_MARKER).touch()
         except OSError as error:
             raise AgegenderError(

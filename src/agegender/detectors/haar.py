@@ -60,4 +60,7 @@ class HaarDetector:
         for (x, y, w, h), weight in zip(boxes, np.ravel(weights), strict=True):
             box = (x / factor, y / factor, (x + w) / factor, (y + h) / factor)
             found.append(Detection(box, float(weight)))
+        # OpenCV's order depends on its threads' timing (the same image gave its faces in
+        # either order under concurrent requests): highest score first, as CenterFace.
+        found.sort(key=lambda d: (-d.score, d.box))
         return found

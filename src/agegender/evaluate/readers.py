@@ -247,6 +247,9 @@ def read_utkface(root: str | Path) -> Dataset:
         if sex not in (0, 1):
             data.dropped["gender code not 0/1"] += 1
             continue
+        if age > MAX_AGE:  # the name's digits allow none below 0
+            data.dropped[f"age outside 0..{MAX_AGE}"] += 1
+            continue
         data.records.append(
             Record(str(path), age=float(age), gender=("male", "female")[sex], race=race)
         )

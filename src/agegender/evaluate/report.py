@@ -523,7 +523,7 @@ def plot_reliability(report: dict[str, Any], path: Path) -> bool:
 def write_predictions(records: Sequence[Record], runs: Sequence[SettingRun], path: Path) -> None:
     """One CSV row per record and setting: labels, estimates, status, fallback; the
     interval label and race last (added later: earlier columns keep their places)."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             [
@@ -608,10 +608,15 @@ def check_target(
     *,
     inputs: Iterable[str | Path] = (),
     dataset_folders: Iterable[str | Path] = (),
+    image_folders: Iterable[str | Path] = (),
 ) -> Path:
     """Raise ReportError (one line) unless the report can go to `directory` without
     replacing a file agegender did not write or an input; creates the folder and checks
-    that a file can be written in it. Called before the evaluation starts."""
+    that a file can be written in it. Called before the evaluation starts.
+
+    `dataset_folders` (a dataset folder, --root): the report may not be in them.
+    `image_folders` (a labels file's folder, the images' folders): it may not be one of
+    them; inside one it is marked as an output folder, which folder searches skip."""
     out = Path(directory)
     where = f"--report {directory}"
     if out.exists() and not out.is_dir():
@@ -625,6 +630,16 @@ def check_target(
             raise ReportError(
                 f"{where}: inside the dataset folder {folder}; write the report elsewhere"
             )
+    marked = False
+    for folder in image_folders:
+        folder_path = _resolved(folder)
+        if folder_path is None or not folder_path.is_dir():
+            continue
+        if resolved == folder_path:
+            raise ReportError(
+                f"{where}: the folder of the dataset's images; write the report elsewhere"
+            )
+        marked = marked or _inside(resolved, folder_path)
     wanted = {name: resolved / name for name in (*REPORT_FILES, MANIFEST)}
     targets = {path: name for name, path in wanted.items()}
     for item in inputs:
@@ -639,6 +654,10 @@ def check_target(
         handle, probe = tempfile.mkstemp(prefix=".agegender-probe-", dir=out)
         os.close(handle)
         os.unlink(probe)
+        if marked:
+            from ..images import OUTPUT_MARKER
+
+            (out / OUTPUT_MARKER).touch()
     except OSError as error:
         raise ReportError(f"{where}: cannot write there ({error.strerror or error})") from None
     return out
@@ -718,7 +737,9 @@ def write(
         _replace(
             out,
             "report.md",
-            lambda p: p.write_text(markdown(report, plots) + "\n", encoding="utf-8"),
+            lambda p: p.write_text(
+                markdown(report, plots) + "\n", encoding="utf-8", errors="backslashreplace"
+            ),
         )
         _replace(out, "predictions.csv", lambda p: write_predictions(records, runs, p))
         written = ["report.json", "report.md", "predictions.csv", *written]

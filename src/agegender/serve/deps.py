@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from ..config import MAX_AGE_THRESHOLD
 from ..faces import DETECTORS
 from .errors import ApiError
 from .service import EstimateOptions, Service
@@ -37,6 +38,24 @@ async def require_key(request: Request) -> None:
         )
 
 
+# The query parameters of POST /v1/estimate (estimate_options); POST /v1/sessions takes
+# these and its tracking ones.
+ESTIMATE_QUERY = frozenset({"tta", "detector", "min_face", "age_threshold"})
+
+
+def known_query(request: Request, allowed: frozenset[str]) -> None:
+    """A 400 for a query parameter the endpoint does not take (a misspelt
+    ``age_treshold`` would otherwise be ignored and the answer look complete)."""
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_option",
+            f"unknown query parameter {unknown[0]!r}; this endpoint takes "
+            f"{', '.join(sorted(allowed))}",
+        )
+
+
 async def estimate_options(
     service: Annotated[Service, Depends(get_service)],
     tta: bool | None = Query(None, description="average with the mirror image"),
@@ -44,9 +63,10 @@ async def estimate_options(
         None, description=f"one of {', '.join(DETECTORS)} (default: the server's)"
     ),
     min_face: int | None = Query(None, ge=0, le=100_000, description="smallest face side, px"),
-    age_threshold: float | None = Query(
-        None, ge=0, le=150, description="adds P(age >= t) to each face's age"
-    ),
+    age_threshold: Annotated[
+        list[float] | None,
+        Query(description="adds P(age >= t) to each face's age, 0 to 150; repeat it for several"),
+    ] = None,
 ) -> EstimateOptions:
     """The query options of POST /v1/estimate; a name not in the registry, or one whose
     model file is not on this server, is a 400."""
@@ -63,9 +83,17 @@ async def estimate_options(
             f"detector {detector!r} is not installed on this server; choose one of "
             f"{', '.join(service.detectors)}",
         )
-    if age_threshold is not None and not math.isfinite(age_threshold):
-        raise ApiError(400, "invalid_option", "age_threshold must be a finite number")
-    return EstimateOptions(detector, min_face, tta, age_threshold)
+    thresholds = None
+    if age_threshold:
+        for t in age_threshold:
+            if not (math.isfinite(t) and 0 <= t <= MAX_AGE_THRESHOLD):
+                raise ApiError(
+                    400,
+                    "invalid_option",
+                    f"age_threshold {t}: give a finite number from 0 to {MAX_AGE_THRESHOLD:g}",
+                )
+        thresholds = tuple(dict.fromkeys(age_threshold))  # a repeated value counts once
+    return EstimateOptions(detector, min_face, tta, thresholds)
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]

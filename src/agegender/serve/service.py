@@ -50,7 +50,7 @@ class EstimateOptions:
     detector: str | None = None
     min_face: int | None = None
     tta: bool | None = None
-    age_threshold: float | None = None
+    age_thresholds: tuple[float, ...] | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The EstimatorConfig fields this request changes."""
@@ -61,8 +61,8 @@ class EstimateOptions:
             out["min_face"] = self.min_face
         if self.tta is not None:
             out["tta"] = self.tta
-        if self.age_threshold is not None:
-            out["age_thresholds"] = (self.age_threshold,)
+        if self.age_thresholds is not None:
+            out["age_thresholds"] = self.age_thresholds
         return out
 
 

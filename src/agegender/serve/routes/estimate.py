@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from ..deps import OptionsDep, ServiceDep, require_key
+from ..deps import ESTIMATE_QUERY, OptionsDep, ServiceDep, known_query, require_key
 from ..errors import error_responses
-from ..uploads import extract_image, read_body
+from ..uploads import read_body, read_image
 
 ESTIMATE_ERRORS = {
     400: "missing image, bad option, malformed multipart",
@@ -50,9 +50,10 @@ async def estimate(
     options: OptionsDep,
     service: ServiceDep,
 ) -> Any:
+    known_query(request, ESTIMATE_QUERY)
     # Admitted (or 503) before the body is read; the timeout covers reading it too.
     async with service.admission.admit():
         body = await read_body(request, service.settings.max_body_bytes)
-        upload = extract_image(body, request.headers.get("content-type"))
+        upload = await read_image(body, request.headers.get("content-type"))
         del body
         return await service.estimate(upload, options)

@@ -14,12 +14,17 @@ from ..errors import ApiError
 router = APIRouter()
 
 
-@router.get("/healthz", summary="The process answers")
+# GET and HEAD (a load balancer's probe may send HEAD; Starlette answers it without a body)
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="The process answers")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Models loaded, every worker warmed, requests being taken")
+@router.api_route(
+    "/readyz",
+    methods=["GET", "HEAD"],
+    summary="Models loaded, every worker warmed, requests being taken",
+)
 async def readyz(service: ServiceDep) -> Any:
     if not service.ready:
         raise ApiError(503, "not_ready", "the server is starting or stopping; retry shortly")

@@ -13,7 +13,7 @@ router = APIRouter(include_in_schema=False)
 _STATIC = resources.files("agegender.serve").joinpath("static")
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def page() -> HTMLResponse:
     return HTMLResponse(_STATIC.joinpath("index.html").read_text("utf-8"))
 

@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from ..deps import OptionsDep, ServiceDep, require_key
+from ..deps import ESTIMATE_QUERY, OptionsDep, ServiceDep, known_query, require_key
 from ..errors import error_responses
 from ..sessions import SessionOptions
-from ..uploads import extract_image, read_body
+from ..uploads import read_body, read_image
 from .estimate import ESTIMATE_ERRORS, REQUEST_BODY
 
 router = APIRouter(dependencies=[Depends(require_key)], tags=["live sessions"])
@@ -23,6 +23,9 @@ FRAME_ERRORS = {
     **NOT_FOUND,
     409: "the session's previous frame is still being processed",
 }
+
+
+SESSION_QUERY = ESTIMATE_QUERY | {"fps", "detect_every", "min_hits", "max_lost"}
 
 
 @router.post(
@@ -38,17 +41,27 @@ FRAME_ERRORS = {
     ),
 )
 async def open_session(
+    request: Request,
     service: ServiceDep,
     options: OptionsDep,
     fps: float = Query(
-        5.0, gt=0, le=240, description="frames per second the client sends (for max_lost)"
+        5.0,
+        gt=0,
+        le=240,
+        allow_inf_nan=False,
+        description="frames per second the client sends (for max_lost)",
     ),
     detect_every: int = Query(1, ge=1, le=100, description="run the detector every K frames"),
     min_hits: int = Query(3, ge=1, le=100, description="detections before a track gets an id"),
     max_lost: float = Query(
-        1.0, ge=0, le=600, description="seconds unseen before a person's track ends"
+        1.0,
+        ge=0,
+        le=600,
+        allow_inf_nan=False,
+        description="seconds unseen before a person's track ends",
     ),
 ) -> Any:
+    known_query(request, SESSION_QUERY)
     tracking = SessionOptions(fps, detect_every, min_hits, max_lost)
     session = service.start_session(options, tracking)
     body = {
@@ -72,7 +85,7 @@ async def frame(session_id: str, request: Request, service: ServiceDep) -> Any:
     session = service.sessions.get(session_id)
     async with service.admission.admit():
         body = await read_body(request, service.settings.max_body_bytes)
-        upload = extract_image(body, request.headers.get("content-type"))
+        upload = await read_image(body, request.headers.get("content-type"))
         del body
         return await service.track(session, upload)
 
