@@ -115,19 +115,20 @@ def test_retries_without_live_is_refused(
     assert status == 2 and "--retries applies only with --live" in err and out == ""
 
 
-def _utk(folder: Path, name: str | bytes) -> None:
-    target = os.path.join(os.fsencode(folder), os.fsencode(name))
-    with open(target, "wb") as handle:
-        handle.write(ASTRONAUT.read_bytes())
+def utk_folder(tmp_path: Path, *names: str | bytes) -> Path:
+    """A UTKFace-style folder of astronaut copies under these (byte) names."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    for name in names:
+        with open(os.path.join(os.fsencode(folder), os.fsencode(name)), "wb") as handle:
+            handle.write(ASTRONAUT.read_bytes())
+    return folder
 
 
 def test_utkface_ages_out_of_range_are_dropped(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "ds"
-    folder.mkdir()
-    _utk(folder, "41_1_0_20170103200522151.png")
-    _utk(folder, "999_1_0_20170101000000000.png")
+    folder = utk_folder(tmp_path, "41_1_0_20170103200522151.png", "999_1_0_2017010100.png")
     status, out, err = run(
         capsys,
         "evaluate",
@@ -145,13 +146,17 @@ def test_utkface_ages_out_of_range_are_dropped(
     assert report["dataset"]["dropped"] == {"age outside 0..120": 1}
 
 
+def evaluate_labels(
+    capsys: pytest.CaptureFixture[str], labels: Path, report: Path
+) -> tuple[int, str, str]:
+    args = ["evaluate", str(labels), "--format", "csv", "--no-progress", "--detector", "none"]
+    return run(capsys, *args, "--report", str(report))
+
+
 def test_report_is_written_with_names_that_are_not_utf8_and_never_among_the_images(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "ds"
-    folder.mkdir()
-    _utk(folder, "41_1_0_20170103200522151.png")
-    _utk(folder, b"27_1_0_2017\xff.png")
+    folder = utk_folder(tmp_path, "41_1_0_20170103200522151.png", b"27_1_0_2017\xff.png")
     (folder / "28_1_0_2017.png").write_bytes(b"")  # unreadable: its error is reported too
     out_dir = tmp_path / "rep"
     status, _, err = run(
@@ -172,33 +177,11 @@ def test_report_is_written_with_names_that_are_not_utf8_and_never_among_the_imag
 
     labels = folder / "labels.csv"
     labels.write_text("path,age,gender\n41_1_0_20170103200522151.png,41,f\n")
-    status, _, err = run(
-        capsys,
-        "evaluate",
-        str(labels),
-        "--format",
-        "csv",
-        "--no-progress",
-        "--detector",
-        "none",
-        "--report",
-        str(folder),
-    )
+    status, _, err = evaluate_labels(capsys, labels, folder)
     assert status == 2 and "the folder of the dataset's images" in err
     assert not (folder / "report.md").exists()
     inside = folder / "rep"
-    status, _, err = run(
-        capsys,
-        "evaluate",
-        str(labels),
-        "--format",
-        "csv",
-        "--no-progress",
-        "--detector",
-        "none",
-        "--report",
-        str(inside),
-    )
+    status, _, err = evaluate_labels(capsys, labels, inside)
     assert status == 0, err
     assert (inside / ".agegender-output").is_file()  # folder searches skip it
 
