@@ -145,3 +145,43 @@ def test_calibrate_writes_a_file_evaluate_applies(
     assert scores["interval"]["n"] == 24 and "ece" in scores["thresholds"]["30"]
     assert scores["gender"]["calibration_n"] == 24
     assert report["settings"][0]["config"]["calibration"] == str(out)
+
+
+def test_calibrate_checks_out_and_seed_before_any_work_and_refuses_too_few_faces(
+    faces_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    from agegender.commands import calibrate as command
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the models ran before the arguments were checked")
+
+    args = ["calibrate", str(faces_csv), "--format", "csv", "--cropped", "--threads", "1"]
+    image = faces_csv.parent / "f0.png"
+    before = image.read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(command, "_collect", no_work)
+        for extra, message in [
+            (["--out", str(tmp_path / "nodir" / "c.toml")], "does not exist"),
+            (["--out", str(tmp_path), "--force"], "a calibration file is .toml"),
+            (["--out", str(tmp_path / "d.toml")], "is a folder"),
+            (["--out", str(image), "--force"], "a calibration file is .toml"),
+            (["--seed", "-1"], "-1"),
+        ]:
+            (tmp_path / "d.toml").mkdir(exist_ok=True)
+            try:
+                code = main([*args, *extra])
+            except SystemExit as done:  # argparse's own usage error
+                code = int(done.code or 0)
+            err = capsys.readouterr().err
+            assert code == 2 and message in err and "Traceback" not in err, (extra, err)
+    assert image.read_bytes() == before
+    code = main([*args, "--holdout", "0.9"])  # 2 of 24 faces left to fit
+    err = capsys.readouterr().err
+    assert code == 2 and "2 labelled faces to fit" in err and "at least 10" in err
+
+
+def test_a_calibration_file_without_tables_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text('data = "x"\n')
+    with pytest.raises(cal.CalibrationError, match="holds no calibration"):
+        cal.load_file(empty)

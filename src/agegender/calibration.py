@@ -315,7 +315,14 @@ def load_file(path: str | Path) -> CalibrationSet:
         ) from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise CalibrationError(f"--calibration {path}: not a TOML file ({error})") from None
-    return parse_set(data, str(path))
+    fitted = parse_set(data, str(path))
+    if fitted.age is None and fitted.gender is None:
+        # applied, it would change nothing: the run would look calibrated and be raw
+        raise CalibrationError(
+            f"--calibration {path}: holds no calibration (no [age] or [gender] table); "
+            "write one with agegender calibrate, or give --calibration none"
+        )
+    return fitted
 
 
 def _weights_match(given: Sequence[float] | None, fitted: Sequence[float] | None, n: int) -> bool:

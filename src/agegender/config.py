@@ -13,6 +13,7 @@ This module imports nothing heavy (no ONNX Runtime, dlib or OpenCV): ``--help`` 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -99,11 +100,16 @@ class EstimatorConfig:
         for name in ("age_weights", "gender_weights"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, tuple(float(v) for v in value))
+                object.__setattr__(self, name, _numbers(name, value))
         if self.sweep is not None:
-            object.__setattr__(self, "sweep", tuple(float(v) for v in self.sweep))
-        # a threshold given twice is one (one column, one key in the JSON)
-        thresholds = dict.fromkeys(float(t) for t in self.age_thresholds)
+            sweep = _numbers("sweep", self.sweep)
+            if len(sweep) != 3:
+                raise AgegenderError(f"--sweep needs START:STOP:STEP, got {len(sweep)} numbers")
+            object.__setattr__(self, "sweep", sweep)
+        # A threshold is kept as it is printed (6 significant digits: the JSON key, the CSV
+        # column), and one given twice counts once.
+        given = _numbers("age_thresholds", self.age_thresholds)
+        thresholds = dict.fromkeys(float(f"{t:g}") for t in given)
         object.__setattr__(self, "age_thresholds", tuple(thresholds))
         object.__setattr__(self, "providers", _provider_names(self.providers))
         if self.calibration is None:
@@ -135,6 +141,11 @@ class EstimatorConfig:
         preset = overrides.pop("preset", None)
         if preset is not None and preset != self.preset:
             return EstimatorConfig.from_preset(preset, **overrides)
+        # New cards for a task drop the weights of the old ones (unless weights come too),
+        # as from_preset does.
+        for role in ("age", "gender"):
+            if f"{role}_models" in overrides and f"{role}_weights" not in overrides:
+                overrides[f"{role}_weights"] = None
         return replace(self, **overrides) if overrides else self
 
     # -- checks ---------------------------------------------------------------------
@@ -146,6 +157,7 @@ class EstimatorConfig:
 
     def validate(self) -> None:
         """Reject impossible values with one line naming the option (never ignore one)."""
+        self._check_types()
         if self.align not in ALIGN_MODES:
             raise AgegenderError(
                 f"unknown alignment {self.align!r}; choose one of {', '.join(ALIGN_MODES)}"
@@ -193,6 +205,28 @@ class EstimatorConfig:
                     f"{','.join(f'{w:g}' for w in weights)}"
                 )
 
+    def _check_types(self) -> None:
+        """Options of the wrong type (from Python: the command line parses its own), with
+        one line naming the option, before they fail somewhere deep or act wrongly (the
+        string "no" for tta is true)."""
+        for name in _WHOLE_FIELDS:
+            value = getattr(self, name)
+            if value is None and name not in ("min_face", "batch_size"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise AgegenderError(f"--{_flag(name)} must be a whole number, got {value!r}")
+        for name in ("min_score", "tta_margin"):
+            value = getattr(self, name)
+            if value is None and name == "min_score":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise AgegenderError(f"--{_flag(name)} must be a number, got {value!r}")
+        if not isinstance(self.tta, bool):
+            raise AgegenderError(f"tta must be True or False, got {self.tta!r}")
+        for name in ("detector", "align"):
+            if not isinstance(getattr(self, name), str):
+                raise AgegenderError(f"--{_flag(name)} must be a name, got {getattr(self, name)!r}")
+
     # -- views ------------------------------------------------------------------------
     @property
     def sweep_range(self) -> tuple[float, float, float]:
@@ -226,6 +260,26 @@ def default_of(name: str) -> Any:
         if f.name == name:
             return f.default
     raise KeyError(name)
+
+
+# Options that are whole numbers (None allowed except for min_face and batch_size).
+_WHOLE_FIELDS = (
+    "min_face",
+    "batch_size",
+    "upsample",
+    "max_detect_side",
+    "pixel_limit",
+    "threads",
+    "workers",
+)
+
+
+def _numbers(name: str, values: Any) -> tuple[float, ...]:
+    """`values` as floats, or a one-line error naming the option."""
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise AgegenderError(f"--{_flag(name)} must be numbers, got {values!r:.80}") from None
 
 
 def _provider_names(value: Any) -> tuple[str, ...]:

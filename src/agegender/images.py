@@ -67,7 +67,9 @@ def describe(source: ImageInput) -> str:
         return "<PIL image>"
     if isinstance(source, Frame):
         return source.name
-    return "<array>"
+    if isinstance(source, np.ndarray):
+        return "<array>"
+    return f"<{type(source).__name__}>"
 
 
 def load(
@@ -274,6 +276,8 @@ def _from_array(
     if array.dtype == np.uint16:
         array = (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     elif array.dtype in (np.float32, np.float64):
+        if not np.isfinite(array).all():  # one NaN made the whole image scale as 0..255
+            raise ImageError(f"{name}: the array holds NaN or infinite pixel values")
         top = 1.0 if float(array.max(initial=0.0)) <= 1.0 else 255.0
         array = np.clip(array * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
     elif array.dtype != np.uint8:

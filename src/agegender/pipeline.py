@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 
 from . import images, sessions
 from .cards import ModelCard
-from .config import EstimatorConfig
+from .config import MODEL_FIELDS, EstimatorConfig
 from .errors import AgegenderError
 from .faces import Detection, FaceDetector
 from .finder import FaceFinder, build_detector, detector_key
@@ -127,9 +128,16 @@ class Estimator:
         """An estimator with other per-image options that shares this one's models."""
         config = self.config.with_overrides(**overrides)
         if config.models_key() != self._shared.models_key:
+            changed = [
+                name
+                for name, now, loaded in zip(
+                    MODEL_FIELDS, config.models_key(), self._shared.models_key, strict=True
+                )
+                if now != loaded
+            ]
             raise AgegenderError(
-                "a derived estimator shares the loaded models: its model options "
-                "(models, weights, threads, batch size) cannot change"
+                f"a derived estimator shares the loaded models: {', '.join(changed)} cannot "
+                f"change (model options: {', '.join(MODEL_FIELDS)}); make a new Estimator"
             )
         derived = object.__new__(Estimator)
         derived._setup(config, self._shared)
@@ -175,6 +183,19 @@ class Estimator:
     # -- per image -----------------------------------------------------------------------
     def prepare(self, rgb: NDArray[np.uint8], name: str = "<array>") -> PreparedImage:
         """Detect faces in an RGB uint8 image and cut each head's crop."""
+        if not (
+            isinstance(rgb, np.ndarray)
+            and rgb.dtype == np.uint8
+            and rgb.ndim == 3
+            and rgb.shape[2] == 3
+            and rgb.shape[0] > 0
+            and rgb.shape[1] > 0
+        ):
+            got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+            raise images.ImageError(
+                f"{name}: prepare takes an RGB uint8 array of shape (H, W, 3), got {got} "
+                "(Estimator.decode or predict take other inputs)"
+            )
         detections = self.finder.find(rgb)
         prepared = PreparedImage(name, rgb.shape[1], rgb.shape[0], detections)
         for key, head in self._distinct_heads().items():
@@ -234,6 +255,13 @@ class Estimator:
         (``sessions.parallel_worker``), as the workers already share the cores.
         With ``keep_images`` each result carries its decoded RGB image (for annotation).
         """
+        if isinstance(sources, (str, bytes, bytearray, os.PathLike, np.ndarray, Image.Image)):
+            raise AgegenderError(
+                "predict_many takes an iterable of inputs (a list of paths, ...): for one "
+                "input call predict, or pass [input]"
+            )
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise AgegenderError(f"chunk must be a whole number >= 1, got {chunk!r}")
         inputs = iter(sources)
         with ThreadPoolExecutor(
             self.workers,

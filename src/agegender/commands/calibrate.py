@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -24,10 +25,13 @@ from typing import Any
 
 from ..errors import AgegenderError
 from ..evaluate.readers import READERS
-from .options import add_estimator_options, overrides_from_args
+from .options import add_estimator_options, number, overrides_from_args
 
 DEFAULT_HOLDOUT = 0.2
 REPORT_THRESHOLDS = (18.0, 21.0, 25.0)
+# Fewer labelled faces cannot be cross-fitted in 5 folds (a file fitted on 1 face said
+# it had been, with a gender temperature that made every probability 1.00).
+MIN_FIT_FACES = 10
 
 
 def _bands(text: str) -> tuple[float, ...]:
@@ -72,7 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help=f"share of faces kept out of the fit for the before/after figures "
         f"(default: {DEFAULT_HOLDOUT})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
+    parser.add_argument(
+        "--seed", type=number(int, 0), default=0, help="seed of the split (default: 0)"
+    )
     parser.add_argument(
         "--mass", type=float, default=0.8, help="interval mass to calibrate (default: 0.8)"
     )
@@ -114,8 +120,20 @@ def _check(args: argparse.Namespace, cli: dict[str, Any]) -> None:
         raise AgegenderError(f"--holdout {args.holdout:g}: must be between 0 and 1")
     if not 0 < args.mass < 1:
         raise AgegenderError(f"--mass {args.mass:g}: must be between 0 and 1")
-    if args.out and Path(args.out).exists() and not args.force:
-        raise AgegenderError(f"--out {args.out}: exists (--force replaces it)")
+    if args.out:  # before any model runs (a wrong path must not cost the whole fit)
+        out = Path(args.out)
+        if out.suffix.lower() != ".toml":
+            # also keeps --force from replacing an input image with TOML
+            raise AgegenderError(f"--out {args.out}: a calibration file is .toml")
+        if out.is_dir():
+            raise AgegenderError(f"--out {args.out}: is a folder (give a .toml file)")
+        if out.exists() and not args.force:
+            raise AgegenderError(f"--out {args.out}: exists (--force replaces it)")
+        parent = out.resolve().parent
+        if not parent.is_dir():
+            raise AgegenderError(f"--out {args.out}: the folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise AgegenderError(f"--out {args.out}: the folder {parent} is not writable")
 
 
 def _figures(
@@ -278,6 +296,15 @@ def run(args: argparse.Namespace) -> int:
     age_cal = gender_cal = None
     values = data["values"]
     usable = sorted(i for i in rest if data["labels"][i] is not None)
+    gender_rows = [i for i in rest if data["gender_probs"][i] is not None]
+    if not rest:
+        raise AgegenderError(f"--holdout {args.holdout:g} leaves none of the {n} faces to fit")
+    fit_faces = max(len(usable) if values is not None else 0, len(gender_rows))
+    if 0 < fit_faces < MIN_FIT_FACES:
+        raise AgegenderError(
+            f"{source}: {fit_faces} labelled faces to fit (after --holdout); calibrate needs "
+            f"at least {MIN_FIT_FACES} (5-fold cross-fitting), and hundreds to be trusted"
+        )
     if values is not None and usable:
         width = len(values)
         probs = np.array([p if p is not None else np.ones(width) / width for p in data["probs"]])
@@ -292,7 +319,6 @@ def run(args: argparse.Namespace) -> int:
             balance=args.balance == "decade",
             seed=args.seed,
         )
-    gender_rows = [i for i in rest if data["gender_probs"][i] is not None]
     if gender_rows:
         labels_g = data["gender_labels"]
         male = labels_g.index("male")

@@ -14,6 +14,7 @@ import logging
 from functools import lru_cache
 from importlib import metadata, resources
 from pathlib import Path
+from typing import Any
 
 from ..cards import ModelCard
 from ..errors import ModelFileError, ModelNotInstalledError
@@ -112,7 +113,9 @@ def resolve(card: ModelCard, *, verify: bool = True) -> Path:
         path = local if local is not None else Path(card.source.file)
     if not path.is_file():
         raise ModelNotInstalledError(missing_message(card, path))
-    if path != local and card.source.stored and read_unverified(path) is not None:
+    record = read_unverified(path) if path != local and card.source.stored else None
+    if record is not None and not card.source.quantize:
+        _check_unchanged(card, path, record, verify=verify)
         log.warning("model %s: %s was imported with --card and is unverified", card.id, path)
         return path
     if card.source.quantize:  # checked against its build record, not the card
@@ -125,6 +128,23 @@ def resolve(card: ModelCard, *, verify: bool = True) -> Path:
     # re-hashes everything).
     check_file(card, path, verify=verify and path.stat().st_size <= VERIFY_ON_LOAD_MAX_BYTES)
     return path
+
+
+def _check_unchanged(card: ModelCard, path: Path, record: dict[str, Any], *, verify: bool) -> None:
+    """An unverified import is used as the user asked, but only as it was imported: the
+    size (and time) it had then, and for a file up to VERIFY_ON_LOAD_MAX_BYTES its
+    sha256 (`models verify` hashes every file)."""
+    stat = path.stat()
+    changed = stat.st_size != record.get("bytes", stat.st_size) or (
+        "mtime_ns" in record and stat.st_mtime_ns != record["mtime_ns"]
+    )
+    if not changed and verify and stat.st_size <= VERIFY_ON_LOAD_MAX_BYTES:
+        changed = sha256_file(path) != record.get("sha256")
+    if changed:
+        raise ModelFileError(
+            f"model {card.id}: {path} changed since it was imported with --card; import it "
+            "again or pull the card's own file"
+        )
 
 
 def check_file(card: ModelCard, path: Path, *, verify: bool = True) -> None:

