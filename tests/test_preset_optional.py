@@ -2,19 +2,36 @@
 calibration files (each task uses the one fitted for its running cards).
 
 The test session's model store is an empty folder (conftest.py), so the default preset's
-faceres-deep heads are missing until a test imports a stand-in under their card."""
+faceres-deep heads are missing until a test installs a stand-in as their INT8 copy (with
+the build record a build on this machine writes: such cards are built, not imported)."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
 import pytest
 from support.standins import faceres_like_graph
 
-from agegender import Estimator, store
+from agegender import Estimator
+from agegender.cards import get_card
 from agegender.config import EstimatorConfig
 from agegender.presets import get_preset, preset_calibration
+from agegender.store import store_path
+from agegender.store.hashing import sha256_file
+from agegender.store.layout import write_built
+from agegender.store.quantized import _ranges_sha256
+
+
+def install_built(graph: Path, card_id: str = "faceres-deep-age-int8") -> None:
+    """`graph` in the store as the card's INT8 copy, with the record a build writes."""
+    card = get_card(card_id)
+    dest = store_path(card)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(graph, dest)
+    record = {"card": card.id, "ranges_sha256": _ranges_sha256(card)}
+    write_built(dest, {**record, "sha256": sha256_file(dest), "bytes": dest.stat().st_size})
 
 
 @pytest.fixture
@@ -40,10 +57,7 @@ def test_missing_optional_cards_leave_the_others_with_their_calibration(own_stor
 def test_installed_optional_cards_join_with_the_fitted_weights(
     own_store, tmp_path: Path, astronaut_rgb
 ) -> None:
-    graph = faceres_like_graph(tmp_path / "faceres-deep.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # an unverified import warns: expected here
-        store.import_file(graph, "faceres-deep-age-int8")
+    install_built(faceres_like_graph(tmp_path / "faceres-deep.onnx"))
     config = EstimatorConfig.from_preset("default")
     assert config.age_models == ("cc0-age-v1", "faceres-deep-age-int8")
     assert config.gender_models == ("cc0-gender-v1", "faceres-deep-gender-int8")
@@ -68,10 +82,7 @@ def test_a_preset_without_optional_cards_is_unchanged(own_store) -> None:
 
 
 def test_replacing_a_tasks_cards_drops_the_presets_weights(own_store, tmp_path: Path) -> None:
-    graph = faceres_like_graph(tmp_path / "faceres-deep.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        store.import_file(graph, "faceres-deep-age-int8")
+    install_built(faceres_like_graph(tmp_path / "faceres-deep.onnx"))
     assert EstimatorConfig.from_preset("default").age_weights == (0.4, 0.6)
     one = EstimatorConfig.from_preset("default", age_models=("cc0-age-v1",))
     assert one.age_models == ("cc0-age-v1",) and one.age_weights is None
