@@ -221,3 +221,16 @@ def test_haar_faces_come_highest_score_first(monkeypatch: pytest.MonkeyPatch) ->
     found = detector.detect(rgb)
     assert [d.score for d in found] == [4.0, 2.5, 1.5]
     assert found[0].box == (100.0, 100.0, 180.0, 180.0)
+
+
+def test_a_model_file_given_empty_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    for ref, why in [
+        (f"cc0-age-v1={empty}", f"{empty} is an empty file"),
+        ("cc0-age-v1=", "names no file after '='"),
+    ]:
+        status, out, err = run(capsys, "predict", str(ASTRONAUT), "--age-model", ref)
+        assert status == 2 and out == "" and why in err and err.count("\n") == 1, err

@@ -89,7 +89,10 @@ def load_model(
         card = ref
     elif isinstance(ref, str) and "=" in ref:
         card_ref, _, file = ref.partition("=")
-        card, path = get_card(card_ref), Path(file).expanduser()
+        card = get_card(card_ref)
+        if not file.strip():
+            raise AgegenderError(f"model {card.id}: {ref!r} names no file after '='")
+        path = Path(file).expanduser()
     elif isinstance(ref, str):
         card = get_card(ref)
     else:
@@ -98,6 +101,8 @@ def load_model(
         path = store.resolve(card)
     elif not path.is_file():
         raise AgegenderError(f"model {card.id}: {path} is not a file")
+    elif path.stat().st_size == 0:
+        raise AgegenderError(f"model {card.id}: {path} is an empty file")
     key = (path.resolve(), card.input, threads, max_batch)
     shared = opened.get(key) if opened is not None else None
     model = OnnxModel(card, path, threads=threads, max_batch=max_batch, session_of=shared)
