@@ -209,18 +209,13 @@ class EstimatorConfig:
         """Options of the wrong type (from Python: the command line parses its own), with
         one line naming the option, before they fail somewhere deep or act wrongly (the
         string "no" for tta is true)."""
-        for name in _WHOLE_FIELDS:
+        for name, kind, optional in _NUMBER_FIELDS:
             value = getattr(self, name)
-            if value is None and name not in ("min_face", "batch_size"):
+            if value is None and optional:
                 continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise AgegenderError(f"--{_flag(name)} must be a whole number, got {value!r}")
-        for name in ("min_score", "tta_margin"):
-            value = getattr(self, name)
-            if value is None and name == "min_score":
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise AgegenderError(f"--{_flag(name)} must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, kind):
+                what = "a whole number" if kind is numbers.Integral else "a number"
+                raise AgegenderError(f"--{_flag(name)} must be {what}, got {value!r}")
         if not isinstance(self.tta, bool):
             raise AgegenderError(f"tta must be True or False, got {self.tta!r}")
         for name in ("detector", "align"):
@@ -262,15 +257,17 @@ def default_of(name: str) -> Any:
     raise KeyError(name)
 
 
-# Options that are whole numbers (None allowed except for min_face and batch_size).
-_WHOLE_FIELDS = (
-    "min_face",
-    "batch_size",
-    "upsample",
-    "max_detect_side",
-    "pixel_limit",
-    "threads",
-    "workers",
+# The numeric options: (name, type, whether None is allowed).
+_NUMBER_FIELDS: tuple[tuple[str, type, bool], ...] = (
+    ("min_face", numbers.Integral, False),
+    ("batch_size", numbers.Integral, False),
+    ("upsample", numbers.Integral, True),
+    ("max_detect_side", numbers.Integral, True),
+    ("pixel_limit", numbers.Integral, True),
+    ("threads", numbers.Integral, True),
+    ("workers", numbers.Integral, True),
+    ("min_score", numbers.Real, True),
+    ("tta_margin", numbers.Real, False),
 )
 
 

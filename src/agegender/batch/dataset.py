@@ -546,7 +546,15 @@ def utf8_text(value: str) -> str:
 
 
 def _utf8_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: utf8_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+    """The rows with their text as utf8_text writes it (a row of ASCII text as it is)."""
+
+    def plain(row: dict[str, Any]) -> bool:
+        return all(v.isascii() for v in row.values() if isinstance(v, str))
+
+    def written(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: utf8_text(v) if isinstance(v, str) else v for k, v in row.items()}
+
+    return [row if plain(row) else written(row) for row in rows]
 
 
 _ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")

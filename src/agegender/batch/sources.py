@@ -80,17 +80,18 @@ def _key64(text: str) -> int:
 def check_sources(items: list[str]) -> None:
     """One-line errors, before any work, for arguments that cannot stand for anything."""
     for item in items:
-        if is_uri(item) or Path(item).exists():
+        if is_uri(item):
+            continue
+        suffix = Path(item).suffix.lower()
+        if Path(item).exists():
+            if suffix == ".parquet" and Path(item).is_file():
+                _parquet_list(item)  # its footer and its path column, before any model loads
             continue
         if _GLOB_CHARS & set(item):
             continue  # a glob may match nothing: no inputs from it
-        suffix = Path(item).suffix.lower()
         if suffix in LIST_SUFFIXES:
             raise AgegenderError(f"{item}: no such list file")
         # a missing image is an error row of its own, as in predict
-    for item in items:
-        if not is_uri(item) and Path(item).suffix.lower() == ".parquet" and Path(item).is_file():
-            _parquet_list(item)  # its footer and its path column, before any model loads
 
 
 def _parquet_list(item: str, stream: Any = None) -> Any:

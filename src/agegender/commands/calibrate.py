@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from ..errors import AgegenderError
 from ..evaluate.readers import READERS
-from .options import add_estimator_options, number, overrides_from_args
+from .options import add_estimator_options, check_folder_of, number, overrides_from_args
 
 DEFAULT_HOLDOUT = 0.2
 REPORT_THRESHOLDS = (18.0, 21.0, 25.0)
@@ -129,11 +128,7 @@ def _check(args: argparse.Namespace, cli: dict[str, Any]) -> None:
             raise AgegenderError(f"--out {args.out}: is a folder (give a .toml file)")
         if out.exists() and not args.force:
             raise AgegenderError(f"--out {args.out}: exists (--force replaces it)")
-        parent = out.resolve().parent
-        if not parent.is_dir():
-            raise AgegenderError(f"--out {args.out}: the folder {parent} does not exist")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise AgegenderError(f"--out {args.out}: the folder {parent} is not writable")
+        check_folder_of(f"--out {args.out}", out)
 
 
 def _figures(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import config as cfg
@@ -16,6 +18,16 @@ from ..errors import AgegenderError
 
 if TYPE_CHECKING:
     from ..pipeline import Estimator
+
+
+def check_folder_of(where: str, path: Path) -> None:
+    """The folder an output file goes into exists and takes new files (one-line errors,
+    before any work)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise AgegenderError(f"{where}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AgegenderError(f"{where}: the folder {parent} is not writable")
 
 
 def number(kind: type, low: float | None = None, high: float | None = None) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import signal
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import AgegenderError
-from .options import add_estimator_options, config_from_args, number
+from .options import add_estimator_options, check_folder_of, config_from_args, number
 
 if TYPE_CHECKING:  # numpy, OpenCV and ONNX Runtime load in run()
     from ..people import FrameReport, Person
@@ -143,11 +142,7 @@ def _check_new_file(option: str, path: Path) -> None:
         raise AgegenderError(
             f"{where}: exists; agegender never replaces a file (choose a new name)"
         )
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise AgegenderError(f"{where}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise AgegenderError(f"{where}: the folder {parent} is not writable")
+    check_folder_of(where, path)
 
 
 def _check_thumbs(folder: Path) -> None:

@@ -92,7 +92,7 @@ async def estimate_options(
                     "invalid_option",
                     f"age_threshold {t}: give a finite number from 0 to {MAX_AGE_THRESHOLD:g}",
                 )
-        thresholds = tuple(dict.fromkeys(age_threshold))  # a repeated value counts once
+        thresholds = tuple(age_threshold)  # the configuration counts a repeated one once
     return EstimateOptions(detector, min_face, tta, thresholds)
 
 
