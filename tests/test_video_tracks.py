@@ -26,8 +26,10 @@ import cv2
 import numpy as np
 import pytest
 from faceutils import ASTRONAUT_BOX, PATCH, gradient_canvas
+from jsonschema import Draft202012Validator
 from numpy.typing import NDArray
 
+from agegender import schemas
 from agegender.cli import main
 from agegender.tracking import Tracker, iou_matrix
 
@@ -152,7 +154,13 @@ def run_video(tmp: Path, clip: Path, *extra: str) -> tuple[int, list[dict], list
             *list(extra),
         ]
     )
-    return code, read_jsonl(tracks), read_jsonl(frames)
+    people, reports = read_jsonl(tracks), read_jsonl(frames)
+    # every line as its published schema says (agegender.schemas)
+    for record in people:
+        Draft202012Validator(schemas.PERSON).validate(record)
+    for record in reports:
+        Draft202012Validator(schemas.VIDEO_FRAME).validate(record)
+    return code, people, reports
 
 
 # -- the tracker alone (no models) ---------------------------------------------------------

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from ...schemas import IMAGE_RESULT, json_response
 from ..deps import ESTIMATE_QUERY, OptionsDep, ServiceDep, known_query, require_key
 from ..errors import error_responses
 from ..uploads import read_body, read_image
@@ -41,8 +42,12 @@ router = APIRouter(dependencies=[Depends(require_key)])
 @router.post(
     "/v1/estimate",
     summary="Age and gender of every face in one image",
-    response_description="The same JSON as `agegender predict --json` gives for one image",
-    responses=error_responses(ESTIMATE_ERRORS),
+    responses={
+        200: json_response(
+            IMAGE_RESULT, "The same JSON as `agegender predict --json` gives for one image"
+        ),
+        **error_responses(ESTIMATE_ERRORS),
+    },
     openapi_extra={"requestBody": REQUEST_BODY},
 )
 async def estimate(

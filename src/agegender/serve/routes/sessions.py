@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from ...schemas import LIVE_FRAME, SESSION_OPENED, SESSION_SUMMARY, json_response
 from ..deps import ESTIMATE_QUERY, OptionsDep, ServiceDep, known_query, require_key
 from ..errors import error_responses
 from ..sessions import SessionOptions
@@ -32,13 +33,16 @@ SESSION_QUERY = ESTIMATE_QUERY | {"fps", "detect_every", "min_hits", "max_lost"}
     "/v1/sessions",
     status_code=201,
     summary="Open a live session: frames sent to it are tracked, one fused estimate per person",
-    responses=error_responses(
-        {
-            400: "bad option",
-            401: "API key missing or wrong",
-            429: "as many sessions as the server allows are open (Retry-After)",
-        }
-    ),
+    responses={
+        201: json_response(SESSION_OPENED, "The session: its id and where to send frames"),
+        **error_responses(
+            {
+                400: "bad option",
+                401: "API key missing or wrong",
+                429: "as many sessions as the server allows are open (Retry-After)",
+            }
+        ),
+    },
 )
 async def open_session(
     request: Request,
@@ -76,9 +80,14 @@ async def open_session(
 @router.post(
     "/v1/sessions/{session_id}/frames",
     summary="Track one frame: every face with its track id and the track's fused estimate",
-    response_description="The frame as `agegender video --frames` writes it, plus the "
-    "image size and the people whose tracks ended with this frame",
-    responses=error_responses(FRAME_ERRORS),
+    responses={
+        200: json_response(
+            LIVE_FRAME,
+            "The frame as `agegender video --frames` writes it, plus the image size and the "
+            "people whose tracks ended with this frame",
+        ),
+        **error_responses(FRAME_ERRORS),
+    },
     openapi_extra={"requestBody": REQUEST_BODY},
 )
 async def frame(session_id: str, request: Request, service: ServiceDep) -> Any:
@@ -93,7 +102,10 @@ async def frame(session_id: str, request: Request, service: ServiceDep) -> Any:
 @router.get(
     "/v1/sessions/{session_id}",
     summary="A session's frame count, idle time and the people whose tracks ended",
-    responses=error_responses(NOT_FOUND),
+    responses={
+        200: json_response(SESSION_SUMMARY, "The session's summary"),
+        **error_responses(NOT_FOUND),
+    },
 )
 async def session_info(session_id: str, service: ServiceDep) -> Any:
     session = service.sessions.get(session_id)
@@ -103,7 +115,10 @@ async def session_info(session_id: str, service: ServiceDep) -> Any:
 @router.delete(
     "/v1/sessions/{session_id}",
     summary="End a session: every person it saw, fused over their whole track",
-    responses=error_responses(NOT_FOUND),
+    responses={
+        200: json_response(SESSION_SUMMARY, "The session's summary, every person finished"),
+        **error_responses(NOT_FOUND),
+    },
 )
 async def end_session(session_id: str, service: ServiceDep) -> Any:
     return await service.end_session(session_id)
