@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,23 @@ def test_import_refuses_a_file_that_matches_no_card(tmp_path: Path) -> None:
         store.import_file(foreign, cards=[card])
     assert not store_path(card).exists()
     assert [p.name for p in store.models_dir().iterdir()] == []
+
+
+def test_an_unverified_import_names_the_other_cards_of_its_file(tmp_path: Path) -> None:
+    """Cards of one graph share its file (faceres-deep's age and gender): importing a file
+    for one replaces it for the others, and the warning says which."""
+    age = make_card("http://127.0.0.1:9/never-fetched")
+    twin = make_card("http://127.0.0.1:9/never-fetched", card_id="test-twin")
+    other = make_card("http://127.0.0.1:9/never-fetched", card_id="other", file="other.onnx")
+    foreign = tmp_path / "my-conversion.onnx"
+    foreign.write_bytes(standin_graph(age, 40))
+    with pytest.warns(UserWarning, match=r"UNVERIFIED; card test-twin uses this file too:"):
+        store.import_file(foreign, "test-age", cards=[age, twin, other])
+    assert store.install_state(twin).status == "unverified"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store.import_file(foreign, "other", cards=[age, twin, other])
+    assert [str(w.message).count("this file too") for w in caught] == [0]
 
 
 def test_import_with_card_accepts_a_foreign_file_with_a_warning(tmp_path: Path) -> None:

@@ -443,10 +443,22 @@ def import_file(
                 "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
             },
         )
+        # Cards of one graph share its file (faceres-deep's age and gender): say so.
+        sharing = sorted(
+            c.id
+            for c in pool
+            if c.id != card.id and c.source.stored and layout.model_path(c) == dest
+        )
+        shared = (
+            f"; {'cards' if len(sharing) > 1 else 'card'} {', '.join(sharing)} "
+            f"{'use' if len(sharing) > 1 else 'uses'} this file too"
+            if sharing
+            else ""
+        )
         warnings.warn(
             f"{src}: sha256 {actual} is not the one card {card.id} names "
-            f"({card.source.sha256}); stored at {dest} as UNVERIFIED: its results are yours "
-            "to check",
+            f"({card.source.sha256}); stored at {dest} as UNVERIFIED{shared}: its results "
+            "are yours to check",
             UserWarning,
             stacklevel=2,
         )
