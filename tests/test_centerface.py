@@ -272,3 +272,27 @@ def test_predict_many_workers_detect_on_the_twin(
         for a, b in zip(result.faces, faces, strict=True):
             np.testing.assert_allclose(a.box, b.box, atol=1e-3)
             assert a.age.value == pytest.approx(b.age.value, abs=1e-3)
+
+
+def test_min_score_is_the_decoders_threshold(card_file: Path, monkeypatch) -> None:
+    """--min-score below the card's threshold finds the weaker faces too (a filter after
+    decoding could only remove faces); above it, drops the weaker ones."""
+    real = cards.get_card
+    monkeypatch.setattr(
+        cards,
+        "get_card",
+        lambda ref: load_card_file(card_file) if ref == "centerface" else real(ref),
+    )
+    threshold = load_card_file(card_file).detection.threshold  # type: ignore[union-attr]
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[200:264, 300:364] = round(255 * (threshold - 0.1))  # a face scored under the card's
+    image[40:104, 40:104] = round(255 * (threshold + 0.2))  # and one over it
+
+    def squares(**options: object) -> set[str]:
+        """Which squares have faces: "weak" (the one under the threshold), "strong"."""
+        est = Estimator(detector="centerface", tta=False, **options)  # type: ignore[arg-type]
+        return {"weak" if f.box[0] >= 200 else "strong" for f in est.predict(image)}
+
+    assert squares() == {"strong"}
+    assert squares(min_score=threshold - 0.15) == {"weak", "strong"}
+    assert squares(min_score=threshold + 0.25) == set()
