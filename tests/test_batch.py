@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 from faceutils import ASTRONAUT
+from jsonschema import Draft202012Validator
 from PIL import Image
 
 pytest.importorskip("pyarrow", reason="agegender[batch] (pyarrow) is not installed")
 
 import agegender
-from agegender import cli
+from agegender import cli, schemas
 from agegender.batch import dataset, sources
 
 SRC = Path(agegender.__file__).resolve().parent.parent
@@ -150,6 +151,10 @@ def test_sinks_jsonl_and_csv(photos: Path, tmp_path: Path) -> None:
         [r["age_value"] for r in want if r["age_value"] is not None], rel=REL
     )
     assert list(tmp_path.joinpath("js").glob("part-*.jsonl"))
+    # every JSONL row as the published schema says (agegender.schemas.batch_row)
+    validator = Draft202012Validator(schemas.batch_row())
+    for row in rows_of(tmp_path / "js"):
+        validator.validate(row)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -39,6 +39,7 @@ def validate(instance: Any, schema: dict[str, Any]) -> None:
         schemas.PERSON,
         schemas.SESSION_OPENED,
         schemas.SESSION_SUMMARY,
+        schemas.batch_row((18.0, 21.0), tracks=True),
     ],
 )
 def test_schemas_are_valid_json_schemas(schema: dict[str, Any]) -> None:

@@ -204,3 +204,22 @@ SESSION_SUMMARY: Schema = {
 def json_response(schema: Schema, description: str) -> dict[str, Any]:
     """An OpenAPI response object whose JSON body is `schema`."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def batch_row(thresholds: tuple[float, ...] = (), tracks: bool = False) -> Schema:
+    """One row of `agegender batch --format jsonl` (the Parquet and CSV sinks hold the
+    same columns): every column present, null where it does not apply. Built from the
+    column table the sinks write (`batch.rows.columns`), so the two cannot differ."""
+    from .batch.rows import columns
+
+    kinds: dict[str, Schema] = {
+        "string": {"type": "string"},
+        "int32": INTEGER,
+        "int64": INTEGER,
+        "float64": NUMBER,
+        "list<float64>": {"type": "array", "items": NUMBER},
+    }
+    return {
+        **_object({name: _nullable(kinds[kind]) for name, kind in columns(thresholds, tracks)}),
+        "title": "BatchRow",
+    }
