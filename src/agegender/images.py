@@ -303,7 +303,8 @@ def expand_each(
     forks among them) and hidden folders; a hidden file or folder named itself is used.
     """
     return [
-        (item, _walk(Path(item), suffixes) if Path(item).is_dir() else [item]) for item in paths
+        (item, walk_images(Path(item), suffixes) if Path(item).is_dir() else [item])
+        for item in paths
     ]
 
 
@@ -321,7 +322,9 @@ def is_output_folder(folder: Path) -> bool:
     return (folder / OUTPUT_MARKER).is_file()
 
 
-def _walk(folder: Path, suffixes: frozenset[str]) -> list[str]:
+def walk_images(folder: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[str]:
+    """Image files under `folder`, sorted: hidden names and folders agegender wrote its
+    output into (``.agegender-output``) left out, links to folders not followed."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(Path(root, d))]

@@ -24,7 +24,13 @@ from typing import Any
 
 from ..errors import AgegenderError
 from ..evaluate.readers import READERS
-from .options import add_estimator_options, check_folder_of, number, overrides_from_args
+from .options import (
+    add_estimator_options,
+    check_cropped,
+    check_folder_of,
+    number,
+    overrides_from_args,
+)
 
 DEFAULT_HOLDOUT = 0.2
 REPORT_THRESHOLDS = (18.0, 21.0, 25.0)
@@ -115,6 +121,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def _check(args: argparse.Namespace, cli: dict[str, Any]) -> None:
     if "calibration" in cli:
         raise AgegenderError("calibrate fits the raw model outputs: --calibration has no use here")
+    if args.cropped:  # the whole image is the face: refuse what would be ignored
+        check_cropped(cli)
     if not 0 < args.holdout < 1:
         raise AgegenderError(f"--holdout {args.holdout:g}: must be between 0 and 1")
     if not 0 < args.mass < 1:
@@ -250,6 +258,8 @@ def _collect(args: argparse.Namespace, cli: dict[str, Any]) -> tuple[dict[str, A
         label = None
         if record.age is not None:
             label = (record.age, record.age)
+        elif record.age_min is not None and record.age_max is not None:
+            label = (record.age_min, record.age_max)  # an age-range label: interval-censored
         elif record.group in ADIENCE_SPANS:
             label = ADIENCE_SPANS[record.group]  # interval-censored
         gender_probs = None
@@ -294,13 +304,22 @@ def run(args: argparse.Namespace) -> int:
     gender_rows = [i for i in rest if data["gender_probs"][i] is not None]
     if not rest:
         raise AgegenderError(f"--holdout {args.holdout:g} leaves none of the {n} faces to fit")
-    fit_faces = max(len(usable) if values is not None else 0, len(gender_rows))
-    if 0 < fit_faces < MIN_FIT_FACES:
+    # Each task is fitted on its own labelled faces: MIN_FIT_FACES of them, or none.
+    counts = {"age": len(usable) if values is not None else 0, "gender": len(gender_rows)}
+    short = {task: k for task, k in counts.items() if 0 < k < MIN_FIT_FACES}
+    if short and all(k < MIN_FIT_FACES for k in counts.values()):
+        task, k = max(short.items(), key=lambda item: item[1])
         raise AgegenderError(
-            f"{source}: {fit_faces} labelled faces to fit (after --holdout); calibrate needs "
-            f"at least {MIN_FIT_FACES} (5-fold cross-fitting), and hundreds to be trusted"
+            f"{source}: {k} labelled faces to fit for {task} (after --holdout); calibrate "
+            f"needs at least {MIN_FIT_FACES} (5-fold cross-fitting), and hundreds to be trusted"
         )
-    if values is not None and usable:
+    for task, k in short.items():
+        print(
+            f"agegender: warning: only {k} labelled faces to fit for {task} (after "
+            f"--holdout; {MIN_FIT_FACES} needed): no {task} calibration is written",
+            file=sys.stderr,
+        )
+    if values is not None and counts["age"] >= MIN_FIT_FACES:
         width = len(values)
         probs = np.array([p if p is not None else np.ones(width) / width for p in data["probs"]])
         labels = [lab if lab is not None else (0.0, 0.0) for lab in data["labels"]]
@@ -314,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
             balance=args.balance == "decade",
             seed=args.seed,
         )
-    if gender_rows:
+    if counts["gender"] >= MIN_FIT_FACES:
         labels_g = data["gender_labels"]
         male = labels_g.index("male")
         gender_cal = cal.fit_gender(
@@ -445,6 +464,9 @@ def _print_table(before: dict[str, Any], after: dict[str, Any], thresholds: Any)
                         _fmt(after[key][metric]),
                     )
                 )
+    if not rows:
+        print("(no held-out face has a label these figures need: nothing to compare)")
+        return
     width = max(len(r[0]) for r in rows)
     print(f"{'':{width}}  {'before':>8}  {'after':>8}")
     for label, b, a in rows:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AgegenderError
 from ..evaluate.readers import READERS, formats_taking
-from .options import add_estimator_options, overrides_from_args
+from .options import add_estimator_options, check_cropped, overrides_from_args
 
 if TYPE_CHECKING:
     from ..evaluate import runner
@@ -27,7 +27,6 @@ SHOW_UNREADABLE = 10
 SHOW_PROBLEMS = 10  # malformed label rows said on stderr (report.json lists up to 100)
 MIN_GROUP_N = 20  # metrics.MIN_GROUP_N, repeated here so --help does not import numpy
 # Options that only steer face detection, which --cropped skips (the image is the face).
-DETECTION_ONLY = ("upsample", "max_detect_side", "min_score", "align", "sweep")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -126,20 +125,46 @@ def _check_options(args: argparse.Namespace, cli: dict[str, Any]) -> None:
         raise AgegenderError(
             "--preset with --compare: each setting names its preset (--compare PRESET ...)"
         )
-    if args.compare and len(set(args.compare)) != len(args.compare):
-        raise AgegenderError("--compare: the same setting is named twice")
+    if args.report is not None and not args.report.strip():
+        raise AgegenderError("--report '': give the folder to write the report into")
+    if args.seed is not None and args.seed < 0:
+        raise AgegenderError(f"--seed {args.seed}: must be >= 0")
     if args.cropped:
-        if cli.get("detector", "none") != "none":
+        check_cropped(cli)
+
+
+# The options that name models: whether they exist is each setting's own outcome.
+_MODEL_OPTIONS = ("preset", "age_models", "gender_models", "age_weights", "gender_weights")
+
+
+def _check_settings(
+    args: argparse.Namespace, cli: dict[str, Any], settings: list[runner.Setting]
+) -> None:
+    """Usage errors (exit 2) before the dataset is read: a bad command-line value (it
+    would fail every setting), the single setting that cannot be made, two --compare
+    settings that are the same configuration. A --compare setting of its own that
+    cannot be made, or a model that is not installed, stays a row of the report."""
+    from ..calibration import load_file
+    from ..config import EstimatorConfig
+
+    EstimatorConfig(**{k: v for k, v in cli.items() if k not in _MODEL_OPTIONS}).validate()
+    if cli.get("calibration") not in (None, "", "none", "preset"):
+        load_file(cli["calibration"])
+    if not args.compare:
+        (setting,) = settings
+        if setting.error is not None:
+            raise AgegenderError(setting.error)
+        return
+    seen: dict[str, str] = {}
+    for setting in settings:
+        if setting.config is None:
+            continue
+        key = json.dumps(setting.config.as_dict(), sort_keys=True, default=str)
+        if key in seen:
             raise AgegenderError(
-                f"--cropped with --detector {cli['detector']}: with --cropped the whole image "
-                "is the face (no detector)"
+                f"--compare {seen[key]} and {setting.name}: the same setting is named twice"
             )
-        for name in DETECTION_ONLY:
-            if name in cli:
-                raise AgegenderError(
-                    f"--cropped with --{name.replace('_', '-')}: that option steers face "
-                    "detection, which --cropped skips"
-                )
+        seen[key] = setting.name
 
 
 def _name(preset: str, cli: dict[str, Any]) -> str:
@@ -211,8 +236,11 @@ def run(args: argparse.Namespace) -> int:
     cli = overrides_from_args(args)
     _check_options(args, cli)
     settings = settings_from_args(args)
+    _check_settings(args, cli, settings)
     folders = _dataset_folders(args)
+    made_here = False
     if args.report:  # before reading anything: a wrong path costs nothing
+        made_here = not os.path.lexists(args.report)
         report.check_target(args.report, dataset_folders=folders)
     dataset = readers.read_dataset(
         args.format,
@@ -239,7 +267,11 @@ def run(args: argparse.Namespace) -> int:
         # report is marked as output so that folder searches skip its plots.
         beside = sorted({os.path.dirname(os.path.abspath(r.path)) for r in dataset.records})
         report.check_target(
-            args.report, inputs=inputs, dataset_folders=folders, image_folders=beside
+            args.report,
+            inputs=inputs,
+            dataset_folders=folders,
+            image_folders=beside,
+            made_here=made_here,
         )
     seed = 0 if args.seed is None else args.seed
     records = readers.sample(dataset.records, args.limit, seed)

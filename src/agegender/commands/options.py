@@ -298,3 +298,23 @@ def estimator_from_args(args: argparse.Namespace) -> Estimator:
     from ..pipeline import Estimator
 
     return Estimator(config_from_args(args))
+
+
+# Options that steer face detection, which --cropped (the whole image is the face) skips.
+DETECTION_ONLY = ("upsample", "max_detect_side", "min_score", "align", "sweep")
+
+
+def check_cropped(cli: dict[str, Any]) -> None:
+    """With --cropped (evaluate, calibrate): refuse a detector or a detection option given
+    on the command line; it would be ignored."""
+    if cli.get("detector", "none") != "none":
+        raise AgegenderError(
+            f"--cropped with --detector {cli['detector']}: with --cropped the whole image "
+            "is the face (no detector)"
+        )
+    for name in DETECTION_ONLY:
+        if name in cli:
+            raise AgegenderError(
+                f"--cropped with --{name.replace('_', '-')}: that option steers face "
+                "detection, which --cropped skips"
+            )

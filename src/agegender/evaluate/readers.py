@@ -123,17 +123,12 @@ class Dataset:
 
 
 def _images_under(root: Path) -> list[Path]:
-    """Image files under `root`, recursively; hidden files and folders (``.x.jpg``, macOS
-    ``._*`` resource forks, ``.git``) are not part of a dataset."""
-    from ..images import IMAGE_SUFFIXES  # here: reading the registry stays light
+    """Image files under `root`, recursively, as predict finds them: hidden files and
+    folders (``.x.jpg``, macOS ``._*`` resource forks, ``.git``) and the folders agegender
+    wrote into (``--annotate``, an evaluate ``--report``) are not part of a dataset."""
+    from ..images import walk_images  # here: reading the registry stays light
 
-    found = []
-    for path in root.rglob("*"):
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            found.append(path)
-    return sorted(found)
+    return [Path(p) for p in walk_images(root)]
 
 
 def _exists(path: Path) -> bool:
@@ -158,6 +153,11 @@ def _float(value: Any) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) else None
+
+
+def _age_or_none(number: float | None) -> float | None:
+    """An age label kept only when it is one (0..MAX_AGE)."""
+    return number if number is not None and 0 <= number <= MAX_AGE else None
 
 
 def _bad_path(text: str) -> bool:
@@ -588,6 +588,9 @@ def read_appa_real(root: str | Path, *, split: str | None = None, cropped: bool 
             if apparent is None:
                 data.dropped["no apparent age"] += 1
                 continue
+            if not 0 <= apparent <= MAX_AGE:
+                data.dropped[f"apparent age outside 0..{MAX_AGE}"] += 1
+                continue
             if not file_name or _bad_path(file_name):
                 data.dropped["no usable file name"] += 1
                 continue
@@ -601,7 +604,7 @@ def read_appa_real(root: str | Path, *, split: str | None = None, cropped: bool 
                     gender=_gender(extra.get("gender")),
                     race=(extra.get("race") or "").lower() or None,
                     fold=name,
-                    real_age=_float(cells["real_age"]),
+                    real_age=_age_or_none(_float(cells["real_age"])),
                 )
             )
     return data
@@ -929,6 +932,11 @@ def read_csv(
         if has_box:
             x1, y1, x2, y2 = (_float(cells.get(columns[c], "")) for c in ("x1", "y1", "x2", "y2"))
             if x1 is not None and y1 is not None and x2 is not None and y2 is not None:
+                if x2 <= x1 or y2 <= y1:  # e.g. x, y, width, height given as x1..y2
+                    raise DatasetError(
+                        f"{source}:{line_no}: face box x1={x1:g}, y1={y1:g}, x2={x2:g}, "
+                        f"y2={y2:g} is empty or reversed (x2 must exceed x1, y2 exceed y1)"
+                    )
                 box = (x1, y1, x2, y2)
         full = Path(path) if Path(path).is_absolute() else base / path
         std = _float(cells.get(std_col, "")) if std_col else None

@@ -335,7 +335,9 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
             ("by_fold", "By fold"),
         ):
             if m.get(key):
-                lines += [_breakdown_md(title, m[key], report["k"]), ""]
+                # under_13 is one score (the children); the others map names to scores
+                table = {"under 13": m[key]} if key == "under_13" else m[key]
+                lines += [_breakdown_md(title, table, report["k"]), ""]
         if m.get("fairness"):
             fair = m["fairness"]
             lines += [
@@ -609,6 +611,7 @@ def check_target(
     inputs: Iterable[str | Path] = (),
     dataset_folders: Iterable[str | Path] = (),
     image_folders: Iterable[str | Path] = (),
+    made_here: bool = False,
 ) -> Path:
     """Raise ReportError (one line) unless the report can go to `directory` without
     replacing a file agegender did not write or an input; creates the folder and checks
@@ -616,7 +619,8 @@ def check_target(
 
     `dataset_folders` (a dataset folder, --root): the report may not be in them.
     `image_folders` (a labels file's folder, the images' folders): it may not be one of
-    them; inside one it is marked as an output folder, which folder searches skip."""
+    them; inside one it is marked as an output folder, which folder searches skip, and so
+    it must be new, or one agegender marked (`made_here`: this run's first check made it)."""
     out = Path(directory)
     where = f"--report {directory}"
     if out.exists() and not out.is_dir():
@@ -648,6 +652,15 @@ def check_target(
             if found in targets:
                 raise ReportError(f"{where}: {targets[found]} there is an input ({item})")
     if out.is_dir():
+        from ..images import is_output_folder
+
+        if marked and not made_here and not is_output_folder(out):
+            # marking it would hide the user's own images there from later folder searches
+            raise ReportError(
+                f"{where}: an existing folder inside the images' folder that agegender did "
+                "not make (its images would be skipped by later runs); choose a new or an "
+                "outside folder"
+            )
         _check_existing(out, where)
     try:
         out.mkdir(parents=True, exist_ok=True)
