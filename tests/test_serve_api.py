@@ -731,7 +731,7 @@ def test_repeated_thresholds_all_count_and_unknown_parameters_are_400() -> None:
         nan = post_image(c, age_threshold="nan")
         negative = post_image(c, age_threshold=-5)
         session_typo = c.post("/v1/sessions", params={"fsp": 5})
-        session_nan = c.post("/v1/sessions", params={"fps": "nan"})
+        session_nan = c.post("/v1/sessions", params={"max_lost": "nan"})
     assert both.status_code == 200, both.text
     assert list(both.json()["faces"][0]["age"]["p_at_least"]) == ["18", "65"]
     message = assert_error(typo, 400, "invalid_option")["message"]

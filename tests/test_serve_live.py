@@ -120,7 +120,7 @@ def iou(a: list[float], b: tuple[float, float, float, float]) -> float:
 def test_a_moving_face_keeps_its_track_and_the_fused_estimate_is_narrower(patch) -> None:
     frames = 10
     with live_client() as (client, _, clock):
-        session = open_session(client, fps=10)
+        session = open_session(client)
         answers = []
         for index in range(frames):
             response = send(client, session, frame_jpeg(patch, index))
@@ -183,7 +183,7 @@ def test_interval_narrows_as_independent_frames_arrive(
 
     monkeypatch.setattr(people, "face_distributions", independent)
     with live_client() as (client, _, _):
-        session = open_session(client, fps=10, min_hits=1)
+        session = open_session(client, min_hits=1)
         widths = []
         for index in range(10):
             face = send(client, session, frame_jpeg(patch, index)).json()["faces"][0]
@@ -197,11 +197,11 @@ def test_interval_narrows_as_independent_frames_arrive(
 def test_a_face_that_leaves_is_reported_when_its_track_ends(patch) -> None:
     blank = frame_jpeg(None, 0)
     with live_client() as (client, _, clock):
-        session = open_session(client, fps=5, max_lost=0.4, min_hits=2)
+        session = open_session(client, max_lost=0.4, min_hits=2)
         for index in range(3):
             assert send(client, session, frame_jpeg(patch, index)).status_code == 200
         ended = []
-        for _ in range(4):  # max_lost 0.4 s at 5 frames/s: ends after 2 frames without it
+        for _ in range(4):  # the clock 0.2 s a frame: ends once unseen for more than 0.4 s
             clock.now += 0.2
             answer = send(client, session, blank).json()
             ended.extend(answer["ended"])
@@ -209,7 +209,7 @@ def test_a_face_that_leaves_is_reported_when_its_track_ends(patch) -> None:
     assert [p["track"] for p in ended] == [1]
     assert ended[0]["frames_seen"] == 3
     assert info["frames"] == 7 and [p["track"] for p in info["people"]] == [1]
-    assert info["options"] == {"fps": 5.0, "detect_every": 1, "min_hits": 2, "max_lost": 0.4}
+    assert info["options"] == {"detect_every": 1, "min_hits": 2, "max_lost": 0.4}
 
 
 # -- errors keep the session ---------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_unknown_session_and_bad_options() -> None:
         )
         assert "no session nope" in message
         assert_error(client.delete("/v1/sessions/nope"), 404, "session_not_found")
-        assert_error(client.post("/v1/sessions", params={"fps": 0}), 400, "invalid_option")
+        assert_error(client.post("/v1/sessions", params={"detect_every": 0}), 400, "invalid_option")
         assert_error(client.post("/v1/sessions", params={"detector": "x"}), 400, "invalid_option")
 
 

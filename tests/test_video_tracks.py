@@ -265,7 +265,7 @@ def test_people_tracker_fused_interval_coverage(monkeypatch: pytest.MonkeyPatch)
             (t, s, rng.normal(0, s / np.sqrt(2)))
             for t, s in zip(rng.uniform(15, 70, 4), rng.uniform(4, 9, 4), strict=True)
         ]
-        tracker = people.PeopleTracker(estimator, fps=10)  # type: ignore[arg-type]
+        tracker = people.PeopleTracker(estimator)  # type: ignore[arg-type]
         for index in range(12):
             report, ended = tracker.process(SourceFrame(index, index / 10, rgb, 0.0))
             assert not ended

@@ -199,7 +199,6 @@ class PeopleTracker:
         self,
         estimator: Estimator,
         *,
-        fps: float = 25.0,
         detect_every: int = 1,
         max_lost: float = DEFAULT_MAX_LOST_SECONDS,
         min_hits: int = DEFAULT_MIN_HITS,
@@ -212,9 +211,9 @@ class PeopleTracker:
         self.detect_every = detect_every
         self.fusion = fusion or FusionSettings()
         self.thumbnails = thumbnails
-        # a track survives max_lost seconds without a match, and at least two detections
-        lost_frames = max(math.ceil(max_lost * fps), 2 * detect_every)
-        self.tracker = Tracker(max_lost=lost_frames, min_hits=min_hits)
+        # a track survives max_lost seconds without a match, by the frames' own times
+        # (a variable frame rate, a live stream), and at least two detections
+        self.tracker = Tracker(max_lost=2 * detect_every, min_hits=min_hits, max_lost_time=max_lost)
         self.frames_seen = 0
         self.frames_detected = 0
         self._centres: NDArray[np.float64] | None = None
@@ -258,7 +257,7 @@ class PeopleTracker:
                     for r, p in probs.items()
                 }
         boxes = [tuple(float(v) for v in d.box) for d in detections] if detect else None
-        matches, ended = self.tracker.step(frame.index, boxes)  # type: ignore[arg-type]
+        matches, ended = self.tracker.step(frame.index, boxes, frame.time)  # type: ignore[arg-type]
         faces: list[FaceInFrame] = []
         for match in matches:
             track = match.track

@@ -149,7 +149,7 @@ PERSON: Schema = {
 }
 
 SESSION_OPTIONS: Schema = _object(
-    {"fps": NUMBER, "detect_every": INTEGER, "min_hits": INTEGER, "max_lost": NUMBER}
+    {"detect_every": INTEGER, "min_hits": INTEGER, "max_lost": NUMBER}
 )
 
 _FRAME: dict[str, Schema] = {

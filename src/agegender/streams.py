@@ -64,12 +64,15 @@ def check_input(spec: str) -> None:
     if kind_of(spec) != "file":
         return
     path = Path(spec)
-    if not path.exists():
-        raise AgegenderError(f"{spec}: no such file")
-    if path.is_dir():
-        raise AgegenderError(f"{spec}: is a directory (give one video file)")
-    if path.stat().st_size == 0:
-        raise AgegenderError(f"{spec}: empty file")
+    try:
+        if not path.exists():
+            raise AgegenderError(f"{spec}: no such file")
+        if path.is_dir():
+            raise AgegenderError(f"{spec}: is a directory (give one video file)")
+        if path.stat().st_size == 0:
+            raise AgegenderError(f"{spec}: empty file")
+    except OSError as error:  # a name too long for the file system, ...
+        raise AgegenderError(f"{spec}: cannot read ({error.strerror or error})") from None
 
 
 class Source:
@@ -156,6 +159,7 @@ class Source:
 
     def _batch_stream(self) -> Iterator[SourceFrame]:
         capture = self._open()
+        stamp: float | None = None
         try:
             index = 0
             while not self._stop.is_set():
@@ -164,7 +168,8 @@ class Source:
                     if index == 0:
                         raise AgegenderError(f"{self.spec}: the stream gave no frames")
                     return
-                yield SourceFrame(index, index / self.fps, rgb, time.monotonic())
+                stamp = video.frame_time(capture, index, self.fps, stamp)
+                yield SourceFrame(index, stamp, rgb, time.monotonic())
                 index += 1
         finally:
             capture.release()

@@ -27,6 +27,9 @@ Box = tuple[float, float, float, float]
 
 DEFAULT_IOU_GATE = 0.2
 DEFAULT_MIN_HITS = 3
+# Frame times are sums and quotients of floats (index / fps, milliseconds / 1000): a gap
+# of exactly max_lost_time seconds must not count as longer.
+TIME_TOLERANCE = 1e-6
 
 
 def iou_matrix(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -100,6 +103,7 @@ class Track:
     first_frame: int
     last_frame: int  # last frame a detection matched
     hits: int = 1
+    last_time: float | None = None  # its time, when the caller gives times
     id: int | None = None
     frame: int = 0  # frame of the filter's current state
     data: dict[str, object] = field(default_factory=dict)  # the caller's per-track state
@@ -130,22 +134,43 @@ class Tracker:
         max_lost: int = 10,
         min_hits: int = DEFAULT_MIN_HITS,
         iou_gate: float = DEFAULT_IOU_GATE,
+        max_lost_time: float | None = None,
     ):
+        """`max_lost`: frames without a matching detection before a track ends; with
+        `max_lost_time` (seconds) it must also have been unseen that long, by the times
+        given to `step` (a variable-frame-rate video, a live stream: frames are not
+        evenly spaced, so a frame count is not a time)."""
         if max_lost < 0 or min_hits < 1 or not 0 < iou_gate <= 1:
             raise ValueError("need max_lost >= 0, min_hits >= 1 and 0 < iou_gate <= 1")
+        if max_lost_time is not None and not max_lost_time >= 0:
+            raise ValueError("need max_lost_time >= 0")
         self.max_lost = max_lost
+        self.max_lost_time = max_lost_time
         self.min_hits = min_hits
         self.iou_gate = iou_gate
         self.tracks: list[Track] = []
         self._keys = 0
         self._ids = 0
 
-    def step(self, frame: int, boxes: Sequence[Box] | None) -> tuple[list[Match], list[Track]]:
-        """Advance to `frame` with its detected `boxes` (None: not detected this frame).
+    def step(
+        self, frame: int, boxes: Sequence[Box] | None, time: float | None = None
+    ) -> tuple[list[Match], list[Track]]:
+        """Advance to `frame` (at `time` seconds, needed with `max_lost_time`) with its
+        detected `boxes` (None: not detected this frame).
 
         Returns the live tracks' matches (every track alive after this frame, confirmed
-        or not) and the tracks that ended (no detection for more than `max_lost` frames).
+        or not) and the tracks that ended (no detection for more than `max_lost` frames,
+        and more than `max_lost_time` seconds when that is set).
         """
+        # With times, a track unseen too long ends before this frame's detections are
+        # matched: a face that comes back after max_lost_time is a new person, even when
+        # no frame came in between to end its track (a variable frame rate, a stall).
+        early: list[Track] = []
+        if self.max_lost_time is not None and time is not None:
+            early = [t for t in self.tracks if self._lost(t, frame, time)]
+            if early:
+                gone = {t.key for t in early}
+                self.tracks = [t for t in self.tracks if t.key not in gone]
         for track in self.tracks:
             dt = frame - track.frame
             if dt > 0:
@@ -173,6 +198,7 @@ class Tracker:
                     track.filter.update(tuple(dets[det]))  # type: ignore[arg-type]
                     track.hits += 1
                     track.last_frame = frame
+                    track.last_time = time
                     if track.id is None and track.hits >= self.min_hits:
                         self._ids += 1
                         track.id = self._ids
@@ -181,18 +207,27 @@ class Tracker:
                 if det not in used:
                     self._keys += 1
                     box: Box = tuple(float(v) for v in dets[det])  # type: ignore[assignment]
-                    track = Track(self._keys, BoxFilter(box), frame, frame, frame=frame)
+                    track = Track(
+                        self._keys, BoxFilter(box), frame, frame, last_time=time, frame=frame
+                    )
                     if self.min_hits <= 1:
                         self._ids += 1
                         track.id = self._ids
                     self.tracks.append(track)
                     matches.append(Match(track, det))
-        ended = [t for t in self.tracks if frame - t.last_frame > self.max_lost]
+        ended = [t for t in self.tracks if self._lost(t, frame, time)]
         if ended:
             gone = {t.key for t in ended}
             self.tracks = [t for t in self.tracks if t.key not in gone]
             matches = [m for m in matches if m.track.key not in gone]
-        return matches, ended
+        return matches, early + ended
+
+    def _lost(self, track: Track, frame: int, time: float | None) -> bool:
+        if frame - track.last_frame <= self.max_lost:
+            return False
+        if self.max_lost_time is None or time is None or track.last_time is None:
+            return True
+        return time - track.last_time > self.max_lost_time + TIME_TOLERANCE
 
     def finish(self) -> list[Track]:
         """End every track (the input is over)."""

@@ -61,6 +61,7 @@ def frames(
         return
     capture = None
     index = emitted = 0
+    stamp: float | None = None
     try:
         capture = _open(name)
         if not capture.isOpened():
@@ -91,7 +92,8 @@ def frames(
                     ok, bgr = capture.retrieve()
                 if ok and bgr is not None and bgr.ndim == 3 and bgr.size:
                     rgb = np.ascontiguousarray(bgr[:, :, 2::-1], dtype=np.uint8)
-                    yield Frame(name, index, index / fps, rgb)
+                    stamp = frame_time(capture, index, fps, stamp)
+                    yield Frame(name, index, stamp, rgb)
                     emitted += 1
             index += 1
     except cv2.error as error:  # OpenCV's own failure on a broken file: end this video
@@ -104,6 +106,18 @@ def frames(
             capture.release()
     if emitted == 0:
         yield Frame(name, 0, 0.0, error=f"{name}: video has no readable frames")
+
+
+def frame_time(capture: cv2.VideoCapture, index: int, fps: float, previous: float | None) -> float:
+    """Seconds from the start to the frame just read: its own timestamp (a variable frame
+    rate gives frames that are not index / fps apart), else index / fps; never earlier
+    than the frame before it."""
+    stamp = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+    if not (np.isfinite(stamp) and stamp >= 0 and (previous is None or stamp > previous)):
+        stamp = index / fps  # no usable timestamp (some streams have none)
+        if previous is not None and stamp <= previous:
+            stamp = previous + 1.0 / fps
+    return float(stamp)
 
 
 def _open(name: str) -> cv2.VideoCapture:

@@ -16,6 +16,8 @@ stopped by the same signal would leave an .mp4 without its index).
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,7 +162,49 @@ def open_writer(path: Path, fps: float, size: tuple[int, int]) -> FrameWriter:
             "'agegender[video]')",
             file=sys.stderr,
         )
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*OPENCV_CODECS[suffix]), fps, size)
+    fourcc = cv2.VideoWriter.fourcc(*OPENCV_CODECS[suffix])
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        # OpenCV's binding crashes the process (SIGSEGV) on a name that is not UTF-8
+        # (bytes from a file system in another encoding): write under a plain name, then
+        # move the finished file to its own name.
+        return _MovedOnRelease(path, fps, size, fourcc)
+    writer = cv2.VideoWriter(str(path), fourcc, fps, size)
     if not writer.isOpened():
         raise AgegenderError(f"--annotate {path}: OpenCV cannot write this video format")
     return writer
+
+
+class _MovedOnRelease:
+    """cv2.VideoWriter on a file in a private folder, moved to `path` when released."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], fourcc: int) -> None:
+        import cv2
+
+        self.path = path
+        self.folder = tempfile.mkdtemp(prefix="agegender-annotate-")
+        self.temp = os.path.join(self.folder, "video" + path.suffix.lower())
+        self.writer = cv2.VideoWriter(self.temp, fourcc, fps, size)
+        if not self.writer.isOpened():
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise AgegenderError(f"--annotate {path}: OpenCV cannot write this video format")
+
+    def write(self, image: NDArray[np.uint8]) -> None:
+        self.writer.write(image)
+
+    def release(self) -> None:
+        self.writer.release()
+        try:
+            if os.path.lexists(self.path):  # made since the check: still never replaced
+                raise AgegenderError(
+                    f"--annotate {self.path}: exists; agegender never replaces a file "
+                    f"(the video is left at {self.temp})"
+                )
+            shutil.move(self.temp, self.path)
+        except OSError as error:
+            raise AgegenderError(
+                f"--annotate {self.path}: cannot move the video there "
+                f"({error.strerror or error}; it is left at {self.temp})"
+            ) from None
+        shutil.rmtree(self.folder, ignore_errors=True)

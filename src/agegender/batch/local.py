@@ -71,7 +71,7 @@ def track_video(estimator: Estimator, entry: Pending, work: Work) -> list[dict[s
     try:
         for frame in source.frames():
             if tracker is None:
-                tracker = PeopleTracker(estimator, fps=source.fps, thumbnails=False)
+                tracker = PeopleTracker(estimator, thumbnails=False)
                 size = (int(frame.rgb.shape[1]), int(frame.rgb.shape[0]))
             people.extend(tracker.process(frame)[1])
             count += 1

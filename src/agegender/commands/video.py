@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # numpy, OpenCV and ONNX Runtime load in run()
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LOST = 1.0  # = people.DEFAULT_MAX_LOST_SECONDS (people.py imports OpenCV)
+MAX_LOST_LIMIT = 86400.0  # a day: longer is no different from never
 DEFAULT_CORRELATION = 0.8  # = fusion.DEFAULT_CORRELATION
 DEFAULT_RETRIES = 5  # = streams.DEFAULT_RETRIES
 ANNOTATE_CODECS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")  # = video_writer.OPENCV_CODECS
@@ -106,7 +108,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument(
         "--max-lost",
-        type=number(float, 0),
+        type=number(float, 0, MAX_LOST_LIMIT),
         default=DEFAULT_MAX_LOST,
         metavar="SECONDS",
         help="a track ends when its face is not seen for this long; a face that comes "
@@ -138,26 +140,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def _check_new_file(option: str, path: Path) -> None:
     where = f"{option} {path}"
-    if path.exists() or path.is_symlink():
-        raise AgegenderError(
-            f"{where}: exists; agegender never replaces a file (choose a new name)"
-        )
-    check_folder_of(where, path)
+    with _os_errors(where):
+        if path.exists() or path.is_symlink():
+            raise AgegenderError(
+                f"{where}: exists; agegender never replaces a file (choose a new name)"
+            )
+        check_folder_of(where, path)
 
 
 def _check_thumbs(folder: Path) -> None:
     from ..images import is_output_folder
 
     where = f"--thumbs {folder}"
-    if folder.exists() and not folder.is_dir():
-        raise AgegenderError(f"{where}: exists and is not a folder")
-    if folder.is_dir() and not is_output_folder(folder):
-        raise AgegenderError(
-            f"{where}: an existing folder agegender did not make; choose a new folder"
-        )
-    parent = folder.parent
-    if not folder.exists() and not parent.is_dir():
-        raise AgegenderError(f"{where}: the folder {parent} does not exist")
+    with _os_errors(where):
+        if folder.exists() and not folder.is_dir():
+            raise AgegenderError(f"{where}: exists and is not a folder")
+        if folder.is_dir() and not is_output_folder(folder):
+            raise AgegenderError(
+                f"{where}: an existing folder agegender did not make; choose a new folder"
+            )
+        parent = folder.parent
+        if not folder.exists() and not parent.is_dir():
+            raise AgegenderError(f"{where}: the folder {parent} does not exist")
+        if len(os.fsencode(folder.name)) > 255:  # made later, it would fail after the work
+            raise AgegenderError(f"{where}: the name is too long for a folder")
+
+
+@contextlib.contextmanager
+def _os_errors(where: str) -> Iterator[None]:
+    """A path the file system refuses to look up (a name too long, ...): one line."""
+    try:
+        yield
+    except OSError as error:
+        raise AgegenderError(f"{where}: {error.strerror or error}") from None
 
 
 def check_outputs(args: argparse.Namespace) -> Path | None:
@@ -188,6 +203,10 @@ def check_outputs(args: argparse.Namespace) -> Path | None:
         tracks = Path(args.tracks)
         thumbs = tracks.with_name(f"{tracks.stem}-thumbs")
     if thumbs is not None:
+        clash = seen.get(thumbs.resolve())
+        if clash is not None:
+            name = "--thumbs" if args.thumbs is not None else "the thumbnails folder"
+            raise AgegenderError(f"{clash} and {name} both name {thumbs}")
         _check_thumbs(thumbs)
     return thumbs
 
@@ -242,6 +261,8 @@ class _Run:
         self.used_thumbs: set[str] = set()
         self.csv_header = False
         self.created: list[Path] = []  # output files and folders this run made
+        self.written = 0  # frame lines, people and annotated frames written
+        self.detected = 0  # frames the detector ran on (counted with the frames done)
 
     def _open(self, path: str | None) -> IO[str] | None:
         if path is None:
@@ -250,7 +271,11 @@ class _Run:
             return sys.stdout
         try:
             # exclusive: never replaces a file; newline="" as the csv module asks
-            handle = open(path, "x", encoding="utf-8", newline="")  # noqa: SIM115
+            # surrogateescape: a name that is not UTF-8 (a thumbnail's path in a CSV row) is
+            # written back as its own bytes, as predict's CSV does
+            handle = open(  # noqa: SIM115
+                path, "x", encoding="utf-8", errors="surrogateescape", newline=""
+            )
         except OSError as error:
             raise AgegenderError(f"{path}: cannot create ({error.strerror or error})") from None
         self.created.append(Path(path))
@@ -275,6 +300,7 @@ class _Run:
         tracker: PeopleTracker | None = None
         started = time.monotonic()
         frames = 0
+        failed = True  # until the run ends by itself, an error line or an interrupt
         try:
             self.tracks_out = self._open(args.tracks)
             if self.tracks_out is not None and args.tracks.lower().endswith(".csv"):
@@ -291,7 +317,6 @@ class _Run:
                         if tracker is None:
                             tracker = PeopleTracker(
                                 estimator,
-                                fps=source.fps,
                                 detect_every=args.detect_every,
                                 max_lost=args.max_lost,
                                 min_hits=args.min_hits,
@@ -300,6 +325,7 @@ class _Run:
                             )
                         report, ended = tracker.process(frame)
                         frames += 1
+                        self.detected += report.detected
                         if args.live:
                             self.latencies.append(time.monotonic() - frame.captured)
                         self._frame(report, frame.rgb, source.fps)
@@ -320,14 +346,15 @@ class _Run:
                 # the people still in view: written whatever ended the run
                 if tracker is not None:
                     self._people(tracker.finish())
+            failed = False
         finally:
             self._close()
-            if frames == 0 and status != 0:
+            if self.written == 0 and (status != 0 or failed):
                 # The input gave no frame: an empty tracks file (or thumbs folder) left
                 # behind would only make the next run with the same names refuse to start.
                 self._remove_created()
         elapsed = time.monotonic() - started
-        self._summary(frames, tracker, source, elapsed, interrupted)
+        self._summary(frames, source, elapsed)
         if interrupted and not args.live:
             print("agegender: interrupted", file=sys.stderr)
             return 130
@@ -363,8 +390,10 @@ class _Run:
 
         if self.frames_out is not None:
             self.frames_out.write(json.dumps(report.to_dict()) + "\n")
+            self.written += 1
         if self.args.annotate is not None:
             self._annotate(report, rgb, fps)
+            self.written += 1
 
     def _annotate(self, report: FrameReport, rgb: Any, fps: float) -> None:
         import cv2
@@ -425,6 +454,7 @@ class _Run:
                 else:
                     self.tracks_out.write(json.dumps(person.to_dict(path)) + "\n")
                 self.tracks_out.flush()
+                self.written += 1
             self.people += 1
 
     def _thumbnail(self, person: Person) -> str | None:
@@ -464,12 +494,11 @@ class _Run:
         if self.writer is not None:
             self.writer.release()
 
-    def _summary(
-        self, frames: int, tracker: Any, source: Any, elapsed: float, interrupted: bool
-    ) -> None:
+    def _summary(self, frames: int, source: Any, elapsed: float) -> None:
         rate = frames / elapsed if elapsed > 0 else 0.0
-        detected = tracker.frames_detected if tracker is not None else 0
-        line = f"{frames} frames ({detected} detected), {self.people} people, {rate:.1f} frames/s"
+        line = (
+            f"{frames} frames ({self.detected} detected), {self.people} people, {rate:.1f} frames/s"
+        )
         if self.args.live and frames:
             import numpy as np
 

@@ -211,7 +211,6 @@ class Service:
         def make() -> PeopleTracker:
             return PeopleTracker(
                 estimator,
-                fps=tracking.fps,
                 detect_every=tracking.detect_every,
                 max_lost=tracking.max_lost,
                 min_hits=tracking.min_hits,

@@ -41,14 +41,12 @@ EXPIRED_IDS_KEPT = 256  # ids remembered to say "expired" rather than "no such s
 class SessionOptions:
     """How a session tracks: the `agegender video` options that make sense per request."""
 
-    fps: float = 5.0  # the rate the client sends frames at: turns max_lost into frames
     detect_every: int = 1
     min_hits: int = 3
     max_lost: float = 1.0  # seconds without a match before a track ends
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "fps": self.fps,
             "detect_every": self.detect_every,
             "min_hits": self.min_hits,
             "max_lost": self.max_lost,

@@ -26,7 +26,7 @@ FRAME_ERRORS = {
 }
 
 
-SESSION_QUERY = ESTIMATE_QUERY | {"fps", "detect_every", "min_hits", "max_lost"}
+SESSION_QUERY = ESTIMATE_QUERY | {"detect_every", "min_hits", "max_lost"}
 
 
 @router.post(
@@ -48,13 +48,6 @@ async def open_session(
     request: Request,
     service: ServiceDep,
     options: OptionsDep,
-    fps: float = Query(
-        5.0,
-        gt=0,
-        le=240,
-        allow_inf_nan=False,
-        description="frames per second the client sends (for max_lost)",
-    ),
     detect_every: int = Query(1, ge=1, le=100, description="run the detector every K frames"),
     min_hits: int = Query(3, ge=1, le=100, description="detections before a track gets an id"),
     max_lost: float = Query(
@@ -62,11 +55,11 @@ async def open_session(
         ge=0,
         le=600,
         allow_inf_nan=False,
-        description="seconds unseen before a person's track ends",
+        description="seconds unseen (by the server's clock) before a person's track ends",
     ),
 ) -> Any:
     known_query(request, SESSION_QUERY)
-    tracking = SessionOptions(fps, detect_every, min_hits, max_lost)
+    tracking = SessionOptions(detect_every, min_hits, max_lost)
     session = service.start_session(options, tracking)
     body = {
         "id": session.id,

@@ -242,7 +242,6 @@ async function sessionCall(url, method) {
 
 async function startLive() {
   const params = new URLSearchParams(query());
-  params.set("fps", "5"); // about what a CPU server answers; turns 1 s unseen into frames
   const body = await sessionCall("/v1/sessions?" + params, "POST");
   if (!body) return;
   Object.assign(live, { id: body.id, running: true, frames: 0, started: performance.now() });
