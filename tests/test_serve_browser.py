@@ -147,6 +147,38 @@ def test_page_asks_for_the_api_key_and_uses_it() -> None:
     assert LABEL.match(label.strip())
 
 
+def test_page_after_an_error_and_a_new_key(tmp_path: Path) -> None:
+    """A failed upload hides the previous image's table and JSON (they were left showing
+    under the error); entering the key again does not add the detector list again."""
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    with running_server(ServeSettings()) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#detector option[value='haar']", state="attached")
+            options = page.eval_on_selector_all("#detector option", "o => o.length")
+            page.select_option("#detector", "haar")
+            page.uncheck("#tta")
+            for _ in range(2):  # loadModels runs again: wait for its answer, then its DOM work
+                with page.expect_response(lambda r: r.url.endswith("/v1/models")):
+                    page.dispatch_event("#api_key", "change")
+                page.wait_for_function("document.getElementById('models').textContent")
+            again = page.eval_on_selector_all("#detector option", "o => o.length")
+            kept = (page.input_value("#detector"), page.is_checked("#tta"))
+            page.set_input_files("#file", str(ASTRONAUT))
+            page.wait_for_selector("#result", state="visible", timeout=30_000)
+            page.set_input_files("#file", str(bad))
+            page.wait_for_selector("#status.error")
+            hidden = page.eval_on_selector("#result", "e => e.hidden")
+        finally:
+            browser.close()
+    assert again == options  # "preset's" and each detector once
+    assert kept == ("haar", False)  # the user's choices survive a reload of the list
+    assert hidden
+
+
 def write_y4m(path: Path, rgb: np.ndarray, frames: int, fps: int = 10) -> None:
     """A Y4M clip (Chromium's fake camera reads it): the astronaut's face patch moving
     2 px a frame to the right over a grey background."""

@@ -204,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
             # A last guard on open connections (the app's own 503 comes at --max-pending).
             limit_concurrency=8 * settings.max_pending + 64,
             timeout_keep_alive=5,
+            # After SIGTERM the requests in flight finish, for at most one request's
+            # timeout (a stalled upload must not hold the process until it is killed).
+            timeout_graceful_shutdown=max(1, math.ceil(settings.request_timeout_s)),
         )
         print(
             f"agegender: serving preset {estimator.preset} on "

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from .. import __version__
 from ..pipeline import Estimator
-from .errors import install_handlers
+from .errors import error_responses, install_handlers
 from .middleware import MetricsMiddleware
 from .routes import ROUTERS
 from .routes.pages import mount_files
@@ -56,4 +58,45 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     mount_files(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, made true to what the server answers: not FastAPI's own 422 (a
+    request that fails validation is a 400 `invalid_option` with the error body; a 422 of
+    ours, a corrupt image, stays), and with an API key
+    set, the key as a security scheme (so /docs can send it) and a 401 on every route
+    that needs it."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    keyed = app.state.service.settings.api_key is not None
+    for path, operations in doc.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if "HTTPValidationError" in str(responses.get("422", "")):  # FastAPI's, not ours
+                del responses["422"]
+            if keyed and _needs_key(path):
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                operation["responses"].setdefault(
+                    "401", error_responses({401: "API key missing or wrong"})[401]
+                )
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    if keyed:
+        doc.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+    app.openapi_schema = doc
+    return doc
+
+
+def _needs_key(path: str) -> bool:
+    """The routes behind the API key (deps.require_key): every /v1 route and /metrics
+    (tests/test_schemas.py checks this against the answers)."""
+    return path.startswith("/v1/") or path == "/metrics"

@@ -52,7 +52,7 @@ def known_query(request: Request, allowed: frozenset[str]) -> None:
             400,
             "invalid_option",
             f"unknown query parameter {unknown[0]!r}; this endpoint takes "
-            f"{', '.join(sorted(allowed))}",
+            + (", ".join(sorted(allowed)) if allowed else "none (the session has the options)"),
         )
 
 

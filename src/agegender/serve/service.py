@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_LABEL = 200
 DERIVED_CACHE = 32  # estimators kept for distinct per-request options
+BUSY_POLL_S = 0.01  # how often DELETE looks whether the frame in flight is done
 T = TypeVar("T")
 
 
@@ -227,6 +228,8 @@ class Service:
         tracker (even if this request times out meanwhile), so frames never overlap."""
         if self.stopping:
             raise shutting_down()
+        if session.ended:  # ended by a DELETE after this request found it
+            raise ApiError(404, "session_not_found", f"session {session.id} has ended")
         if not session.busy.acquire(blocking=False):
             raise ApiError(
                 409,
@@ -254,6 +257,7 @@ class Service:
                 raise shutting_down() from None
             raise
         self.metrics.live_frames.inc()
+        self.metrics.images.inc()  # a frame is an image through detection and the models
         self.metrics.faces.inc(sum(1 for f in report.faces if f.detected))
         return {
             "session": session.id,
@@ -278,6 +282,18 @@ class Service:
             )
         except Exception as error:
             raise image_error(error, label) from None
+        size = (int(rgb.shape[1]), int(rgb.shape[0]))
+        if session.size is not None and size != session.size:
+            # the tracks' boxes are in the first frames' pixels: carried into a frame of
+            # another size they would lie outside it, and one face would become several
+            raise ApiError(
+                400,
+                "frame_size_changed",
+                f"{label}: {size[0]}x{size[1]}, but this session's frames are "
+                f"{session.size[0]}x{session.size[1]}; send frames of one size, or open a "
+                "new session for the new size",
+            )
+        session.size = size
         now = self.sessions.clock()
         frame = SourceFrame(session.frames, now - session.created, rgb, now)
         report, ended = tracker.process(frame)
@@ -289,13 +305,19 @@ class Service:
         """End a session: the people still tracked are finished (after a frame in flight,
         whose worker holds the lock) and the summary lists everyone the session saw."""
         session = self.sessions.end(key)
+        session.ended = True
         self.metrics.live_sessions.set(len(self.sessions))
-
-        def finish() -> None:
-            with session.busy:
-                session.add_people(session.tracker.finish())
-
-        await self._in_pool(self.prepare_pool, finish)
+        # Wait here for a frame in flight, never in a pool worker: that frame's own job may
+        # be queued behind this one in the same pool (every worker would wait on a job
+        # that cannot start, and every request on them, until the frame timed out).
+        while not session.busy.acquire(blocking=False):
+            await asyncio.sleep(BUSY_POLL_S)
+        try:
+            await self._in_pool(
+                self.prepare_pool, lambda: session.add_people(session.tracker.finish())
+            )
+        finally:
+            session.busy.release()
         return session.summary(self.sessions.clock())
 
     async def _in_pool(self, pool: Executor, fn: Callable[..., T], *args: Any) -> T:

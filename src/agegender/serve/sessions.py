@@ -65,6 +65,8 @@ class LiveSession:
     frames: int = 0
     people: list[dict[str, Any]] = field(default_factory=list)
     busy: threading.Lock = field(default_factory=threading.Lock)
+    ended: bool = False  # DELETE ran: a frame that got the session before is refused
+    size: tuple[int, int] | None = None  # (width, height) of its frames: one per session
 
     def add_people(self, people: list[Person]) -> None:
         """Remember the people whose tracks ended (the newest MAX_PEOPLE_KEPT)."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
 from ..deps import ServiceDep, require_key
-from ..errors import ApiError
+from ..errors import ApiError, error_responses
 
 router = APIRouter()
 
@@ -23,7 +23,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.head("/readyz", include_in_schema=False)
-@router.get("/readyz", summary="Models loaded, every worker warmed, requests being taken")
+@router.get(
+    "/readyz",
+    summary="Models loaded, every worker warmed, requests being taken",
+    responses=error_responses({503: "not ready: starting or stopping"}),
+)
 async def readyz(service: ServiceDep) -> Any:
     if not service.ready:
         raise ApiError(503, "not_ready", "the server is starting or stopping; retry shortly")
@@ -34,6 +38,13 @@ async def readyz(service: ServiceDep) -> Any:
     "/metrics",
     dependencies=[Depends(require_key)],
     summary="Prometheus metrics (text format)",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def metrics(service: ServiceDep) -> Response:
     service.metrics.batch_waiting.set(service.batcher.waiting)

@@ -21,6 +21,8 @@ router = APIRouter(dependencies=[Depends(require_key)], tags=["live sessions"])
 NOT_FOUND = {404: "no such session, it ended, or it expired after its idle timeout"}
 FRAME_ERRORS = {
     **ESTIMATE_ERRORS,
+    400: "missing image, malformed multipart, a query parameter (the session has the "
+    "options), a frame of another size than the session's first",
     **NOT_FOUND,
     409: "the session's previous frame is still being processed",
 }
@@ -84,6 +86,7 @@ async def open_session(
     openapi_extra={"requestBody": REQUEST_BODY},
 )
 async def frame(session_id: str, request: Request, service: ServiceDep) -> Any:
+    known_query(request, frozenset())  # a frame takes no option: the session has them
     session = service.sessions.get(session_id)
     async with service.admission.admit():
         body = await read_body(request, service.settings.max_body_bytes)

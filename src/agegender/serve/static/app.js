@@ -8,7 +8,8 @@ const $ = (id) => document.getElementById(id);
 let photoUrl = null;
 let stream = null;
 // The live session: its id, whether frames are flowing, the people seen so far.
-const live = { id: null, running: false, frames: 0, started: 0, people: new Map() };
+const live = { id: null, running: false, frames: 0, started: 0, people: new Map(), run: 0 };
+let modelsLoaded = false;
 const LIVE_WIDTH = 640; // frames are sent at most this wide: faster, and enough for faces
 
 function headers() {
@@ -47,14 +48,18 @@ async function loadModels() {
     $("models").textContent =
       "preset " + info.preset + ": " + ids.join(" + ") + ", detector " + info.detector + align;
     const select = $("detector");
+    const chosen = select.value;
     select.options[0].textContent = "preset's (" + info.detector + ")";
+    while (select.options.length > 1) select.remove(1); // loaded again after a new key
     for (const name of info.detectors) {
       const option = document.createElement("option");
       option.value = name;
       option.textContent = name;
       select.appendChild(option);
     }
-    $("tta").checked = info.tta;
+    if (info.detectors.includes(chosen)) select.value = chosen;
+    if (!modelsLoaded) $("tta").checked = info.tta; // the server's default, once: then the user's
+    modelsLoaded = true;
   } catch (error) {
     $("models").textContent = "cannot reach the server: " + error;
   }
@@ -89,6 +94,7 @@ async function send(blob, name) {
     if (response.status === 401) $("key-row").hidden = false;
     const message = body && body.error ? body.error.message : response.statusText;
     setStatus("error " + response.status + ": " + message, true);
+    $("result").hidden = true; // the previous image's table and JSON are not this one's
     return;
   }
   const ms = Math.round(performance.now() - started);
@@ -245,6 +251,7 @@ async function startLive() {
   const body = await sessionCall("/v1/sessions?" + params, "POST");
   if (!body) return;
   Object.assign(live, { id: body.id, running: true, frames: 0, started: performance.now() });
+  live.run += 1; // a loop of an earlier session still awaiting an answer sees it is not its own
   live.people.clear();
   $("live").textContent = "Stop tracking";
   $("live").classList.add("on");
@@ -259,13 +266,15 @@ async function startLive() {
 // server drops frames instead of falling behind.
 async function liveLoop() {
   const video = $("video");
-  while (live.running) {
+  const run = live.run;
+  const mine = () => live.running && live.run === run;
+  while (mine()) {
     if (!video.videoWidth) {
       await new Promise((resolve) => setTimeout(resolve, 100));
       continue;
     }
     const blob = await new Promise((resolve) => grab(video, LIVE_WIDTH).toBlob(resolve, "image/jpeg", 0.85));
-    if (!blob || !live.running) break;
+    if (!blob || !mine()) break;
     const form = new FormData();
     form.append("image", blob, "frame.jpg");
     const sent = performance.now();
@@ -277,7 +286,7 @@ async function liveLoop() {
       break;
     }
     const body = await response.json().catch(() => null);
-    if (!live.running) break;
+    if (!mine()) return; // stopped, or another session started: not this loop's to end
     if (!response.ok) {
       setStatus(errorText(response, body), true);
       if (response.status === 404) live.id = null; // expired or ended: nothing to delete
@@ -286,7 +295,7 @@ async function liveLoop() {
     live.frames += 1;
     showFrame(body, Math.round(performance.now() - sent));
   }
-  if (live.running) stopLive();
+  if (mine()) stopLive();
 }
 
 function trackLabel(face) {
@@ -339,10 +348,11 @@ async function stopLive() {
   $("live").classList.remove("on");
   $("live-boxes").replaceChildren();
   const id = live.id;
+  const run = live.run;
   live.id = null;
   if (!id) return;
   const body = await sessionCall("/v1/sessions/" + id, "DELETE");
-  if (!body) return;
+  if (!body || live.run !== run) return; // a new session started meanwhile: its page now
   // The final word: every person the session saw, fused over their whole track.
   live.people.clear();
   for (const person of body.people) live.people.set(person.track, { ...person, last: person.last_time, ended: true });
