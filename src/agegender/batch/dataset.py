@@ -169,6 +169,13 @@ def check_dest(dest: str) -> None:
     if not dest.strip():
         raise AgegenderError("--out '': an empty path (give the dataset's folder)")
     files = _Files(dest)
+    if files.remote:
+        try:
+            _check_remote_dest(files)
+        except OSError as error:  # the store cannot be reached, access denied, ...
+            raise AgegenderError(
+                f"--out {dest}: cannot reach it ({sources.one_line(error)})"
+            ) from None
     kind = files.kind()
     if kind == "file":
         raise AgegenderError(f"--out {dest}: exists and is not a folder (batch writes a folder)")
@@ -191,6 +198,17 @@ def check_dest(dest: str) -> None:
         target = dest if kind == "dir" else parent
         if not os.access(target, os.W_OK | os.X_OK):
             raise AgegenderError(f"--out {dest}: not writable (permission denied)")
+
+
+def _check_remote_dest(files: _Files) -> None:
+    """An object-store DEST: reachable, and in a bucket that exists (pyarrow would make
+    the "folder" and fail only on the first write, after the models load)."""
+    from pyarrow import fs as pafs
+
+    files.kind()
+    bucket = files.root.split("/", 1)[0]
+    if bucket and files.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise AgegenderError(f"--out {files.dest}: the bucket {bucket} does not exist")
 
 
 def check_not_a_source(dest: str, items: list[str]) -> None:

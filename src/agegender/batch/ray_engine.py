@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import AgegenderError
 from . import sources
 from .job import Job, PartBuffer, Pending, Tally, pending
 from .local import Work, process
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 # The columns of what an actor returns for a part: nothing row-sized (tests check it).
 SUMMARY_COLUMNS = ("part", "keys", "attempts", "summary")
+ADDRESS_TIMEOUT_S = 5.0  # --address: how long a cluster's address may take to answer
 
 
 def _to_table(entries: list[Pending], first: int) -> pa.Table:
@@ -225,6 +227,53 @@ def run_ray(job: Job, args: argparse.Namespace) -> Tally:
             handler.setLevel(level)
 
 
+def _check_resources(
+    args: argparse.Namespace, node_cpus: list[float], node_gpus: list[float], joined: Any
+) -> None:
+    """An actor that asks for more than any node has would wait forever: on a Ray started
+    for this job nothing can ever add it (an error); on a cluster an autoscaler might (a
+    warning)."""
+    problems = []
+    if args.num_cpus and args.num_cpus > max(node_cpus, default=0.0):
+        problems.append(
+            f"--num-cpus {args.num_cpus:g}: no node has that many CPUs "
+            f"(the largest has {max(node_cpus, default=0.0):g})"
+        )
+    if args.num_gpus and args.num_gpus > max(node_gpus, default=0.0):
+        problems.append(
+            f"--num-gpus {args.num_gpus:g}: no node has that many GPUs "
+            f"(the largest has {max(node_gpus, default=0.0):g})"
+        )
+    if not problems:
+        return
+    if not joined:
+        raise AgegenderError(f"{problems[0]}; its actors could never start")
+    for problem in problems:
+        print(
+            f"agegender: warning: {problem} now; the actors wait until one joins",
+            file=sys.stderr,
+        )
+
+
+def check_address(address: str | None) -> None:
+    """Before any work: a host:port (or ray://host:port) that takes no connection is one
+    line, not a wait (Ray retries a GCS it cannot reach for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise AgegenderError(f"--address {address}: give auto, HOST:PORT or ray://HOST:PORT")
+    import socket
+
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as error:
+        raise AgegenderError(
+            f"--address {address}: nothing answers there ({error.strerror or error})"
+        ) from None
+
+
 def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
     if not args.address and "ray" not in sys.modules:
         # A Ray started here serves this machine only: it binds to the loopback address
@@ -256,14 +305,18 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
             # work the actors (where the models run) would get a few percent of a core.
             # A Ray started for this job runs them at the job's own priority.
             os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(
-            # "local": a new instance, never one a stale /tmp/ray record points at
-            address=args.address or "local",
-            include_dashboard=False,
-            logging_level=logging.INFO if verbose else logging.ERROR,
-            log_to_driver=verbose,
-            configure_logging=True,
-        )
+        try:
+            ray.init(
+                # "local": a new instance, never one a stale /tmp/ray record points at
+                address=args.address or "local",
+                include_dashboard=False,
+                logging_level=logging.INFO if verbose else logging.ERROR,
+                log_to_driver=verbose,
+                configure_logging=True,
+            )
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            what = f"--address {args.address}" if args.address else "starting Ray"
+            raise AgegenderError(f"{what}: {sources.one_line(error)}") from None
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -304,10 +357,13 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
         # constructor arguments held in the object store.
         alive = [node for node in ray.nodes() if node.get("Alive")]
         node_cpus = [node["Resources"].get("CPU", 0.0) for node in alive]
+        node_gpus = [node["Resources"].get("GPU", 0.0) for node in alive]
+        _check_resources(args, node_cpus, node_gpus, joined=not started_here or args.address)
         concurrency = args.concurrency
         if concurrency is None:
-            node_gpus = [node["Resources"].get("GPU", 0.0) for node in alive]
             concurrency = actor_count(node_cpus, node_gpus, len(refs), args.num_cpus, args.num_gpus)
+        else:  # an actor per part at most: more would load their models and idle
+            concurrency = min(concurrency, len(refs))
         cpus = args.num_cpus
         if cpus is None:
             cpus = cpu_share(node_cpus, concurrency)

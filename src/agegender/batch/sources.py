@@ -26,6 +26,7 @@ import glob
 import hashlib
 import io
 import os
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +43,8 @@ LIST_SUFFIXES = TEXT_LISTS | {".csv", ".parquet"}
 KEY_MODES = ("stat", "hash")
 _GLOB_CHARS = set("*?[")
 _LIST_BLOCK = 8192  # rows read at a time from a Parquet list
+# Left as they are when a URI typed with a raw key is percent-encoded (the rest is).
+URI_SAFE = "/:@"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def check_sources(items: list[str]) -> None:
     """One-line errors, before any work, for arguments that cannot stand for anything."""
     for item in items:
         if is_uri(item):
+            _check_uri(item)
             continue
         suffix = Path(item).suffix.lower()
         if Path(item).exists():
@@ -94,13 +98,29 @@ def check_sources(items: list[str]) -> None:
         # a missing image is an error row of its own, as in predict
 
 
+def _check_uri(item: str) -> None:
+    """A URI that does not parse, and a Parquet list in an object store that is missing or
+    not one (as for a local list); a store that cannot be reached is the rows' error."""
+    fs, path = filesystem(item)
+    if Path(path).suffix.lower() != ".parquet":
+        return
+    try:
+        stream = fs.open_input_file(path)
+    except FileNotFoundError:
+        raise AgegenderError(f"{item}: no such list file") from None
+    except OSError:
+        return  # unreachable now: the job's row for it says why
+    with stream:
+        _parquet_list(item, stream)
+
+
 def _parquet_list(item: str, stream: Any = None) -> Any:
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(stream if stream is not None else item)
     except Exception as error:
-        raise AgegenderError(f"{item}: not a readable Parquet list ({_one_line(error)})") from None
+        raise AgegenderError(f"{item}: not a readable Parquet list ({one_line(error)})") from None
     if "path" not in parquet.schema_arrow.names:
         raise AgegenderError(f"{item}: a Parquet list needs a 'path' column")
     return parquet
@@ -154,7 +174,7 @@ def _listed(item: str, inputs: Iterator[Input], itself: Any) -> Iterator[Input]:
             count += 1
             yield entry
     except Exception as error:
-        text = _one_line(error)
+        text = one_line(error)
         if not (count == 0 and isinstance(error, AgegenderError)):
             text = f"{item}: cannot read the list after {count} entries ({text})"
         yield replace(itself(), error=text)
@@ -249,10 +269,25 @@ def filesystem(uri: str) -> tuple[Any, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as error:
-        raise AgegenderError(f"{uri}: cannot open ({_one_line(error)})") from None
+        # A key typed as it is (a space, a non-ASCII letter): percent-encoded, it parses.
+        scheme, _, rest = uri.partition("://")
+        quoted = f"{scheme}://{urllib.parse.quote(rest, safe=URI_SAFE)}"
+        if quoted != uri:
+            try:
+                return pafs.FileSystem.from_uri(quoted)
+            except Exception:
+                pass
+        raise AgegenderError(f"{uri}: cannot open ({one_line(error)})") from None
 
 
-def _one_line(error: BaseException) -> str:
+def object_uri(prefix: str, path: str) -> str:
+    """The URI of a listed object: its key percent-encoded, so that reading the URI back
+    (FileSystem.from_uri decodes it) gives exactly that key (a key holding a space, '%',
+    '#', '?' or a non-ASCII letter was unreadable, or read another object)."""
+    return prefix + urllib.parse.quote(path, safe="/")
+
+
+def one_line(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0]
 
 
@@ -262,18 +297,24 @@ def _expand_uri(uri: str, stat: bool) -> Iterator[Input]:
     fs, path = filesystem(uri)
     scheme = uri.split("://", 1)[0]
     prefix = uri[: len(uri) - len(uri.split("://", 1)[1])]  # "s3://"
-    info = fs.get_file_info(path)
+    try:
+        info = fs.get_file_info(path)
+        found = []
+        if info.type == pafs.FileType.Directory:
+            selector = pafs.FileSelector(path.rstrip("/"), recursive=True)
+            found = [
+                f
+                for f in fs.get_file_info(selector)
+                if f.type == pafs.FileType.File
+                and Path(f.path).suffix.lower() in MEDIA_SUFFIXES
+                and not any(part.startswith(".") for part in Path(f.path).parts)
+            ]
+    except OSError as error:  # the store cannot be reached, access denied, ...
+        yield Input(uri, remote=True, error=f"{uri}: cannot list ({one_line(error)})")
+        return
     if info.type == pafs.FileType.Directory:
-        selector = pafs.FileSelector(path.rstrip("/"), recursive=True)
-        found = [
-            f
-            for f in fs.get_file_info(selector)
-            if f.type == pafs.FileType.File
-            and Path(f.path).suffix.lower() in MEDIA_SUFFIXES
-            and not any(part.startswith(".") for part in Path(f.path).parts)
-        ]
         for f in sorted(found, key=lambda f: f.path):
-            yield Input(prefix + f.path, f.size or 0, f.mtime_ns or 0, remote=True)
+            yield Input(object_uri(prefix, f.path), f.size or 0, f.mtime_ns or 0, remote=True)
     elif Path(path).suffix.lower() in LIST_SUFFIXES and info.type == pafs.FileType.File:
         base = prefix + os.path.dirname(path) if scheme else ""
 
@@ -314,4 +355,4 @@ def read_remote(uri: str) -> bytes:
     except FileNotFoundError:
         raise ImageError(f"{uri}: no such file") from None
     except Exception as error:
-        raise ImageError(f"{uri}: cannot read ({_one_line(error)})") from None
+        raise ImageError(f"{uri}: cannot read ({one_line(error)})") from None

@@ -126,6 +126,9 @@ def _run(args: argparse.Namespace) -> int:
             raise AgegenderError(
                 "--engine ray needs Ray Data: pip install 'agegender[ray]'"
             ) from None
+        from ..batch.ray_engine import check_address
+
+        check_address(args.address)
     from ..pipeline import Estimator
 
     estimator = Estimator(config)
