@@ -861,3 +861,65 @@ def test_convert_needs_an_archive_member() -> None:
     data = card_data({**npm_card().to_dict()["source"], "convert": "keras"})
     with pytest.raises(CardError, match=r"\[source\] convert"):
         parse_card(data, "test")
+
+
+# -- second audit -----------------------------------------------------------------------------
+
+
+def test_an_npm_tarball_installs_every_card_it_holds(tmp_path: Path, home: Path) -> None:
+    """One tarball, two cards' members (as the human-models package holds faceres,
+    faceres-deep and GEAR): import installs both (it stopped at the first), 0644 each
+    (archives had stayed private, 0600)."""
+    other_member, other_model = "package/ONNX/other.onnx", MODEL + b""
+    tgz = tmp_path / "two.tgz"
+    tgz.write_bytes(build_tgz({NPM_MEMBER: MODEL, other_member: other_model}))
+    first = npm_card()
+    second = parse_card(
+        card_data(
+            {
+                "npm": f"{NPM_NAME}@{NPM_VERSION}",
+                "member": other_member,
+                "file": "other.onnx",
+                "bytes": len(other_model),
+                "sha256": sha256(other_model),
+            },
+            card_id="second-card",
+        ),
+        "test",
+    )
+    result = store.import_file(tgz, cards=[first, second])
+    assert [r.card.id for r in (result, *result.others)] == [first.id, second.id]
+    for each in (result, *result.others):
+        assert each.verified and each.path.read_bytes() == MODEL
+        assert each.path.stat().st_mode & 0o777 == 0o644
+    assert store.verify(first).status == "ok" and store.verify(second).status == "ok"
+
+
+def test_a_folder_where_the_model_file_goes_is_one_line(tmp_path: Path, home: Path) -> None:
+    card = wheel_card()
+    (home / "models" / "centerface.onnx").mkdir(parents=True)
+    wheel = tmp_path / WHEEL_FILE
+    wheel.write_bytes(WHEEL)
+    with pytest.raises(ModelFileError, match="is a folder where the model file goes"):
+        store.import_file(wheel, cards=[card])
+    with pytest.raises(ModelFileError, match="is a folder where the model file goes"):
+        pull(card)
+    assert (home / "models" / "centerface.onnx").is_dir()  # nothing was replaced
+
+
+def test_verify_clears_the_record_of_an_import_the_cards_file_replaced(
+    tmp_path: Path, home: Path
+) -> None:
+    """An unverified import, then the card's own file put back (as the offline message
+    says): verify says ok and the stale record no longer makes predict refuse it."""
+    card = wheel_card()
+    mine = tmp_path / "mine.onnx"
+    graph = card_graph(input_shape=[1, 3, 32, 32], width=2)
+    graph.producer_name = "someone else's conversion"  # the same graph, other bytes
+    mine.write_bytes(graph.SerializeToString())
+    with pytest.warns(UserWarning, match="UNVERIFIED"):
+        result = store.import_file(mine, card.id, cards=[card])
+    result.path.write_bytes(MODEL)
+    assert store.verify(card).status == "ok"
+    assert store.install_state(card).status == "installed"
+    assert store.resolve(card) == result.path

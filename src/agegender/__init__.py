@@ -61,13 +61,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .results import AgeEstimate, Face, GenderEstimate, ImageResult
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # resolved once; later lookups do not come here
-    return value
+if not TYPE_CHECKING:  # a type checker sees the imports above; a __getattr__ typed Any
+    # would let it accept any misspelt name (agegender.Estimatr)
+
+    def __getattr__(name: str) -> Any:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # resolved once; later lookups do not come here
+        return value
 
 
 def __dir__() -> list[str]:

@@ -46,6 +46,7 @@ calibration tables while ``--help`` must stay light).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -698,15 +699,16 @@ def to_toml(calibration: CalibrationSet, header: Sequence[str] = ()) -> str:
     """A calibration file's text (read back by :func:`load_file`)."""
 
     def value(v: Any) -> str:
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, str):  # a TOML basic string is a JSON string (a newline, ...)
+            return json.dumps(v.encode("utf-8", "backslashreplace").decode("utf-8"))
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
         if isinstance(v, float):
             return repr(round(v, 6))
         return str(v)
 
-    lines = [f"# {h}" for h in header]
+    # a comment ends at a line break: one in a header (a dataset's path) is written as \n
+    lines = [f"# {h}".replace("\n", "\\n").replace("\r", "\\r") for h in header]
     for role in ("age", "gender"):
         lines.append(f"{role}_models = {value(list(getattr(calibration, f'{role}_models')))}")
         weights = getattr(calibration, f"{role}_weights")

@@ -31,6 +31,12 @@ class ModelFileError(AgegenderError):
     """A model file exists but is not what its card says (hash, size, graph)."""
 
 
+class TfjsError(AgegenderError):
+    """A TF.js graph model cannot be converted: malformed manifest, short weight data, an
+    op or attribute combination this converter does not implement. One line, naming the
+    node (or weight) and the reason."""
+
+
 class DownloadError(AgegenderError):
     """A model file could not be downloaded (HTTP error, connection lost, wrong size)."""
 

@@ -236,7 +236,10 @@ def _from_pil(
             ImageOps.exif_transpose(image, in_place=True)
         else:
             image = ImageOps.exif_transpose(image) or image
-    return np.ascontiguousarray(np.asarray(_to_rgb(image), dtype=np.uint8))
+    try:
+        return np.ascontiguousarray(np.asarray(_to_rgb(image), dtype=np.uint8))
+    except (OSError, ValueError) as error:  # truncated when loaded, closed, a mode it lacks
+        raise ImageError(f"{name}: cannot read the image ({error})") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -273,6 +276,8 @@ def _from_array(
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise ImageError(f"{name}: array shape {array.shape} is not H x W, H x W x 3 or 4")
     _check_pixels(array.shape[1], array.shape[0], pixel_limit, name)
+    if not array.dtype.isnative:  # big-endian data: the same values in this machine's order
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.uint16:
         array = (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     elif array.dtype in (np.float32, np.float64):

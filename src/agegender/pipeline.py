@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,7 @@ from .results import Face, ImageResult
 
 log = logging.getLogger(__name__)
 
+MAX_DETECTORS = 8  # detection setups kept per set of loaded models (derive: LRU)
 CHUNK_IMAGES = 16
 
 
@@ -74,7 +76,9 @@ class _Shared:
         self.landmarker = Landmarker()
         # One detector per distinct detection setup (a handful: the registry's names and
         # alignments); filters such as min_face are per finder and cost nothing.
-        self.detectors: dict[tuple[object, ...], FaceDetector] = {}
+        # An LRU of the detection setups asked for (each derive with other detection
+        # options makes one: a CenterFace session is ~20 MiB, so they are not kept all).
+        self.detectors: OrderedDict[tuple[object, ...], FaceDetector] = OrderedDict()
         self.lock = threading.Lock()
 
     def finder(self, config: EstimatorConfig) -> FaceFinder:
@@ -84,6 +88,10 @@ class _Shared:
             if detector is None:
                 with sessions.using(self.providers):
                     detector = self.detectors[key] = build_detector(config, self.landmarker)
+                while len(self.detectors) > MAX_DETECTORS:  # the least recently asked for
+                    self.detectors.popitem(last=False)
+            else:
+                self.detectors.move_to_end(key)
         return FaceFinder(config, landmarker=self.landmarker, detector=detector)
 
 
@@ -196,6 +204,7 @@ class Estimator:
                 f"{name}: prepare takes an RGB uint8 array of shape (H, W, 3), got {got} "
                 "(Estimator.decode or predict take other inputs)"
             )
+        rgb = np.ascontiguousarray(rgb)  # a view (BGR reversed, Fortran order): dlib needs rows
         detections = self.finder.find(rgb)
         prepared = PreparedImage(name, rgb.shape[1], rgb.shape[0], detections)
         for key, head in self._distinct_heads().items():
@@ -255,7 +264,8 @@ class Estimator:
         (``sessions.parallel_worker``), as the workers already share the cores.
         With ``keep_images`` each result carries its decoded RGB image (for annotation).
         """
-        if isinstance(sources, (str, bytes, bytearray, os.PathLike, np.ndarray, Image.Image)):
+        single = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, Image.Image)
+        if isinstance(sources, single):
             raise AgegenderError(
                 "predict_many takes an iterable of inputs (a list of paths, ...): for one "
                 "input call predict, or pass [input]"

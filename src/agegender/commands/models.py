@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -81,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         f"a try that brings bytes resets the count (default: {_POLICY.retries})",
     )
     pull.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    pull.set_defaults(run=run_pull)
+    pull.set_defaults(run=_store_errors(run_pull))
 
     verify = actions.add_parser(
         "verify", help="re-hash installed files; exit 1 if one does not match its card"
@@ -106,7 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         metavar="ID",
         help="the card (id or TOML path) FILE follows (a model file's hash is then not checked)",
     )
-    imp.set_defaults(run=run_import)
+    imp.set_defaults(run=_store_errors(run_import))
 
 
 def expand_names(names: list[str]) -> list[ModelCard]:
@@ -223,6 +224,23 @@ def _error(message: str) -> None:
     print(f"agegender: error: {message}", file=sys.stderr)
 
 
+def _store_errors(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """A store that cannot be written (read-only, AGEGENDER_HOME a file, ...): one line
+    naming the path, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except OSError as error:
+            where = error.filename or store.home()
+            raise AgegenderError(
+                f"model store: {where}: {error.strerror or error} (AGEGENDER_HOME is "
+                f"{store.home()})"
+            ) from None
+
+    return run
+
+
 def run_pull(args: argparse.Namespace) -> int:
     failures = 0
     progress = False if args.no_progress else None
@@ -281,6 +299,7 @@ def run_import(args: argparse.Namespace) -> int:
             f"{result.card.source.package} ({result.path}); nothing was copied"
         )
         return 0
-    state = "verified (sha256 matches the card)" if result.verified else "UNVERIFIED"
-    print(f"{result.card.id}: {state}: {result.path}")
+    for each in (result, *result.others):  # an archive may hold several cards' members
+        state = "verified (sha256 matches the card)" if each.verified else "UNVERIFIED"
+        print(f"{each.card.id}: {state}: {each.path}")
     return 0

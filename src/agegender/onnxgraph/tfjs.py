@@ -35,7 +35,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import AgegenderError
+from ..errors import TfjsError
 
 __all__ = ["IR_VERSION", "OPSET", "PRODUCER", "TfjsError", "convert", "weight_paths"]
 
@@ -52,12 +52,6 @@ _INT64_MIN = np.iinfo(np.int64).min
 
 _NHWC_TO_NCHW = (0, 3, 1, 2)
 _NCHW_TO_NHWC = (0, 2, 3, 1)
-
-
-class TfjsError(AgegenderError):
-    """A TF.js graph model cannot be converted: malformed manifest, short weight data, an
-    op or attribute combination this converter does not implement. One line, naming the
-    node (or weight) and the reason."""
 
 
 # --------------------------------------------------------------------------- manifest

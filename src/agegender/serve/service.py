@@ -91,6 +91,18 @@ class Service:
             self.metrics,
         )
         self.prepare_workers = max(1, settings.prepare_workers)
+        self._make_workers()
+        self.batched = 0  # requests handed to the batcher and not yet answered
+        self.ready = False
+        self.stopping = False
+        self._derived: OrderedDict[Hashable, Estimator] = OrderedDict()
+        self.sessions = Sessions(settings.max_sessions, settings.session_idle_s)
+
+    # -- life ------------------------------------------------------------------------------
+    def _make_workers(self) -> None:
+        """The worker pools and the batcher (made again when a stopped app starts again:
+        a second lifespan of one create_app() app, as a test fixture may run)."""
+        settings = self.settings
         self.prepare_pool = ThreadPoolExecutor(
             self.prepare_workers, thread_name_prefix="agegender-prepare"
         )
@@ -105,15 +117,12 @@ class Service:
             on_batch=self.metrics.batch_size.observe,
             arriving=lambda: self.admission.in_flight - self.batched,
         )
-        self.batched = 0  # requests handed to the batcher and not yet answered
-        self.ready = False
-        self.stopping = False
-        self._derived: OrderedDict[Hashable, Estimator] = OrderedDict()
-        self.sessions = Sessions(settings.max_sessions, settings.session_idle_s)
 
-    # -- life ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start batching, warm every worker's detector and models, then say ready."""
+        if self.stopping:  # started again after a stop: its pools were shut down
+            self._make_workers()
+            self.stopping = False
         self.batcher.start()
         loop = asyncio.get_running_loop()
         # Each task waits for the others at a barrier, so each runs on its own thread.

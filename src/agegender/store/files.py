@@ -63,7 +63,9 @@ def missing_message(card: ModelCard, path: Path) -> str:
         from ..presets import presets  # presets read the configuration: only when needed
 
         size = f", {card.source.bytes / 2**20:.0f} MiB" if card.source.bytes else ""
-        pull = f"'agegender models pull {card.id}'"
+        # a card of the user's is named by its TOML path: the commands do not know its id
+        ref = card.origin if card_folder(card) is not None else card.id
+        pull = f"'agegender models pull {ref}'"
         # The user probably chose a preset: name it, since pulling it gets its partner too.
         names = [
             p.name
@@ -74,7 +76,8 @@ def missing_message(card: ModelCard, path: Path) -> str:
             pull += f" (or the preset: 'agegender models pull {names[0]}')"
         return (
             f"model {card.id} is not installed ({path} is missing{size}); run {pull}, "
-            f"or download {card.source.url} elsewhere and run 'agegender models import FILE'"
+            f"or download {card.source.url} elsewhere and run 'agegender models import FILE"
+            + (f" --card {ref}'" if ref != card.id else "'")
         )
     if card.source.wheel or card.source.npm:
         ref = card.origin if card_folder(card) is not None else card.id

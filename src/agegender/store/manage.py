@@ -14,14 +14,20 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from .. import cards as cardlib
 from ..cards import ModelCard
-from ..errors import DownloadError, ModelFileError, ModelNotInstalledError, NetworkError
+from ..errors import (
+    DownloadError,
+    ModelFileError,
+    ModelNotInstalledError,
+    NetworkError,
+    TfjsError,
+)
 from .archives import (
     ArchiveKind,
     MemberMissingError,
@@ -147,13 +153,19 @@ def pull(
         from .quantized import base_card, build_copy
 
         base = base_card(card)
-        fp32 = pull(base, policy=policy, progress=progress, layout=layout)
+        try:
+            fp32 = pull(base, policy=policy, progress=progress, layout=layout)
+        except ModelNotInstalledError as error:  # offline: then this pull builds the copy
+            raise ModelNotInstalledError(
+                f"{error}; then 'agegender models pull {card.id} --offline' builds {card.id}"
+            ) from None
         return PullResult(card, *build_copy(card, base, fp32.path, layout))
     if card.source.package:
         return PullResult(card, package_path(card), "package")
     if not card.source.stored:
         return PullResult(card, resolve(card), "local")
     dest = layout.model_path(card)
+    _check_not_a_folder(dest)
     if dest.is_file() and read_unverified(dest) is None:
         if sha256_file(dest) == card.source.sha256:
             return PullResult(card, dest, "present")
@@ -251,6 +263,10 @@ def _fetch_and_install(
         ) from None
     except (ModelFileError, DownloadError) as error:
         raise type(error)(f"model {card.id}: {src.origin}: {error}") from None
+    except TfjsError as error:  # a TF.js graph the converter cannot take: name what failed
+        raise ModelFileError(
+            f"model {card.id}: {src.origin}, member {src.member}: {error}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -263,6 +279,9 @@ class ImportResult:
     sha256: str
     verified: bool
     action: Literal["stored", "package"] = "stored"
+    # An archive holds several cards' members (the npm tarball: faceres, faceres-deep,
+    # GEAR): the others it installed, each verified as this one.
+    others: tuple[ImportResult, ...] = ()
 
 
 def url_cards(cards: Iterable[ModelCard] | None = None) -> list[ModelCard]:
@@ -318,8 +337,15 @@ def _import_archive(
         )
     candidates = [named] if named is not None else [c for c in pool if c.source.kind == kind]
     wrong: list[tuple[ModelCard, str]] = []
+    done: list[ImportResult] = []
+    installed: dict[Path, str] = {}  # cards of one graph share a file: made once
     for card in candidates:
         assert card.source.member
+        dest = layout.model_path(card)
+        if installed.get(dest) == card.source.sha256:
+            done.append(ImportResult(card, dest, installed[dest], True))
+            continue
+        _check_not_a_folder(dest)
         tmp = layout.staging_file()
         try:
             try:
@@ -334,15 +360,22 @@ def _import_archive(
                     os.fsync(out.fileno())
             except MemberMissingError:
                 continue
+            except TfjsError as error:  # a conversion that fails: name what failed
+                raise ModelFileError(
+                    f"{src}: card {card.id}, member {card.source.member}: {error}"
+                ) from None
             if actual != card.source.sha256:
                 wrong.append((card, actual))
                 continue
-            dest = layout.model_path(card)
+            os.chmod(tmp, 0o644)  # as pulled files (the staging file is private)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
         clear_unverified(dest)
-        return ImportResult(card, dest, actual, True)
+        installed[dest] = actual
+        done.append(ImportResult(card, dest, actual, True))
+    if done:
+        return replace(done[0], others=tuple(done[1:]))
     if wrong:
         card, actual = wrong[0]
         raise ModelFileError(
@@ -355,6 +388,14 @@ def _import_archive(
         f"{src}: a {what} holding no member a known card names; if a card names one, "
         "give the card with --card ID (or a card TOML path)"
     )
+
+
+def _check_not_a_folder(dest: Path) -> None:
+    """A folder where a model file goes is never replaced (os.replace would fail)."""
+    if dest.is_dir() and not dest.is_symlink():
+        raise ModelFileError(
+            f"{dest}: is a folder where the model file goes; move it away (nothing was replaced)"
+        )
 
 
 def _open_source(src: Path) -> None:
@@ -448,6 +489,7 @@ def import_file(
         if not verified:
             _check_graph(card, src)
         dest = layout.model_path(card)
+        _check_not_a_folder(dest)
         os.chmod(tmp, 0o644)  # as pulled files (the staging file is private)
         os.replace(tmp, dest)
     finally:
@@ -529,6 +571,8 @@ def verify(card: ModelCard, layout: StoreLayout | None = None) -> VerifyResult:
         return VerifyResult(card, "ok", state.path, actual, "sha256 matches its build record")
     record = read_unverified(state.path) if card.source.stored else None
     if actual == card.source.sha256:
+        if record is not None:  # the card's own file is back: the old record would refuse it
+            clear_unverified(state.path)
         return VerifyResult(card, "ok", state.path, actual, "sha256 matches the card")
     if record is not None:
         if record.get("sha256") == actual:
