@@ -74,6 +74,10 @@ def test_installed_optional_cards_join_with_the_fitted_weights(
     assert deep_age.run_key == deep_gender.run_key != age_head.run_key
     (face,) = est.predict(astronaut_rgb)
     assert face.age is not None and face.gender is not None
+    # the gate's cards run: --tta-margin is taken (refused where none of them runs)
+    from agegender.commands.options import refuse_ignored
+
+    refuse_ignored({"tta_margin": 0.3}, config.with_overrides(tta_margin=0.3))
 
 
 def test_a_preset_without_optional_cards_is_unchanged(own_store) -> None:

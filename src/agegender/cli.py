@@ -11,6 +11,7 @@ ends quietly, as Unix tools do: no traceback, exit status 141 (128 + SIGPIPE).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -110,6 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _stdout_to_devnull()
         return BROKEN_PIPE_STATUS
+    except OSError as error:
+        if error.errno not in _FULL_OUTPUT:
+            raise
+        # stdout on a full disk (or /dev/full): one line, as for a closed pipe
+        _stdout_to_devnull()
+        print(f"agegender: error: cannot write the output ({error.strerror})", file=sys.stderr)
+        return 1
+
+
+_FULL_OUTPUT = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -28,6 +28,8 @@ DEFAULT_SWEEP = (-60.0, 60.0, 5.0)  # DEX: -60..60 degrees in 5 degree steps
 DEFAULT_PIXEL_LIMIT = 50_000_000
 MAX_AGE_THRESHOLD = 150.0  # P(age >= t) beyond any age: t is a typo
 DEFAULT_MAX_DETECT_SIDE = 1600
+MAX_UPSAMPLE = 4  # dlib's upsampling steps (each quadruples the pixels)
+MAX_THREADS = 256  # threads per model session, decode/detect workers
 DEFAULT_BATCH = 32
 
 # Options that change which graphs are loaded or how: an estimator derived for a request
@@ -178,6 +180,11 @@ class EstimatorConfig:
             low = 0 if name == "upsample" else 1
             if value is not None and value < low:
                 raise AgegenderError(f"--{_flag(name)} must be >= {low}, got {value}")
+            high = {"upsample": MAX_UPSAMPLE, "threads": MAX_THREADS, "workers": MAX_THREADS}
+            if value is not None and name in high and value > high[name]:
+                # dlib's upsampling quadruples the pixels each step (5: 26 s, 3 GB for a
+                # 512 x 512 photo); thousands of threads abort ONNX Runtime
+                raise AgegenderError(f"--{_flag(name)} must be <= {high[name]}, got {value}")
         if self.min_score is not None and not math.isfinite(self.min_score):
             raise AgegenderError(f"--min-score must be a number, got {self.min_score}")
         if not (math.isfinite(self.tta_margin) and 0.0 <= self.tta_margin <= 0.5):

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .calibration import Calibration, calibrate_in_band, interval_of, remap, temper
+from .errors import ModelFileError
 from .results import AgeEstimate, GenderEstimate
 
 INTERVAL_MASS = 0.8
@@ -34,6 +35,21 @@ def quantile(values: NDArray[np.float64], probs: NDArray[np.float64], q: float) 
     return float(values[min(index, len(values) - 1)])
 
 
+def normalised(probs: NDArray[np.float64]) -> NDArray[np.float64]:
+    """`probs` scaled to sum to 1; a model output that is no distribution (negative or
+    non-finite values, nothing at all: a graph whose card is wrong, logits where the card
+    says probabilities) is a one-line error, never NaN in the results."""
+    probs = np.asarray(probs, dtype=np.float64)
+    total = float(probs.sum())
+    if not (np.isfinite(probs).all() and (probs >= 0).all() and total > 0):
+        raise ModelFileError(
+            "a model's output is not a probability distribution (negative, infinite or "
+            "all-zero values): its graph does not do what its card says (check [output], "
+            "softmax_in_graph)"
+        )
+    return probs / total
+
+
 def age_from_distribution(
     probs: NDArray[np.float64],
     values: NDArray[np.float64],
@@ -44,7 +60,7 @@ def age_from_distribution(
 ) -> AgeEstimate:
     """Expected value, std, central interval and P(age >= t) of one distribution."""
     probs = np.asarray(probs, dtype=np.float64)
-    probs = probs / probs.sum()
+    probs = normalised(probs)
     mean = float(probs @ values)
     if calibration is not None:
         mass = calibration.mass
@@ -82,7 +98,7 @@ def age_from_groups(
     temperature applies to the groups' distribution (the groups and the best one stay).
     """
     probs = np.asarray(probs, dtype=np.float64)
-    probs = probs / probs.sum()
+    probs = normalised(probs)
     if calibration is not None:
         probs = temper(probs, calibration.temperature)
     lows = np.array([g[0] for g in groups], dtype=np.float64)
@@ -119,7 +135,7 @@ def gender_from_probs(
     With a calibration, the probability is tempered with the temperature of the band of
     `age` (the face's estimated age; None: the overall temperature)."""
     probs = np.asarray(probs, dtype=np.float64)
-    probs = probs / probs.sum()
+    probs = normalised(probs)
     if calibration is not None:
         probs = temper(probs, calibration.gender_temperature(age))
     best = int(np.argmax(probs))

@@ -247,9 +247,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit or 32-bit integer grayscale: scale the used range to 8 bits.
+        # 16-bit or 32-bit integer grayscale to 8 bits: 16-bit by its full range; 32-bit
+        # by the range its values use beyond 16 bits (they went white, clipped at 65535)
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        peak = float(array.max(initial=0.0))
+        top = 65535.0 if mode.startswith("I;16") or 255 < peak <= 65535 else 255.0
+        if peak > 65535:
+            top = peak
         gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if mode == "F":

@@ -132,7 +132,9 @@ class OnnxModel:
             try:
                 loaded = batch_free.open_graph(
                     self.path,
-                    options=sessions.options(threads),
+                    # quiet: a wrong graph is our one-line error, not ONNX Runtime's
+                    # dozens of warnings before it (as for the detectors)
+                    options=sessions.options(threads, quiet=True),
                     providers=providers,
                     value_range=fed_range(card),
                     name=f"model {card.id}",

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from .results import Face, ImageResult
 
+NAME_BYTES = 255  # the longest file name most file systems take
 CSV_FIELDS = [
     "path",
     "frame",  # video frames only (index in the video); empty for images
@@ -60,10 +61,12 @@ def face_label(face: Face) -> str:
 
 
 def source_label(result: ImageResult) -> str:
-    """The path, with the time for a video frame (clip.mp4@12.00s)."""
+    """The path, with the time for a video frame (clip.mp4@12.00s); a line break in a
+    name as \n, so that each row stays one line."""
+    path = result.path.replace("\n", "\\n").replace("\r", "\\r")
     if result.frame is None:
-        return result.path
-    return f"{result.path}@{result.time or 0.0:.2f}s"
+        return path
+    return f"{path}@{result.time or 0.0:.2f}s"
 
 
 def table_rows(result: ImageResult) -> list[str]:
@@ -102,12 +105,12 @@ def write_table(results: Iterable[ImageResult], out: IO[str]) -> None:
 
 def write_jsonl(results: Iterable[ImageResult], out: IO[str]) -> None:
     for result in results:
-        out.write(json.dumps(result.to_dict()) + "\n")
+        out.write(json.dumps(result.to_dict(), allow_nan=False) + "\n")
         out.flush()
 
 
 def write_json(results: Iterable[ImageResult], out: IO[str]) -> None:
-    json.dump([r.to_dict() for r in results], out, indent=2)
+    json.dump([r.to_dict() for r in results], out, indent=2, allow_nan=False)
     out.write("\n")
 
 
@@ -190,6 +193,10 @@ def annotated_path(out_dir: Path, name: str, used: set[Path], frame: int | None 
         stem, suffix = f"{stem}-{frame:06d}", ".jpg"
     elif suffix not in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"):
         suffix = ".png"
+    # room for "-NNN" and the suffix in a file system's 255-byte name (a long name that
+    # was fine as the input could not be written as its annotated copy)
+    while len(os.fsencode(stem)) > NAME_BYTES - len(suffix) - 8:
+        stem = stem[:-1]
     path = out_dir / f"{stem}{suffix}"
     counter = 1
     while path in used or os.path.lexists(path):

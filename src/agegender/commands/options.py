@@ -153,7 +153,7 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--upsample",
-        type=number(int, 0),
+        type=number(int, 0, cfg.MAX_UPSAMPLE),
         default=S,
         help="dlib upsampling steps for small faces (default: auto)",
     )
@@ -231,7 +231,10 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         help=f"refuse images with more pixels (default: {d('pixel_limit')})",
     )
     group.add_argument(
-        "--threads", type=number(int, 1), default=S, help="ONNX Runtime threads per model"
+        "--threads",
+        type=number(int, 1, cfg.MAX_THREADS),
+        default=S,
+        help="ONNX Runtime threads per model",
     )
     group.add_argument(
         "--batch-size",
@@ -292,6 +295,23 @@ def refuse_ignored(given: dict[str, Any], config: cfg.EstimatorConfig) -> None:
             )
     if "tta_margin" in given and not config.tta:
         raise AgegenderError("--tta-margin applies only with TTA (turned off by --no-tta)")
+    if "tta_margin" in given and not _gated_cards_run(config):
+        gated = ", ".join(config.tta_gated) or "none"
+        raise AgegenderError(
+            "--tta-margin applies only to the models mirrored behind the gate (this preset's: "
+            f"{gated}), and none of them runs here: it would change nothing"
+        )
+
+
+def _gated_cards_run(config: cfg.EstimatorConfig) -> bool:
+    """Whether a card of the mirror gate may run (a card TOML path or a ModelCard: its id
+    is known only once loaded, so it may)."""
+    ids = set()
+    for ref in (*config.age_models, *config.gender_models):
+        if not isinstance(ref, str) or ref.lower().endswith(".toml"):
+            return True
+        ids.add(ref.split("=", 1)[0])
+    return bool(ids & set(config.tta_gated))
 
 
 def estimator_from_args(args: argparse.Namespace) -> Estimator:

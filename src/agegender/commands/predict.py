@@ -104,6 +104,27 @@ def check_annotate_dir(folder: Path, inputs: list[str]) -> None:
         raise AgegenderError(f"{where}: not writable (permission denied)")
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of `folder`'s path that do not exist yet, deepest first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_made_folders(made: list[Path]) -> None:
+    """Remove the --annotate folders this run made, when it ends before any image (a
+    folder holding anything else stays)."""
+    from ..images import OUTPUT_MARKER
+
+    for folder in made:
+        with contextlib.suppress(OSError):
+            (folder / OUTPUT_MARKER).unlink(missing_ok=True)
+            folder.rmdir()
+
+
 def _reason(error: OSError) -> str:
     reason = error.strerror or str(error) or type(error).__name__
     return f"{reason}: {error.filename}" if error.filename else reason
@@ -147,13 +168,16 @@ def _run(args: argparse.Namespace) -> int:
     from ..pipeline import Estimator
 
     config = config_from_args(args)  # a bad option or preset: exit 2 before anything
+    made: list[Path] = []  # the --annotate folders this run makes
     if args.annotate is not None:
+        made = _missing_folders(args.annotate)
         check_annotate_dir(args.annotate, args.inputs)
     failures = 0
     files: list[str] = []
     for item, found in expand_each(args.inputs, IMAGE_SUFFIXES | video.VIDEO_SUFFIXES):
         if Path(item).is_dir() and not found:
-            print(f"agegender: error: {item}: {_folder_problem(item)}", file=sys.stderr)
+            shown = item.replace("\n", "\\n").replace("\r", "\\r")  # one line per error
+            print(f"agegender: error: {shown}: {_folder_problem(item)}", file=sys.stderr)
             failures += 1
         files.extend(found)
     videos = [f for f in files if video.is_video(f)]
@@ -170,7 +194,11 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 yield file
 
-    estimator = Estimator(config)
+    try:
+        estimator = Estimator(config)
+    except BaseException:
+        _remove_made_folders(made)  # nothing was written: leave nothing behind
+        raise
     results = estimator.predict_many(sources(), keep_images=args.annotate is not None)
     show = (
         (len(files) >= PROGRESS_MIN_FILES or bool(videos))
