@@ -923,3 +923,26 @@ def test_verify_clears_the_record_of_an_import_the_cards_file_replaced(
     assert store.verify(card).status == "ok"
     assert store.install_state(card).status == "installed"
     assert store.resolve(card) == result.path
+
+
+@pytest.mark.parametrize(
+    ("stderr", "reason"),
+    [
+        (
+            "npm error code ENOSPC\nnpm error syscall write\nnpm error errno -28\n"
+            "npm error nospc Invalid response body while trying to fetch x: ENOSPC: no space "
+            "left on device, write\nnpm error A complete log of this run can be found in: y",
+            "no space left on device",
+        ),
+        (
+            "npm error code ECONNREFUSED\nnpm error syscall connect\nnpm error errno "
+            "ECONNREFUSED\nnpm error FetchError: request to http://127.0.0.1:9/x failed, "
+            "reason: connect ECONNREFUSED 127.0.0.1:9",
+            "connect ECONNREFUSED 127.0.0.1:9",
+        ),
+    ],
+)
+def test_an_npm_failure_names_its_reason(stderr: str, reason: str) -> None:
+    """npm's "syscall write" line was taken as the reason (a full disk, a refused
+    connection could not be told apart)."""
+    assert reason in archives._tool_error("npm", stderr)

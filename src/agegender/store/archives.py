@@ -64,6 +64,9 @@ def archive_kind(path: Path) -> ArchiveKind | None:
     return None
 
 
+_NPM_DETAIL = ("A complete log", "code ", "syscall ", "errno ", "path ", "dest ", "signal ")
+
+
 def _tool_error(tool: str, stderr: str, stdout: str = "") -> str:
     """The one line of a pip or npm failure that says what went wrong."""
     lines = [line.strip() for line in (stderr + "\n" + stdout).splitlines() if line.strip()]
@@ -77,7 +80,8 @@ def _tool_error(tool: str, stderr: str, stdout: str = "") -> str:
             for prefix in ("npm error ", "npm ERR! "):
                 if line.startswith(prefix):
                     text = line.removeprefix(prefix).strip()
-                    if text and not text.startswith(("A complete log", "code ")):
+                    # npm's "key value" lines (code, syscall, errno, ...) say where, not why
+                    if text and not text.startswith(_NPM_DETAIL):
                         errors.append(text)
     chosen = errors[-1] if tool == "pip" and errors else (errors[0] if errors else "")
     if not chosen:
