@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import AgegenderError
+from .errors import AgegenderError, single_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -708,7 +708,7 @@ def to_toml(calibration: CalibrationSet, header: Sequence[str] = ()) -> str:
         return str(v)
 
     # a comment ends at a line break: one in a header (a dataset's path) is written as \n
-    lines = [f"# {h}".replace("\n", "\\n").replace("\r", "\\r") for h in header]
+    lines = [f"# {single_line(h)}" for h in header]
     for role in ("age", "gender"):
         lines.append(f"{role}_models = {value(list(getattr(calibration, f'{role}_models')))}")
         weights = getattr(calibration, f"{role}_weights")

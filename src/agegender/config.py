@@ -175,12 +175,12 @@ class EstimatorConfig:
         for name, low in (("min_face", 0), ("batch_size", 1)):
             if getattr(self, name) < low:
                 raise AgegenderError(f"--{_flag(name)} must be >= {low}, got {getattr(self, name)}")
+        high = {"upsample": MAX_UPSAMPLE, "threads": MAX_THREADS, "workers": MAX_THREADS}
         for name in ("upsample", "max_detect_side", "pixel_limit", "threads", "workers"):
             value = getattr(self, name)
             low = 0 if name == "upsample" else 1
             if value is not None and value < low:
                 raise AgegenderError(f"--{_flag(name)} must be >= {low}, got {value}")
-            high = {"upsample": MAX_UPSAMPLE, "threads": MAX_THREADS, "workers": MAX_THREADS}
             if value is not None and name in high and value > high[name]:
                 # dlib's upsampling quadruples the pixels each step (5: 26 s, 3 GB for a
                 # 512 x 512 photo); thousands of threads abort ONNX Runtime

@@ -7,6 +7,12 @@ class AgegenderError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
+def single_line(text: str) -> str:
+    """`text` with its line breaks written as \\n and \\r (a file name may hold one), so
+    that an error line, a table row or a comment stays one line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class ImageError(AgegenderError):
     """An input could not be read or decoded as an image."""
 

@@ -251,9 +251,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # by the range its values use beyond 16 bits (they went white, clipped at 65535)
         array = np.asarray(image, dtype=np.float64)
         peak = float(array.max(initial=0.0))
-        top = 65535.0 if mode.startswith("I;16") or 255 < peak <= 65535 else 255.0
-        if peak > 65535:
-            top = peak
+        wide = mode.startswith("I;16") or 255 < peak <= 65535
+        top = 65535.0 if wide else max(peak, 255.0)
         gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if mode == "F":
@@ -329,6 +328,14 @@ OUTPUT_MARKER = ".agegender-output"
 
 def is_output_folder(folder: Path) -> bool:
     return (folder / OUTPUT_MARKER).is_file()
+
+
+def remove_output_folder(folder: Path) -> None:
+    """Remove a folder a run made for its outputs (and marked), when the run ends without
+    writing any: its marker, then the folder if nothing else is in it."""
+    with contextlib.suppress(OSError):
+        (folder / OUTPUT_MARKER).unlink(missing_ok=True)
+        folder.rmdir()
 
 
 def walk_images(folder: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[str]:

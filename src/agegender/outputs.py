@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from .errors import single_line
 from .results import Face, ImageResult
 
 NAME_BYTES = 255  # the longest file name most file systems take
@@ -63,7 +64,7 @@ def face_label(face: Face) -> str:
 def source_label(result: ImageResult) -> str:
     """The path, with the time for a video frame (clip.mp4@12.00s); a line break in a
     name as \n, so that each row stays one line."""
-    path = result.path.replace("\n", "\\n").replace("\r", "\\r")
+    path = single_line(result.path)
     if result.frame is None:
         return path
     return f"{path}@{result.time or 0.0:.2f}s"

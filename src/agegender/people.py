@@ -215,7 +215,6 @@ class PeopleTracker:
         # (a variable frame rate, a live stream), and at least two detections
         self.tracker = Tracker(max_lost=2 * detect_every, min_hits=min_hits, max_lost_time=max_lost)
         self.frames_seen = 0
-        self.frames_detected = 0
         self._centres: NDArray[np.float64] | None = None
         age = estimator.tasks.get("age")
         if age is not None:
@@ -234,7 +233,6 @@ class PeopleTracker:
         probs: dict[str, NDArray[np.float64]] = {}
         estimates: dict[str, list[Any]] = {}
         if detect:
-            self.frames_detected += 1
             prepared = self.estimator.prepare(rgb, f"frame {frame.index}")
             detections = prepared.detections
             if detections:

@@ -31,7 +31,7 @@ from PIL import Image
 from . import images, sessions
 from .cards import ModelCard
 from .config import MODEL_FIELDS, EstimatorConfig
-from .errors import AgegenderError
+from .errors import AgegenderError, single_line
 from .faces import Detection, FaceDetector
 from .finder import FaceFinder, build_detector, detector_key
 from .heads import CropKey, Head, Task, build_tasks, decode_face, distributions
@@ -99,7 +99,7 @@ def describe_error(error: BaseException) -> str:
     """One line for an error: our own messages whole (a line break, as in a file name
     that holds one, written as \\n), others' first line with their type."""
     if isinstance(error, AgegenderError):
-        return str(error).strip().replace("\r", "\\r").replace("\n", "\\n")
+        return single_line(str(error).strip())
     text = (str(error).splitlines() or [""])[0].strip()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

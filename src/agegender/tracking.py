@@ -167,10 +167,7 @@ class Tracker:
         # no frame came in between to end its track (a variable frame rate, a stall).
         early: list[Track] = []
         if self.max_lost_time is not None and time is not None:
-            early = [t for t in self.tracks if self._lost(t, frame, time)]
-            if early:
-                gone = {t.key for t in early}
-                self.tracks = [t for t in self.tracks if t.key not in gone]
+            early = self._end([t for t in self.tracks if self._lost(t, frame, time)])
         for track in self.tracks:
             dt = frame - track.frame
             if dt > 0:
@@ -215,12 +212,16 @@ class Tracker:
                         track.id = self._ids
                     self.tracks.append(track)
                     matches.append(Match(track, det))
-        ended = [t for t in self.tracks if self._lost(t, frame, time)]
-        if ended:
-            gone = {t.key for t in ended}
-            self.tracks = [t for t in self.tracks if t.key not in gone]
-            matches = [m for m in matches if m.track.key not in gone]
+        ended = self._end([t for t in self.tracks if self._lost(t, frame, time)])
+        gone = {t.key for t in ended}
+        matches = [m for m in matches if m.track.key not in gone]
         return matches, early + ended
+
+    def _end(self, tracks: list[Track]) -> list[Track]:
+        """Remove `tracks` from the live ones; returns them."""
+        gone = {t.key for t in tracks}
+        self.tracks = [t for t in self.tracks if t.key not in gone]
+        return tracks
 
     def _lost(self, track: Track, frame: int, time: float | None) -> bool:
         if frame - track.last_frame <= self.max_lost:

@@ -228,22 +228,20 @@ def run_ray(job: Job, args: argparse.Namespace) -> Tally:
 
 
 def _check_resources(
-    args: argparse.Namespace, node_cpus: list[float], node_gpus: list[float], joined: Any
+    args: argparse.Namespace, node_cpus: list[float], node_gpus: list[float], joined: bool
 ) -> None:
     """An actor that asks for more than any node has would wait forever: on a Ray started
     for this job nothing can ever add it (an error); on a cluster an autoscaler might (a
     warning)."""
-    problems = []
-    if args.num_cpus and args.num_cpus > max(node_cpus, default=0.0):
-        problems.append(
-            f"--num-cpus {args.num_cpus:g}: no node has that many CPUs "
-            f"(the largest has {max(node_cpus, default=0.0):g})"
+    problems = [
+        f"--num-{kind.lower()}s {asked:g}: no node has that many {kind}s (the largest has "
+        f"{largest:g})"
+        for kind, asked, largest in (
+            ("CPU", args.num_cpus, max(node_cpus, default=0.0)),
+            ("GPU", args.num_gpus, max(node_gpus, default=0.0)),
         )
-    if args.num_gpus and args.num_gpus > max(node_gpus, default=0.0):
-        problems.append(
-            f"--num-gpus {args.num_gpus:g}: no node has that many GPUs "
-            f"(the largest has {max(node_gpus, default=0.0):g})"
-        )
+        if asked and asked > largest
+    ]
     if not problems:
         return
     if not joined:
@@ -358,7 +356,7 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
         alive = [node for node in ray.nodes() if node.get("Alive")]
         node_cpus = [node["Resources"].get("CPU", 0.0) for node in alive]
         node_gpus = [node["Resources"].get("GPU", 0.0) for node in alive]
-        _check_resources(args, node_cpus, node_gpus, joined=not started_here or args.address)
+        _check_resources(args, node_cpus, node_gpus, joined=bool(args.address) or not started_here)
         concurrency = args.concurrency
         if concurrency is None:
             concurrency = actor_count(node_cpus, node_gpus, len(refs), args.num_cpus, args.num_gpus)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from ..errors import AgegenderError
+from ..errors import AgegenderError, single_line
 from .options import add_estimator_options, add_input_options, config_from_args
 
 if TYPE_CHECKING:  # the heavy modules (numpy, OpenCV, ONNX Runtime) load in run()
@@ -114,17 +114,6 @@ def _missing_folders(folder: Path) -> list[Path]:
     return missing
 
 
-def _remove_made_folders(made: list[Path]) -> None:
-    """Remove the --annotate folders this run made, when it ends before any image (a
-    folder holding anything else stays)."""
-    from ..images import OUTPUT_MARKER
-
-    for folder in made:
-        with contextlib.suppress(OSError):
-            (folder / OUTPUT_MARKER).unlink(missing_ok=True)
-            folder.rmdir()
-
-
 def _reason(error: OSError) -> str:
     reason = error.strerror or str(error) or type(error).__name__
     return f"{reason}: {error.filename}" if error.filename else reason
@@ -164,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import outputs, video
-    from ..images import IMAGE_SUFFIXES, expand_each
+    from ..images import IMAGE_SUFFIXES, expand_each, remove_output_folder
     from ..pipeline import Estimator
 
     config = config_from_args(args)  # a bad option or preset: exit 2 before anything
@@ -176,8 +165,10 @@ def _run(args: argparse.Namespace) -> int:
     files: list[str] = []
     for item, found in expand_each(args.inputs, IMAGE_SUFFIXES | video.VIDEO_SUFFIXES):
         if Path(item).is_dir() and not found:
-            shown = item.replace("\n", "\\n").replace("\r", "\\r")  # one line per error
-            print(f"agegender: error: {shown}: {_folder_problem(item)}", file=sys.stderr)
+            print(
+                f"agegender: error: {single_line(item)}: {_folder_problem(item)}",
+                file=sys.stderr,
+            )
             failures += 1
         files.extend(found)
     videos = [f for f in files if video.is_video(f)]
@@ -197,7 +188,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         estimator = Estimator(config)
     except BaseException:
-        _remove_made_folders(made)  # nothing was written: leave nothing behind
+        for folder in made:  # nothing was written: leave nothing behind
+            remove_output_folder(folder)
         raise
     results = estimator.predict_many(sources(), keep_images=args.annotate is not None)
     show = (

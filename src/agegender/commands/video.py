@@ -362,14 +362,13 @@ class _Run:
 
     # -- outputs -------------------------------------------------------------------------
     def _remove_created(self) -> None:
-        from ..images import OUTPUT_MARKER
+        from ..images import remove_output_folder
 
         for path in reversed(self.created):
-            with contextlib.suppress(OSError):
-                if path.is_dir():
-                    (path / OUTPUT_MARKER).unlink(missing_ok=True)
-                    path.rmdir()  # only if nothing else is in it
-                else:
+            if path.is_dir():
+                remove_output_folder(path)
+            else:
+                with contextlib.suppress(OSError):
                     path.unlink()
 
     def _make_thumbs_folder(self, folder: Path) -> None:

@@ -75,10 +75,12 @@ class StoreLayout:
         return self.locks_dir() / (dest.name + LOCK_SUFFIX)
 
     def staging_file(self) -> Path:
-        """A new empty file in the models folder (same disk: ``os.replace`` installs it)."""
+        """A new empty file in the models folder (same disk: ``os.replace`` installs it),
+        readable by all (0644) as downloaded files are (mkstemp's are private)."""
         folder = self.models_dir()
         folder.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix=".import-", suffix=PART_SUFFIX, dir=folder)
+        os.fchmod(handle, 0o644)
         os.close(handle)
         return Path(name)
 

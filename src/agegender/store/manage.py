@@ -367,7 +367,6 @@ def _import_archive(
             if actual != card.source.sha256:
                 wrong.append((card, actual))
                 continue
-            os.chmod(tmp, 0o644)  # as pulled files (the staging file is private)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
@@ -490,7 +489,6 @@ def import_file(
             _check_graph(card, src)
         dest = layout.model_path(card)
         _check_not_a_folder(dest)
-        os.chmod(tmp, 0o644)  # as pulled files (the staging file is private)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
