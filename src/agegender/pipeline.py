@@ -125,6 +125,16 @@ class Estimator:
         """The preset's estimator with `overrides` (any EstimatorConfig field)."""
         return cls(EstimatorConfig.from_preset(name, **overrides))
 
+    # A pickled estimator is its configuration: unpickling (in another process, a Ray
+    # actor, a multiprocessing worker) builds the models again from it, as Estimator(config)
+    # would there; sessions, threads and locks do not travel.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        config = state["config"]
+        self._setup(config, _Shared(config))
+
     def _setup(self, config: EstimatorConfig, shared: _Shared) -> None:
         self.config = config
         self._shared = shared
