@@ -129,3 +129,23 @@ def test_a_served_app_starts_again_after_it_stopped() -> None:
                 "/v1/estimate", files={"image": ("a.png", ASTRONAUT.read_bytes(), "image/png")}
             )
             assert answer.status_code == 200, answer.text
+
+
+def test_estimate_refuses_images_prepared_for_other_models(
+    estimator: Estimator, astronaut_rgb: np.ndarray, tmp_path: Path
+) -> None:
+    """A prepared image holds the crops of the models that prepared it; another
+    estimator's heads need others. It had been a bare KeyError of a crop key."""
+    from support import standins
+
+    levi = standins.save(standins.googlenet(seed=3), tmp_path / "levi.onnx")
+    other = Estimator(tta=False, calibration="none", age_models=[f"levi-age={levi}"])
+    prepared = estimator.prepare(astronaut_rgb, "astronaut.png")
+    with pytest.raises(AgegenderError, match=r"^astronaut\.png: .*no crop for levi-age"):
+        other.estimate([prepared])
+    # a face added or removed after the crops were cut is refused too, not misaligned
+    prepared.detections.append(prepared.detections[0])
+    with pytest.raises(AgegenderError, match=r"astronaut\.png: .*no crop for every face"):
+        estimator.estimate([prepared])
+    prepared.detections.pop()
+    assert len(estimator.estimate([prepared])[0]) == 1  # its own estimator still takes it

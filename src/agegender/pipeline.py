@@ -223,6 +223,15 @@ class Estimator:
 
     def estimate(self, prepared: Sequence[PreparedImage]) -> list[list[Face]]:
         """Run the crops of all prepared images through each head in shared batches."""
+        heads = self._distinct_heads()
+        for p in prepared:
+            missing = [h.card.id for key, h in heads.items() if key not in p.crops]
+            if missing or any(len(p.crops[key]) != len(p.detections) for key in heads):
+                raise AgegenderError(
+                    f"{single_line(p.name)}: this prepared image has no crop for "
+                    f"{', '.join(missing) or 'every face'} (prepared by an estimator with "
+                    "other models, or changed since); prepare it with this estimator"
+                )
         probs = distributions(
             self.tasks,
             lambda head: [c for p in prepared for c in p.crops[head.crop_key]],
