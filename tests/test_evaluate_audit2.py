@@ -209,3 +209,21 @@ def test_calibrate_cropped_refuses_detection_options(
     labels.write_text("path,age,gender\n" + "".join(f"{p},30,f\n" for p in faces_dir))
     code, _, err = _calibrate(capsys, labels, *extra)
     assert code == 2 and "--cropped with" in err, err
+
+
+def test_no_face_found_anywhere_is_said(tmp_path: Path, capsys) -> None:
+    """--min-face larger than every face leaves an all-zero table: a warning says why."""
+    faces = _faces(tmp_path / "img", 2)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,age,gender\n" + "".join(f"{p},30,f\n" for p in faces))
+    base = ("evaluate", str(labels), "--format", "csv", "--no-progress", "--threads", "1")
+    code, out, err = _run(capsys, *base, "--min-face", "4000")
+    assert code == 0, err
+    assert (
+        "agegender: warning: setting default: no face found in any of the 2 readable images "
+        "(faces under --min-face 4000 px are not counted)"
+    ) in err
+    assert "0.0%" in out
+    code, _, err = _run(capsys, *base)  # the faces are found: no such warning
+    assert code == 0, err
+    assert "no face found" not in err

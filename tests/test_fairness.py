@@ -425,3 +425,19 @@ def test_csv_group_column_end_to_end(
     assert code == 2 and "--group-column is for csv, not utkface" in err
     code, _, err = _evaluate([*args, "--min-group-size", "0"], capsys)
     assert code == 2 and "--min-group-size 0: must be 1 or more" in err
+
+
+def test_a_group_with_no_face_found_is_marked_and_left_out() -> None:
+    """A group whose every face was missed has no figure: it is listed with its *, and
+    named among the groups left out (with 0), as any group under the minimum is."""
+    records, outcomes = _gender_set()
+    records.append(Record("d0.jpg", age=30, gender="male", race="d"))
+    outcomes.append(Outcome("no_face"))
+    fair = metrics.summarize(records, outcomes, min_group=2)["fairness"]
+    assert fair["groups"]["d"]["gender_accuracy"] is None
+    assert fair["gaps"]["gender_accuracy"]["excluded"] == {"d": 0}
+    assert fair["gaps"]["gender_accuracy"]["groups"] == 3  # a, b, c still ranked
+    text = report.fairness_text({"settings": [{"name": "x", "metrics": {"fairness": fair}}]})
+    row = next(line for line in text.splitlines() if line.startswith("d "))
+    assert row.split()[:3] == ["d", "*", "1"]
+    assert "left out, under 2 faces: d (0)" in text

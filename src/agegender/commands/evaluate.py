@@ -299,6 +299,15 @@ def run(args: argparse.Namespace) -> int:
                 "could be read (wrong folder or --root?)",
                 file=sys.stderr,
             )
+        found = entry["metrics"]["faces_found"]
+        if found["of"] and not found["n"]:
+            smaller = getattr(args, "min_face", None)
+            print(
+                f"agegender: warning: setting {entry['name']}: no face found in any of the "
+                f"{found['of']} readable images"
+                + (f" (faces under --min-face {smaller} px are not counted)" if smaller else ""),
+                file=sys.stderr,
+            )
         for item in unreadable[:SHOW_UNREADABLE]:
             print(f"agegender: warning: {item['error']}", file=sys.stderr)
         if len(unreadable) > SHOW_UNREADABLE:

@@ -499,8 +499,8 @@ def fairness(
     and each figure with the count it is over (gender accuracy, MAE only where labels give
     exact ages, group accuracy). ``gaps``:
     per figure, max - min over the groups measured on at least `min_n` faces, naming the
-    two (None with fewer than two such groups); ``excluded`` lists the groups measured
-    on fewer (name -> count): shown, but too few to rank.
+    two (None with fewer than two such groups); ``excluded`` lists the other groups
+    (name -> count, 0 for a group none of whose faces was found): shown, too few to rank.
     """
     groups: dict[str, Any] = {}
     for name, entry in breakdown.items():
@@ -517,7 +517,8 @@ def fairness(
         if not measured:
             continue
         ranked = {n: r[figure] for n, r in measured.items() if r[f"{figure}_n"] >= min_n}
-        excluded = {n: r[f"{figure}_n"] for n, r in measured.items() if n not in ranked}
+        # every group under min_n, a group with no face measured (0) included
+        excluded = {n: r[f"{figure}_n"] for n, r in groups.items() if n not in ranked}
         gap: dict[str, Any] = {"gap": None, "max": None, "min": None, "groups": len(ranked)}
         if len(ranked) >= 2:
             high = max(ranked, key=ranked.__getitem__)
