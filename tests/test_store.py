@@ -397,6 +397,53 @@ def test_the_layout_owns_every_path(home: Path) -> None:
     assert StoreLayout(Path("/elsewhere")).graph_cache_dir() == Path("/elsewhere/batched")
 
 
+# An import that hangs after its first bytes (the test's own slowness), run as a process
+_HANGING_IMPORT = """
+import sys, time
+from agegender.store import hashing, manage
+
+def copy(self, src, out):
+    out.write(src.read(100)); out.flush()
+    print("copying", flush=True)
+    time.sleep(600)
+
+hashing.Sha256.copy = copy
+manage.import_file(__import__("pathlib").Path(sys.argv[1]))
+"""
+
+
+def test_a_killed_imports_staging_file_is_removed_by_the_next(home: Path, tmp_path: Path) -> None:
+    """SIGKILL leaves an import's staging file (no finally runs); the next staging file
+    made on this host removes it once its process is gone, and keeps live processes' and
+    other hosts' files."""
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "model.onnx"
+    src.write_bytes(DATA)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HANGING_IMPORT, str(src)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "AGEGENDER_HOME": str(home)},
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"copying\n"
+        models = home / "models"
+        (orphan,) = [p for p in models.iterdir() if p.name.startswith(".import-")]
+        assert f"-{child.pid}-" in orphan.name
+        other_host = models / f".import-elsewhere-{child.pid}-x.part"
+        other_host.write_bytes(b"another machine's import")
+        live = StoreLayout.default().staging_file()  # the child still runs: kept
+        assert orphan.is_file()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    fresh = StoreLayout.default().staging_file()
+    assert not orphan.exists()  # its process is gone
+    assert live.is_file() and fresh.is_file() and other_host.is_file()  # ours, another host's
+
+
 def test_one_sha256_helper_for_files_copies_and_resumes(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(DATA)

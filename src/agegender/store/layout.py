@@ -9,6 +9,9 @@ Under the root (``$AGEGENDER_HOME``, else the platform's user cache folder)::
                                     sha256 is not the card's
     models/<file>.built.json        sidecar: the record of an INT8 copy built here (its
                                     sha256, what it was built from: store/quantized.py)
+    models/.import-<host>-<pid>-<random>.part
+                                    a file being imported, extracted or built (renamed
+                                    into place; one whose process is gone is removed)
     locks/<file>.lock               one download of <file> at a time (kept: see download.py)
     batched/                        batch-free copies of fixed-batch graphs (onnxgraph)
     fetch/<tmp>/                    a wheel or npm tarball while its member is extracted
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,13 +81,47 @@ class StoreLayout:
 
     def staging_file(self) -> Path:
         """A new empty file in the models folder (same disk: ``os.replace`` installs it),
-        readable by all (0644) as downloaded files are (mkstemp's are private)."""
+        readable by all (0644) as downloaded files are (mkstemp's are private).
+
+        Its name holds this host and process; staging files of this host whose process
+        is gone (an import killed with SIGKILL, a power cut) are removed first."""
         folder = self.models_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=".import-", suffix=PART_SUFFIX, dir=folder)
+        host = _host_tag()
+        _remove_orphaned_staging(folder, host)
+        handle, name = tempfile.mkstemp(
+            prefix=f".import-{host}-{os.getpid()}-", suffix=PART_SUFFIX, dir=folder
+        )
         os.fchmod(handle, 0o644)
         os.close(handle)
         return Path(name)
+
+
+def _host_tag() -> str:
+    """This machine's name as a file name's part (a store may be shared over NFS)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
+
+
+def _remove_orphaned_staging(folder: Path, host: str) -> None:
+    """Remove this host's staging files whose process no longer runs. Other hosts'
+    are left alone (their processes cannot be seen from here), and so is a file whose
+    process id was reused (kept until that process ends: harmless)."""
+    pattern = re.compile(re.escape(f".import-{host}-") + r"(\d+)-[^/]*" + re.escape(PART_SUFFIX))
+    for entry in folder.iterdir():
+        found = pattern.fullmatch(entry.name)
+        pid = int(found.group(1)) if found else 0
+        if found and pid != os.getpid() and not _alive(pid) and entry.is_file():
+            entry.unlink(missing_ok=True)
 
 
 def part_path(dest: Path) -> Path:

@@ -165,7 +165,6 @@ def build_copy(
         tmp = layout.staging_file()
         try:
             build(base_path, ranges, tmp)
-            os.chmod(tmp, 0o644)  # as downloaded files (the staging file is private)
             sha = sha256_file(tmp)
             size = tmp.stat().st_size
             built_path(dest).unlink(missing_ok=True)  # no old record beside the new file
