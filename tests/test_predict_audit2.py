@@ -137,3 +137,43 @@ def test_a_32_bit_tiff_beyond_16_bits_is_scaled_by_its_range(
     Image.fromarray(gray.astype(np.int32), "I").save(path)
     status, out, err = run(capsys, "--jsonl", "--detector", "dlib", "--upsample", "0", str(path))
     assert status == 0 and json.loads(out)["faces"], err  # it went white: no face
+
+
+def test_annotate_keeps_few_decoded_images_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--annotate keeps each image decoded until it is drawn; it had kept two chunks of
+    16 (4.6 GB of 7,071 x 7,071 photos). Counted by the kept arrays' finalizers."""
+    import weakref
+
+    from agegender.pipeline import Estimator
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small = Image.open(ASTRONAUT).convert("RGB").resize((96, 96))
+    for i in range(40):
+        small.save(folder / f"{i:02d}.png")
+    alive = {"now": 0, "most": 0}
+
+    def gone() -> None:
+        alive["now"] -= 1
+
+    real = Estimator._load_and_prepare
+
+    def counting(self, source, channels, keep_image):  # type: ignore[no-untyped-def]
+        out = real(self, source, channels, keep_image)
+        image = getattr(out[1], "image", None)
+        if image is not None:
+            alive["now"] += 1
+            alive["most"] = max(alive["most"], alive["now"])
+            weakref.finalize(image, gone)
+        return out
+
+    monkeypatch.setattr(Estimator, "_load_and_prepare", counting)
+    status, _, err = run(
+        capsys, "--detector", "none", str(folder), "--annotate", str(tmp_path / "a")
+    )
+    assert status == 0, err
+    assert len(os.listdir(tmp_path / "a")) == 40
+    # two chunks of one per worker (at most 4 workers) and the one being drawn
+    assert 0 < alive["most"] <= 2 * 4 + 1
