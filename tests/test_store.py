@@ -15,7 +15,7 @@ from modelserver import serve
 from support.standins import peaked_graph as standin_graph
 
 from agegender import store
-from agegender.cards import ModelCard, get_card, parse_card
+from agegender.cards import ModelCard, get_card, load_card_file, parse_card
 from agegender.errors import CardError, DownloadError, ModelFileError, ModelNotInstalledError
 from agegender.store import DownloadPolicy, StoreLayout, store_path
 
@@ -598,3 +598,32 @@ def test_a_card_built_here_is_not_imported(tmp_path: Path) -> None:
     ):
         store.import_file(copy, "cc0-age-v1-int8")
     assert not store_path(built).exists()
+
+
+def test_pull_and_verify_read_a_user_cards_file_beside_it_as_predict_does(
+    tmp_path: Path, home: Path
+) -> None:
+    """A URL card of the user's whose file lies next to its TOML: predict runs that file;
+    `models verify` had called it missing and `models pull` downloaded another copy."""
+    folder = tmp_path / "mycard"
+    folder.mkdir()
+    toml = folder / "card.toml"
+    toml.write_text(
+        'id = "mine"\ntask = "age"\n[source]\nurl = "http://127.0.0.1:9/never"\n'
+        f'file = "mine.onnx"\nbytes = {len(DATA)}\nsha256 = "{SHA}"\n'
+        '[input]\nsize = [224, 224]\n[crop]\nkind = "margin"\n[output]\nrange = [0, 100]\n'
+    )
+    beside = folder / "mine.onnx"
+    beside.write_bytes(DATA)
+    card = load_card_file(toml)
+    assert store.resolve(card) == beside  # what predict runs
+    assert store.install_state(card).path == beside
+    checked = store.verify(card)
+    assert (checked.status, checked.path) == ("ok", beside)
+    # nothing listens on port 9: a download would fail, and nothing is put in the store
+    assert (pull(card, retries=0).action, pull(card, retries=0).path) == ("local", beside)
+    assert not (home / "models" / "mine.onnx").exists()
+    beside.write_bytes(DATA[:-1] + bytes([DATA[-1] ^ 1]))  # another file of the same size
+    assert store.verify(card).status == "mismatch"
+    with pytest.raises(ModelFileError, match="does not match the card's sha256"):
+        pull(card, retries=0)

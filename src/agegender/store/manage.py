@@ -39,7 +39,7 @@ from .archives import (
 )
 from .converted import converted_bytes, install_converted
 from .download import OFFLINE_ENV, DownloadPolicy, download, exclusive
-from .files import card_folder, package_path, resolve
+from .files import card_folder, check_file, package_path, resolve
 from .hashing import Sha256, sha256_bytes, sha256_file
 from .layout import (
     StoreLayout,
@@ -100,6 +100,14 @@ def _local_path(card: ModelCard) -> Path:
     return folder / card.source.file if folder is not None else Path(card.source.file)
 
 
+def _beside_card(card: ModelCard) -> Path | None:
+    """The file of a card of the user's that lies next to its TOML: ``predict`` reads that
+    one first, also for a URL, wheel or npm card, so ``pull`` and ``verify`` do too."""
+    folder = card_folder(card)
+    local = folder / card.source.file if folder is not None else None
+    return local if local is not None and local.is_file() else None
+
+
 def install_state(card: ModelCard, layout: StoreLayout | None = None) -> InstallState:
     """Where a card's file is, without hashing it (``verify`` hashes)."""
     if card.source.package:
@@ -115,6 +123,9 @@ def install_state(card: ModelCard, layout: StoreLayout | None = None) -> Install
             if path.is_file()
             else InstallState(card, "missing", None)
         )
+    beside = _beside_card(card)
+    if beside is not None:
+        return InstallState(card, "installed", beside)
     path = (layout or StoreLayout.default()).model_path(card)
     if path.is_file():
         status: InstallStatus = "unverified" if read_unverified(path) is not None else "installed"
@@ -164,6 +175,10 @@ def pull(
         return PullResult(card, package_path(card), "package")
     if not card.source.stored:
         return PullResult(card, resolve(card), "local")
+    beside = _beside_card(card)
+    if beside is not None:  # what predict runs: checked, and nothing downloaded beside it
+        check_file(card, beside)
+        return PullResult(card, beside, "local")
     dest = layout.model_path(card)
     _check_not_a_folder(dest)
     if dest.is_file() and read_unverified(dest) is None:
