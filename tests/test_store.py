@@ -627,3 +627,32 @@ def test_pull_and_verify_read_a_user_cards_file_beside_it_as_predict_does(
     assert store.verify(card).status == "mismatch"
     with pytest.raises(ModelFileError, match="does not match the card's sha256"):
         pull(card, retries=0)
+
+
+def test_two_cards_naming_one_file_never_run_on_each_others(
+    server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Card b's pull replaces card a's file of the same name; a large file is not
+    re-hashed when it loads, so a was then run on b's weights. The install record
+    refuses it without hashing."""
+    from agegender.store import files
+
+    monkeypatch.setattr(files, "VERIFY_ON_LOAD_MAX_BYTES", 0)  # as for a 500 MB file
+    other = bytes(b ^ 0x5A for b in DATA)  # the same size, other bytes
+    url, _ = server
+    card_a = make_card(f"{url}/file", DATA, "card-a", "shared.onnx")
+    assert pull(card_a).action == "downloaded"
+    assert store.resolve(card_a).read_bytes() == DATA
+    with serve(other) as (url_b, _):
+        card_b = make_card(f"{url_b}/file", other, "card-b", "shared.onnx")
+        with pytest.warns(UserWarning, match="holds card card-a's file, which this pull replaces"):
+            assert pull(card_b).action == "downloaded"
+    assert store.resolve(card_b).read_bytes() == other
+    with pytest.raises(ModelFileError, match=r"holds card card-b's file .* two cards name"):
+        store.resolve(card_a)
+    assert store.verify(card_a).status == "mismatch"
+    with pytest.warns(UserWarning, match="holds card card-b's file"):
+        pull(card_a)  # back to a's: b is refused in turn
+    assert store.resolve(card_a).read_bytes() == DATA
+    with pytest.raises(ModelFileError, match="holds card card-a's file"):
+        store.resolve(card_b)

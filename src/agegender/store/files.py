@@ -19,7 +19,7 @@ from typing import Any
 from ..cards import ModelCard
 from ..errors import ModelFileError, ModelNotInstalledError
 from .hashing import sha256_file
-from .layout import read_unverified, store_path
+from .layout import read_installed, read_unverified, store_path
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,30 @@ def resolve(card: ModelCard, *, verify: bool = True) -> Path:
 
         check_built(card, path, verify=verify)
         return path
+    if path != local and card.source.stored:
+        _check_owner(card, path)
     # Large downloads were hashed when pulled or imported; re-hashing 500 MB on every
     # start would cost seconds, so only small files are re-hashed here (`models verify`
     # re-hashes everything).
     check_file(card, path, verify=verify and path.stat().st_size <= VERIFY_ON_LOAD_MAX_BYTES)
     return path
+
+
+def _check_owner(card: ModelCard, path: Path) -> None:
+    """A store file whose install record names another sha256 (another card naming the
+    same file was pulled or imported after this one) is refused without hashing it; one
+    changed since its record is left to the size and hash checks."""
+    record = read_installed(path)
+    if record is None or record.get("sha256") in (None, card.source.sha256):
+        return
+    stat = path.stat()
+    if (stat.st_size, stat.st_mtime_ns) != (record.get("bytes"), record.get("mtime_ns")):
+        return
+    raise ModelFileError(
+        f"model {card.id}: {path} holds card {record.get('card')}'s file (sha256 "
+        f"{str(record['sha256'])[:12]}...), not this card's; two cards name the file "
+        f"{path.name}: give one of them another [source] file, then pull it"
+    )
 
 
 def _check_unchanged(card: ModelCard, path: Path, record: dict[str, Any], *, verify: bool) -> None:

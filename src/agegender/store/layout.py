@@ -9,6 +9,9 @@ Under the root (``$AGEGENDER_HOME``, else the platform's user cache folder)::
                                     sha256 is not the card's
     models/<file>.built.json        sidecar: the record of an INT8 copy built here (its
                                     sha256, what it was built from: store/quantized.py)
+    models/<file>.installed.json    sidecar: which card's file was installed there (its
+                                    sha256, size and time), so that another card naming
+                                    the same file is refused, not run on it
     models/.import-<host>-<pid>-<random>.part
                                     a file being imported, extracted or built (renamed
                                     into place; one whose process is gone is removed)
@@ -41,6 +44,7 @@ PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 UNVERIFIED_SUFFIX = ".unverified.json"
 BUILT_SUFFIX = ".built.json"
+INSTALLED_SUFFIX = ".installed.json"
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,35 @@ def write_unverified(path: Path, record: dict[str, Any]) -> None:
 def clear_unverified(path: Path) -> None:
     """``path`` now matches its card: drop any unverified-import record."""
     sidecar_path(path).unlink(missing_ok=True)
+
+
+def installed_path(path: Path) -> Path:
+    """Where the record of the card whose file was installed at ``path`` lives."""
+    return path.with_name(path.name + INSTALLED_SUFFIX)
+
+
+def read_installed(path: Path) -> dict[str, Any] | None:
+    """The install record of a store file (None without one: older installs, imports
+    with --card, files put there by hand)."""
+    try:
+        data = json.loads(installed_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def mark_installed(path: Path, card_id: str, sha256: str | None) -> None:
+    """``path`` now holds the card's own (checked) file: record it, drop any
+    unverified-import record."""
+    clear_unverified(path)
+    stat = path.stat()
+    record = {"card": card_id, "sha256": sha256, "bytes": stat.st_size}
+    record["mtime_ns"] = stat.st_mtime_ns
+    installed_path(path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def clear_installed(path: Path) -> None:
+    installed_path(path).unlink(missing_ok=True)
 
 
 def built_path(path: Path) -> Path:

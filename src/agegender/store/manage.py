@@ -8,6 +8,7 @@ recording its hash, so ``verify`` can say so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -43,8 +44,10 @@ from .files import card_folder, check_file, package_path, resolve
 from .hashing import Sha256, sha256_bytes, sha256_file
 from .layout import (
     StoreLayout,
-    clear_unverified,
+    clear_installed,
+    mark_installed,
     part_path,
+    read_installed,
     read_unverified,
     write_unverified,
 )
@@ -183,13 +186,23 @@ def pull(
     _check_not_a_folder(dest)
     if dest.is_file() and read_unverified(dest) is None:
         if sha256_file(dest) == card.source.sha256:
+            mark_installed(dest, card.id, card.source.sha256)
             return PullResult(card, dest, "present")
+        other = read_installed(dest)
+        if other is not None and other.get("card") not in (None, card.id):
+            warnings.warn(
+                f"model {card.id}: {dest} holds card {other['card']}'s file, which this "
+                f"pull replaces; two cards name the file {dest.name}: give one of them "
+                "another [source] file",
+                UserWarning,
+                stacklevel=2,
+            )
         dest.unlink()  # a corrupted copy must not stay where the model is expected
     if policy.is_offline:
         raise ModelNotInstalledError(offline_message(card, layout))
     if not card.source.url:
         _pull_member(card, dest, policy, progress, layout)
-        clear_unverified(dest)
+        mark_installed(dest, card.id, card.source.sha256)
         return PullResult(card, dest, "downloaded")
     try:
         download(
@@ -208,7 +221,7 @@ def pull(
             f"and run 'agegender models import FILE' ('agegender models pull {card.id} "
             "--offline' says which file and where it goes)"
         ) from None
-    clear_unverified(dest)
+    mark_installed(dest, card.id, card.source.sha256)
     return PullResult(card, dest, "downloaded")
 
 
@@ -385,7 +398,7 @@ def _import_archive(
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-        clear_unverified(dest)
+        mark_installed(dest, card.id, actual)
         installed[dest] = actual
         done.append(ImportResult(card, dest, actual, True))
     if done:
@@ -508,8 +521,9 @@ def import_file(
     finally:
         tmp.unlink(missing_ok=True)
     if verified:
-        clear_unverified(dest)
+        mark_installed(dest, card.id, actual)
     else:
+        clear_installed(dest)  # the unverified record below says what it is
         stat = dest.stat()
         write_unverified(
             dest,
@@ -584,8 +598,10 @@ def verify(card: ModelCard, layout: StoreLayout | None = None) -> VerifyResult:
         return VerifyResult(card, "ok", state.path, actual, "sha256 matches its build record")
     record = read_unverified(state.path) if card.source.stored else None
     if actual == card.source.sha256:
-        if record is not None:  # the card's own file is back: the old record would refuse it
-            clear_unverified(state.path)
+        if card.source.stored and state.path == (layout or StoreLayout.default()).model_path(card):
+            # the card's own file (back, after an unverified import): recorded as its
+            with contextlib.suppress(OSError):  # a read-only shared store still verifies
+                mark_installed(state.path, card.id, actual)
         return VerifyResult(card, "ok", state.path, actual, "sha256 matches the card")
     if record is not None:
         if record.get("sha256") == actual:
