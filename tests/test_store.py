@@ -526,6 +526,26 @@ def test_a_broken_transfer_says_the_part_file_is_kept_only_when_it_is(server) ->
     assert part.stat().st_size == 150000
 
 
+def test_a_download_into_a_temporary_folder_keeps_nothing_and_says_so(
+    server, tmp_path: Path
+) -> None:
+    """npm's registry fallback downloads into a folder removed when the pull fails: its
+    error had said "the partial file ... is kept: run again to resume"."""
+    url, _ = server
+    dest = tmp_path / "fetch" / "pkg.tgz"
+    with pytest.raises(DownloadError) as caught:
+        store.download(
+            f"{url}/drop-always",
+            dest,
+            policy=DownloadPolicy(retries=1, backoff=0.0, timeout=5.0),
+            progress=False,
+            resumable=False,
+        )
+    assert "(150000 bytes received, not kept)" in str(caught.value)
+    assert "resume" not in str(caught.value)
+    assert not store.part_path(dest).exists() and not dest.exists()
+
+
 def test_import_of_a_folder_or_a_missing_file_says_which(tmp_path: Path) -> None:
     card = make_card("http://127.0.0.1:9/never-fetched")
     with pytest.raises(ModelFileError, match=r"photos: is a folder; give the model file itself"):

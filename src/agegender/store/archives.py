@@ -206,7 +206,15 @@ def fetch_npm(
     registry = npm_registry()
     doc_url = f"{registry}/{quote(name, safe='@')}"
     stem = f"{name.rsplit('/', 1)[-1]}-{version}"
-    doc = download(doc_url, folder / f"{stem}.json", policy=policy, progress=False, layout=layout)
+    # into a temporary folder, removed when the pull fails: nothing is kept to resume
+    doc = download(
+        doc_url,
+        folder / f"{stem}.json",
+        policy=policy,
+        progress=False,
+        layout=layout,
+        resumable=False,
+    )
     try:
         meta = json.loads(doc.read_text(encoding="utf-8"))
         dist = meta["versions"][version]["dist"]
@@ -220,7 +228,15 @@ def fetch_npm(
     except (ValueError, TypeError):
         raise FetchToolError(f"{doc_url}: not an npm package document") from None
     dest = folder / f"{stem}.tgz"
-    download(tarball, dest, policy=policy, progress=progress, label=package, layout=layout)
+    download(
+        tarball,
+        dest,
+        policy=policy,
+        progress=progress,
+        label=package,
+        layout=layout,
+        resumable=False,
+    )
     _check_integrity(dest, dist.get("integrity"), dist.get("shasum"), tarball)
     return dest
 

@@ -127,13 +127,15 @@ def download(
     progress: bool | None = None,
     label: str | None = None,
     layout: StoreLayout | None = None,
+    resumable: bool = True,
 ) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``; install it only if it matches.
 
     ``sha256`` and ``size``, when given, are checked; a mismatch removes the part file and
     raises (ModelFileError, DownloadError): nothing is left at ``dest``. A failure that
-    another try may cure keeps the part file for the next call to resume. Raises
-    NetworkError when the server cannot be reached or will not serve the file.
+    another try may cure keeps the part file for the next call to resume (removed instead
+    when not ``resumable``: a download into a temporary folder). Raises NetworkError when
+    the server cannot be reached or will not serve the file.
     """
     policy = policy or DownloadPolicy()
     if policy.is_offline:
@@ -156,7 +158,7 @@ def download(
     with exclusive((layout or StoreLayout.default()).lock_path(dest)):
         bar = progress_bar(size, label or dest.name, progress)
         try:
-            return _Download(url, dest, part, sha256, size, policy, bar).run()
+            return _Download(url, dest, part, sha256, size, policy, bar, resumable).run()
         finally:
             bar.close()
 
@@ -181,6 +183,7 @@ class _Download:
     size: int | None
     policy: DownloadPolicy
     bar: tqdm
+    resumable: bool = True
 
     def _have(self) -> int:
         return self.part.stat().st_size if self.part.is_file() else 0
@@ -210,11 +213,16 @@ class _Download:
                 now = self._have()
                 failures = 0 if now > best else failures + 1
                 if failures > self.policy.retries:
-                    kept = (
-                        f"the partial file {self.part} ({now} bytes) is kept: run again to resume"
-                        if now
-                        else "nothing was received"
-                    )
+                    if not now:
+                        kept = "nothing was received"
+                    elif self.resumable:
+                        kept = (
+                            f"the partial file {self.part} ({now} bytes) is kept: "
+                            "run again to resume"
+                        )
+                    else:
+                        self.part.unlink(missing_ok=True)
+                        kept = f"{now} bytes received, not kept"
                     raise NetworkError(
                         f"{self.url}: {error}; {_gave_up(self.policy.retries)} ({kept})"
                     ) from None
