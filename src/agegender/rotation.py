@@ -81,9 +81,9 @@ def _face_box(upright: Upright) -> tuple[float, float, float, float]:
 class SweepDetector:
     """DEX's alignment: the base detector on rotated copies, best score per face kept.
 
-    The returned boxes are the axis-aligned bounds (in the original image) of each face's
-    upright box; landmarks, when a landmark model is given, are found on the upright copy
-    and mapped back.
+    The returned boxes are each face's own box in the original image (its upright box's
+    centre mapped back, its size: ``_face_box``); landmarks, when a landmark model is
+    given, are found on the upright copy and mapped back.
     """
 
     def __init__(
