@@ -59,6 +59,10 @@ def test_report_md_has_the_childrens_row(tmp_path: Path, capsys) -> None:
     )
     assert code == 0, err
     page = (tmp_path / "rep" / "report.md").read_text()
+    # readable by all, as every other output (mkstemp had left them 0600)
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "rep").iterdir() if p.is_file()} == {
+        0o644
+    }
     table = page.split("Children under 13", 1)[1].split("\n\n", 2)[1]
     rows = [line for line in table.splitlines() if line.startswith("| under 13 ")]
     assert len(rows) == 1 and rows[0].split("|")[2].strip() == "2", table  # n = 2 children

@@ -608,6 +608,28 @@ def test_an_unverified_import_is_used_only_as_it_was_imported(tmp_path: Path) ->
         store.resolve(card)
 
 
+def test_verify_accepts_an_unverified_import_again_when_only_its_time_changed(
+    tmp_path: Path,
+) -> None:
+    """A touched import is refused by predict (size and time), while `models verify`
+    said "unverified", exit 0: verify re-hashes it and takes the new time."""
+    card = make_card("http://127.0.0.1:9/never-fetched")
+    foreign = tmp_path / "my-conversion.onnx"
+    foreign.write_bytes(standin_graph(card, 40))
+    with pytest.warns(UserWarning, match="UNVERIFIED"):
+        result = store.import_file(foreign, "test-age", cards=[card])
+    stat = result.path.stat()
+    os.utime(result.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    with pytest.raises(ModelFileError, match="models verify' re-hashes it"):
+        store.resolve(card)
+    assert store.verify(card).status == "unverified"
+    assert store.resolve(card) == result.path  # the same bytes: used again
+    result.path.write_bytes(result.path.read_bytes() + b"\0")  # other bytes: not accepted
+    assert store.verify(card).status == "changed"
+    with pytest.raises(ModelFileError, match="changed since it was imported"):
+        store.resolve(card)
+
+
 def test_a_card_built_here_is_not_imported(tmp_path: Path) -> None:
     built = get_card("cc0-age-v1-int8")
     assert built.source.quantize

@@ -699,6 +699,7 @@ def _replace(out: Path, name: str, write: Callable[[Path], Any]) -> Any:
     """Write `name` under a temporary name in `out` and rename it into place."""
     suffix = Path(name).suffix
     handle, tmp = tempfile.mkstemp(prefix=f".{Path(name).stem}-", suffix=suffix, dir=out)
+    os.fchmod(handle, 0o644)  # as every other output (mkstemp's files are private)
     os.close(handle)
     try:
         result = write(Path(tmp))

@@ -165,7 +165,8 @@ def _check_unchanged(card: ModelCard, path: Path, record: dict[str, Any], *, ver
     if changed:
         raise ModelFileError(
             f"model {card.id}: {path} changed since it was imported with --card; import it "
-            "again or pull the card's own file"
+            "again or pull the card's own file ('agegender models verify' re-hashes it and "
+            "accepts it again if only its time changed)"
         )
 
 
