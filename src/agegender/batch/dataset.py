@@ -62,6 +62,8 @@ PART_PREFIX = "part-"
 # or .tmp-keep is not one of them.
 _PART_NAME = re.compile(r"part-\d{8}T\d{6}-[0-9a-f]{8}-\d{6,}\.(?:parquet|jsonl|csv)")
 _TMP_PART_NAME = re.compile(r"\.tmp-\d+-" + _PART_NAME.pattern)
+# The manifest's temporary copy (in _agegender/), left by a job killed while writing it.
+_TMP_MANIFEST_NAME = re.compile(r"\.tmp-\d+-manifest\.json")
 # (input key, attempt number, 1 if its error was transient) of a part's retried or failed inputs
 ATTEMPT_DTYPE = np.dtype([("key", "<u8"), ("attempt", "<u2"), ("transient", "u1")])
 DEFAULT_MAX_ATTEMPTS = 3
@@ -345,6 +347,12 @@ class Dataset:
     def _recover(self) -> None:
         """Drop what a killed job left uncommitted: temporary files, parts without keys
         (written by this process or by a Ray actor), attempt records of such parts."""
+        # The manifest's temporary copy: a job killed between its write and its rename
+        # left it, and a later job with the same pid (a restarted container) could not
+        # create it again (O_EXCL) when it writes the manifest.
+        for name in self.files.names(META):
+            if _TMP_MANIFEST_NAME.fullmatch(name):
+                self.files.delete(f"{META}/{name}")
         keyed = {n[: -len(".npy")] for n in self.files.names(KEYS) if n.endswith(".npy")}
         parts = set()
         for name in self.files.names():
@@ -656,8 +664,13 @@ def make_manifest(
     sink: str,
     key: str,
     video: dict[str, Any],
+    files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """`files`: the sha256 of each file of the user's that shapes the rows besides the
+    models (a --calibration file, a card's own TOML), by role: their paths alone, in
+    `config`, would let a file edited between a crash and the resume change the rows
+    unseen."""
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "sink": sink,
         "key": key,
@@ -666,10 +679,14 @@ def make_manifest(
         "video": video,
         "agegender_version": __version__,
     }
+    if files:
+        manifest["files_sha256"] = files
+    return manifest
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    for section in ("sink", "key", "config", "models", "video", "agegender_version"):
+    sections = ("sink", "key", "config", "models", "video", "files_sha256")
+    for section in (*sections, "agegender_version"):
         a, b = old.get(section), new.get(section)
         if a == b:
             continue

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -63,6 +64,25 @@ def model_identities(estimator: Estimator) -> list[dict[str, str]]:
             declared = card.source.sha256
             sha = declared if declared and size == card.source.bytes else sha256_file(path)
             out.append({"role": role, "id": card.id, "sha256": sha})
+    return out
+
+
+def user_files(estimator: Estimator) -> dict[str, str]:
+    """The sha256 of the user's files that shape the rows besides the model files: a
+    --calibration file, and each card read from a TOML file of the user's (its
+    preprocessing, its own calibration). Built-in cards and calibrations are pinned by
+    the agegender version the manifest records."""
+    from ..store.files import card_folder
+    from ..store.hashing import sha256_file
+
+    out = {}
+    calibration = estimator.config.calibration
+    if calibration not in ("", "preset", "none"):  # a file (the Estimator read it)
+        out["calibration"] = sha256_file(Path(calibration))
+    for heads in estimator.heads.values():
+        for head in heads:
+            if card_folder(head.card) is not None and head.card.origin:
+                out[f"card {head.card.id}"] = sha256_file(Path(head.card.origin))
     return out
 
 

@@ -134,7 +134,9 @@ def _run(args: argparse.Namespace) -> int:
     estimator = Estimator(config)
     models = job.model_identities(estimator)
     video = {"step": args.video_step, "max_frames": args.max_frames, "rows": args.video_rows}
-    manifest = dataset.make_manifest(config.as_dict(), models, args.format, args.key, video)
+    manifest = dataset.make_manifest(
+        config.as_dict(), models, args.format, args.key, video, job.user_files(estimator)
+    )
     out = dataset.Dataset(
         args.out, manifest, args.format, args.overwrite, max_attempts=args.max_attempts
     )

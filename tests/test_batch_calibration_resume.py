@@ -1,0 +1,87 @@
+"""agegender batch: a --calibration file edited between a crash and the resume is another
+configuration (the manifest records its sha256), refused as any other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from faceutils import ASTRONAUT
+from PIL import Image
+
+pytest.importorskip("pyarrow", reason="agegender[batch] (pyarrow) is not installed")
+
+from agegender import cli
+
+
+def batch(*args: str) -> int:
+    return cli.main(["batch", "--no-progress", *args])
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> str:
+    path = tmp_path / "in" / "face.jpg"
+    path.parent.mkdir()
+    Image.open(ASTRONAUT).convert("RGB").resize((256, 256)).save(path)
+    return str(path)
+
+
+def test_resume_with_an_edited_calibration_file_is_refused(
+    image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--calibration FILE edited between a crash and the resume is another configuration:
+    the manifest held its path only, so the resumed rows silently used the new calibration
+    beside the old one's (a dataset neither run would make)."""
+    import agegender
+
+    calibration = tmp_path / "cal.toml"
+    package = Path(agegender.__file__).parent / "calibrations" / "default.toml"
+    calibration.write_text(package.read_text())
+    out = str(tmp_path / "out")
+    assert batch(image, "--out", out, "--calibration", str(calibration)) == 0
+    capsys.readouterr()
+    text = calibration.read_text().replace("[age]\ntemperature = ", "[age]\ntemperature = 3")
+    assert text != calibration.read_text()
+    calibration.write_text(text)
+    assert batch(image, "--out", out, "--calibration", str(calibration)) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibration" in err[0] and "another configuration" in err[0], err
+    # the same file again resumes (nothing to do)
+    calibration.write_text(package.read_text())
+    assert batch(image, "--out", out, "--calibration", str(calibration)) == 0
+
+
+def test_resume_with_an_edited_card_toml_is_refused(
+    image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A card of the user's (a TOML file beside its model) edited between a crash and the
+    resume changes the preprocessing of the rows still to come: refused, as a model file
+    of other bytes is."""
+    import agegender
+    from agegender.store.files import package_path
+
+    folder = tmp_path / "mycard"
+    folder.mkdir()
+    builtin = Path(agegender.__file__).parent / "model_cards" / "cc0-age-v1.toml"
+    text = builtin.read_text().replace('id = "cc0-age-v1"', 'id = "my-age"')
+    from agegender.cards import get_card
+
+    (folder / "age.onnx").write_bytes(package_path(get_card("cc0-age-v1")).read_bytes())
+    text = (
+        text.split("[source]")[0]
+        + '[source]\nfile = "age.onnx"\n'
+        + "[input]"
+        + (text.split("[input]", 1)[1])
+    )
+    card = folder / "card.toml"
+    card.write_text(text)
+    out = str(tmp_path / "out")
+    args = (image, "--out", out, "--age-model", str(card))
+    assert batch(*args) == 0
+    capsys.readouterr()
+    card.write_text(text.replace("padding = 0.2", "padding = 0.3"))
+    assert batch(*args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "files_sha256" in err[0] and "another configuration" in err[0], err
+    card.write_text(text)  # as it was: resumes (nothing to do)
+    assert batch(*args) == 0
