@@ -1,8 +1,11 @@
-"""agegender batch: a --calibration file edited between a crash and the resume is another
-configuration (the manifest records its sha256), refused as any other."""
+"""agegender batch, a third audit (kill -9 at every write point): what a killed job leaves
+that a re-run must take, and files of the user's edited between a crash and the resume (a
+--calibration file, a card TOML: the manifest records their sha256), refused as any other
+configuration."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from PIL import Image
 pytest.importorskip("pyarrow", reason="agegender[batch] (pyarrow) is not installed")
 
 from agegender import cli
+from agegender.batch import dataset
 
 
 def batch(*args: str) -> int:
@@ -85,3 +89,21 @@ def test_resume_with_an_edited_card_toml_is_refused(
     assert len(err) == 1 and "files_sha256" in err[0] and "another configuration" in err[0], err
     card.write_text(text)  # as it was: resumes (nothing to do)
     assert batch(*args) == 0
+
+
+def test_kill_while_writing_the_manifest_then_same_pid_resumes(image: str, tmp_path: Path) -> None:
+    """A job killed between the manifest's temporary write and its rename leaves
+    _agegender/.tmp-<pid>-manifest.json; a re-run that gets the same pid (a restarted
+    container, where the job's pid is the same every time) must still resume, and no
+    temporary file may stay."""
+    out = tmp_path / "out"
+    meta = out / dataset.META
+    for sub in (dataset.KEYS, dataset.ATTEMPTS):
+        (out / sub).mkdir(parents=True)
+    (meta / "lock").write_bytes(b"")
+    leftover = meta / f"{dataset.TMP_PREFIX}{os.getpid()}-manifest.json"
+    leftover.write_bytes(b'{"format": "agegender-batch/1", "half')
+    assert batch(image, "--out", str(out)) == 0
+    assert (out / dataset.MANIFEST).is_file()
+    assert [p.name for p in out.rglob(f"{dataset.TMP_PREFIX}*")] == []
+    assert len(list(dataset.iter_rows(str(out)))) == 1
