@@ -74,7 +74,8 @@ def test_age_groups_by_hand() -> None:
     # mean = .2 + 2.5 + 3 = 5.7
     # var = .2*4.7^2 + .5*.7^2 + .3*4.3^2 = 4.418 + .245 + 5.547 = 10.21
     # 80% interval: cdf .2 .7 1 -> 10% in group 0 (from 0), 90% in group 2 (to 12)
-    # P(age >= 5) = .5 * (6-5)/(6-4) + .3 = .55; P(age >= 4) = .5 + .3; P(age >= 13) = 0
+    # P(age >= t) counts whole years, as an ensemble spreads a group over its years:
+    # P(age >= 5) = .5 * 2/3 (5 and 6 of 4, 5, 6) + .3; P(age >= 4) = .5 + .3; P(>= 13) = 0
     groups = [(0, 2), (4, 6), (8, 12)]
     labels = ["(0-2)", "(4-6)", "(8-12)"]
     age = age_from_groups(np.array([0.2, 0.5, 0.3]), groups, labels, thresholds=(5, 4, 13))
@@ -82,7 +83,11 @@ def test_age_groups_by_hand() -> None:
     assert age.std == pytest.approx(math.sqrt(10.21))
     assert age.interval == (0.0, 12.0)
     assert (age.group, age.group_probability) == ("(4-6)", pytest.approx(0.5))
-    assert age.p_at_least == pytest.approx({5.0: 0.55, 4.0: 0.8, 13.0: 0.0})
+    assert age.p_at_least == pytest.approx({5.0: 0.5 * 2 / 3 + 0.3, 4.0: 0.8, 13.0: 0.0})
+    # alone or spread over its years (its share of an ensemble's support), the same
+    # P(age >= 18) for a group sure of 15-20: three of its six years (had been 0.4 alone)
+    sure = age_from_groups(np.array([0.0, 1.0]), [(8, 12), (15, 20)], ["a", "b"], thresholds=(18,))
+    assert sure.p_at_least[18.0] == pytest.approx(np.mean(np.arange(15, 21) >= 18)) == 0.5
 
 
 def test_gender() -> None:

@@ -83,6 +83,12 @@ def age_from_distribution(
     return AgeEstimate(mean, std, interval, mass, p_at_least)
 
 
+def group_ages(group: tuple[float, float]) -> NDArray[np.float64]:
+    """The whole years a group [first, last] spans (its midpoint when it spans none)."""
+    ages = np.arange(np.ceil(group[0]), np.floor(group[1]) + 1.0)
+    return ages if len(ages) else np.array([(group[0] + group[1]) / 2.0])
+
+
 def age_from_groups(
     probs: NDArray[np.float64],
     groups: Sequence[tuple[float, float]],
@@ -94,8 +100,10 @@ def age_from_groups(
 ) -> AgeEstimate:
     """Most probable group, and a point estimate over the groups' midpoints.
 
-    P(age >= t) counts a group by the share of its span at or above t. A calibration's
-    temperature applies to the groups' distribution (the groups and the best one stay).
+    P(age >= t) counts a group by the share of its whole years at or above t (15-20 is
+    six years, three of them 18 or more), as an ensemble's support spreads a group's
+    mass over its years. A calibration's temperature applies to the groups' distribution
+    (the groups and the best one stay).
     """
     probs = np.asarray(probs, dtype=np.float64)
     probs = normalised(probs)
@@ -115,10 +123,9 @@ def age_from_groups(
         float(highs[min(hi_index, len(highs) - 1)]),
     )
     p_at_least = {}
+    years = [group_ages(g) for g in groups]
     for t in thresholds:
-        span = np.maximum(highs - lows, 1e-9)
-        share = np.clip((highs - t) / span, 0.0, 1.0)
-        share[lows >= t] = 1.0
+        share = np.array([float(np.mean(y >= t)) for y in years])
         p_at_least[float(t)] = float(probs @ share)
     best = int(np.argmax(probs))
     return AgeEstimate(mean, std, interval, mass, p_at_least, labels[best], float(probs[best]))

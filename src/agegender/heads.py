@@ -30,7 +30,7 @@ from .calibration import Calibration, resolve
 from .cards import ModelCard, get_card
 from .config import DEFAULT_BATCH
 from .errors import AgegenderError, CardError
-from .estimates import age_from_distribution, age_from_groups, gender_from_probs
+from .estimates import age_from_distribution, age_from_groups, gender_from_probs, group_ages
 from .faces import Detection
 from .inference import OnnxModel
 from .results import AgeEstimate, GenderEstimate
@@ -229,12 +229,6 @@ def distributions(
 def _support(card: ModelCard) -> Support:
     out = card.output
     return Support(card.task, values=out.value_array(), labels=out.labels, groups=out.groups)
-
-
-def group_ages(group: tuple[float, float]) -> NDArray[np.float64]:
-    """The whole years a group [first, last] spans (its midpoint when it spans none)."""
-    ages = np.arange(np.ceil(group[0]), np.floor(group[1]) + 1.0)
-    return ages if len(ages) else np.array([(group[0] + group[1]) / 2.0])
 
 
 def _age_values(support: Support) -> NDArray[np.float64]:
