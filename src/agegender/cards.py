@@ -166,7 +166,8 @@ class DetectionSpec:
     """A face detector's contract: how its input is sized and how its outputs decode.
 
     The graph takes any input size that is a multiple of `multiple` (images are scaled so
-    the longer side is at most `max_side`, then padded); `decoder` names the decoding in
+    the longer side is `max_side`, or `min_scale` of theirs up to `side_limit` when that is
+    more, never enlarged, then padded); `decoder` names the decoding in
     ``agegender.detectors`` (e.g. "centerface": heatmap, scale, offset and 5 landmarks at
     `stride`), `outputs` maps each decoder input to the graph's output name.
     """
@@ -178,6 +179,11 @@ class DetectionSpec:
     threshold: float
     nms_iou: float
     outputs: tuple[tuple[str, str], ...]
+    # A larger image is fed at no less than `min_scale` of its longer side (0: never more
+    # than max_side), so faces of a given size stay findable in a large photo, and at
+    # most at `side_limit` (0: none), which bounds the cost.
+    min_scale: float = 0.0
+    side_limit: int = 0
     # The box dlib's 5-point predictor is run on, from the detector's: centre shift (x, y)
     # in box widths and heights, then width and height factors.
     dlib_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
@@ -780,7 +786,18 @@ def parse_card(data: dict[str, Any], origin: str = "<card>") -> ModelCard:
     )
 
 
-DETECTOR_INPUT = ("channels", "layout", "scale", "mean", "std", "name", "multiple", "max_side")
+DETECTOR_INPUT = (
+    "channels",
+    "layout",
+    "scale",
+    "mean",
+    "std",
+    "name",
+    "multiple",
+    "max_side",
+    "min_scale",
+    "side_limit",
+)
 DETECTOR_OUTPUT = (
     "decoder",
     "stride",
@@ -872,6 +889,15 @@ def _parse_detector(
         and dlib_box[3] > 0
     ):
         r.expect("[output] dlib_box", "[x shift, y shift, width factor, height factor]", dlib_box)
+    max_side = _positive_int(r, inp, "input", "max_side", 1024)
+    min_scale = r.number(inp, "input", "min_scale", 0.0)
+    if min_scale > 1:
+        r.expect("[input] min_scale", "a number between 0 and 1", min_scale)
+    side_limit = 0
+    if r.get(inp, "input", "side_limit") is not None:
+        side_limit = _positive_int(r, inp, "input", "side_limit", max_side)
+        if side_limit < max_side:
+            r.expect("[input] side_limit", f"an integer >= max_side ({max_side})", side_limit)
     chip_landmarks = r.string(out, "output", "chip_landmarks", choices=CHIP_LANDMARKS)
     template = _chip_template(r, r.get(out, "output", "chip_template"))
     if chip_landmarks == "template" and template is None:
@@ -882,7 +908,9 @@ def _parse_detector(
         chip_template=template,
         decoder=decoder,
         multiple=_positive_int(r, inp, "input", "multiple", 1),
-        max_side=_positive_int(r, inp, "input", "max_side", 1024),
+        max_side=max_side,
+        min_scale=min_scale,
+        side_limit=side_limit,
         stride=_positive_int(r, out, "output", "stride", 1),
         threshold=threshold,
         nms_iou=nms_iou,
