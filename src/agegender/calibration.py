@@ -392,15 +392,29 @@ _KERNELS: dict[tuple[bytes, float], Any] = {}
 
 
 def kernel_matrix(values: NDArray[np.float64], width: float) -> NDArray[np.float64]:
-    """Row i: where bin i's mass goes, a Gaussian of std `width` in log(1 + age)."""
+    """Row i: where bin i's mass goes, a Gaussian of std `width` in log(1 + age).
+
+    Each bin j receives the Gaussian's mass over its cell in log(1 + age) (from halfway
+    to the bin below to halfway to the bin above; the end cells open): weighting bins by
+    the density at their value alone would ignore that whole-year bins lie denser in
+    log-age the older they are, moving the smoothed mass up by a factor exp(s^2) in
+    (1 + age) (13% for s = 0.35), and would count twice where bins crowd (0.25 and 1)."""
     import numpy as np
 
     key = (np.asarray(values, np.float64).tobytes(), float(width))
     cached = _KERNELS.get(key)
     if cached is None:
-        lv = np.log1p(np.maximum(np.asarray(values, np.float64), 0.0))
-        k = np.exp(-((lv[None, :] - lv[:, None]) ** 2) / (2 * width * width))
-        cached = _KERNELS[key] = k / k.sum(axis=1, keepdims=True)
+        v = np.asarray(values, np.float64)
+        order = np.argsort(v, kind="stable")
+        lv = np.log1p(np.maximum(v[order], 0.0))
+        edges = np.concatenate([[-np.inf], (lv[1:] + lv[:-1]) / 2, [np.inf]])
+        z = (edges[None, :] - lv[:, None]) / (width * math.sqrt(2.0))
+        cdf = 0.5 * (1.0 + np.vectorize(math.erf, otypes=[np.float64])(z))
+        k = np.diff(cdf, axis=1)
+        k = k / k.sum(axis=1, keepdims=True)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        cached = _KERNELS[key] = k[np.ix_(back, back)]
     return cached  # type: ignore[no-any-return]
 
 
@@ -521,7 +535,9 @@ def pit_values(
     probs: NDArray[np.float64], values: NDArray[np.float64], ages: Sequence[float], seed: int = 0
 ) -> NDArray[np.float64]:
     """Randomised probability integral transform of each exact age under its (N, bins)
-    distribution: F(age - 1) + V * p(age), V uniform (seeded: the same fit every time)."""
+    distribution: F(age - 1) + V * p(age), V uniform (seeded: the same fit every time).
+    An age past the last bin (by more than half the last step) has all the mass below
+    it: u = 1 (no interval read off the bins can hold it), and one before the first, 0."""
     import numpy as np
 
     probs = np.atleast_2d(probs)
@@ -530,7 +546,12 @@ def pit_values(
     rows = np.arange(len(index))
     below = np.cumsum(probs, axis=1)[rows, index] - probs[rows, index]
     draw = np.random.default_rng(seed).random(len(index))
-    return np.clip(below + draw * probs[rows, index], 0.0, 1.0)  # type: ignore[no-any-return]
+    u = np.clip(below + draw * probs[rows, index], 0.0, 1.0)
+    if len(values) > 1:
+        a = np.asarray(ages, np.float64)
+        u[a > values[-1] + (values[-1] - values[-2]) / 2] = 1.0
+        u[a < values[0] - (values[1] - values[0]) / 2] = 0.0
+    return u  # type: ignore[no-any-return]
 
 
 def decade_weights(ages: Sequence[float]) -> NDArray[np.float64]:
