@@ -241,8 +241,8 @@ class CenterFaceDetector:
         side = self.spec.max_side
         if self.spec.min_scale > 0:
             side = max(side, math.ceil(self.spec.min_scale * max(height, width)))
-        if self.spec.side_limit:
-            side = min(side, max(self.spec.side_limit, self.spec.max_side))
+        if self.spec.side_limit:  # the card reader keeps it >= max_side
+            side = min(side, self.spec.side_limit)
         return side
 
     def detect(self, rgb: NDArray[np.uint8]) -> list[Detection]:

@@ -180,8 +180,12 @@ def mark_installed(path: Path, card_id: str, sha256: str | None) -> None:
     unverified-import record."""
     clear_unverified(path)
     stat = path.stat()
-    record = {"card": card_id, "sha256": sha256, "bytes": stat.st_size}
-    record["mtime_ns"] = stat.st_mtime_ns
+    record = {
+        "card": card_id,
+        "sha256": sha256,
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
     installed_path(path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
