@@ -185,6 +185,15 @@ def _csv_rows(path: Path, rows: Iterator[Any]) -> Iterator[Any]:
         raise DatasetError(f"{path}: malformed CSV ({error})") from None
 
 
+def _header(path: Path, reader: csv.DictReader[str]) -> set[str]:
+    """The stripped column names of a DictReader, with the csv module's faults (a header
+    field over its size limit, as a stray quote makes) as one-line DatasetErrors."""
+    try:
+        return {(f or "").strip() for f in reader.fieldnames or ()}
+    except csv.Error as error:
+        raise DatasetError(f"{path}: malformed CSV header ({error})") from None
+
+
 def _cells(row: dict[Any, Any]) -> dict[str, str]:
     """A DictReader row with stripped names and values; cells past the header (key None)
     are dropped and missing cells are empty."""
@@ -232,6 +241,7 @@ def read_utkface(root: str | Path) -> Dataset:
         name = path.name
         match = _UTK_NAME.match(name)
         race: str | None = None
+        lacks_race = False
         if match:
             age, sex, race_code = int(match[1]), int(match[2]), int(match[3])
             if race_code >= len(UTKFACE_RACES):
@@ -240,7 +250,7 @@ def read_utkface(root: str | Path) -> Dataset:
             race = UTKFACE_RACES[race_code]
         elif match := _UTK_NO_RACE.match(name):
             age, sex = int(match[1]), int(match[2])
-            data.adjusted["name lacks race: race unknown"] += 1
+            lacks_race = True
         else:
             data.dropped["name not age_gender_race_date"] += 1
             continue
@@ -250,6 +260,8 @@ def read_utkface(root: str | Path) -> Dataset:
         if age > MAX_AGE:  # the name's digits allow none below 0
             data.dropped[f"age outside 0..{MAX_AGE}"] += 1
             continue
+        if lacks_race:  # counted only once kept: a dropped name is not also "adjusted"
+            data.adjusted["name lacks race: race unknown"] += 1
         data.records.append(
             Record(str(path), age=float(age), gender=("male", "female")[sex], race=race)
         )
@@ -511,22 +523,31 @@ def _label_file(source: Path, pattern: str, what: str) -> list[Path]:
 
 
 def read_chalearn(source: str | Path, *, root: str | Path | None = None) -> Dataset:
-    """ChaLearn LAP 2015 apparent age: ``image;mean;stdev`` per line (header optional).
+    """ChaLearn LAP apparent age: 2015's ``image;mean;stdev`` per line (header optional),
+    or 2016's ``train_gt.csv`` / ``valid_gt.csv`` / ``test_gt.csv`` (``image,mean,stdv``,
+    comma separated); the separator is read from the first line.
 
     Images are looked up next to the CSV, or in a folder named like it (``Train.csv`` ->
-    ``Train/``), or under `root`.
+    ``Train/``, ``train_gt.csv`` -> ``train_gt/`` or ``train/``), or under `root`.
     """
     files = _label_file(Path(source), "*.csv", "--format chalearn")
     data = Dataset("chalearn", str(source), [])
     for csv_path in files:
         base = Path(root) if root else csv_path.parent
-        lines = io.StringIO(_text_of(csv_path), newline="")
-        rows = _csv_rows(csv_path, csv.reader(lines, delimiter=";"))
+        split = csv_path.stem.removesuffix("_gt") or csv_path.stem  # LAP 2016: train_gt
+        text = _text_of(csv_path)
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        delimiter = "," if "," in first and ";" not in first else ";"
+        lines = io.StringIO(text, newline="")
+        rows = _csv_rows(csv_path, csv.reader(lines, delimiter=delimiter))
         for line_no, row in enumerate(rows, start=1):
             if not row or not "".join(row).strip():
                 continue
             if len(row) < 3:
-                raise DatasetError(f"{csv_path}:{line_no}: expected image;mean;stdev, got {row!r}")
+                raise DatasetError(
+                    f"{csv_path}:{line_no}: expected image;mean;stdev (LAP 2015) or "
+                    f"image,mean,stdv (LAP 2016), got {row!r}"
+                )
             mean, std = _float(row[1]), _float(row[2])
             if mean is not None and not 0 <= mean <= MAX_AGE:
                 data.dropped[f"mean age outside 0..{MAX_AGE}"] += 1
@@ -540,8 +561,8 @@ def read_chalearn(source: str | Path, *, root: str | Path | None = None) -> Data
             if not name or _bad_path(name):
                 data.dropped["no usable image name"] += 1
                 continue
-            path = _resolve(base, name, (csv_path.stem,))
-            data.records.append(Record(path, age=mean, age_std=std, fold=csv_path.stem))
+            path = _resolve(base, name, tuple(dict.fromkeys((csv_path.stem, split))))
+            data.records.append(Record(path, age=mean, age_std=std, fold=split))
     return data
 
 
@@ -579,7 +600,7 @@ def read_appa_real(root: str | Path, *, split: str | None = None, cropped: bool 
                 categories[cells["file"]] = cells
         reader = csv.DictReader(io.StringIO(_text_of(gt), newline=""))
         need = {"file_name", "apparent_age_avg", "apparent_age_std", "real_age"}
-        if not need <= {(f or "").strip() for f in reader.fieldnames or ()}:
+        if not need <= _header(gt, reader):
             raise DatasetError(f"{gt}: needs columns {', '.join(sorted(need))}")
         for row in _csv_rows(gt, reader):
             cells = _cells(row)
@@ -667,7 +688,7 @@ def read_adience(source: str | Path, *, split: str | None = None) -> Dataset:
         fold = fold_match[1] if fold_match else fold_path.stem
         reader = csv.DictReader(io.StringIO(_text_of(fold_path), newline=""), delimiter="\t")
         need = {"user_id", "original_image", "face_id", "age", "gender"}
-        if not need <= {(f or "").strip() for f in reader.fieldnames or ()}:
+        if not need <= _header(fold_path, reader):
             raise DatasetError(
                 f"{fold_path}: not an Adience fold file (needs {', '.join(sorted(need))})"
             )
@@ -982,7 +1003,9 @@ class Reader:
 READERS: dict[str, Reader] = {
     "utkface": Reader(read_utkface, "folder of age_gender_race_date.jpg files"),
     "imdb-wiki": Reader(read_imdb_wiki, "imdb.mat / wiki.mat, or the folder holding it"),
-    "chalearn": Reader(read_chalearn, "ChaLearn LAP 2015 image;mean;stdev CSV (or folder)"),
+    "chalearn": Reader(
+        read_chalearn, "ChaLearn LAP 2015 image;mean;stdev or 2016 *_gt.csv (or folder)"
+    ),
     "appa-real": Reader(read_appa_real, "APPA-REAL release folder", "train, valid or test"),
     "adience": Reader(read_adience, "folder of fold_N_data.txt (or one)", "fold numbers (0,1)"),
     "fgnet": Reader(read_fgnet, "folder of 001A02.JPG files", "subject ids (001,002)"),
