@@ -244,7 +244,7 @@ def _from_pil(
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in image.info:
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit or 32-bit integer grayscale to 8 bits: 16-bit by its full range; 32-bit
@@ -260,7 +260,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         top = 1.0 if array.max() <= 1.0 else 255.0
         gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
+    if mode in ("P", "L", "RGB") and "transparency" in image.info:
+        # a palette index, or (PNG tRNS) one grey level or RGB colour, marks transparency:
+        # composited on white as an alpha channel is, not left as the keyed colour
         image = image.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -340,12 +342,22 @@ def remove_output_folder(folder: Path) -> None:
 
 def walk_images(folder: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[str]:
     """Image files under `folder`, sorted: hidden names and folders agegender wrote its
-    output into (``.agegender-output``) left out, links to folders not followed."""
+    output into (``.agegender-output``) left out, links to folders not followed; a link
+    with an image's suffix that leads nowhere is kept (its load reports why)."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(Path(root, d))]
         for name in files:
             path = Path(root, name)
-            if not name.startswith(".") and path.suffix.lower() in suffixes and path.is_file():
+            if not name.startswith(".") and path.suffix.lower() in suffixes and _is_input(path):
                 found.append(str(path))
     return sorted(found)
+
+
+def _is_input(path: Path) -> bool:
+    """A file, or a link that leads to no file or folder (dangling, a loop): it stands
+    for an image that cannot be read, reported as an error rather than left out
+    silently."""
+    if path.is_file():
+        return True
+    return path.is_symlink() and not path.exists()

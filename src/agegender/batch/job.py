@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..errors import single_line
 from .dataset import Dataset
 from .sources import Input, hash_key, iter_inputs, read_remote, stat_key
 
@@ -295,7 +296,12 @@ class Tally:
 
 def reason(path: str, error: str) -> str:
     """The kind of an error ("no such file", "corrupt image", ...) for the summary."""
-    text = error[len(path) + 2 :] if error.startswith(path + ": ") else error
+    text = error
+    # the error names the input as error lines do: a line break in it written as \n
+    for name in (path, single_line(path)):
+        if error.startswith(name + ": "):
+            text = error[len(name) + 2 :]
+            break
     for cut in (" (", ": ", "; "):
         text = text.split(cut, 1)[0]
     return text.strip() or "error"

@@ -194,7 +194,12 @@ def _walk(folder: str, stat: bool = True) -> Iterator[Input]:
             if entry.is_dir(follow_symlinks=False):
                 if not os.path.isfile(os.path.join(entry.path, OUTPUT_MARKER)):
                     yield from _walk(entry.path, stat)
-            elif entry.is_file() and Path(entry.name).suffix.lower() in MEDIA_SUFFIXES:
+            elif Path(entry.name).suffix.lower() not in MEDIA_SUFFIXES:
+                continue
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                # a dangling link or a loop: an input whose row says why it cannot be read
+                yield Input(entry.path)
+            elif entry.is_file():
                 if not stat:
                     yield Input(entry.path)
                     continue
