@@ -292,14 +292,19 @@ def _from_array(
         array = np.clip(array * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
     elif array.dtype != np.uint8:
         raise ImageError(f"{name}: unsupported array dtype {array.dtype}")
+    if channels not in ("RGB", "BGR"):
+        raise ImageError(f"{name}: channels must be RGB or BGR, got {channels!r}")
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     elif array.shape[2] == 4:
-        array = array[:, :, :3]
+        # RGBA (BGRA in OpenCV's order): composited on white as a file or PIL image with
+        # the same pixels is (_to_rgb), so an array gives that image's faces and numbers
+        rgba = array[:, :, [2, 1, 0, 3]] if channels == "BGR" else array
+        return np.ascontiguousarray(
+            np.asarray(_to_rgb(Image.fromarray(np.ascontiguousarray(rgba))))
+        )
     if channels == "BGR":
         array = array[:, :, ::-1]
-    elif channels != "RGB":
-        raise ImageError(f"{name}: channels must be RGB or BGR, got {channels!r}")
     return np.ascontiguousarray(array)
 
 

@@ -22,6 +22,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from ..config import EstimatorConfig
 from ..errors import AgegenderError
 from ..evaluate.readers import READERS
 from .options import (
@@ -30,6 +31,7 @@ from .options import (
     check_folder_of,
     number,
     overrides_from_args,
+    refuse_ignored,
 )
 
 DEFAULT_HOLDOUT = 0.2
@@ -127,6 +129,8 @@ def _check(args: argparse.Namespace, cli: dict[str, Any]) -> None:
         raise AgegenderError(f"--holdout {args.holdout:g}: must be between 0 and 1")
     if not 0 < args.mass < 1:
         raise AgegenderError(f"--mass {args.mass:g}: must be between 0 and 1")
+    # an option the configuration would ignore, refused as predict refuses it
+    refuse_ignored(cli, _config(args, cli))
     if args.out:  # before any model runs (a wrong path must not cost the whole fit)
         out = Path(args.out)
         if out.suffix.lower() != ".toml":
@@ -210,20 +214,26 @@ def _figures(
     return out
 
 
+def _config(args: argparse.Namespace, cli: dict[str, Any]) -> EstimatorConfig:
+    """The configuration the raw models run with: the preset and the command line's
+    options, uncalibrated (with --cropped, the whole image is the face)."""
+    from ..config import EstimatorConfig
+
+    overrides = dict(cli, calibration="none")
+    if args.cropped:
+        overrides.update(detector="none", align="none")
+    return EstimatorConfig.from_preset(getattr(args, "preset", "default"), **overrides)
+
+
 def _collect(args: argparse.Namespace, cli: dict[str, Any]) -> tuple[dict[str, Any], Any, str]:
     """Run the raw models over the dataset: per record its distributions and labels."""
     import numpy as np
 
-    from ..config import EstimatorConfig
     from ..evaluate import readers, runner
     from ..evaluate.metrics import ADIENCE_SPANS
     from ..pipeline import Estimator
 
-    preset = getattr(args, "preset", "default")
-    overrides = dict(cli, calibration="none")
-    if args.cropped:
-        overrides.update(detector="none", align="none")
-    config = EstimatorConfig.from_preset(preset, **overrides)
+    config = _config(args, cli)
     dataset = readers.read_dataset(
         args.format, args.source, split=args.split, cropped=args.cropped, root=args.root
     )

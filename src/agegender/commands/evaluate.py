@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AgegenderError
 from ..evaluate.readers import READERS, formats_taking
-from .options import add_estimator_options, check_cropped, overrides_from_args
+from .options import (
+    add_estimator_options,
+    check_cropped,
+    overrides_from_args,
+    refuse_ignored,
+)
 
 if TYPE_CHECKING:
     from ..evaluate import runner
@@ -154,7 +159,10 @@ def _check_settings(
         (setting,) = settings
         if setting.error is not None:
             raise AgegenderError(setting.error)
+        if setting.config is not None:
+            refuse_ignored(cli, setting.config)  # as predict refuses it
         return
+    _refuse_ignored_everywhere(cli, settings)
     seen: dict[str, str] = {}
     for setting in settings:
         if setting.config is None:
@@ -165,6 +173,23 @@ def _check_settings(
                 f"--compare {seen[key]} and {setting.name}: the same setting is named twice"
             )
         seen[key] = setting.name
+
+
+def _refuse_ignored_everywhere(cli: dict[str, Any], settings: list[runner.Setting]) -> None:
+    """A command-line option every --compare setting would ignore (--upsample where no
+    setting runs dlib, --tta-margin where none runs TTA, ...) is refused, as predict
+    refuses it; one that some setting uses is kept."""
+    made = [(setting.name, setting.config) for setting in settings if setting.config is not None]
+    problems = []
+    for name, config in made:
+        try:
+            refuse_ignored(cli, config)
+        except AgegenderError as error:
+            problems.append(f"{name}: {error}")
+    if made and len(problems) == len(made):
+        raise AgegenderError(
+            f"an option every --compare setting would ignore ({'; '.join(problems)})"
+        )
 
 
 def _name(preset: str, cli: dict[str, Any]) -> str:

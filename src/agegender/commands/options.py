@@ -294,13 +294,29 @@ def refuse_ignored(given: dict[str, Any], config: cfg.EstimatorConfig) -> None:
                 "--align sweep searches rotations with a detector: not with --detector none"
             )
     if "tta_margin" in given and not config.tta:
-        raise AgegenderError("--tta-margin applies only with TTA (turned off by --no-tta)")
+        raise AgegenderError(f"--tta-margin applies only with TTA ({_tta_off_by(given, config)})")
     if "tta_margin" in given and not _gated_cards_run(config):
         gated = ", ".join(config.tta_gated) or "none"
         raise AgegenderError(
             "--tta-margin applies only to the models mirrored behind the gate (this preset's: "
             f"{gated}), and none of them runs here: it would change nothing"
         )
+
+
+def _tta_off_by(given: dict[str, Any], config: cfg.EstimatorConfig) -> str:
+    """What turned TTA off, for the error: --no-tta, else the preset (whose own setting a
+    user who never typed --no-tta should be told of), else the caller's configuration."""
+    from ..presets import get_preset
+
+    if "tta" in given:
+        return "turned off by --no-tta"
+    try:
+        preset_tta = get_preset(config.preset).tta
+    except AgegenderError:
+        preset_tta = True
+    if not preset_tta:
+        return f"the preset {config.preset} runs without it; add --tta"
+    return "it is off in this configuration"
 
 
 def _gated_cards_run(config: cfg.EstimatorConfig) -> bool:
