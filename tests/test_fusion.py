@@ -313,29 +313,3 @@ def table() -> None:  # pragma: no cover - prints the README's numbers
 
 if __name__ == "__main__":  # pragma: no cover
     table()
-
-
-def test_fused_distribution_drops_the_widening_fitted_with_the_map() -> None:
-    """A track's fused distribution is decoded without the single-frame recalibration map,
-    so without the conformal widening fitted after it; an older file's widening without a
-    map still applies."""
-    from types import SimpleNamespace
-
-    from agegender.calibration import Calibration
-    from agegender.heads import Support
-    from agegender.people import decode_fused
-
-    values = np.arange(0.0, 101.0)
-    probs = np.exp(-((values - 30.0) ** 2) / 18.0)
-    probs /= probs.sum()
-    support = Support("age", values)
-
-    def interval(calibration: Calibration | None) -> tuple[float, float]:
-        task = SimpleNamespace(support=support, calibration=calibration)
-        return decode_fused(task, probs, ()).interval  # type: ignore[arg-type]
-
-    plain = interval(Calibration("age", bands=(0.0,), pit=((0.0, 1.0),)))
-    assert interval(Calibration("age", bands=(0.0,), pit=((0.0, 1.0),), widen=(-3.0,))) == plain
-    older = interval(Calibration("age", bands=(0.0,), widen=(-3.0,)))
-    assert older[0] == pytest.approx(plain[0] + 3.0, abs=0.11)
-    assert older[1] == pytest.approx(plain[1] - 3.0, abs=0.11)

@@ -30,16 +30,8 @@ Age (a distribution p over bin values v):
    reweighting (drawn alike, an equal share per decade), the interval holds the true age
    with probability `mass` on average over the faces of a band: marginal, not for each
    face. With other photos (other cameras, populations) it may not hold.
-4. **widening** per band (``widen``, years added at each end of the interval; negative
-   takes off): the interval is read off the mapped distribution with each bin's mass at
-   its value, and a whole-year age is inside it or not, which for a sharp distribution
-   (a child's: a few bins) holds the age more often than `mass` (UTKFace 0-9: 85% for
-   80%). A split-conformal step on whole-year ages (conformalized quantile regression,
-   Romano, Patterson & Candes 2019) sets it: each face's interval from the parameters
-   and maps fitted without its fold, its score the years by which the interval misses
-   the age (negative inside), a band's widening the weighted ``mass (1 + 1/n)``
-   quantile of its scores. The guarantee above then holds for the whole-year ages the
-   datasets label. Older files may carry ``widen`` without ``pit``; it is applied alike.
+   Older files may instead carry ``widen`` (years added at each end of the interval per
+   band: split-conformal widening); it is still applied.
 
 The expected value (``AgeEstimate.value``) is the raw distribution's: calibration leaves
 the point estimate and so the MAE unchanged (the flattened distribution's mean was worse).
@@ -247,6 +239,8 @@ def parse_table(
     for key, items in checks:
         if items and len(items) != len(bands):
             fail(f"{name} {key} has {len(items)} entries for {len(bands)} bands")
+    if widen and pit:
+        fail(f"{name} has both widen and pit (one way to adjust the interval)")
     if bands and not widen and not temperatures and not pit:
         fail(f"{name} bands without {'temperatures' if role == 'gender' else 'pit or widen'}")
     return Calibration(role, temperature, kernel, mass, bands, widen, temperatures, pit, kernels)
@@ -441,13 +435,6 @@ def calibrate_in_band(
     expected value): what a frame's estimate and a frame's fusion evidence both use."""
     temperature, kernel = calibration.age_parameters(age)
     return calibrate_age(probs, values, temperature, kernel)
-
-
-def remap_rows(probs: NDArray[np.float64], pit: Sequence[float]) -> NDArray[np.float64]:
-    """`remap` of each row of (N, bins) distributions."""
-    import numpy as np
-
-    return np.array([remap(row, pit) for row in np.atleast_2d(probs)])
 
 
 def remap(probs: NDArray[np.float64], pit: Sequence[float]) -> NDArray[np.float64]:
@@ -655,17 +642,13 @@ def fit_age(
     random.Random(seed).shuffle(shuffled)
     k = max(2, min(folds, len(exact) // MIN_BAND))
     u = np.empty(len(exact))
-    fold_of = np.empty(len(exact), np.int64)
     position = {row: n for n, row in enumerate(exact)}
-    params = []
     for fold in range(k):
         held = shuffled[fold::k]
         kept = set(held)
         _, fold_params = fit_band_parameters(
             probs, values, labels, [i for i in rows if i not in kept], band_of, len(bands)
         )
-        params.append(fold_params)
-        fold_of[[position[i] for i in held]] = fold
         for index in range(len(bands)):
             mine = [i for i in held if band_of[i] == index]
             if mine:
@@ -674,101 +657,25 @@ def fit_age(
                 u[[position[i] for i in mine]] = pit_values(
                     q, values, [labels[i][0] for i in mine], seed + fold
                 )
-    ages = np.array([labels[i][0] for i in exact], np.float64)
-    weights = decade_weights(ages.tolist()) if balance else np.ones(len(exact))
+    ages = [labels[i][0] for i in exact]
+    weights = decade_weights(ages) if balance else np.ones(len(exact))
     band = np.array([band_of[i] for i in exact])
-    maps = _band_maps(u, weights, band, len(bands), points)
-    # The interval is read off the mapped distribution with each bin's mass at its value,
-    # and a whole-year age is inside it or not: for a sharp distribution (a child's) that
-    # holds the age more often than `mass`. Split-conformal step on the whole-year ages:
-    # each face's interval from parameters and maps fitted without its fold, its score
-    # the years the interval misses the age by (negative inside), a band's widening the
-    # weighted `mass` quantile of its scores (conformalized quantile regression, Romano,
-    # Patterson & Candes 2019).
-    scores = np.empty(len(exact))
-    for fold in range(k):
-        out = fold_of == fold
-        fold_maps = _band_maps(u[~out], weights[~out], band[~out], len(bands), points)
-        for index in range(len(bands)):
-            at = np.flatnonzero(out & (band == index))
-            if len(at):
-                t, s = params[fold][index]
-                picked = [exact[n] for n in at]
-                q = remap_rows(calibrate_age(probs[picked], values, t, s), fold_maps[index])
-                low, high = interval_of(q, values, mass)
-                scores[at] = np.maximum(low - ages[at], ages[at] - high)
-    widen = _band_widening(scores, weights, band, len(bands), mass)
+    pooled = fit_pit_map(u, weights, points)
+    maps = []
+    for index in range(len(bands)):
+        w = weights[band == index]
+        effective = w.sum() ** 2 / (w**2).sum() if len(w) else 0.0  # Kish's effective n
+        maps.append(fit_pit_map(u[band == index], w, points) if effective >= MIN_BAND else pooled)
     return Calibration(
         "age",
         temperature,
         kernel,
         mass,
         tuple(bands),
-        widen=widen,
         temperatures=tuple(t for t, _ in per_band),
-        pit=maps,
+        pit=tuple(maps),
         kernels=tuple(s for _, s in per_band),
     )
-
-
-def _effective_n(weights: NDArray[np.float64]) -> float:
-    """Kish's effective sample size of weighted faces."""
-    return float(weights.sum() ** 2 / (weights**2).sum()) if len(weights) else 0.0
-
-
-def _band_maps(
-    u: NDArray[np.float64],
-    weights: NDArray[np.float64],
-    band: NDArray[np.int64],
-    count: int,
-    points: int,
-) -> tuple[tuple[float, ...], ...]:
-    """The recalibration map of each band (one weighing less than MIN_BAND faces: the
-    map of all)."""
-    pooled = fit_pit_map(u, weights, points)
-    return tuple(
-        fit_pit_map(u[band == index], weights[band == index], points)
-        if _effective_n(weights[band == index]) >= MIN_BAND
-        else pooled
-        for index in range(count)
-    )
-
-
-def conformal_quantile(
-    scores: NDArray[np.float64], weights: NDArray[np.float64], mass: float
-) -> float:
-    """The split-conformal quantile of weighted scores: the smallest score whose weighted
-    share reaches ``mass * (1 + 1/n)`` (n: the effective number of faces; the finite-
-    sample correction), the largest score past 1."""
-    import numpy as np
-
-    order = np.argsort(scores, kind="stable")
-    s, w = np.asarray(scores, np.float64)[order], np.asarray(weights, np.float64)[order]
-    level = min(1.0, mass * (1.0 + 1.0 / max(_effective_n(w), 1.0)))
-    share = np.cumsum(w) / w.sum()
-    return float(s[min(int(np.searchsorted(share, level - 1e-12)), len(s) - 1)])
-
-
-def _band_widening(
-    scores: NDArray[np.float64],
-    weights: NDArray[np.float64],
-    band: NDArray[np.int64],
-    count: int,
-    mass: float,
-) -> tuple[float, ...]:
-    """Years to add at each end of each band's interval (negative: to take off), rounded
-    to 0.01 as the file keeps them (a band weighing less than MIN_BAND faces: all faces')."""
-    pooled = conformal_quantile(scores, weights, mass)
-    out = []
-    for index in range(count):
-        mine = band == index
-        value = (
-            conformal_quantile(scores[mine], weights[mine], mass)
-            if _effective_n(weights[mine]) >= MIN_BAND
-            else pooled
-        )
-        out.append(round(value, 2))
-    return tuple(out)
 
 
 def gender_nll(p_male: Sequence[float], is_male: Sequence[bool], temperature: float) -> float:
