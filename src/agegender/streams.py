@@ -182,9 +182,14 @@ class Source:
         def put(item: SourceFrame | BaseException | None) -> None:
             while not self._stop.is_set():
                 try:
-                    slot.put_nowait(item)
+                    if isinstance(item, SourceFrame):
+                        slot.put_nowait(item)
+                    else:  # the end or an error waits for the last frame to be taken
+                        slot.put(item, timeout=0.1)
                     return
                 except queue.Full:
+                    if not isinstance(item, SourceFrame):
+                        continue
                     try:
                         old = slot.get_nowait()
                         if isinstance(old, SourceFrame) and isinstance(item, SourceFrame):
@@ -223,6 +228,7 @@ class Source:
         index = 0
         failures = 0
         start = time.monotonic()
+        file_stamp: float | None = None  # a file's last frame time
         capture: cv2.VideoCapture | None = None
         try:
             while not self._stop.is_set():
@@ -246,6 +252,8 @@ class Source:
                     if self.kind == "file":
                         start = time.monotonic()
                 rgb = self._read(capture)
+                if rgb is None and self.kind == "file":
+                    rgb = self._read_past_damage(capture)
                 if rgb is None:
                     capture.release()
                     capture = None
@@ -265,12 +273,15 @@ class Source:
                 failures = 0
                 now = time.monotonic()
                 if self.kind == "file":
-                    # a file plays at its own rate, as a camera would deliver it
-                    due = start + index / self.fps
+                    # a file plays at its own timing, as a camera would deliver it: its
+                    # frames' own timestamps (a variable frame rate, frames skipped in a
+                    # damaged stretch), index / fps where it has none
+                    stamp = video.frame_time(capture, index, self.fps, file_stamp)
+                    file_stamp = stamp
+                    due = start + stamp
                     if due > now:
                         self._wait(due - now)
                     now = time.monotonic()
-                    stamp = index / self.fps
                 else:
                     stamp = now - start
                 put(SourceFrame(index, stamp, rgb, now))
@@ -278,6 +289,18 @@ class Source:
         finally:
             if capture is not None:
                 capture.release()
+
+    def _read_past_damage(self, capture: cv2.VideoCapture) -> NDArray[np.uint8] | None:
+        """A file's read failed: a packet the decoder refuses (a damaged stretch) fails
+        one read and the frames after it decode again, as video.frames reads them; only
+        a run of failures is the end of the file."""
+        for _ in range(video.MAX_FAILED_GRABS):
+            if self._stop.is_set():
+                return None
+            rgb = self._read(capture)
+            if rgb is not None:
+                return rgb
+        return None
 
     def _wait(self, seconds: float) -> None:
         self._stop.wait(seconds)

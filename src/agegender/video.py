@@ -22,8 +22,16 @@ from .images import Frame
 # returns instead. Read when FFmpeg is first used; a value set by the user is kept.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"})
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"}
+    # phones' 3GPP, camcorders' AVCHD (MPEG-TS), Windows Media, Flash
+    | {".3gp", ".3g2", ".mts", ".m2ts", ".wmv", ".flv"}
+)
 DEFAULT_STEP_SECONDS = 1.0
+# Grabs that may fail in a row before a video counts as ended: each failure is one packet
+# the decoder refused (a damaged stretch; a run of 500 is over 8 s at 60 fps), and at the
+# end of a file a failed grab costs microseconds.
+MAX_FAILED_GRABS = 500
 
 
 def is_video(path: str | Path) -> bool:
@@ -39,12 +47,18 @@ def frames(
 ) -> Iterator[Frame]:
     """Frames every `step` seconds (step <= 0: every frame), lazily, in order.
 
+    Sampling goes by the frames' own timestamps: the first frame at or after each
+    multiple of `step` from the first frame's time, so a variable-frame-rate video (a
+    phone's) or one whose container states a wrong frame rate is still sampled every
+    `step` seconds, not every round(step * fps) frames.
+
     A video whose frames have more than `pixel_limit` pixels is refused before decoding
     (one error, not one per frame).
 
     Never raises for a bad file: a video that cannot be opened or has no frames yields
-    one Frame carrying the error, and one that breaks off after some frames (truncated,
-    corrupt) ends there, with its good frames kept.
+    one Frame carrying the error, and one that breaks off after some frames (truncated)
+    ends there, with its good frames kept. A damaged stretch in the middle (packets the
+    decoder refuses) is skipped as a player skips it: the frames after it are read too.
     """
     if not math.isfinite(step):
         raise ValueError(f"step must be a finite number of seconds, got {step!r}")
@@ -69,7 +83,10 @@ def frames(
             return
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
-        every = 1 if step <= 0 else max(1, round(step * fps))
+        origin: float | None = None  # the first sampled frame's time
+        due = 0.0  # step > 0: the time from which the next frame is sampled
+        tolerance = min(0.001, step / 4)  # timestamps rounded to their time base
+        failed = 0  # grabs failed in a row
         width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         if pixel_limit is not None and width * height > pixel_limit:
@@ -82,19 +99,31 @@ def frames(
             )
             return
         while max_frames is None or emitted < max_frames:
-            # grab() skips decoding of frames that are not sampled.
+            # grab() skips the colour conversion of frames that are not sampled.
             with _opencv_quiet():
                 grabbed = capture.grab()
             if not grabbed:
-                break
-            if index % every == 0:
+                # One packet the decoder refuses (bytes overwritten mid-file) fails one
+                # grab and the frames after it decode again; at the end of the file every
+                # grab fails (quickly), so only a long run of failures ends the video.
+                failed += 1
+                if failed > MAX_FAILED_GRABS:
+                    break
+                continue
+            failed = 0
+            stamp = frame_time(capture, index, fps, stamp)
+            if step <= 0 or origin is None or stamp >= due - tolerance:
                 with _opencv_quiet():
                     ok, bgr = capture.retrieve()
                 if ok and bgr is not None and bgr.ndim == 3 and bgr.size:
                     rgb = np.ascontiguousarray(bgr[:, :, 2::-1], dtype=np.uint8)
-                    stamp = frame_time(capture, index, fps, stamp)
                     yield Frame(name, index, stamp, rgb)
                     emitted += 1
+                    if step > 0:
+                        origin = stamp if origin is None else origin
+                        # the next multiple of step after this frame (a long gap in a
+                        # variable-frame-rate video skips the multiples it holds)
+                        due = origin + (math.floor((stamp - origin + tolerance) / step) + 1) * step
             index += 1
     except cv2.error as error:  # OpenCV's own failure on a broken file: end this video
         if emitted == 0:
