@@ -13,6 +13,8 @@ from ..errors import AgegenderError
 from .options import add_estimator_options, estimator_from_args
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from ..serve.settings import ServeSettings
 
 
@@ -197,17 +199,7 @@ def run(args: argparse.Namespace) -> int:
         # The same options as `predict` build the same Estimator (one place maps them).
         estimator = estimator_from_args(args)
         app = create_app(settings, estimator)
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            # A last guard on open connections (the app's own 503 comes at --max-pending).
-            limit_concurrency=8 * settings.max_pending + 64,
-            timeout_keep_alive=5,
-            # After SIGTERM the requests in flight finish, for at most one request's
-            # timeout (a stalled upload must not hold the process until it is killed).
-            timeout_graceful_shutdown=max(1, math.ceil(settings.request_timeout_s)),
-        )
+        config = uvicorn_config(app, settings)
         print(
             f"agegender: serving preset {estimator.preset} on "
             f"http://{_url_host(settings.host)}:{settings.port}/"
@@ -218,6 +210,29 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0
+
+
+def uvicorn_config(app: object, settings: ServeSettings) -> uvicorn.Config:
+    """How `agegender serve` runs the app on uvicorn."""
+    import uvicorn
+
+    from ..serve.connections import head_deadline_protocol
+
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+        # A last guard on open connections (the app's own 503 comes at --max-pending).
+        limit_concurrency=8 * settings.max_pending + 64,
+        timeout_keep_alive=5,
+        # A connection must send each request's head within the request timeout: idle or
+        # half-sent connections would otherwise stay, each counted in that guard, until
+        # the server answered nothing but uvicorn's 503.
+        http=head_deadline_protocol(settings.request_timeout_s),
+        # After SIGTERM the requests in flight finish, for at most one request's
+        # timeout (a stalled upload must not hold the process until it is killed).
+        timeout_graceful_shutdown=max(1, math.ceil(settings.request_timeout_s)),
+    )
 
 
 def _url_host(host: str) -> str:

@@ -41,6 +41,7 @@ async def require_key(request: Request) -> None:
 # The query parameters of POST /v1/estimate (estimate_options); POST /v1/sessions takes
 # these and its tracking ones.
 ESTIMATE_QUERY = frozenset({"tta", "detector", "min_face", "age_threshold"})
+REPEATABLE_QUERY = frozenset({"age_threshold"})
 
 
 def known_query(request: Request, allowed: frozenset[str]) -> None:
@@ -54,6 +55,16 @@ def known_query(request: Request, allowed: frozenset[str]) -> None:
             f"unknown query parameter {unknown[0]!r}; this endpoint takes "
             + (", ".join(sorted(allowed)) if allowed else "none (the session has the options)"),
         )
+    # One value each (FastAPI would take the last of ?tta=true&tta=false in silence).
+    for name in sorted(set(request.query_params) - REPEATABLE_QUERY):
+        given = len(request.query_params.getlist(name))
+        if given > 1:
+            raise ApiError(
+                400,
+                "invalid_option",
+                f"query parameter {name!r} is given {given} times; give it once (only "
+                f"{', '.join(sorted(REPEATABLE_QUERY))} may be repeated)",
+            )
 
 
 async def estimate_options(
