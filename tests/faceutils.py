@@ -135,3 +135,16 @@ def card_with(**changes) -> dict:
         else:
             table[key] = value
     return data
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`agegender ARGS...` in this process: (exit status, stdout, stderr); argparse's own
+    usage errors (SystemExit) give their status too."""
+    from agegender.cli import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as done:
+        status = int(done.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err

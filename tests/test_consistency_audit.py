@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faceutils import ASTRONAUT, encode
+from faceutils import ASTRONAUT, encode, run_cli
 from numpy.typing import NDArray
 from PIL import Image
 
-from agegender import Estimator, cli, images
+from agegender import Estimator, images
 
 
 def _rgba(astronaut_rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
@@ -54,11 +54,7 @@ def test_an_rgba_array_gives_the_files_faces(
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        status = cli.main(list(args))
-    except SystemExit as done:
-        status = int(done.code or 0)
-    out, err = capsys.readouterr()
+    status, out, err = run_cli(capsys, *args)
     assert "Traceback" not in err
     return status, out, err
 

@@ -12,9 +12,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from faceutils import run_cli
 from PIL import Image, ImageEnhance
 
-from agegender.cli import main
 from agegender.evaluate import readers
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.png"
@@ -36,15 +36,6 @@ def _faces(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as done:  # argparse's own usage errors
-        code = int(done.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_report_md_has_the_childrens_row(tmp_path: Path, capsys) -> None:
     faces = _faces(tmp_path / "img", 3)
     labels = tmp_path / "labels.csv"
@@ -52,7 +43,7 @@ def test_report_md_has_the_childrens_row(tmp_path: Path, capsys) -> None:
         "path,age,gender\n"
         + "".join(f"{p},{a},f\n" for p, a in zip(faces, (8, 11, 40), strict=True))
     )
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys,
         *("evaluate", str(labels), "--format", "csv", "--cropped", "--no-progress"),
         *("--threads", "1", "--report", str(tmp_path / "rep")),
@@ -90,7 +81,7 @@ def test_report_refuses_an_existing_folder_of_the_users_among_the_images(
     Image.new("RGB", (8, 8)).save(mine / "beach.jpg")
     labels = tmp_path / "labels.csv"
     labels.write_text("path,age,gender\n" + "".join(f"{p},30,f\n" for p in faces))
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys,
         *("evaluate", str(labels), "--format", "csv", "--cropped", "--no-progress"),
         *("--threads", "1", "--report", str(mine)),
@@ -116,7 +107,7 @@ def test_a_reversed_csv_box_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     (face,) = _faces(tmp_path / "img", 1)
     labels = tmp_path / "labels.csv"
     labels.write_text(f"path,age,gender,x1,y1,x2,y2\n{face},30,f,180,190,20,10\n")
-    code, _, err = _run(capsys, "evaluate", str(labels), "--format", "csv", "--no-progress")
+    code, _, err = run_cli(capsys, "evaluate", str(labels), "--format", "csv", "--no-progress")
     assert code == 2 and "labels.csv:2: face box" in err and "reversed" in err, err
 
 
@@ -135,7 +126,7 @@ def test_command_line_values_are_refused_before_the_dataset_is_read(
     extra: list[str], message: str, tmp_path: Path, capsys
 ) -> None:
     missing = tmp_path / "no-such-dataset"  # read first, it would be the error instead
-    code, _, err = _run(capsys, "evaluate", str(missing), "--format", "utkface", *extra)
+    code, _, err = run_cli(capsys, "evaluate", str(missing), "--format", "utkface", *extra)
     assert code == 2 and message in err and "no such" not in err and "Traceback" not in err, err
 
 
@@ -149,7 +140,7 @@ CALIBRATE = ("calibrate", "--format", "csv", "--cropped", "--threads", "1")
 
 def _calibrate(capsys, labels: Path, *extra: str) -> tuple[int, str, str]:
     command, *options = CALIBRATE
-    return _run(capsys, command, str(labels), *options, *extra)
+    return run_cli(capsys, command, str(labels), *options, *extra)
 
 
 def test_calibrate_fits_each_task_only_on_enough_of_its_own_labels(
@@ -221,13 +212,13 @@ def test_no_face_found_anywhere_is_said(tmp_path: Path, capsys) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("path,age,gender\n" + "".join(f"{p},30,f\n" for p in faces))
     base = ("evaluate", str(labels), "--format", "csv", "--no-progress", "--threads", "1")
-    code, out, err = _run(capsys, *base, "--min-face", "4000")
+    code, out, err = run_cli(capsys, *base, "--min-face", "4000")
     assert code == 0, err
     assert (
         "agegender: warning: setting default: no face found in any of the 2 readable images "
         "(faces under --min-face 4000 px are not counted)"
     ) in err
     assert "0.0%" in out
-    code, _, err = _run(capsys, *base)  # the faces are found: no such warning
+    code, _, err = run_cli(capsys, *base)  # the faces are found: no such warning
     assert code == 0, err
     assert "no face found" not in err

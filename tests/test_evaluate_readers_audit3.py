@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from faceutils import run_cli
 from PIL import Image
 
-from agegender.cli import main
 from agegender.evaluate import readers
 from agegender.evaluate.readers import DatasetError
 
@@ -26,15 +26,6 @@ def _jpeg(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (120, 90, 60)).save(path)
     return path
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as done:  # argparse's own usage errors
-        code = int(done.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_utkface_a_dropped_name_without_race_is_not_also_counted_as_kept(
@@ -73,7 +64,9 @@ def test_appa_real_malformed_header_is_one_line_naming_the_file(
     with pytest.raises(DatasetError, match=r"gt_avg_test\.csv: malformed CSV header"):
         readers.read_appa_real(tmp_path, split="test")
 
-    code, out, err = _run(capsys, "evaluate", str(tmp_path), "--format", "appa-real", "--cropped")
+    code, out, err = run_cli(
+        capsys, "evaluate", str(tmp_path), "--format", "appa-real", "--cropped"
+    )
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
     assert str(gt) in err and "malformed CSV header" in err
@@ -86,7 +79,7 @@ def test_adience_malformed_header_is_one_line_naming_the_file(
     with pytest.raises(DatasetError, match=r"fold_0_data\.txt: malformed CSV header"):
         readers.read_adience(tmp_path)
 
-    code, out, err = _run(capsys, "evaluate", str(tmp_path), "--format", "adience", "--cropped")
+    code, out, err = run_cli(capsys, "evaluate", str(tmp_path), "--format", "adience", "--cropped")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
     assert str(fold) in err and "malformed CSV header" in err
@@ -115,7 +108,7 @@ def test_chalearn_lap_2016_comma_separated_ground_truth(
     assert [r.age for r in readers.read_chalearn(tmp_path / "Train.csv").records] == [36.0]
 
     labels = str(tmp_path / "valid_gt.csv")
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys,
         *("evaluate", labels, "--format", "chalearn", "--cropped", "--json", "--no-progress"),
     )
