@@ -260,7 +260,12 @@ class Dataset:
         self._lock_file: Any = None
         self._object_lock: Any = None
         check_dest(dest)
-        self.files.mkdirs()
+        try:
+            self.files.mkdirs()
+        except OSError as error:  # a file system that refuses the folder (/proc as root, ...)
+            raise AgegenderError(
+                f"--out {dest}: cannot make the folder ({sources.one_line(error)})"
+            ) from None
         self._lock()
         try:
             old = self._read_manifest()

@@ -117,6 +117,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_estimator_options(parser)
+    # calibrate runs the raw outputs: --calibration is refused (_check), so not offered in
+    # --help (it read "default: the preset's", as if a calibration applied)
+    for action in parser._actions:
+        if action.dest == "calibration":
+            action.help = argparse.SUPPRESS
     parser.set_defaults(run=run)
 
 

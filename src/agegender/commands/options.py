@@ -197,7 +197,7 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=S,
-        help=f"average each face with its mirror image (default: {'on' if d('tta') else 'off'})",
+        help=f"average each face with its mirror image (default: the preset's: {_tta_defaults()})",
     )
     group.add_argument(
         "--tta-margin",
@@ -250,6 +250,20 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
         help="ONNX Runtime execution providers in order of preference, e.g. cuda or "
         "tensorrt,cuda (short or full names); the CPU is always added last (default: cpu)",
     )
+
+
+def _tta_defaults() -> str:
+    """Which presets run TTA, for --tta's help ("on; off in fast"), read from presets.toml
+    (not through presets.py, which loads the calibration files: --help stays light)."""
+    import tomllib
+    from importlib import resources
+
+    text = resources.files("agegender").joinpath("presets.toml").read_text(encoding="utf-8")
+    default = cfg.default_of("tta")
+    tables = tomllib.loads(text).items()
+    other = [name for name, table in tables if table.get("tta", default) != default]
+    said = "on" if default else "off"
+    return said + (f"; {'off' if default else 'on'} in {', '.join(other)}" if other else "")
 
 
 class _DetectorChoices:
@@ -315,7 +329,10 @@ def _tta_off_by(given: dict[str, Any], config: cfg.EstimatorConfig) -> str:
     except AgegenderError:
         preset_tta = True
     if not preset_tta:
-        return f"the preset {config.preset} runs without it; add --tta"
+        if _gated_cards_run(config):
+            return f"the preset {config.preset} runs without it; add --tta"
+        # --tta would not help: no model of this run is mirrored behind the gate
+        return f"the preset {config.preset} runs without it, and gates none of its models"
     return "it is off in this configuration"
 
 
