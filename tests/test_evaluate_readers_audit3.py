@@ -114,3 +114,8 @@ def test_chalearn_lap_2016_comma_separated_ground_truth(
     )
     assert code == 0, err
     assert '"records": 2' in out
+
+
+def test_csv_format_given_a_folder_says_so(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="a folder; --format csv reads one CSV file"):
+        readers.read_dataset("csv", tmp_path)

@@ -870,6 +870,8 @@ def read_csv(
     fills Record.race; the report's per-group figures and gaps are computed over it.
     """
     source = Path(source)
+    if source.is_dir():
+        raise DatasetError(f"{source}: a folder; --format csv reads one CSV file of labels")
     if not source.is_file():
         raise DatasetError(f"{source}: no such CSV file")
     base = Path(root) if root else source.parent
