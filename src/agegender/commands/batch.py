@@ -66,7 +66,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "it has had N (1: never retry) (default: %(default)s)",
     )
     parser.add_argument(
-        "--engine", choices=["local", "ray"], default="local", help="(default: %(default)s)"
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one Estimator on this machine (decoding and detection in threads); "
+        "ray: Ray Data's actor pool of Estimators, on this machine or a cluster "
+        "(agegender[ray]) (default: %(default)s)",
     )
     ray = parser.add_argument_group("ray engine")
     ray.add_argument(
