@@ -68,7 +68,7 @@ def _arguments_from_file() -> list[str] | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agegender",
-        description="Age and gender of every face in photos, folders and requests.",
+        description="Age and gender of every face in photos, folders, videos and HTTP requests.",
     )
     parser.add_argument("--version", action="version", version=f"agegender {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")

@@ -25,8 +25,8 @@ PROGRESS_MIN_FILES = 4
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser(
         "predict",
-        help="estimate age and gender of the faces in images",
-        description="Estimate age and gender of every face in images and folders.",
+        help="estimate age and gender of the faces in images and videos",
+        description="Estimate age and gender of every face in images, videos and folders.",
     )
     parser.add_argument(
         "inputs",
