@@ -93,12 +93,12 @@ def main() -> int:
     for t in CHECKS:
         minors = sum(age < t for age, _ in faces)
         scored = rules_for(t, faces)
+        baseline = f"P(age >= {t:g}) >= 0.5"
         candidates = sorted(
             (cost, text)
             for passing, cost, text in rules_for(t, chosen_on).values()
-            if passing <= args.max_minors
+            if passing <= args.max_minors and text != baseline  # the baseline: its own row
         )
-        baseline = f"P(age >= {t:g}) >= 0.5"
         for text in [baseline, *(text for _, text in candidates[: args.show])]:
             passing, cost, _ = scored[text]
             k = round(passing * minors)

@@ -2,9 +2,9 @@
 and the local engine's peak memory on a list of missing paths.
 
     python benchmarks/batch_throughput.py ../shared/datasets/utkface-dev/images --count 600
-    python benchmarks/batch_throughput.py ../shared/datasets/utkface-calib/images --count 2000 \
+    python benchmarks/batch_throughput.py ../shared/datasets/utkface-calib/images --count 2000 \\
         --rounds 2
-    python benchmarks/batch_throughput.py ../shared/datasets/utkface-calib/images --count 8000 \
+    python benchmarks/batch_throughput.py ../shared/datasets/utkface-calib/images --count 8000 \\
         --only "ray x1" --running-ray
     python benchmarks/batch_throughput.py --missing 1000000
 
@@ -49,7 +49,9 @@ def run(command: list[str], label: str, count: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("images", nargs="?")
     parser.add_argument("--count", type=int, default=600)
     parser.add_argument("--missing", type=int, default=0, help="paths in the memory run")

@@ -10,7 +10,8 @@ A setting is DETECTOR[:option=value,...] (EstimatorConfig options). Scenes are s
 `score_scenes.py`, FairFace by `score_fairface.py` (both from --tools, fed our JSONL);
 UTKFace: the face nearest the centre of each 200x200 chip, against labels.csv.
 `--card FILE` points the centerface detector at a card file (for a file not yet in the
-store). Prints one JSON line per setting and dataset.
+store). `--limit N` takes the first N images of each dataset and scores them against
+their own labels only. Prints one JSON line per setting and dataset.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -61,8 +64,27 @@ def score(tool: Path, truth: Path, lines: list[str]) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def utkface(est: Estimator, folder: Path) -> dict[str, Any]:
-    rows = read_labels(folder / "labels.csv")
+def limited_truth(truth: Path, names: set[str], out: Path) -> Path:
+    """`truth` (truth.json or labels.csv) cut to the images in `names`, written into
+    `out`: the scorers count recall and faces found over every entry of the file."""
+    target = out / truth.name
+    if truth.suffix == ".json":
+        entries = [t for t in json.loads(truth.read_text()) if t["file"] in names]
+        target.write_text(json.dumps(entries))
+        return target
+    with open(truth, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [r for r in reader if r["file"] in names]
+        fields = reader.fieldnames or []
+    with open(target, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def utkface(est: Estimator, folder: Path, limit: int | None = None) -> dict[str, Any]:
+    rows = read_labels(folder / "labels.csv")[:limit]
     paths = [folder / "images" / r["file"] for r in rows]
     errors, right, found = [], 0, 0
     started = time.perf_counter()
@@ -90,7 +112,7 @@ def utkface(est: Estimator, folder: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", action="append", required=True)
     parser.add_argument("--scenes", type=Path)
     parser.add_argument("--fairface", type=Path)
@@ -106,28 +128,40 @@ def main() -> int:
         cards.get_card = lambda ref: (
             cards.load_card_file(args.card) if ref == "centerface" else real(ref)
         )  # type: ignore[assignment]
-    for text in args.setting:
-        name, options = parse_setting(text)
-        est = Estimator(**options)
-        est.warm()
-        if args.scenes:
-            paths = sorted((args.scenes / "images").iterdir())[: args.limit]
-            lines, seconds = run_jsonl(est, paths)
-            out = score(args.tools / "score_scenes.py", args.scenes / "truth.json", lines)
-            out["ms_per_scene"] = round(1000 * seconds / len(paths), 1)
-            print(json.dumps({"setting": name, "data": "scenes", **out}), flush=True)
-        if args.fairface:
-            names = [r["file"] for r in read_labels(args.fairface / "labels.csv")]
-            paths = [args.fairface / "images" / n for n in names][: args.limit]
-            lines, seconds = run_jsonl(est, paths)
-            out = score(args.tools / "score_fairface.py", args.fairface / "labels.csv", lines)
-            out["images_per_s"] = round(len(paths) / seconds, 1)
-            print(json.dumps({"setting": name, "data": "fairface", **out}), flush=True)
-        if args.utkface:
-            print(
-                json.dumps({"setting": name, "data": "utkface", **utkface(est, args.utkface)}),
-                flush=True,
-            )
+    work = Path(tempfile.mkdtemp(prefix="detectors-"))
+    scenes: list[Path] = []
+    fairface: list[Path] = []
+    if args.scenes:
+        scenes = sorted((args.scenes / "images").iterdir())[: args.limit]
+        scenes_truth = args.scenes / "truth.json"
+        if args.limit is not None:
+            scenes_truth = limited_truth(scenes_truth, {p.name for p in scenes}, work)
+    if args.fairface:
+        names = [r["file"] for r in read_labels(args.fairface / "labels.csv")][: args.limit]
+        fairface = [args.fairface / "images" / n for n in names]
+        fairface_labels = args.fairface / "labels.csv"
+        if args.limit is not None:
+            fairface_labels = limited_truth(fairface_labels, set(names), work)
+    try:
+        for text in args.setting:
+            name, options = parse_setting(text)
+            est = Estimator(**options)
+            est.warm()
+            if args.scenes:
+                lines, seconds = run_jsonl(est, scenes)
+                out = score(args.tools / "score_scenes.py", scenes_truth, lines)
+                out["ms_per_scene"] = round(1000 * seconds / len(scenes), 1)
+                print(json.dumps({"setting": name, "data": "scenes", **out}), flush=True)
+            if args.fairface:
+                lines, seconds = run_jsonl(est, fairface)
+                out = score(args.tools / "score_fairface.py", fairface_labels, lines)
+                out["images_per_s"] = round(len(fairface) / seconds, 1)
+                print(json.dumps({"setting": name, "data": "fairface", **out}), flush=True)
+            if args.utkface:
+                scored = utkface(est, args.utkface, args.limit)
+                print(json.dumps({"setting": name, "data": "utkface", **scored}), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

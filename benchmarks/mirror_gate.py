@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from ensemble_fit import (  # benchmarks/ is on sys.path
@@ -44,6 +45,7 @@ MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 def collect(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.format, args.source, root=args.root)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the long run, not after
     est = Estimator(preset=args.preset, calibration="none")
     whole = est.derive(detector="none")
     heads = [(role, h) for role, hs in est.heads.items() for h in hs]

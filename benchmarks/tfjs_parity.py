@@ -82,10 +82,13 @@ def face_crop(size: tuple[int, int]) -> np.ndarray:
 
 
 def describe(name: str, value: np.ndarray) -> str:
-    """One output on the face, short: the expected age of a 100-bin softmax, else the values."""
+    """One output on the face, short: the expected age of a 100-bin softmax, else the values.
+
+    The 100-bin softmaxes are faceres(-deep)'s, whose bin i is age i + 1 (the publisher's
+    decoding and the cards' ``range = [1, 100]``)."""
     flat = value.reshape(-1)
     if flat.size == 100:
-        return f"{name}: expected age {float(np.arange(100) @ flat):.1f}"
+        return f"{name}: expected age {float(np.arange(1, 101) @ flat):.1f}"
     return f"{name}: {[round(float(v), 3) for v in flat]}"
 
 

@@ -251,12 +251,19 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# EstimatorConfig fields whose `agegender predict` flag is singular and repeated per card
+REPEATED_FLAGS = {"age_models": "--age-model", "gender_models": "--gender-model"}
+
+
 def cli_flags(options: dict[str, Any]) -> list[str]:
     """EstimatorConfig overrides as `agegender predict` flags (the simple kinds)."""
     flags = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
+        if key in REPEATED_FLAGS:
+            for card in [value] if isinstance(value, str) else value:
+                flags += [REPEATED_FLAGS[key], str(card)]
+        elif isinstance(value, bool):
             flags.append(flag if value else flag.replace("--", "--no-", 1))
         elif isinstance(value, list):
             flags += [flag, ",".join(str(v) for v in value)]

@@ -81,7 +81,7 @@ def speed(_: argparse.Namespace) -> None:
             clip = Path(tmp) / f"{width}x{height}.avi"
             write(clip, frames)
             for every in (1, 3):
-                tracker = PeopleTracker(estimator, fps=FPS, detect_every=every)
+                tracker = PeopleTracker(estimator, detect_every=every)
                 start = time.perf_counter()
                 count = 0
                 for frame in Source(str(clip)).frames():
@@ -148,7 +148,6 @@ def utkface(args: argparse.Namespace) -> None:
             write(clip, frames)
             tracker = PeopleTracker(
                 estimator,
-                fps=FPS,
                 fusion=FusionSettings(correlation=args.correlation, adaptive=not args.fixed),
             )
             ids: list[list[int]] = [[] for _ in people]
