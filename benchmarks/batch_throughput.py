@@ -124,6 +124,15 @@ def main() -> int:
         ray = str(Path(sys.executable).with_name("ray"))
         running = any("--address" in command for _, command in runs)
         if running:
+            # its `ray stop` at the end stops every Ray instance of this machine
+            up = subprocess.run([ray, "status"], capture_output=True, check=False)
+            if up.returncode == 0:
+                print(
+                    "a Ray instance is running here already: --running-ray starts its own "
+                    "and stops it with `ray stop`, which would stop that one too",
+                    file=sys.stderr,
+                )
+                return 2
             start = [ray, "start", "--head", "--num-cpus", str(os.cpu_count() or 2)]
             subprocess.run(
                 [*start, "--include-dashboard", "false", "--disable-usage-stats"],

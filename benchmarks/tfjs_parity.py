@@ -126,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot run TF.js: {missing}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(0)
-    work = Path(tempfile.mkdtemp(prefix="tfjs_parity_"))
     rows = []
     jobs: list[tg.TfjsJob] = []
     prepared = []
@@ -152,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         prepared.append((name, data, sess, inp.name, xr, xf, outputs, convert_s))
     tfjs_start = time.perf_counter()
-    results = tg.run_tfjs(jobs, work)
+    with tempfile.TemporaryDirectory(prefix="tfjs_parity_") as work:  # removed after
+        results = tg.run_tfjs(jobs, Path(work))
     tfjs_s = time.perf_counter() - tfjs_start
     notes = []
     for k, (name, data, sess, input_name, xr, xf, outputs, convert_s) in enumerate(prepared):
