@@ -119,3 +119,14 @@ def test_chalearn_lap_2016_comma_separated_ground_truth(
 def test_csv_format_given_a_folder_says_so(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="a folder; --format csv reads one CSV file"):
         readers.read_dataset("csv", tmp_path)
+
+
+def test_appa_real_a_real_age_out_of_range_is_counted(tmp_path: Path) -> None:
+    (tmp_path / "gt_avg_test.csv").write_text(
+        "file_name,num_ratings,apparent_age_avg,apparent_age_std,real_age\n"
+        "000001.jpg,30,25.0,3.0,250\n"
+        "000002.jpg,30,40.0,4.0,41\n"
+    )
+    data = readers.read_appa_real(tmp_path, split="test")
+    assert [r.real_age for r in data.records] == [None, 41.0]  # kept, real age left out
+    assert data.adjusted == {"real age outside 0..120: left out": 1}

@@ -617,6 +617,9 @@ def read_appa_real(root: str | Path, *, split: str | None = None, cropped: bool 
                 continue
             image = root / name / (file_name + "_face.jpg" if cropped else file_name)
             extra = categories.get(file_name, {})
+            real = _float(cells["real_age"])
+            if real is not None and _age_or_none(real) is None:
+                data.adjusted[f"real age outside 0..{MAX_AGE}: left out"] += 1
             data.records.append(
                 Record(
                     str(image),
@@ -625,7 +628,7 @@ def read_appa_real(root: str | Path, *, split: str | None = None, cropped: bool 
                     gender=_gender(extra.get("gender")),
                     race=(extra.get("race") or "").lower() or None,
                     fold=name,
-                    real_age=_age_or_none(_float(cells["real_age"])),
+                    real_age=_age_or_none(real),
                 )
             )
     return data
