@@ -29,6 +29,13 @@ ChannelOrder = Literal["RGB", "BGR"]
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 )
+# Videos (decoded by video.py, which imports OpenCV: kept here so that light modules such
+# as batch.sources need not import it).
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"}
+    # phones' 3GPP, camcorders' AVCHD (MPEG-TS), Windows Media, Flash
+    | {".3gp", ".3g2", ".mts", ".m2ts", ".wmv", ".flv"}
+)
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .images import Frame
+from .images import VIDEO_SUFFIXES, Frame
 
 # FFmpeg's own messages ("moov atom not found", "overread 8", ...) would go straight to
 # stderr, beside the one line per bad input; the error is reported from what OpenCV
 # returns instead. Read when FFmpeg is first used; a value set by the user is kept.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"}
-    # phones' 3GPP, camcorders' AVCHD (MPEG-TS), Windows Media, Flash
-    | {".3gp", ".3g2", ".mts", ".m2ts", ".wmv", ".flv"}
-)
 DEFAULT_STEP_SECONDS = 1.0
 # Grabs that may fail in a row before a video counts as ended: each failure is one packet
 # the decoder refused (a damaged stretch; a run of 500 is over 8 s at 60 fps), and at the

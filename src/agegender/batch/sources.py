@@ -33,14 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AgegenderError
-from ..images import IMAGE_SUFFIXES, OUTPUT_MARKER
+from ..images import IMAGE_SUFFIXES, OUTPUT_MARKER, VIDEO_SUFFIXES
 
-# = video.VIDEO_SUFFIXES (video.py imports OpenCV; this module stays light)
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"}
-    # phones' 3GPP, camcorders' AVCHD (MPEG-TS), Windows Media, Flash
-    | {".3gp", ".3g2", ".mts", ".m2ts", ".wmv", ".flv"}
-)
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 TEXT_LISTS = frozenset({".txt", ".lst"})
 LIST_SUFFIXES = TEXT_LISTS | {".csv", ".parquet"}
