@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from faceutils import ASTRONAUT
+from support.standins import CENTERFACE_CARD
 from test_centerface import card_file, standin_graph  # noqa: F401 (fixture)
 
 from agegender import Estimator, EstimatorConfig, cards, cli, sessions
+from agegender.detectors.centerface import CenterFaceDetector
 from agegender.errors import AgegenderError
 from agegender.sessions import CPU, ProviderError, resolve_providers
 
@@ -148,3 +151,86 @@ def test_the_cli_runs_with_an_available_provider(capsys) -> None:
     assert status == 0
     (result,) = json.loads(capsys.readouterr().out)
     assert result["faces"] and np.isfinite(result["faces"][0]["age"]["value"])
+
+
+def test_cuda_sessions_get_heuristic_cudnn_algorithm_search(offered, monkeypatch, tmp_path) -> None:
+    # Batches change shape with the number of faces; cuDNN's exhaustive search (ONNX
+    # Runtime's default) would time every algorithm again for each new shape.
+    offered("CUDAExecutionProvider")
+    seen: dict[str, object] = {}
+
+    class Recorder:
+        def __init__(self, source, sess_options=None, providers=None, provider_options=None):
+            seen.update(providers=providers, provider_options=provider_options)
+
+        def get_providers(self) -> list[str]:
+            return list(seen["providers"])  # type: ignore[call-overload]
+
+    monkeypatch.setattr(ort, "InferenceSession", Recorder)
+    sessions.create(b"graph", providers=["cuda"])
+    assert seen["providers"] == ["CUDAExecutionProvider", CPU]
+    assert seen["provider_options"] == [{"cudnn_conv_algo_search": "HEURISTIC"}, {}]
+    sessions.create(b"graph")
+    assert seen["provider_options"] == [{}]
+
+
+def _recording(monkeypatch, session) -> list[tuple[int, ...]]:
+    """The input shapes of every run of `session` from now on."""
+    shapes: list[tuple[int, ...]] = []
+    real = session.run
+
+    def run(names, feed, *rest):
+        shapes.append(next(iter(feed.values())).shape)
+        return real(names, feed, *rest)
+
+    monkeypatch.setattr(session, "run", run)
+    return shapes
+
+
+@needs_azure
+def test_on_an_accelerator_head_batches_are_padded_to_one_shape(monkeypatch) -> None:
+    # ONNX Runtime's CUDA convolutions set themselves up again at every change of input
+    # shape; on an accelerator each run is padded to max_batch, the outputs unchanged.
+    est, cpu = Estimator(providers="azure", detector="none"), Estimator(detector="none")
+    model, plain = est.tasks["age"].heads[0].model, cpu.tasks["age"].heads[0].model
+    assert model.padded and not plain.padded and model.max_batch > 3
+
+    spec = model.card.input
+    face = cv2.resize(cv2.imread(str(ASTRONAUT))[40:240, 150:330], (spec.width, spec.height))
+    crops = [face, face[:, ::-1].copy(), np.roll(face, 7, axis=0)]
+    names = [model.output.name]
+    shapes = _recording(monkeypatch, model.session)
+    for count in (1, 3, model.max_batch + 2):
+        batch = (crops * model.max_batch)[:count]
+        got, want = model.outputs(batch, names), plain.outputs(batch, names)
+        assert got[names[0]].shape == want[names[0]].shape == (count, want[names[0]].shape[1])
+        np.testing.assert_allclose(got[names[0]], want[names[0]], rtol=1e-4, atol=1e-6)
+    assert {shape[0] for shape in shapes} == {model.max_batch}
+    assert len(shapes) == 4  # 1, 3, then max_batch + 2 in two runs
+
+
+@needs_azure
+def test_on_an_accelerator_centerface_feeds_one_square_image_a_run(tmp_path, monkeypatch) -> None:
+    onnx.save_model(standin_graph(), str(tmp_path / "centerface.onnx"))
+    card_path = tmp_path / "centerface.toml"
+    # a threshold over the grey pad's heat (128 / 255) in this stand-in graph
+    text = CENTERFACE_CARD.format(max_side=960)
+    assert "threshold = 0.5" in text
+    card_path.write_text(text.replace("threshold = 0.5", "threshold = 0.6"))
+    card = cards.load_card_file(card_path)
+    plain = CenterFaceDetector(card, tmp_path / "centerface.onnx")
+    det = CenterFaceDetector(card, tmp_path / "centerface.onnx", providers=["azure"])
+    assert det.square and not plain.square
+    wide = np.zeros((1080, 1920, 3), np.uint8)
+    wide[400:408, 800:808] = 255
+    tall = np.zeros((1920, 1080, 3), np.uint8)
+    tall[96:104, 40:48] = 255
+    small = np.zeros((200, 300, 3), np.uint8)
+    small[100:104, 200:204] = 255  # one cell at stride 4
+    shapes = _recording(monkeypatch, det.session)
+    got, want = det.detect_many([wide, tall, small]), plain.detect_many([wide, tall, small])
+    assert [len(faces) for faces in got] == [len(faces) for faces in want] == [1, 1, 1]
+    for mine, theirs in zip(got, want, strict=True):
+        np.testing.assert_allclose(mine[0].box, theirs[0].box, atol=1e-3)
+    # fed 544 x 960 and 960 x 544 (halved), 224 x 320: each alone in a square
+    assert shapes == [(1, 3, 960, 960), (1, 3, 960, 960), (1, 3, 320, 320)]

@@ -174,6 +174,12 @@ class CenterFaceDetector:
         self._twin_model = serialized if differs else None
         self._twin: ort.InferenceSession | None = None
         self._twin_lock = threading.Lock()
+        # On an accelerator each run has one shape per side: the image is padded to a
+        # square and fed alone. ONNX Runtime's CUDA convolutions set themselves up again
+        # whenever the input shape differs from the previous run's (hundreds of ms on an
+        # H200; README, GPU): landscape and portrait photos, or batches of 1 and 3
+        # images, would pay it image after image. The grey pad only adds background.
+        self.square = self.session.get_providers()[0] != sessions.CPU
         self.input_name = card.input.name or self.session.get_inputs()[0].name
         self.output_names = [
             self.spec.output(role) for role in ("heatmap", "scale", "offset", "landmarks")
@@ -278,12 +284,19 @@ class CenterFaceDetector:
             feed_size(im.shape[0], im.shape[1], side, spec.multiple)
             for im, side in zip(images, sides, strict=True)
         ]
+        if self.square:
+            plans = [(factor, max(h, w), max(h, w)) for factor, h, w in plans]
         results: list[list[Detection]] = [[] for _ in images]
         groups: dict[tuple[int, int], list[int]] = {}
         session = self.session_here()
         for index, (_, fed_h, fed_w) in enumerate(plans):
             groups.setdefault((fed_h, fed_w), []).append(index)
-        for fed, members in groups.items():
+        runs = [
+            (fed, members[start : start + 1] if self.square else members)
+            for fed, members in groups.items()
+            for start in (range(len(members)) if self.square else [0])
+        ]
+        for fed, members in runs:
             batch = np.concatenate([self._tensor(images[i], plans[i][0], fed) for i in members])
             # InferenceSession.run may be called from several threads at once (ORT
             # documents it thread-safe): predict_many's workers detect in parallel.
