@@ -210,27 +210,46 @@ def test_on_an_accelerator_head_batches_are_padded_to_one_shape(monkeypatch) -> 
 
 
 @needs_azure
-def test_on_an_accelerator_centerface_feeds_one_square_image_a_run(tmp_path, monkeypatch) -> None:
+def test_on_an_accelerator_centerface_keeps_a_session_a_shape(tmp_path, monkeypatch) -> None:
+    # ONNX Runtime's CUDA convolutions set themselves up again whenever a run's shape
+    # differs from the previous run's: on an accelerator each shape gets its own session
+    # and each image its own run, fed exactly as on the CPU.
     onnx.save_model(standin_graph(), str(tmp_path / "centerface.onnx"))
     card_path = tmp_path / "centerface.toml"
-    # a threshold over the grey pad's heat (128 / 255) in this stand-in graph
-    text = CENTERFACE_CARD.format(max_side=960)
-    assert "threshold = 0.5" in text
-    card_path.write_text(text.replace("threshold = 0.5", "threshold = 0.6"))
+    card_path.write_text(CENTERFACE_CARD.format(max_side=960))
     card = cards.load_card_file(card_path)
     plain = CenterFaceDetector(card, tmp_path / "centerface.onnx")
     det = CenterFaceDetector(card, tmp_path / "centerface.onnx", providers=["azure"])
-    assert det.square and not plain.square
+    assert det.accelerated and not plain.accelerated
     wide = np.zeros((1080, 1920, 3), np.uint8)
     wide[400:408, 800:808] = 255
     tall = np.zeros((1920, 1080, 3), np.uint8)
     tall[96:104, 40:48] = 255
+    wide2 = np.zeros((1080, 1920, 3), np.uint8)
+    wide2[96:104, 40:48] = 255
     small = np.zeros((200, 300, 3), np.uint8)
     small[100:104, 200:204] = 255  # one cell at stride 4
-    shapes = _recording(monkeypatch, det.session)
-    got, want = det.detect_many([wide, tall, small]), plain.detect_many([wide, tall, small])
-    assert [len(faces) for faces in got] == [len(faces) for faces in want] == [1, 1, 1]
-    for mine, theirs in zip(got, want, strict=True):
-        np.testing.assert_allclose(mine[0].box, theirs[0].box, atol=1e-3)
-    # fed 544 x 960 and 960 x 544 (halved), 224 x 320: each alone in a square
-    assert shapes == [(1, 3, 960, 960), (1, 3, 960, 960), (1, 3, 320, 320)]
+    images = [wide, tall, wide2, small]
+    want = plain.detect_many(images)
+    for _ in range(2):
+        got = det.detect_many(images)
+        assert [len(faces) for faces in got] == [len(faces) for faces in want] == [1, 1, 1, 1]
+        for mine, theirs in zip(got, want, strict=True):
+            np.testing.assert_allclose(mine[0].box, theirs[0].box, atol=1e-4)
+            assert mine[0].score == pytest.approx(theirs[0].score, rel=1e-5)
+        if _ == 0:  # the sessions made on first use, then watched
+            kept = dict(det._by_shape)
+            assert list(kept) == [(544, 960), (960, 544), (224, 320)]
+            assert kept[(544, 960)] is det.session
+            assert len({id(session) for session in kept.values()}) == 3
+            shapes = {fed: _recording(monkeypatch, session) for fed, session in kept.items()}
+    assert det._by_shape == kept  # no session made again
+    assert shapes == {
+        (544, 960): [(1, 3, 544, 960), (1, 3, 544, 960)],  # wide and wide2, one a run
+        (960, 544): [(1, 3, 960, 544)],
+        (224, 320): [(1, 3, 224, 320)],
+    }
+    # more shapes than SHAPE_SESSIONS: the least recently used session goes
+    monkeypatch.setattr("agegender.detectors.centerface.SHAPE_SESSIONS", 3)
+    det.detect(np.zeros((100, 100, 3), np.uint8))
+    assert list(det._by_shape) == [(960, 544), (224, 320), (128, 128)]

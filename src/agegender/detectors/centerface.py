@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from ..inference import tensor_from_pixels
 
 # The pixel value the fed image is padded with up to the card's multiple (see _tensor).
 PAD_VALUE = 128
+# On an accelerator, the sessions kept, one per input shape (CenterFaceDetector.session_for).
+SHAPE_SESSIONS = 4
 
 
 def nms(boxes: NDArray[np.float64], scores: NDArray[np.float64], iou: float) -> list[int]:
@@ -148,6 +151,7 @@ class CenterFaceDetector:
         # A side given (--max-detect-side) is the side every image is fed at; else the
         # card's policy (side_for).
         self.fixed_side = max_side
+        self.threads = threads
         self.max_side = max_side or self.spec.max_side
         self.threshold = self.spec.threshold if threshold is None else threshold
         self.template = (
@@ -174,12 +178,18 @@ class CenterFaceDetector:
         self._twin_model = serialized if differs else None
         self._twin: ort.InferenceSession | None = None
         self._twin_lock = threading.Lock()
-        # On an accelerator each run has one shape per side: the image is padded to a
-        # square and fed alone. ONNX Runtime's CUDA convolutions set themselves up again
-        # whenever the input shape differs from the previous run's (hundreds of ms on an
-        # H200; README, GPU): landscape and portrait photos, or batches of 1 and 3
-        # images, would pay it image after image. The grey pad only adds background.
-        self.square = self.session.get_providers()[0] != sessions.CPU
+        # On an accelerator each input shape gets a session of its own and images are fed
+        # one a run: ONNX Runtime's CUDA convolutions set themselves up again whenever a
+        # run's input shape differs from the previous run's (hundreds of ms on an H200;
+        # README, GPU), which landscape and portrait photos, or batches of 1 and 3
+        # images, would pay image after image. (Padding every image to one square
+        # canvas would need one session but changes the boxes of faces in the lower half
+        # of a landscape photo by up to 8 px: the network sees more grey there.) The
+        # images are fed exactly as on the CPU.
+        self.accelerated = self.session.get_providers()[0] != sessions.CPU
+        self._by_shape: OrderedDict[tuple[int, int], ort.InferenceSession] = OrderedDict()
+        self._by_shape_model = serialized if self.accelerated else None
+        self._by_shape_lock = threading.Lock()
         self.input_name = card.input.name or self.session.get_inputs()[0].name
         self.output_names = [
             self.spec.output(role) for role in ("heatmap", "scale", "offset", "landmarks")
@@ -200,6 +210,31 @@ class CenterFaceDetector:
                     providers=[sessions.CPU],
                 )
             return self._twin
+
+    def session_for(self, fed: tuple[int, int]) -> ort.InferenceSession:
+        """On an accelerator, the session kept for input shape `fed` (made on first use
+        with the first session's providers; the least recently used of more than
+        SHAPE_SESSIONS is dropped); on the CPU alone, :meth:`session_here`."""
+        if self._by_shape_model is None:
+            return self.session_here()
+        with self._by_shape_lock:
+            session = self._by_shape.get(fed)
+            if session is None:
+                in_use = any(kept is self.session for kept in self._by_shape.values())
+                session = (
+                    self.session
+                    if not in_use
+                    else sessions.create(
+                        self._by_shape_model,
+                        session_options=sessions.options(self.threads, quiet=True),
+                        providers=self.session.get_providers(),
+                    )
+                )
+                self._by_shape[fed] = session
+                while len(self._by_shape) > SHAPE_SESSIONS:
+                    self._by_shape.popitem(last=False)
+            self._by_shape.move_to_end(fed)
+            return session
 
     def _tensor(
         self, rgb: NDArray[np.uint8], factor: float, fed: tuple[int, int]
@@ -284,19 +319,18 @@ class CenterFaceDetector:
             feed_size(im.shape[0], im.shape[1], side, spec.multiple)
             for im, side in zip(images, sides, strict=True)
         ]
-        if self.square:
-            plans = [(factor, max(h, w), max(h, w)) for factor, h, w in plans]
         results: list[list[Detection]] = [[] for _ in images]
         groups: dict[tuple[int, int], list[int]] = {}
-        session = self.session_here()
         for index, (_, fed_h, fed_w) in enumerate(plans):
             groups.setdefault((fed_h, fed_w), []).append(index)
+        # on an accelerator one image a run (the batch size is part of the shape)
         runs = [
-            (fed, members[start : start + 1] if self.square else members)
+            (fed, [member]) if self.accelerated else (fed, members)
             for fed, members in groups.items()
-            for start in (range(len(members)) if self.square else [0])
+            for member in (members if self.accelerated else members[:1])
         ]
         for fed, members in runs:
+            session = self.session_for(fed)
             batch = np.concatenate([self._tensor(images[i], plans[i][0], fed) for i in members])
             # InferenceSession.run may be called from several threads at once (ORT
             # documents it thread-safe): predict_many's workers detect in parallel.
