@@ -253,6 +253,32 @@ def _check_resources(
         )
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a Ray started here binds to loopback
+
+
+def _loopback_unless_joining(address: str | None) -> None:
+    """A Ray started here (no --address) serves this machine only: it binds to the
+    loopback address (Ray's switch for single-machine use), never to a network interface.
+    Ray reads the switch once, when it is first imported (``ray_constants``), so this
+    must run before the first ``import ray``."""
+    if not address and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
+def require_ray_data(address: str | None) -> None:
+    """Import Ray Data, or one line naming the extra that brings it. ``import ray`` alone
+    is not enough: a plain ``pip install ray`` has no pandas, and ``import ray.data``
+    then fails deep inside the job, after DEST was made."""
+    _loopback_unless_joining(address)
+    try:
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        missing = f" ({error.name} is missing)" if error.name else ""
+        raise AgegenderError(
+            f"--engine ray needs Ray Data{missing}: pip install 'agegender[ray]'"
+        ) from None
+
+
 def check_address(address: str | None) -> None:
     """Before any work: a host:port (or ray://host:port) that takes no connection is one
     line, not a wait (Ray retries a GCS it cannot reach for minutes)."""
@@ -273,10 +299,7 @@ def check_address(address: str | None) -> None:
 
 
 def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
-    if not args.address and "ray" not in sys.modules:
-        # A Ray started here serves this machine only: it binds to the loopback address
-        # (Ray's switch for single-machine use), never to a network interface.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    _loopback_unless_joining(args.address)
     import numpy as np
     import pyarrow as pa
     import ray

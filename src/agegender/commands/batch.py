@@ -116,8 +116,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
+        extra = "ray" if args.engine == "ray" else "batch"  # [ray] brings pyarrow too
         raise AgegenderError(
-            "agegender batch needs pyarrow: pip install 'agegender[batch]'"
+            f"agegender batch needs pyarrow: pip install 'agegender[{extra}]'"
         ) from None
     from ..batch import dataset, job, sources
 
@@ -125,14 +126,9 @@ def _run(args: argparse.Namespace) -> int:
     dataset.check_dest(args.out)  # before any model is loaded
     dataset.check_not_a_source(args.out, args.sources)
     if args.engine == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise AgegenderError(
-                "--engine ray needs Ray Data: pip install 'agegender[ray]'"
-            ) from None
-        from ..batch.ray_engine import check_address
+        from ..batch.ray_engine import check_address, require_ray_data
 
+        require_ray_data(args.address)  # the first import of ray: after its loopback switch
         check_address(args.address)
     from ..pipeline import Estimator
 
