@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -156,28 +157,44 @@ def decode_bytes(
 
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (a module global) while opening
-# and in some plugins' load. Our limit replaces it: it is lifted, under a lock, only to
-# read a header (so the refusal carries our message) or to decode an image the caller's
-# raised limit allows.
+# and in some plugins' load. Our limit replaces it: it is lifted only to read a header (so
+# the refusal carries our message) or to decode an image the caller's raised limit allows.
+# Threads share that global, so it is lifted while any thread needs it lifted (counted
+# under a lock: one thread's restore must not re-arm it under another's decoding), and
+# lifted to a huge number, never to None: Pillow's check reads the global twice (`is
+# None`, then `2 * MAX_IMAGE_PIXELS`), and a None seen by the second read in another
+# thread was a TypeError that Image.open took for "cannot identify image file".
 _PILLOW_GUARD_LOCK = threading.Lock()
+_LIFTED_LIMIT = sys.maxsize
+_lifts = 0  # threads inside _pillow_guard_lifted(True)
+_saved_limit: int | None = None  # Pillow's own value while lifted
 
 
 def _pillow_error_limit() -> float:
-    pillow = Image.MAX_IMAGE_PIXELS
+    with _PILLOW_GUARD_LOCK:
+        pillow = _saved_limit if _lifts else Image.MAX_IMAGE_PIXELS
     return float("inf") if pillow is None else 2 * pillow
 
 
 @contextlib.contextmanager
 def _pillow_guard_lifted(lift: bool = True) -> Iterator[None]:
-    if not lift or Image.MAX_IMAGE_PIXELS is None:
+    global _lifts, _saved_limit
+    if not lift:
         yield
         return
     with _PILLOW_GUARD_LOCK:
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+        if _lifts == 0:
+            _saved_limit = Image.MAX_IMAGE_PIXELS
+            if _saved_limit is not None:
+                Image.MAX_IMAGE_PIXELS = _LIFTED_LIMIT
+        _lifts += 1
+    try:
+        yield
+    finally:
+        with _PILLOW_GUARD_LOCK:
+            _lifts -= 1
+            if _lifts == 0 and _saved_limit is not None:
+                Image.MAX_IMAGE_PIXELS = _saved_limit
 
 
 def _open_header(data: bytes) -> Image.Image:

@@ -292,24 +292,31 @@ class Estimator:
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise AgegenderError(f"chunk must be a whole number >= 1, got {chunk!r}")
         inputs = iter(sources)
-        with ThreadPoolExecutor(
+        pool = ThreadPoolExecutor(
             self.workers,
             thread_name_prefix="agegender-prepare",
             # several workers detect different images at once: one intra-op thread each
             initializer=sessions.parallel_worker if self.workers > 1 else None,
-        ) as pool:
+        )
 
-            def submit() -> list[Future[tuple[images.ImageInput, PreparedImage | str]]]:
-                return [
-                    pool.submit(self._load_and_prepare, s, channels, keep_images)
-                    for s in islice(inputs, chunk)
-                ]
+        def submit() -> list[Future[tuple[images.ImageInput, PreparedImage | str]]]:
+            return [
+                pool.submit(self._load_and_prepare, s, channels, keep_images)
+                for s in islice(inputs, chunk)
+            ]
 
+        try:
             window = submit()
             while window:
                 following = submit()
                 yield from self._flush([future.result() for future in window])
                 window = following
+        finally:
+            # An iteration abandoned early (break, close(), the generator collected, an
+            # error in the caller's loop, Ctrl-C) drops the images queued ahead instead of
+            # decoding and detecting them for nothing: only those already being prepared
+            # finish, and no worker thread outlives the generator.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _load_and_prepare(
         self, source: images.ImageInput, channels: images.ChannelOrder, keep_image: bool
