@@ -376,6 +376,40 @@ def test_models_list_json_carries_the_cards_public_description(
         assert {k: entry[k] for k in card.to_dict()} == card.to_dict()
 
 
+def test_pull_of_a_card_file_names_only_the_checks_its_card_makes(
+    standins, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A card beside its file with no size or sha256: pull must not say they were
+    checked (it said "size and sha256 checked" for any such card)."""
+    monkeypatch.setenv("AGEGENDER_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    data = standins["levi-gender"]
+    (folder / "g.onnx").write_bytes(data)
+    body = (
+        '[input]\nsize = [224, 224]\n[crop]\nkind = "margin"\n'
+        '[output]\nlabels = ["female", "male"]\n'
+    )
+    (folder / "bare.toml").write_text(
+        f'id = "bare"\ntask = "gender"\n[source]\nfile = "g.onnx"\n{body}', encoding="utf-8"
+    )
+    (folder / "both.toml").write_text(
+        f'id = "both"\ntask = "gender"\n[source]\nfile = "g.onnx"\nbytes = {len(data)}\n'
+        f'sha256 = "{hashlib.sha256(data).hexdigest()}"\n{body}',
+        encoding="utf-8",
+    )
+    code, out, err = run_cli(capsys, "models", "pull", str(folder / "bare.toml"))
+    assert code == 0, err
+    assert out == (
+        "bare: read from next to its card, not checked (the card names no size or sha256): "
+        f"{folder / 'g.onnx'}\n"
+    )
+    code, out, err = run_cli(capsys, "models", "pull", str(folder / "both.toml"))
+    assert code == 0, err
+    where = folder / "g.onnx"
+    assert out == f"both: read from next to its card, size and sha256 checked: {where}\n"
+
+
 def test_pull_and_verify_a_card_with_its_file_next_to_it(
     standins, tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -395,10 +429,7 @@ def test_pull_and_verify_a_card_with_its_file_next_to_it(
     card = str(folder / "card.toml")
     code, out, err = run_cli(capsys, "models", "pull", card)
     assert code == 0, err
-    assert (
-        out
-        == f"my-gender: read from next to its card, size and sha256 checked: {folder / 'g.onnx'}\n"
-    )
+    assert out == f"my-gender: read from next to its card, sha256 checked: {folder / 'g.onnx'}\n"
     code, out, _ = run_cli(capsys, "models", "verify", card)
     assert code == 0 and out.startswith("ok") and str(folder / "g.onnx") in out
     (folder / "g.onnx").unlink()

@@ -265,12 +265,24 @@ def run_pull(args: argparse.Namespace) -> int:
             "downloaded": fetched,
             "present": "already installed, sha256 verified",
             "package": f"ships with package {card.source.package}",
-            "local": "read from next to its card, size and sha256 checked",
+            "local": f"read from next to its card, {_local_checks(card)}",
             "built": f"INT8 copy of {card.source.quantize} built from its verified file and "
             f"the shipped ranges (quantization/{card.source.ranges}), sha256 recorded",
         }[result.action]
         print(f"{card.id}: {what}: {result.path}")
     return 1 if failures else 0
+
+
+def _local_checks(card: ModelCard) -> str:
+    """What a pull checked of a file beside its card: only what the card names."""
+    named = [
+        what
+        for what, given in (("size", card.source.bytes), ("sha256", card.source.sha256))
+        if given is not None
+    ]
+    if not named:
+        return "not checked (the card names no size or sha256)"
+    return " and ".join(named) + " checked"
 
 
 def run_verify(args: argparse.Namespace) -> int:
