@@ -253,3 +253,60 @@ def test_on_an_accelerator_centerface_keeps_a_session_a_shape(tmp_path, monkeypa
     monkeypatch.setattr("agegender.detectors.centerface.SHAPE_SESSIONS", 3)
     det.detect(np.zeros((100, 100, 3), np.uint8))
     assert list(det._by_shape) == [(960, 544), (224, 320), (128, 128)]
+
+
+@needs_azure
+def test_on_an_accelerator_a_session_being_made_holds_up_no_other_shape(
+    tmp_path, monkeypatch
+) -> None:
+    # Setting a session up on a GPU takes a while: meanwhile other threads (predict_many's
+    # workers, serve's) run the shapes they already have, and two threads wanting one new
+    # shape get one session.
+    import threading
+
+    from agegender.detectors import centerface
+
+    onnx.save_model(standin_graph(), str(tmp_path / "centerface.onnx"))
+    card_path = tmp_path / "centerface.toml"
+    card_path.write_text(CENTERFACE_CARD.format(max_side=960))
+    card = cards.load_card_file(card_path)
+    plain = CenterFaceDetector(card, tmp_path / "centerface.onnx")
+    det = CenterFaceDetector(card, tmp_path / "centerface.onnx", providers=["azure"])
+    have = np.zeros((200, 300, 3), np.uint8)
+    have[100:104, 200:204] = 255
+    new = np.zeros((300, 200, 3), np.uint8)
+    new[40:44, 60:64] = 255
+    det.detect(have)  # its shape's session is the first one, kept
+    started, release, made = threading.Event(), threading.Event(), []
+    real = centerface.sessions.create
+
+    def slow(*args, **kwargs):
+        made.append(threading.current_thread().name)
+        started.set()
+        release.wait(300)  # longer than the wait below: a held-up thread stays held up
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(centerface.sessions, "create", slow)
+    results: dict[str, list] = {}
+
+    def run(name: str, image) -> None:
+        results[name] = det.detect(image)
+
+    makers = [threading.Thread(target=run, args=(f"new{i}", new), name=f"t{i}") for i in (1, 2)]
+    makers[0].start()
+    assert started.wait(60)
+    makers[1].start()
+    other = threading.Thread(target=run, args=("have", have))
+    other.start()
+    other.join(60)  # a tiny stand-in detection: only a bug makes it wait this long
+    held_up = other.is_alive()
+    release.set()
+    for thread in (*makers, other):
+        thread.join(60)
+    assert not held_up, "a cached shape waited for another shape's session to be made"
+    assert made == ["t1"]  # one session for the new shape
+    assert list(det._by_shape) == [(224, 320), (320, 224)]
+    for name, image in (("have", have), ("new1", new), ("new2", new)):
+        want = plain.detect(image)
+        assert len(results[name]) == len(want) == 1
+        np.testing.assert_allclose(results[name][0].box, want[0].box, atol=1e-4)

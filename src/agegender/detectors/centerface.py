@@ -190,6 +190,7 @@ class CenterFaceDetector:
         self._by_shape: OrderedDict[tuple[int, int], ort.InferenceSession] = OrderedDict()
         self._by_shape_model = serialized if self.accelerated else None
         self._by_shape_lock = threading.Lock()
+        self._making: dict[tuple[int, int], threading.Lock] = {}  # shapes being made
         self.input_name = card.input.name or self.session.get_inputs()[0].name
         self.output_names = [
             self.spec.output(role) for role in ("heatmap", "scale", "offset", "landmarks")
@@ -214,27 +215,53 @@ class CenterFaceDetector:
     def session_for(self, fed: tuple[int, int]) -> ort.InferenceSession:
         """On an accelerator, the session kept for input shape `fed` (made on first use
         with the first session's providers; the least recently used of more than
-        SHAPE_SESSIONS is dropped); on the CPU alone, :meth:`session_here`."""
+        SHAPE_SESSIONS is dropped); on the CPU alone, :meth:`session_here`.
+
+        A session is made outside the lock of the kept ones (setting one up on a GPU
+        takes a while): other threads meanwhile run the shapes they have; one wanting the
+        same new shape waits for that one to be made (never two made for one shape)."""
         if self._by_shape_model is None:
             return self.session_here()
         with self._by_shape_lock:
-            session = self._by_shape.get(fed)
-            if session is None:
-                in_use = any(kept is self.session for kept in self._by_shape.values())
-                session = (
-                    self.session
-                    if not in_use
-                    else sessions.create(
-                        self._by_shape_model,
-                        session_options=sessions.options(self.threads, quiet=True),
-                        providers=self.session.get_providers(),
-                    )
+            session = self._kept(fed)
+            if session is not None:
+                return session
+            if not any(kept is self.session for kept in self._by_shape.values()):
+                return self._keep(fed, self.session)
+            making = self._making.setdefault(fed, threading.Lock())
+        with making:
+            with self._by_shape_lock:
+                session = self._kept(fed)
+            if session is not None:
+                return session
+            try:
+                session = sessions.create(
+                    self._by_shape_model,
+                    session_options=sessions.options(self.threads, quiet=True),
+                    providers=self.session.get_providers(),
                 )
-                self._by_shape[fed] = session
-                while len(self._by_shape) > SHAPE_SESSIONS:
-                    self._by_shape.popitem(last=False)
-            self._by_shape.move_to_end(fed)
+            finally:
+                with self._by_shape_lock:
+                    if self._making.get(fed) is making:
+                        del self._making[fed]
+                    if session is not None:
+                        self._keep(fed, session)
             return session
+
+    def _kept(self, fed: tuple[int, int]) -> ort.InferenceSession | None:
+        """The session kept for `fed`, now the most recently used (under the lock)."""
+        session = self._by_shape.get(fed)
+        if session is not None:
+            self._by_shape.move_to_end(fed)
+        return session
+
+    def _keep(self, fed: tuple[int, int], session: ort.InferenceSession) -> ort.InferenceSession:
+        """Keep `session` for `fed`, dropping the least recently used (under the lock)."""
+        self._by_shape[fed] = session
+        self._by_shape.move_to_end(fed)
+        while len(self._by_shape) > SHAPE_SESSIONS:
+            self._by_shape.popitem(last=False)
+        return session
 
     def _tensor(
         self, rgb: NDArray[np.uint8], factor: float, fed: tuple[int, int]
