@@ -209,17 +209,25 @@ def test_on_an_accelerator_head_batches_are_padded_to_one_shape(monkeypatch) -> 
     assert len(shapes) == 4  # 1, 3, then max_batch + 2 in two runs
 
 
-@needs_azure
-def test_on_an_accelerator_centerface_keeps_a_session_a_shape(tmp_path, monkeypatch) -> None:
-    # ONNX Runtime's CUDA convolutions set themselves up again whenever a run's shape
-    # differs from the previous run's: on an accelerator each shape gets its own session
-    # and each image its own run, fed exactly as on the CPU.
+def _centerface_on_cpu_and_azure(
+    tmp_path: Path,
+) -> tuple[CenterFaceDetector, CenterFaceDetector]:
+    """The stand-in CenterFace on the CPU alone and on the Azure provider (an accelerator
+    to the code: every node goes to the CPU)."""
     onnx.save_model(standin_graph(), str(tmp_path / "centerface.onnx"))
     card_path = tmp_path / "centerface.toml"
     card_path.write_text(CENTERFACE_CARD.format(max_side=960))
     card = cards.load_card_file(card_path)
     plain = CenterFaceDetector(card, tmp_path / "centerface.onnx")
-    det = CenterFaceDetector(card, tmp_path / "centerface.onnx", providers=["azure"])
+    return plain, CenterFaceDetector(card, tmp_path / "centerface.onnx", providers=["azure"])
+
+
+@needs_azure
+def test_on_an_accelerator_centerface_keeps_a_session_a_shape(tmp_path, monkeypatch) -> None:
+    # ONNX Runtime's CUDA convolutions set themselves up again whenever a run's shape
+    # differs from the previous run's: on an accelerator each shape gets its own session
+    # and each image its own run, fed exactly as on the CPU.
+    plain, det = _centerface_on_cpu_and_azure(tmp_path)
     assert det.accelerated and not plain.accelerated
     wide = np.zeros((1080, 1920, 3), np.uint8)
     wide[400:408, 800:808] = 255
@@ -266,12 +274,7 @@ def test_on_an_accelerator_a_session_being_made_holds_up_no_other_shape(
 
     from agegender.detectors import centerface
 
-    onnx.save_model(standin_graph(), str(tmp_path / "centerface.onnx"))
-    card_path = tmp_path / "centerface.toml"
-    card_path.write_text(CENTERFACE_CARD.format(max_side=960))
-    card = cards.load_card_file(card_path)
-    plain = CenterFaceDetector(card, tmp_path / "centerface.onnx")
-    det = CenterFaceDetector(card, tmp_path / "centerface.onnx", providers=["azure"])
+    plain, det = _centerface_on_cpu_and_azure(tmp_path)
     have = np.zeros((200, 300, 3), np.uint8)
     have[100:104, 200:204] = 255
     new = np.zeros((300, 200, 3), np.uint8)
