@@ -313,3 +313,27 @@ def test_on_an_accelerator_a_session_being_made_holds_up_no_other_shape(
         want = plain.detect(image)
         assert len(results[name]) == len(want) == 1
         np.testing.assert_allclose(results[name][0].box, want[0].box, atol=1e-4)
+
+
+def test_a_cuda_provider_that_does_not_start_is_logged_with_the_usual_cause(
+    offered, monkeypatch, caplog
+) -> None:
+    # A CUDA build whose libraries ONNX Runtime cannot load makes its session on the CPU
+    # alone: one warning naming both and what usually fixes it.
+    offered("CUDAExecutionProvider")
+
+    class CpuOnly:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def get_providers(self) -> list[str]:
+            return [CPU]
+
+    monkeypatch.setattr(ort, "InferenceSession", CpuOnly)
+    with caplog.at_level("WARNING", logger="agegender.sessions"):
+        sessions.create(b"graph", providers=["cuda"])
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert message.startswith("execution provider cuda did not start; running on cpu (")
+    assert "LD_LIBRARY_PATH" in message and "onnxruntime.preload_dlls()" in message
+    assert "\n" not in message

@@ -165,8 +165,19 @@ def create(
     missing = [p for p in chosen if p not in session.get_providers()]
     if missing:
         log.warning(
-            "execution provider %s did not start; running on %s",
+            "execution provider %s did not start; running on %s%s",
             ", ".join(short_name(p) for p in missing),
             ", ".join(short_name(p) for p in session.get_providers()),
+            CUDA_HINT if any(p in _NEEDS_CUDA for p in missing) else "",
         )
     return session
+
+
+# Why a CUDA build's provider usually fails to start: ONNX Runtime loads CUDA and cuDNN
+# when the session is made and finds the pip packages' libraries only where it is told.
+_NEEDS_CUDA = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+CUDA_HINT = (
+    " (ONNX Runtime did not load CUDA or cuDNN: put their folders, such as"
+    " site-packages/nvidia/*/lib, on LD_LIBRARY_PATH, or call onnxruntime.preload_dlls()"
+    " before the first session)"
+)
