@@ -10,6 +10,7 @@ narrowing ``onnxruntime.get_available_providers``.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,7 @@ from support.standins import CENTERFACE_CARD
 from test_centerface import card_file, standin_graph  # noqa: F401 (fixture)
 
 from agegender import Estimator, EstimatorConfig, cards, cli, sessions
+from agegender.detectors import centerface
 from agegender.detectors.centerface import CenterFaceDetector
 from agegender.errors import AgegenderError
 from agegender.sessions import CPU, ProviderError, resolve_providers
@@ -270,10 +272,6 @@ def test_on_an_accelerator_a_session_being_made_holds_up_no_other_shape(
     # Setting a session up on a GPU takes a while: meanwhile other threads (predict_many's
     # workers, serve's) run the shapes they already have, and two threads wanting one new
     # shape get one session.
-    import threading
-
-    from agegender.detectors import centerface
-
     plain, det = _centerface_on_cpu_and_azure(tmp_path)
     have = np.zeros((200, 300, 3), np.uint8)
     have[100:104, 200:204] = 255

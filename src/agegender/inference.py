@@ -183,7 +183,7 @@ class OnnxModel:
         # whose run of 8 faces then takes 4 ms (README, GPU). On the CPU a shape change
         # costs nothing and padding would cost compute, so batches stay as they come.
         self.padded = (
-            self.session.get_providers()[0] != sessions.CPU
+            sessions.on_accelerator(self.session)
             and self.fixed_batch is None
             and self.max_batch > 1
         )
@@ -198,10 +198,8 @@ class OnnxModel:
         for start in range(0, len(crops), self.max_batch):
             tensor = preprocess(self.card, crops[start : start + self.max_batch])
             rows = len(tensor)
-            if self.padded and rows < self.max_batch:
-                tensor = np.concatenate(
-                    [tensor, np.zeros((self.max_batch - rows, *tensor.shape[1:]), tensor.dtype)]
-                )
+            if self.padded and rows < self.max_batch:  # zero rows after the crops
+                tensor = np.pad(tensor, [(0, self.max_batch - rows)] + [(0, 0)] * (tensor.ndim - 1))
             outs = self.session.run(list(names), {self.input.name: tensor})
             for name, out in zip(names, outs, strict=True):
                 parts[name].append(np.asarray(out, dtype=np.float32)[:rows].reshape(rows, -1))

@@ -45,6 +45,15 @@ PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
     "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"},
 }
 
+# Why a CUDA build's provider usually fails to start: ONNX Runtime loads CUDA and cuDNN
+# when the session is made and finds the pip packages' libraries only where it is told.
+_NEEDS_CUDA = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+_CUDA_HINT = (
+    " (ONNX Runtime did not load CUDA or cuDNN: put their folders, such as"
+    " site-packages/nvidia/*/lib, on LD_LIBRARY_PATH, or call onnxruntime.preload_dlls()"
+    " before the first session)"
+)
+
 
 class ProviderError(AgegenderError):
     """An execution provider that is unknown or not offered by this ONNX Runtime."""
@@ -168,16 +177,13 @@ def create(
             "execution provider %s did not start; running on %s%s",
             ", ".join(short_name(p) for p in missing),
             ", ".join(short_name(p) for p in session.get_providers()),
-            CUDA_HINT if any(p in _NEEDS_CUDA for p in missing) else "",
+            _CUDA_HINT if any(p in _NEEDS_CUDA for p in missing) else "",
         )
     return session
 
 
-# Why a CUDA build's provider usually fails to start: ONNX Runtime loads CUDA and cuDNN
-# when the session is made and finds the pip packages' libraries only where it is told.
-_NEEDS_CUDA = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-CUDA_HINT = (
-    " (ONNX Runtime did not load CUDA or cuDNN: put their folders, such as"
-    " site-packages/nvidia/*/lib, on LD_LIBRARY_PATH, or call onnxruntime.preload_dlls()"
-    " before the first session)"
-)
+def on_accelerator(session: ort.InferenceSession) -> bool:
+    """Whether `session` runs on a provider other than the CPU (which is always last, so
+    the first one tells). Where a run's input shape changes, such a provider may set
+    itself up again (CUDA's convolutions: README, GPU), so callers keep shapes fixed."""
+    return bool(session.get_providers()[0] != CPU)

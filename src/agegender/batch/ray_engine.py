@@ -256,20 +256,16 @@ def _check_resources(
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a Ray started here binds to loopback
 
 
-def _loopback_unless_joining(address: str | None) -> None:
-    """A Ray started here (no --address) serves this machine only: it binds to the
-    loopback address (Ray's switch for single-machine use), never to a network interface.
-    Ray reads the switch once, when it is first imported (``ray_constants``), so this
-    must run before the first ``import ray``."""
+def require_ray_data(address: str | None) -> None:
+    """Import Ray Data (the command's first import of Ray), or one line naming the extra
+    that brings it. ``import ray`` alone is not enough: a plain ``pip install ray`` has
+    no pandas, and ``import ray.data`` then fails deep inside the job, after DEST was made.
+
+    A Ray started here (no --address) serves this machine only: it binds to the loopback
+    address (Ray's switch for single-machine use), never to a network interface. Ray
+    reads the switch once, when it is first imported, so it is set before."""
     if not address and "ray" not in sys.modules:
         os.environ.setdefault(LOOPBACK_ENV, "0")
-
-
-def require_ray_data(address: str | None) -> None:
-    """Import Ray Data, or one line naming the extra that brings it. ``import ray`` alone
-    is not enough: a plain ``pip install ray`` has no pandas, and ``import ray.data``
-    then fails deep inside the job, after DEST was made."""
-    _loopback_unless_joining(address)
     try:
         import ray.data  # noqa: F401
     except ImportError as error:
@@ -299,7 +295,7 @@ def check_address(address: str | None) -> None:
 
 
 def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
-    _loopback_unless_joining(args.address)
+    # Ray is imported already, after its loopback switch (require_ray_data, the command)
     import numpy as np
     import pyarrow as pa
     import ray

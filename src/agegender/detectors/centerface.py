@@ -174,7 +174,8 @@ class CenterFaceDetector:
         # one intra-op thread runs instead (sessions.parallel_worker); made on first use,
         # only where it differs: more than one thread here, and on the CPU alone. The
         # graph's bytes are kept only for that.
-        differs = threads != 1 and self.session.get_providers() == [sessions.CPU]
+        self.accelerated = sessions.on_accelerator(self.session)
+        differs = threads != 1 and not self.accelerated
         self._twin_model = serialized if differs else None
         self._twin: ort.InferenceSession | None = None
         self._twin_lock = threading.Lock()
@@ -186,7 +187,6 @@ class CenterFaceDetector:
         # canvas would need one session but changes the boxes of faces in the lower half
         # of a landscape photo by up to 8 px: the network sees more grey there.) The
         # images are fed exactly as on the CPU.
-        self.accelerated = self.session.get_providers()[0] != sessions.CPU
         self._by_shape: OrderedDict[tuple[int, int], ort.InferenceSession] = OrderedDict()
         self._by_shape_model = serialized if self.accelerated else None
         self._by_shape_lock = threading.Lock()
@@ -350,12 +350,9 @@ class CenterFaceDetector:
         groups: dict[tuple[int, int], list[int]] = {}
         for index, (_, fed_h, fed_w) in enumerate(plans):
             groups.setdefault((fed_h, fed_w), []).append(index)
-        # on an accelerator one image a run (the batch size is part of the shape)
-        runs = [
-            (fed, [member]) if self.accelerated else (fed, members)
-            for fed, members in groups.items()
-            for member in (members if self.accelerated else members[:1])
-        ]
+        runs = list(groups.items())
+        if self.accelerated:  # one image a run (the batch size is part of the shape)
+            runs = [(fed, [member]) for fed, members in runs for member in members]
         for fed, members in runs:
             session = self.session_for(fed)
             batch = np.concatenate([self._tensor(images[i], plans[i][0], fed) for i in members])
