@@ -25,7 +25,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -37,6 +36,7 @@ from ..chip_template import landmarks_from_keypoints
 from ..errors import CardError, ModelFileError
 from ..faces import Detection
 from ..inference import tensor_from_pixels
+from . import shrink
 
 # The pixel value the fed image is padded with up to the card's multiple (see _tensor).
 PAD_VALUE = 128
@@ -268,9 +268,7 @@ class CenterFaceDetector:
     ) -> NDArray[np.float32]:
         height, width = rgb.shape[:2]
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        small = (
-            rgb if size == (width, height) else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        )
+        small = rgb if size == (width, height) else shrink(rgb, size)
         # Padded at the bottom and right up to the multiple with mid-grey, not black: a black
         # band along the image's edge hid faces cut by that edge (at 800, 4:3 photos get 8
         # rows, 16:9 ones 30; faces half outside the bottom edge: 9 -> 11 of 15 found).
