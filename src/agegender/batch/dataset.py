@@ -341,13 +341,16 @@ class Dataset:
         return data
 
     def _remove_all(self) -> None:
+        """--overwrite: every part, key and attempt record goes. The manifest stays until
+        the new one replaces it (write_atomic): removed here, a job killed before that
+        left DEST without one, and a DEST holding a file of the user's was then refused
+        by every later run as a folder agegender did not make."""
         for name in self.files.names():
             if _ours(name):
                 self.files.delete(name)
         for sub in (KEYS, ATTEMPTS):
             for name in self.files.names(sub):
                 self.files.delete(f"{sub}/{name}")
-        self.files.delete(MANIFEST)
 
     def _recover(self) -> None:
         """Drop what a killed job left uncommitted: temporary files, parts without keys
