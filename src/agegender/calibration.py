@@ -77,6 +77,9 @@ CROSS_FOLDS = 5
 DEFAULT_GENDER_BANDS = (0.0, 13.0)
 MIN_BAND = 30  # fewer calibration faces in a band: it takes the pooled value
 MAX_TEMPERATURE = 100.0
+# below this, log p / T overflows for small p (5e-324 -> -inf) and the tempered
+# distribution is NaN; the fits never go under 0.14 (gender) or 0.2 (age)
+MIN_TEMPERATURE = 0.01
 
 
 class CalibrationError(AgegenderError):
@@ -182,7 +185,7 @@ def parse_table(
 ) -> Calibration:
     """A calibration from its TOML table; `fail` raises the caller's one-line error.
 
-    `task`: the card task ("age", "age-groups" or "gender"). Keys: temperature (> 0),
+    `task`: the card task ("age", "age-groups" or "gender"). Keys: temperature (0.01..100),
     kernel (>= 0, age), mass (0..1, age), bands (increasing ages >= 0), widen (age: one
     number of years per band), temperatures (gender: one > 0 per band).
     """
@@ -206,6 +209,8 @@ def parse_table(
             return default
         if not _is_number(value) or value < low or (strict and value == low) or value > high:
             bound = f"> {low:g}" if strict else f">= {low:g}"
+            if math.isfinite(high):  # a value over the top bound is told the top bound
+                bound += f" and <= {high:g}"
             fail(f"{name} {key} must be a finite number {bound}, got {value!r:.60}")
         return float(value)
 
@@ -219,9 +224,9 @@ def parse_table(
             fail(f"{name} {key} must be a list of {what}, got {value!r:.60}")
         return tuple(float(v) for v in value)
 
-    temperature = number("temperature", 1.0, 0.0, strict=True, high=MAX_TEMPERATURE)
+    temperature = number("temperature", 1.0, MIN_TEMPERATURE, strict=False, high=MAX_TEMPERATURE)
     kernel = number("kernel", 0.0, 0.0, strict=False, high=5.0)
-    mass = number("mass", 0.8, 0.0, strict=True, high=1.0)
+    mass = number("mass", 0.8, 0.0, strict=True)
     if mass >= 1.0:
         fail(f"{name} mass must be between 0 and 1, got {mass:g}")
     bands = numbers("bands", lambda v: v >= 0, "ages >= 0")
@@ -229,7 +234,9 @@ def parse_table(
         fail(f"{name} bands must be increasing ages, got {list(bands)}")
     widen = numbers("widen", lambda v: abs(v) <= 200, "years (one per band)")
     temperatures = numbers(
-        "temperatures", lambda v: 0 < v <= MAX_TEMPERATURE, "temperatures > 0 (one per band)"
+        "temperatures",
+        lambda v: MIN_TEMPERATURE <= v <= MAX_TEMPERATURE,
+        f"temperatures in {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g} (one per band)",
     )
     pit = _pit_rows(table.get("pit"), name, fail)
     kernels = numbers("kernels", lambda v: 0 <= v <= 5.0, "widths in 0..5 (one per band)")
@@ -605,6 +612,12 @@ def fit_band_parameters(
     return pooled, per_band
 
 
+def fold_count(exact: int, folds: int = CROSS_FOLDS) -> int:
+    """Folds the recalibration map is cross-fitted in, for `exact` exact ages (fewer than
+    MIN_BAND: no map at all, only the temperature and the smoothing; 0 here)."""
+    return 0 if exact < MIN_BAND else max(2, min(folds, exact // MIN_BAND))
+
+
 def fit_age(
     probs: NDArray[np.float64],
     values: NDArray[np.float64],
@@ -640,7 +653,7 @@ def fit_age(
         return Calibration("age", temperature, kernel, mass)
     shuffled = list(exact)
     random.Random(seed).shuffle(shuffled)
-    k = max(2, min(folds, len(exact) // MIN_BAND))
+    k = fold_count(len(exact), folds)
     u = np.empty(len(exact))
     position = {row: n for n, row in enumerate(exact)}
     for fold in range(k):

@@ -298,6 +298,7 @@ def _collect(args: argparse.Namespace, cli: dict[str, Any]) -> tuple[dict[str, A
 
 def run(args: argparse.Namespace) -> int:
     import random
+    import tomllib
 
     import numpy as np
 
@@ -348,6 +349,16 @@ def run(args: argparse.Namespace) -> int:
             balance=args.balance == "decade",
             seed=args.seed,
         )
+    exact = sum(1 for i in usable if data["labels"][i][0] == data["labels"][i][1])
+    folds = cal.fold_count(exact)
+    if age_cal is not None and not age_cal.pit:
+        # group labels give the likelihood, not the PIT values the map is fitted on
+        print(
+            f"agegender: warning: {exact} of the {len(usable)} age labels to fit are exact "
+            f"ages ({cal.MIN_BAND} needed for the recalibration map; age groups cannot give "
+            "it): the age calibration is one temperature and smoothing, no map per band",
+            file=sys.stderr,
+        )
     if counts["gender"] >= MIN_FIT_FACES:
         labels_g = data["gender_labels"]
         male = labels_g.index("male")
@@ -360,6 +371,13 @@ def run(args: argparse.Namespace) -> int:
     if age_cal is None and gender_cal is None:
         raise AgegenderError(f"{source}: nothing to fit (no labelled face with an estimate)")
     weighting = "ages balanced by decade" if args.balance == "decade" else "unweighted"
+    method = (
+        f"the recalibration map cross-fitted in {folds} folds, {weighting}"
+        if age_cal is not None and age_cal.pit
+        else f"no recalibration map: {exact} exact ages"
+        if age_cal is not None
+        else "gender only"
+    )
     fitted = cal.CalibrationSet(
         age_cal,
         gender_cal,
@@ -367,11 +385,13 @@ def run(args: argparse.Namespace) -> int:
         tuple(_ids(config.gender_models)) if gender_cal else (),
         config.age_weights if age_cal else None,
         config.gender_weights if gender_cal else None,
-        f"{source}: {len(rest)} faces fitted (the recalibration map cross-fitted in "
-        f"{cal.CROSS_FOLDS} folds, {weighting}), "
+        f"{source}: {len(rest)} faces fitted ({method}), "
         f"{len(holdout)} held out (seed {args.seed})",
         "<fitted>",
     )
+    # The figures are those of the file as it is written (its values rounded), so that
+    # --calibration FILE gives exactly the estimates and the held-out figures stated here.
+    fitted = cal.parse_set(tomllib.loads(cal.to_toml(fitted)), "<fitted>")
     before = _figures(holdout, data, None, thresholds)
     after = _figures(holdout, data, fitted, thresholds)
     text = cal.to_toml(
