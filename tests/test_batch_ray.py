@@ -281,3 +281,58 @@ def test_without_concurrency_one_actor_per_cpu_or_gpu_share_at_most_one_per_part
     assert count([16.0] * 4, [1.0] * 4, 100, num_gpus=0.5) == 8  # two actors per GPU
     assert count([16.0], [], 100, num_cpus=0.0) == 16  # 0 reserved: still one per CPU
     assert count([0.0], [], 5) == 1  # no CPUs known (an autoscaling head): one
+
+
+# Imported at start-up by every Python process of the job below (PYTHONPATH): in a Ray
+# worker, reading a file named crash-* kills the process as a crash in a native decoder
+# (SIGSEGV) would. The driver, which never reads the inputs with --engine ray, is spared.
+_CRASHING_READER = """
+import os, pathlib, signal, sys
+if sys.argv and sys.argv[0].endswith("default_worker.py"):
+    _read_bytes = pathlib.Path.read_bytes
+    def read_bytes(self):
+        if self.name.startswith("crash-"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return _read_bytes(self)
+    pathlib.Path.read_bytes = read_bytes
+"""
+
+
+def test_an_input_that_kills_the_actor_process_is_an_error_row(tmp_path: Path) -> None:
+    """An input whose reading kills the actor's process (a decoder's segfault, the OOM
+    killer): Ray restarts the actor and retries the part, which then reads its inputs one
+    at a time; the input the process died on twice is an error row, the job ends (it
+    retried the part forever before: no end, no output) and the other rows are the local
+    engine's."""
+    folder = tmp_path / "in"
+    make_images(folder, 5)
+    (folder / "crash-1.jpg").write_bytes(b"\xff\xd8\xff\xe0 read by a crashing decoder")
+    local = tmp_path / "local"
+    assert batch(str(folder), "--out", str(local), "--part-size", "3") == 1
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_CRASHING_READER)
+    env = _env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    out = tmp_path / "ray"
+    command = [sys.executable, "-m", "agegender", "batch", str(folder), "--out", str(out)]
+    command += ["--engine", "ray", "--concurrency", "1", "--part-size", "3", "--no-progress"]
+    process = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, err = process.communicate(timeout=900)  # a hang guard, not a speed limit
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job never ended: the part was retried without end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its Ray, left by a hung job
+    assert process.returncode == 1, err
+    assert "6 inputs done" in err and "1 failed" in err and "Traceback" not in err, err
+    got = rows_of(out)
+    crashed = [r for r in got if r["path"].endswith("crash-1.jpg")]
+    assert len(crashed) == 1 and crashed[0]["face"] is None, crashed
+    assert "the worker process died while reading it, 2 times" in crashed[0]["error"]
+    want = [r for r in rows_of(local) if not r["path"].endswith("crash-1.jpg")]
+    assert_rows_equal([r for r in got if r not in crashed], want)
+    assert not list((out / "_agegender" / "inflight").iterdir())  # the notes are removed

@@ -9,6 +9,8 @@
                                       failed with a transient error or were a retry: written
                                       before the keys, so a committed part always has it
     DEST/_agegender/lock              held (flock) by the one job writing DEST
+    DEST/_agegender/inflight/<part>.json  a Ray actor's note of the part it is doing (and,
+                                      after an actor died, of the input): see ray_engine
 
 On resume a part without its keys file (the job died between the two writes) and any
 temporary file are removed, and the committed keys say which inputs are done: a job
@@ -51,6 +53,9 @@ META = "_agegender"
 MANIFEST = f"{META}/manifest.json"
 KEYS = f"{META}/keys"
 ATTEMPTS = f"{META}/attempts"
+# A Ray actor's note of the part it is doing (removed once the part is written): found by
+# the retry of a task whose actor process died, it names the input that was being read
+INFLIGHT = f"{META}/inflight"
 LOCK = f"{META}/lock"
 FORMAT = "agegender-batch/1"
 SINKS = {"parquet": ".parquet", "jsonl": ".jsonl", "csv": ".csv"}
@@ -111,7 +116,7 @@ class _Files:
             return []
 
     def mkdirs(self) -> None:
-        for sub in (KEYS, ATTEMPTS):
+        for sub in (KEYS, ATTEMPTS, INFLIGHT):
             if self.remote:
                 self.fs.create_dir(self._p(sub), recursive=True)
             else:
@@ -348,7 +353,7 @@ class Dataset:
         for name in self.files.names():
             if _ours(name):
                 self.files.delete(name)
-        for sub in (KEYS, ATTEMPTS):
+        for sub in (KEYS, ATTEMPTS, INFLIGHT):
             for name in self.files.names(sub):
                 self.files.delete(f"{sub}/{name}")
 
@@ -372,6 +377,8 @@ class Dataset:
                     parts.add(stem)
                 else:
                     self.files.delete(name)  # written, never committed: redone now
+        for name in self.files.names(INFLIGHT):  # notes of an earlier run's actors
+            self.files.delete(f"{INFLIGHT}/{name}")
         for sub in (KEYS, ATTEMPTS):
             for name in self.files.names(sub):
                 committed = name.endswith(".npy") and name[: -len(".npy")] in parts

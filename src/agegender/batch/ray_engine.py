@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 # The columns of what an actor returns for a part: nothing row-sized (tests check it).
 SUMMARY_COLUMNS = ("part", "keys", "attempts", "summary")
 ADDRESS_TIMEOUT_S = 5.0  # --address: how long a cluster's address may take to answer
+# An input a Ray actor's process died on this many times (each time restarted by Ray, the
+# part retried one input at a time) is an error row instead of a retry without end.
+DEATHS_PER_INPUT = 2
 
 
 def _to_table(entries: list[Pending], first: int) -> pa.Table:
@@ -180,21 +183,34 @@ class _Worker:
         import numpy as np
         import pyarrow as pa
 
-        from .dataset import _npy, attempt_table, part_stem, write_part
+        from .dataset import INFLIGHT, _npy, attempt_table, part_stem, write_part
 
+        empty = pa.table({name: pa.array([], pa.binary()) for name in SUMMARY_COLUMNS})
+        if not batch.num_rows:
+            return empty
+        # Named after the batch's first input: unique in the run, the same if Ray retries
+        # the task (the retry replaces the file; the driver commits it once).
+        stem = part_stem(self.target.run, int(batch.column("seq")[0].as_py()))
+        note = f"{INFLIGHT}/{stem}.json"
+        entries = list(_entries(batch))
+        crashed = self._read_note(note)
+        if crashed is None:
+            self.files.write_atomic(note, json.dumps({"input": None, "deaths": {}}).encode())
+            results = process(self.estimator, entries, self.work)
+        else:  # an actor died doing this part: Ray restarted it and retries the task
+            results = self._one_at_a_time(entries, note, crashed)
         tally = Tally()
         part = PartBuffer()
-        for entry, found in process(self.estimator, _entries(batch), self.work):
+        for entry, found in results:
             tally.add(found, None, entry.attempt)
             part.add(entry, found)
         rows, keys, attempts = part.rows, part.keys, part.attempts
         if not keys:
-            return pa.table({name: pa.array([], pa.binary()) for name in SUMMARY_COLUMNS})
-        # Named after the batch's first input: unique in the run, the same if Ray retries
-        # the task (the retry replaces the file; the driver commits it once).
-        stem = part_stem(self.target.run, int(batch.column("seq")[0].as_py()))
+            self.files.delete(note)
+            return empty
         tracks = self.work.video_rows == "tracks"
         write_part(self.files, stem, rows, self.target.sink, self.work.thresholds, tracks)
+        self.files.delete(note)
         return pa.table(
             {
                 "part": pa.array([stem.encode()], pa.binary()),
@@ -205,6 +221,43 @@ class _Worker:
                 "summary": pa.array([json.dumps(tally.summary_of_part()).encode()], pa.binary()),
             }
         )
+
+    def _read_note(self, note: str) -> dict[str, Any] | None:
+        """The note an earlier attempt of this part left (its actor process died: killed,
+        a crash in a decoder, out of memory), or None on a first attempt."""
+        try:
+            data = self.files.read(note)
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            found = json.loads(data)
+        except ValueError:  # cut short as its writer died: a death, input unknown
+            found = {}
+        return found if isinstance(found, dict) else {}
+
+    def _one_at_a_time(
+        self, entries: list[Pending], note: str, crashed: dict[str, Any]
+    ) -> Iterator[tuple[Pending, list[dict[str, Any]]]]:
+        """A part whose actor died: its inputs one at a time, each named in the note
+        before it is read, so the next retry knows which input the process died on. An
+        input the process died on DEATHS_PER_INPUT times is an error row, not read again
+        (without this Ray restarted the actor and retried the part forever: the job never
+        ended)."""
+        deaths = {int(seq): int(n) for seq, n in dict(crashed.get("deaths") or {}).items()}
+        last = crashed.get("input")
+        if isinstance(last, int):
+            deaths[last] = deaths.get(last, 0) + 1
+        for seq, entry in enumerate(entries):
+            died = deaths.get(seq, 0)
+            if died >= DEATHS_PER_INPUT and entry.error is None:
+                entry.error = (
+                    f"{entry.item.path}: the worker process died while reading it, {died} "
+                    "times (killed, a crash in a decoder, or out of memory)"
+                )
+            else:
+                state = {"input": seq, "deaths": deaths}
+                self.files.write_atomic(note, json.dumps(state).encode())
+            yield from process(self.estimator, [entry], self.work)
 
 
 def _summaries(dataset: Any) -> Iterator[pa.Table]:
