@@ -159,3 +159,20 @@ def test_resources_no_node_has(capsys) -> None:
     with pytest.raises(AgegenderError, match="--num-gpus 1: no node has that many GPUs"):
         _check_resources(Namespace(num_cpus=None, num_gpus=1.0), [2.0], [0.0], joined=False)
     _check_resources(Namespace(num_cpus=2.0, num_gpus=0.0), [2.0], [0.0], joined=False)
+
+
+def test_a_refused_join_names_token_authentication(monkeypatch) -> None:
+    """Ray joins HOST:PORT without token authentication (only auto turns it on), so a
+    cluster that uses it (`ray start` where a Ray token exists) refused the job with only
+    "Failed to connect to Ray cluster at ...": the line names the setting that joins."""
+    from agegender.batch.ray_engine import connect_error
+
+    error = ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    line = connect_error("10.0.0.5:6379", error)
+    assert line.startswith("--address 10.0.0.5:6379: Failed to connect to Ray cluster")
+    assert "RAY_AUTH_MODE=token" in line and "\n" not in line
+    assert "RAY_AUTH_MODE" not in connect_error("auto", error)  # Ray's lookup sets it
+    assert connect_error(None, error) == "starting Ray: " + str(error)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # set already: another cause
+    assert "RAY_AUTH_MODE" not in connect_error("10.0.0.5:6379", error)

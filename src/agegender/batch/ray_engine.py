@@ -347,6 +347,25 @@ def check_address(address: str | None) -> None:
         ) from None
 
 
+def connect_error(address: str | None, error: BaseException) -> str:
+    """The one line for a Ray that could not be started or joined. Ray joins an address
+    given as HOST:PORT without token authentication (only ``auto`` turns it on by
+    itself), so a cluster that uses it, as ``ray start`` does on a machine holding a Ray
+    token, refuses the job after 20 s of retries with only "Failed to connect": the line
+    names the likely fix."""
+    what = f"--address {address}" if address else "starting Ray"
+    line = f"{what}: {sources.one_line(error)}"
+    if address not in (None, "", "auto", "local") and os.environ.get(
+        "RAY_AUTH_MODE", ""
+    ).lower() not in ("token",):
+        line += (
+            " (if the cluster uses token authentication, as `ray start` does where a Ray "
+            "token exists, set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or "
+            "~/.ray/auth_token; --address auto does that by itself for a Ray on this machine)"
+        )
+    return line
+
+
 def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
     # Ray is imported already, after its loopback switch (require_ray_data, the command)
     import numpy as np
@@ -385,8 +404,7 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
                 configure_logging=True,
             )
         except (ConnectionError, ValueError, RuntimeError) as error:
-            what = f"--address {args.address}" if args.address else "starting Ray"
-            raise AgegenderError(f"{what}: {sources.one_line(error)}") from None
+            raise AgegenderError(connect_error(args.address, error)) from None
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
