@@ -409,3 +409,29 @@ def test_shrink_averages_areas_only_at_whole_factors_below_half(monkeypatch) -> 
         ((4000, 3000), (2000, 1500), cv2.INTER_AREA),
         ((2000, 1500), (1600, 1200), cv2.INTER_LINEAR),
     ]
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "size"),
+    [
+        (1200, 1600, (480, 360)),  # as 8,000 x 6,000 to 2,400: k = 2 (not 3), rest 0.6
+        (802, 1202, (240, 160)),  # sides sharing only 2 (panoramas, crops): rest 0.4
+        (802, 1202, (120, 80)),  # --max-detect-side far below: rest 0.2
+    ],
+)
+def test_shrink_does_not_alias_where_no_block_reaches_two_thirds(
+    height: int, width: int, size: tuple[int, int]
+) -> None:
+    """The largest k dividing both sides can be far below the factor; the rest is then
+    not bilinear (which passes fine stripes and pixel noise through as they are) but
+    area-averaged, as cv2.INTER_AREA does it on the whole image."""
+    columns = (np.indices((height, width))[1] // 2) % 2 * 255  # stripes 2 px wide
+    stripes = np.repeat(columns.astype(np.uint8)[..., None], 3, 2)
+    area = cv2.resize(stripes, size, interpolation=cv2.INTER_AREA).astype(int)
+    fed = shrink(stripes, size).astype(int)
+    assert fed.shape == area.shape
+    assert np.abs(fed - 128).max() <= np.abs(area - 128).max() + 2
+    noise = np.random.default_rng(1).normal(128, 40, (height, width, 3))
+    noise = noise.clip(0, 255).astype(np.uint8)
+    area_std = cv2.resize(noise, size, interpolation=cv2.INTER_AREA).std()
+    assert shrink(noise, size).std() <= 1.25 * area_std
