@@ -85,6 +85,14 @@ class _Files:
         if self.remote:
             self.fs, self.root = sources.filesystem(dest)
             self.root = self.root.rstrip("/")
+            if self.fs.type_name == "s3" and "allow_delayed_open" not in dest:
+                # One PutObject per (small) object, sent when it is closed, instead of a
+                # multipart upload begun at open: a job killed mid-write left the begun
+                # upload in the bucket (unlisted, billed) until a lifecycle rule ends it.
+                # (a pyarrow without allow_delayed_open keeps the multipart upload)
+                rebuild, (options,) = self.fs.__reduce__()
+                with contextlib.suppress(TypeError, ValueError):
+                    self.fs = rebuild({**options, "allow_delayed_open": True})
 
     def _p(self, name: str) -> str:
         return f"{self.root}/{name}" if self.remote else os.path.join(self.dest, name)
@@ -167,6 +175,27 @@ class _Files:
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._p(name))
+
+
+def store_failure(error: BaseException) -> bool:
+    """An error of DEST's store or file system (pyarrow's OSError, botocore's errors for
+    the lock object): the job stops with one line instead of a traceback."""
+    return isinstance(error, OSError) or type(error).__module__.startswith("botocore")
+
+
+@contextlib.contextmanager
+def writing(dest: str) -> Iterator[None]:
+    """Errors of DEST's store (gone, refusing, timing out) as one line; committed parts
+    stay, so the same command resumes once the store is back."""
+    try:
+        yield
+    except Exception as error:
+        if not store_failure(error) or isinstance(error, AgegenderError):
+            raise
+        raise AgegenderError(
+            f"--out {dest}: cannot write it ({sources.one_line(error)}); the parts "
+            "committed so far stay and the same command resumes"
+        ) from None
 
 
 def check_dest(dest: str) -> None:
@@ -271,6 +300,15 @@ class Dataset:
             raise AgegenderError(
                 f"--out {dest}: cannot make the folder ({sources.one_line(error)})"
             ) from None
+        try:
+            with writing(dest):
+                self._open(manifest, overwrite)
+        except BaseException:
+            self.close()  # the lock of a job that cannot go on
+            raise
+
+    def _open(self, manifest: dict[str, Any], overwrite: bool) -> None:
+        dest = self.dest
         self._lock()
         try:
             old = self._read_manifest()
@@ -500,7 +538,8 @@ class Dataset:
     ) -> str:
         """Write a part with its rows, then its keys: from then on those inputs are done."""
         stem = self.next_stem()
-        name = write_part(self.files, stem, rows, self.sink, thresholds, tracks=self.tracks)
+        with writing(self.dest):
+            name = write_part(self.files, stem, rows, self.sink, thresholds, tracks=self.tracks)
         self.commit_keys(stem, keys, attempts)
         return name
 
@@ -509,9 +548,11 @@ class Dataset:
     ) -> None:
         """Commit a part already written (here or by a Ray actor): its attempt records,
         then its keys (the commit point)."""
-        if attempts:
-            self.files.write_atomic(f"{ATTEMPTS}/{stem}.npy", _npy(attempt_table(attempts)))
-        self.files.write_atomic(f"{KEYS}/{stem}.npy", _npy(np.asarray(keys, dtype=np.uint64)))
+        with writing(self.dest):
+            if attempts:
+                self.files.write_atomic(f"{ATTEMPTS}/{stem}.npy", _npy(attempt_table(attempts)))
+            keys = _npy(np.asarray(keys, dtype=np.uint64))
+            self.files.write_atomic(f"{KEYS}/{stem}.npy", keys)
         self.parts_written += 1
 
     def part_names(self) -> list[str]:

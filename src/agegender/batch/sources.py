@@ -269,8 +269,11 @@ def filesystem(uri: str) -> tuple[Any, str]:
     """(pyarrow FileSystem, path inside it) of a URI; a one-line error if unsupported."""
     from pyarrow import fs as pafs
 
+    # A '#' is part of the key: a fragment means nothing to a store, and pyarrow dropped
+    # it, so 's3://b/x#y.jpg' read the object 'x' under that name.
+    parsed = uri.replace("#", "%23")
     try:
-        return pafs.FileSystem.from_uri(uri)
+        return pafs.FileSystem.from_uri(parsed)
     except Exception as error:
         # A key typed as it is (a space, a non-ASCII letter): percent-encoded, it parses.
         scheme, _, rest = uri.partition("://")
@@ -357,5 +360,7 @@ def read_remote(uri: str) -> bytes:
         raise ImageError(str(error)) from None
     except FileNotFoundError:
         raise ImageError(f"{uri}: no such file") from None
-    except Exception as error:
+    except OSError as error:  # the store's I/O error, a timeout: worth another try
         raise ImageError(f"{uri}: cannot read ({one_line(error)})") from None
+    except Exception as error:  # a key pyarrow cannot address ('a//b'): the same next time
+        raise ImageError(f"{uri}: cannot read this key ({one_line(error)})") from None

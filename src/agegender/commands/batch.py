@@ -164,7 +164,8 @@ def _run(args: argparse.Namespace) -> int:
 
             tally = run_local(the_job, estimator)
         if tally.retried:
-            out.prune()  # the retried inputs' older rows leave their older parts
+            with dataset.writing(args.out):
+                out.prune()  # the retried inputs' older rows leave their older parts
         job.print_summary(the_job, tally)
     finally:
         out.close()
