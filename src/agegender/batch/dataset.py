@@ -461,8 +461,9 @@ class Dataset:
             for _, _, stem in entries[:-1]:
                 stale.setdefault(stem, set()).add(key)
         self._retry = retry
-        for stem, keys in sorted(stale.items()):
-            self._prune_part(stem, keys)
+        with writing(self.dest):  # a store failing here is one line, as in commit
+            for stem, keys in sorted(stale.items()):
+                self._prune_part(stem, keys)
         return sum(len(keys) for keys in stale.values())
 
     def _prune_part(self, stem: str, drop: set[int]) -> None:

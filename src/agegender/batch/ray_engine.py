@@ -227,7 +227,7 @@ class _Worker:
         a crash in a decoder, out of memory), or None on a first attempt."""
         try:
             data = self.files.read(note)
-        except (FileNotFoundError, OSError):
+        except OSError:  # none (FileNotFoundError): a first attempt
             return None
         try:
             found = json.loads(data)
@@ -355,9 +355,8 @@ def connect_error(address: str | None, error: BaseException) -> str:
     names the likely fix."""
     what = f"--address {address}" if address else "starting Ray"
     line = f"{what}: {sources.one_line(error)}"
-    if address not in (None, "", "auto", "local") and os.environ.get(
-        "RAY_AUTH_MODE", ""
-    ).lower() not in ("token",):
+    explicit = address not in (None, "", "auto", "local")
+    if explicit and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         line += (
             " (if the cluster uses token authentication, as `ray start` does where a Ray "
             "token exists, set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or "

@@ -164,8 +164,7 @@ def _run(args: argparse.Namespace) -> int:
 
             tally = run_local(the_job, estimator)
         if tally.retried:
-            with dataset.writing(args.out):
-                out.prune()  # the retried inputs' older rows leave their older parts
+            out.prune()  # the retried inputs' older rows leave their older parts
         job.print_summary(the_job, tally)
     finally:
         out.close()
