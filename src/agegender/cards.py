@@ -184,6 +184,10 @@ class DetectionSpec:
     # most at `side_limit` (0: none), which bounds the cost.
     min_scale: float = 0.0
     side_limit: int = 0
+    # Under that policy, an image scaled down in which a face came out narrower than
+    # `small_face` pixels at the input gets a second pass at up to twice the side (at most
+    # side_limit and its own size): its smaller faces may have been missed (0: never).
+    small_face: int = 0
     # The box dlib's 5-point predictor is run on, from the detector's: centre shift (x, y)
     # in box widths and heights, then width and height factors.
     dlib_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
@@ -797,6 +801,7 @@ DETECTOR_INPUT = (
     "max_side",
     "min_scale",
     "side_limit",
+    "small_face",
 )
 DETECTOR_OUTPUT = (
     "decoder",
@@ -898,6 +903,9 @@ def _parse_detector(
         side_limit = _positive_int(r, inp, "input", "side_limit", max_side)
         if side_limit < max_side:
             r.expect("[input] side_limit", f"an integer >= max_side ({max_side})", side_limit)
+    small_face = 0
+    if r.get(inp, "input", "small_face") is not None:
+        small_face = _positive_int(r, inp, "input", "small_face", 0)
     chip_landmarks = r.string(out, "output", "chip_landmarks", choices=CHIP_LANDMARKS)
     template = _chip_template(r, r.get(out, "output", "chip_template"))
     if chip_landmarks == "template" and template is None:
@@ -911,6 +919,7 @@ def _parse_detector(
         max_side=max_side,
         min_scale=min_scale,
         side_limit=side_limit,
+        small_face=small_face,
         stride=_positive_int(r, out, "output", "stride", 1),
         threshold=threshold,
         nms_iou=nms_iou,

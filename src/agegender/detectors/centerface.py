@@ -319,22 +319,55 @@ class CenterFaceDetector:
 
         Each image is fed at its `side_for`; one scaled down in which nothing was found
         gets a second pass at up to twice that side (its faces may be small in a large
-        frame; with the card's policy, at most at its `side_limit`).
+        frame; with the card's policy, at most at its `side_limit`). Under the card's
+        policy, one scaled down in which a face came out narrower than the card's
+        `small_face` pixels at the input (a group photo: its smaller faces may have been
+        missed) gets a second pass too, at up to twice the side (at most `side_limit` and
+        the image's own size); its faces are the second pass's and those of the first that
+        overlap none of them.
         """
         sides = [self.side_for(*im.shape[:2]) for im in images]
         results = self._detect_at(images, sides)
         limit = self.spec.side_limit if self.fixed_side is None else 0
-        larger = [min(2 * side, limit) if limit else 2 * side for side in sides]
-        again = [
-            i
-            for i, found in enumerate(results)
-            if not found and max(images[i].shape[:2]) > sides[i] and larger[i] > sides[i]
-        ]
+        small = self.spec.small_face if self.fixed_side is None else 0
+        again: list[int] = []
+        larger: list[int] = []
+        for i, (image, side, found) in enumerate(zip(images, sides, results, strict=True)):
+            longer = max(image.shape[:2])
+            bigger = min(2 * side, limit) if limit else 2 * side
+            if not found and longer > side and bigger > side:
+                again.append(i)
+                larger.append(bigger)
+                continue
+            bigger = min(bigger, longer)
+            if small and found and bigger > side:
+                factor = feed_size(image.shape[0], image.shape[1], side, self.spec.multiple)[0]
+                if min(d.box[2] - d.box[0] for d in found) * factor < small:
+                    again.append(i)
+                    larger.append(bigger)
         if again:
-            retried = self._detect_at([images[i] for i in again], [larger[i] for i in again])
+            retried = self._detect_at([images[i] for i in again], larger)
             for i, found in zip(again, retried, strict=True):
-                results[i] = found
+                results[i] = found + self._apart(results[i], found)
         return results
+
+    def _apart(self, first: list[Detection], second: list[Detection]) -> list[Detection]:
+        """The faces of `first` that overlap no face of `second` by more than the card's
+        NMS overlap (a face the larger pass lost, e.g. a large one)."""
+        if not first or not second:
+            return list(first)
+        boxes = np.array([d.box for d in second], dtype=np.float64)
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        kept = []
+        for d in first:
+            x1, y1, x2, y2 = d.box
+            w = np.minimum(x2, boxes[:, 2]) - np.maximum(x1, boxes[:, 0])
+            h = np.minimum(y2, boxes[:, 3]) - np.maximum(y1, boxes[:, 1])
+            inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+            overlap = inter / np.maximum((x2 - x1) * (y2 - y1) + areas - inter, 1e-9)
+            if overlap.max() <= self.spec.nms_iou:
+                kept.append(d)
+        return kept
 
     def _detect_at(
         self, images: Sequence[NDArray[np.uint8]], sides: Sequence[int]
