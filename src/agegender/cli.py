@@ -6,6 +6,12 @@ lazy and each command module imports ONNX Runtime, dlib, OpenCV and numpy inside
 
 When the reader of stdout goes away (``agegender predict ... | head -1``), the command
 ends quietly, as Unix tools do: no traceback, exit status 141 (128 + SIGPIPE).
+
+Ctrl-C (SIGINT) at any moment, the start included, ends the command with the one line
+``agegender: interrupted`` and exit status 130; SIGTERM (``timeout``, ``docker stop``, a
+job scheduler) with ``agegender: terminated`` and 143 (128 + SIGTERM). Both unwind the
+command as an exception does, so temporary files are removed, locks released and files
+being written either finished or left as they were.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from . import __version__
 from .errors import AgegenderError
@@ -25,6 +34,8 @@ from .errors import AgegenderError
 COMMANDS = ["predict", "models", "evaluate", "calibrate", "serve", "batch", "video"]
 
 BROKEN_PIPE_STATUS = 141  # what a shell reports for a process ended by SIGPIPE
+INTERRUPTED_STATUS = 130  # 128 + SIGINT
+TERMINATED_STATUS = 143  # 128 + SIGTERM
 # ONNX Runtime 1.30 dies with SIGSEGV while being imported when the process's command line
 # is longer than about 40 KB (e.g. `agegender predict` given 600 paths). Above this many
 # bytes the command re-executes itself with its arguments in a file (named by ARGS_ENV).
@@ -95,6 +106,54 @@ def _stdout_to_devnull() -> None:
         os.close(devnull)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the command unwinds as after Ctrl-C (every
+    ``except KeyboardInterrupt`` and ``finally`` runs), then exits with status 143."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated while the command runs (its default action killed the
+    process where it stood: temporary files stayed, a report folder half replaced); the
+    previous handler is back afterwards (in a caller's own process)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: signals are not ours to take
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that `error` is or was caused by, else None: a C extension
+    interrupted while it loads (ONNX Runtime's pybind11 module) raises ImportError
+    "initialization failed" from the KeyboardInterrupt."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _interruption(signal_error: KeyboardInterrupt) -> int:
+    """Say that the command was stopped; its exit status."""
+    if isinstance(signal_error, Terminated):
+        print("agegender: terminated", file=sys.stderr)
+        return TERMINATED_STATUS
+    print("agegender: interrupted", file=sys.stderr)
+    return INTERRUPTED_STATUS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the process's own command line (not a caller's list)
         argv = _arguments_from_file()
@@ -102,7 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             _arguments_via_file()
     try:
         try:
-            return _main(argv)
+            with _sigterm_unwinds():
+                try:
+                    return _main(argv)
+                except KeyboardInterrupt as error:  # also while the commands' parsers load
+                    return _interruption(error)
+                except Exception as error:
+                    cause = _interrupted(error)
+                    if cause is None:
+                        raise
+                    return _interruption(cause)
         finally:
             # Flushed here (also after --help and --version), so that a reader gone away
             # is seen below rather than as an "Exception ignored" message at exit.
@@ -138,9 +206,6 @@ def _main(argv: Sequence[str] | None) -> int:
     except AgegenderError as error:
         print(f"agegender: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("agegender: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -393,6 +395,7 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
             # work the actors (where the models run) would get a few percent of a core.
             # A Ray started for this job runs them at the job's own priority.
             os.environ.setdefault("RAY_worker_niceness", "0")
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(
                 # "local": a new instance, never one a stale /tmp/ray record points at
@@ -404,6 +407,12 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
             )
         except (ConnectionError, ValueError, RuntimeError) as error:
             raise AgegenderError(connect_error(args.address, error)) from None
+        finally:
+            # ray.init takes SIGTERM (its core worker's native handler printed a stack
+            # dump and ended the job with status 15): the command's own handler again, so
+            # a job stopped by SIGTERM unwinds, stops this Ray and exits 143 (cli).
+            if sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, sigterm)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False

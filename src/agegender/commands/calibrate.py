@@ -148,6 +148,37 @@ def _check(args: argparse.Namespace, cli: dict[str, Any]) -> None:
         check_folder_of(f"--out {args.out}", out)
 
 
+def _write_whole(path: Path, text: str, force: bool) -> None:
+    """`text` as the file `path`, whole or not at all: written beside it, then renamed
+    there. Written in place, a Ctrl-C, SIGTERM or full disk part way left a truncated
+    TOML under the name (and with --force the previous calibration gone)."""
+    import os
+    import tempfile
+
+    where = f"--out {path}"
+    if not force and os.path.lexists(path):  # made since the check: still not replaced
+        raise AgegenderError(f"{where}: exists (--force replaces it)")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".part", dir=folder)
+    except OSError as error:
+        raise AgegenderError(f"{where}: cannot write it ({error.strerror or error})") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o644)  # as every other output (mkstemp's are private)
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        raise AgegenderError(
+            f"{where}: cannot write it ({error.strerror or error}); the file there is as it was"
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _figures(
     rows: list[int],
     data: dict[str, Any],
@@ -403,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
         ],
     )
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        _write_whole(Path(args.out), text, args.force)
         print(f"agegender: calibration written to {args.out}", file=sys.stderr)
     if args.json:
         json.dump({"calibration": text, "before": before, "after": after}, sys.stdout, indent=2)

@@ -2,7 +2,8 @@
 
 Exit status: 0 done (a live run ended with Ctrl-C or SIGTERM included), 1 the input could
 not be read or a live stream was lost (the tracks so far are still written), 2 a bad
-option or output path (checked before any model is loaded), 130 a file run interrupted.
+option or output path (checked before any model is loaded), 130 a file run interrupted
+(143 when by SIGTERM).
 """
 
 from __future__ import annotations
@@ -232,11 +233,13 @@ def run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM ends a run as Ctrl-C does (tracks flushed), in the main thread only."""
+    from ..cli import Terminated
+
     try:
         previous = signal.getsignal(signal.SIGTERM)
 
         def handler(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
+            raise Terminated
 
         signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
@@ -296,7 +299,7 @@ class _Run:
             pixel_limit=self.config.pixel_limit,
         )
         status = 0
-        interrupted = False
+        interrupted: KeyboardInterrupt | None = None  # Ctrl-C, or SIGTERM (cli.Terminated)
         tracker: PeopleTracker | None = None
         started = time.monotonic()
         frames = 0
@@ -332,8 +335,8 @@ class _Run:
                         self._people(ended)
                         if args.max_frames is not None and frames >= args.max_frames:
                             break
-                except KeyboardInterrupt:
-                    interrupted = True
+                except KeyboardInterrupt as stop:
+                    interrupted = stop
                     source.stop()
                 except StreamLost as error:
                     print(f"agegender: error: {error}", file=sys.stderr)
@@ -355,9 +358,8 @@ class _Run:
                 self._remove_created()
         elapsed = time.monotonic() - started
         self._summary(frames, source, elapsed)
-        if interrupted and not args.live:
-            print("agegender: interrupted", file=sys.stderr)
-            return 130
+        if interrupted is not None and not args.live:
+            raise interrupted  # the command's line and status (cli: 130, or 143 for SIGTERM)
         return status
 
     # -- outputs -------------------------------------------------------------------------

@@ -6,12 +6,15 @@ The report folder (``--report DIR``) is checked before any work (:func:`check_ta
 again before each file is written. agegender writes only the files in ``REPORT_FILES``
 and lists what it wrote in ``DIR/.agegender-report`` (JSON); an existing file of those
 names is replaced only when that list names it, so a file agegender did not write (or an
-input of the evaluation) is never overwritten. Each file is written beside its name and
-renamed into place, so an interrupted write leaves the previous one whole.
+input of the evaluation) is never overwritten. Every file is first written whole beside
+its name, and only then are they all renamed into place, one after another: an
+interrupted write (Ctrl-C, SIGTERM, a full disk) leaves the previous report whole, not
+some of its files replaced by this run's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -695,20 +698,34 @@ def _check_existing(out: Path, where: str) -> set[str]:
     return own
 
 
-def _replace(out: Path, name: str, write: Callable[[Path], Any]) -> Any:
-    """Write `name` under a temporary name in `out` and rename it into place."""
+def _stage(out: Path, name: str, write: Callable[[Path], Any]) -> tuple[Any, str | None]:
+    """Write `name`'s content under a temporary name in `out`: (what `write` returned,
+    the temporary file), the file None when `write` returned False (nothing to write)."""
     suffix = Path(name).suffix
     handle, tmp = tempfile.mkstemp(prefix=f".{Path(name).stem}-", suffix=suffix, dir=out)
     os.fchmod(handle, 0o644)  # as every other output (mkstemp's files are private)
     os.close(handle)
     try:
         result = write(Path(tmp))
-        if result is not False:
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    if result is False:
+        os.unlink(tmp)
+        return result, None
+    return result, tmp
+
+
+def _replace(out: Path, name: str, write: Callable[[Path], Any]) -> Any:
+    """Write `name` under a temporary name in `out` and rename it into place."""
+    result, tmp = _stage(out, name, write)
+    if tmp is not None:
+        try:
             os.replace(tmp, out / name)
-        return result
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return result
 
 
 def write(
@@ -730,37 +747,48 @@ def write(
         raise ReportError(f"{where}: cannot write there ({error.strerror or error})") from None
     own = _check_existing(out, where)
     manifest = {"written_by": WRITTEN_BY, "files": sorted(own | set(REPORT_FILES))}
+    staged: dict[str, str] = {}  # name -> its complete temporary file, not yet renamed
     try:
         # Listed before they are written: a file left by an interrupted run is still ours.
         _replace(out, MANIFEST, lambda p: p.write_text(json.dumps(manifest) + "\n"))
-        written: list[str] = []
         for name, draw in (
             ("error_by_age.png", lambda p: plot_error_by_age(records, runs, p)),
             ("predicted_vs_true.png", lambda p: plot_predicted_vs_true(records, runs, p)),
             ("gender_confusion.png", lambda p: plot_gender_confusion(report, p)),
             ("reliability.png", lambda p: plot_reliability(report, p)),
         ):
-            if _replace(out, name, draw):
-                written.append(name)
-        plots = [str(out / name) for name in written]
-        _replace(
-            out,
-            "report.json",
-            lambda p: p.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"),
-        )
-        _replace(
-            out,
-            "report.md",
-            lambda p: p.write_text(
-                markdown(report, plots) + "\n", encoding="utf-8", errors="backslashreplace"
+            _, tmp = _stage(out, name, draw)
+            if tmp is not None:
+                staged[name] = tmp
+        plots = [str(out / name) for name in staged]
+        for name, write_file in (
+            (
+                "report.json",
+                lambda p: p.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"),
             ),
-        )
-        _replace(out, "predictions.csv", lambda p: write_predictions(records, runs, p))
-        written = ["report.json", "report.md", "predictions.csv", *written]
+            (
+                "report.md",
+                lambda p: p.write_text(
+                    markdown(report, plots) + "\n", encoding="utf-8", errors="backslashreplace"
+                ),
+            ),
+            ("predictions.csv", lambda p: write_predictions(records, runs, p)),
+        ):
+            staged[name] = str(_stage(out, name, write_file)[1])
+        # Every file is whole: only now does this run's report replace the previous one
+        # (renames, a moment), so an interruption before here changed none of its files.
+        written = ["report.json", "report.md", "predictions.csv"]
+        written += [name for name in staged if name not in written]
+        for name in written:
+            os.replace(staged.pop(name), out / name)
         for stale in sorted(own - set(written)):
             (out / stale).unlink(missing_ok=True)
         manifest["files"] = sorted(written)
         _replace(out, MANIFEST, lambda p: p.write_text(json.dumps(manifest) + "\n"))
     except OSError as error:
         raise ReportError(f"{where}: cannot write the report ({error.strerror or error})") from None
+    finally:
+        for tmp in staged.values():  # written, never renamed: an interrupted or failed run
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return [out / name for name in written]
