@@ -1,0 +1,197 @@
+"""Group photos for measuring face recall: compose them from labelled chips, score a run.
+
+    python benchmarks/group_photos.py compose CHIPS_DIR OUT_DIR [--faces 300] [--seed 3]
+    agegender predict OUT_DIR/images --jsonl > run.jsonl
+    python benchmarks/group_photos.py score OUT_DIR/truth.json run.jsonl
+
+``compose`` pastes UTKFace-style chips (CHIPS_DIR/labels.csv with file, age, gender, and
+CHIPS_DIR/images/) onto smooth random backgrounds: by default 4,000 x 3,000 photos (12 MP,
+a phone's) of 8-20 faces whose chips are 50-150 px (faces of about 40-110 px), 40% of them
+turned by 15-35 degrees, saved as JPEG (quality 92) with OUT_DIR/truth.json (per face: centre,
+chip size, angle, age, gender). The composition is that of the composed scenes used
+throughout the README (``make_scenes.py`` of the development data: the same random draws
+for a seed) with the photo size, faces per photo and chip sizes as options, so the 1,280 x
+960 scenes are ``--width 1280 --height 960 --per-photo 1,5 --sizes 90,260``.
+
+``score`` matches each reported face to a true one as ``score_scenes.py`` does (centre within
+0.3 of the chip size, width 0.3-1.3 of it, each true face once) and prints recall (all,
+upright, turned), false faces per photo, and the MAE and gender accuracy of the faces found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def _pair(text: str) -> tuple[int, int]:
+    low, high = (int(v) for v in text.split(","))
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with 0 < LOW <= HIGH, got {text!r}")
+    return low, high
+
+
+def compose(args: argparse.Namespace) -> None:
+    src, out = Path(args.chips), Path(args.out)
+    with (src / "labels.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    count = min(args.faces, len(rows))
+    rng = random.Random(args.seed)
+    rng.shuffle(rows)
+    if out.is_dir():
+        if not (out / "truth.json").is_file():
+            sys.exit(f"{out}: exists and holds no truth.json (not a folder this script made)")
+        shutil.rmtree(out)
+    (out / "images").mkdir(parents=True)
+    width, height = args.width, args.height
+    truth: list[dict] = []
+    used = index = 0
+    nprng = np.random.default_rng(args.seed)
+    while used < count:
+        k = min(rng.randint(*args.per_photo), count - used)
+        low = nprng.random((6, 8, 3)) * 255
+        background = cv2.resize(
+            low.astype(np.uint8), (width, height), interpolation=cv2.INTER_CUBIC
+        )
+        canvas = background.astype(np.float32)
+        canvas += nprng.normal(0, 6, canvas.shape)
+        canvas = np.clip(canvas, 0, 255)
+        placed: list[tuple[int, int, int]] = []
+        faces = []
+        for row in rows[used : used + k]:
+            chip = cv2.imread(str(src / "images" / row["file"])).astype(np.float32)
+            for _ in range(200):
+                size = rng.randint(*args.sizes)
+                cx, cy = rng.randint(size, width - size), rng.randint(size, height - size)
+                if all(math.hypot(cx - px, cy - py) > 0.75 * (size + ps) for px, py, ps in placed):
+                    break
+            else:
+                continue
+            # upright (the choice among zeros only keeps make_scenes.py's random draws)
+            upright = rng.random() < 0.6
+            angle = rng.choice([0, 0, 0]) if upright else rng.choice([-1, 1]) * rng.uniform(15, 35)
+            big = int(size * 1.5)
+            tile = cv2.resize(chip, (size, size), interpolation=cv2.INTER_AREA)
+            pad = (big - size) // 2
+            mask = np.zeros((size, size), np.float32)
+            cv2.rectangle(mask, (4, 4), (size - 5, size - 5), 1.0, -1)
+            mask = cv2.GaussianBlur(mask, (9, 9), 3)
+            border = (pad, big - size - pad, pad, big - size - pad)
+            tile = cv2.copyMakeBorder(tile, *border, cv2.BORDER_CONSTANT)
+            mask = cv2.copyMakeBorder(mask, *border, cv2.BORDER_CONSTANT)
+            turn = cv2.getRotationMatrix2D((big / 2, big / 2), angle, 1.0)
+            tile = cv2.warpAffine(tile, turn, (big, big), flags=cv2.INTER_LINEAR)
+            mask = cv2.warpAffine(mask, turn, (big, big), flags=cv2.INTER_LINEAR)[..., None]
+            x0, y0 = cx - big // 2, cy - big // 2
+            roi = canvas[y0 : y0 + big, x0 : x0 + big]
+            canvas[y0 : y0 + big, x0 : x0 + big] = roi * (1 - mask) + tile * mask
+            placed.append((cx, cy, size))
+            faces.append(
+                {
+                    "cx": cx,
+                    "cy": cy,
+                    "size": size,
+                    "angle": round(angle, 1),
+                    "age": int(row["age"]),
+                    "gender": row["gender"],
+                    "source": row["file"],
+                }
+            )
+        used += k
+        name = f"scene_{index:04d}.jpg"
+        cv2.imwrite(
+            str(out / "images" / name), canvas.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 92]
+        )
+        truth.append({"file": name, "faces": faces})
+        index += 1
+    (out / "truth.json").write_text(json.dumps(truth, indent=0))
+    turned = sum(1 for t in truth for f in t["faces"] if f["angle"])
+    print(f"{index} photos, {sum(len(t['faces']) for t in truth)} faces, {turned} turned")
+
+
+def score(args: argparse.Namespace) -> None:
+    truth = {t["file"]: t["faces"] for t in json.loads(Path(args.truth).read_text())}
+    found = {"upright": 0, "turned": 0}
+    total = {"upright": 0, "turned": 0}
+    false_faces, errors, right = 0, [], []
+    seen: set[str] = set()
+    for line in Path(args.predictions).read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        name = Path(record.get("path", "")).name
+        if name not in truth or name in seen:
+            continue
+        seen.add(name)
+        taken: set[int] = set()
+        for face in record.get("faces") or []:
+            x1, y1, x2, y2 = (float(v) for v in face["box"])
+            cx, cy, w = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1
+            best: tuple[float, int] | None = None
+            for i, t in enumerate(truth[name]):
+                distance = math.hypot(cx - t["cx"], cy - t["cy"])
+                if i in taken or distance >= 0.3 * t["size"]:
+                    continue
+                if 0.3 * t["size"] <= w <= 1.3 * t["size"] and (best is None or distance < best[0]):
+                    best = (distance, i)
+            if best is None:
+                false_faces += 1
+                continue
+            taken.add(best[1])
+            t = truth[name][best[1]]
+            errors.append(abs(float(face["age"]["value"]) - t["age"]))
+            right.append(str(face["gender"]["label"]).lower() == t["gender"])
+            found["turned" if t["angle"] else "upright"] += 1
+    for faces in truth.values():
+        for t in faces:
+            total["turned" if t["angle"] else "upright"] += 1
+    faces = sum(total.values())
+    print(
+        json.dumps(
+            {
+                "photos": len(truth),
+                "answered": len(seen),
+                "faces": faces,
+                "recall": round(sum(found.values()) / max(faces, 1), 4),
+                "recall_upright": round(found["upright"] / max(total["upright"], 1), 4),
+                "recall_turned": round(found["turned"] / max(total["turned"], 1), 4),
+                "false_per_photo": round(false_faces / max(len(truth), 1), 3),
+                "mae": round(sum(errors) / max(len(errors), 1), 3),
+                "gender_accuracy": round(sum(right) / max(len(right), 1), 4),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("compose", help="compose group photos from labelled chips")
+    make.add_argument("chips", help="folder with labels.csv (file, age, gender) and images/")
+    make.add_argument("out", help="output folder (replaced if this script made it)")
+    make.add_argument("--faces", type=int, default=300, help="faces in all (default 300)")
+    make.add_argument("--seed", type=int, default=3, help="seed (default 3)")
+    make.add_argument("--width", type=int, default=4000)
+    make.add_argument("--height", type=int, default=3000)
+    make.add_argument("--per-photo", type=_pair, default=(8, 20), help="faces per photo LOW,HIGH")
+    make.add_argument("--sizes", type=_pair, default=(50, 150), help="chip sizes in px LOW,HIGH")
+    make.set_defaults(run=compose)
+    check = sub.add_parser("score", help="score predict --jsonl output against truth.json")
+    check.add_argument("truth", help="truth.json written by compose")
+    check.add_argument("predictions", help="the JSONL of agegender predict --jsonl")
+    check.set_defaults(run=score)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
