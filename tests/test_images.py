@@ -228,6 +228,9 @@ def test_pixel_limit_is_configurable(astronaut_rgb, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ImageTooLargeError, match="512x512 = 262144 pixels exceeds the limit"):
         images.decode_bytes(data, pixel_limit=100_000, name="a.png")
     assert spy.calls == 0
+    # the message names the setting both ways (it named only the CLI's flag to API users)
+    with pytest.raises(ImageTooLargeError, match=r"--pixel-limit, or pixel_limit in Python\)$"):
+        images.decode_bytes(data, pixel_limit=100_000, name="a.png")
     assert images.decode_bytes(data, pixel_limit=262_144, name="a.png").shape == (512, 512, 3)
     assert images.decode_bytes(data, pixel_limit=None, name="a.png").shape == (512, 512, 3)
 

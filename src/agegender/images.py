@@ -145,7 +145,9 @@ def decode_bytes(
     except UnidentifiedImageError:
         raise UnsupportedImageError(f"{name}: not an image (unrecognised format)") from None
     except Image.DecompressionBombError as error:  # a plugin's own check while decoding
-        raise ImageTooLargeError(f"{name}: {error} (raise it with --pixel-limit)") from None
+        raise ImageTooLargeError(
+            f"{name}: {error} (raise it with --pixel-limit, or pixel_limit in Python)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         reason = str(error) or type(error).__name__
         if "ghostscript" in reason.lower():  # EPS: a format this machine cannot render
@@ -241,7 +243,7 @@ def _check_pixels(width: int, height: int, pixel_limit: int | None, name: str) -
     if pixel_limit is not None and width * height > pixel_limit:
         raise ImageTooLargeError(
             f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
-            f"{pixel_limit} (raise it with --pixel-limit)"
+            f"{pixel_limit} (raise it with --pixel-limit, or pixel_limit in Python)"
         )
 
 
