@@ -336,3 +336,244 @@ def test_an_input_that_kills_the_actor_process_is_an_error_row(tmp_path: Path) -
     want = [r for r in rows_of(local) if not r["path"].endswith("crash-1.jpg")]
     assert_rows_equal([r for r in got if r not in crashed], want)
     assert not list((out / "_agegender" / "inflight").iterdir())  # the notes are removed
+
+
+HANG_GUARD_S = 600  # a hang guard for the jobs below, not a speed limit
+
+
+def _job(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a batch command in its own session; its exit status and stderr. A job that
+    never ends fails the test, and the Ray processes it left are killed either way."""
+    process = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, err = process.communicate(timeout=HANG_GUARD_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job never ended: its actors were restarted without end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its Ray, left by a hung job
+    return process.returncode, err
+
+
+def _one_error_line(err: str) -> str:
+    """The job's one error line, its last: before it only the job's own lines (an input's
+    error) and the line Ray's core prints for every job (README); no traceback, nor Ray's
+    exception text or logs."""
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith("agegender: error: "), err
+    for line in lines[:-1]:
+        assert line.startswith("agegender: ") or "core_worker.cc" in line, err
+    for text in ("Traceback", "RayTaskError", "UserCodeException", "ActorDiedError"):
+        assert text not in err, err
+    return lines[-1]
+
+
+def _with_hook(tmp_path: Path, code: str) -> dict[str, str]:
+    """The test's environment with `code` as the sitecustomize of every Python process."""
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(code)
+    env = _env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    return env
+
+
+def _committed_inputs(dest: Path) -> int:
+    import numpy as np
+
+    return sum(len(np.load(p)) for p in (dest / "_agegender" / "keys").glob("part-*.npy"))
+
+
+# In a Ray worker, writing the part of the inputs from number 6 on (its temporary file)
+# fails as on a full disk; every other write, and the driver, are spared.
+_FULL_DEST = r"""
+import errno, os, re, sys
+if sys.argv and sys.argv[0].endswith("default_worker.py"):
+    _open = os.open
+    def _failing_open(path, *args, **kwargs):
+        name = os.path.basename(os.fsdecode(path))
+        if re.fullmatch(r"\.tmp-\d+-part-.*-000006\.parquet", name):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fsdecode(path))
+        return _open(path, *args, **kwargs)
+    os.open = _failing_open
+"""
+
+
+def test_a_dest_failing_in_an_actor_is_one_line_and_resume_is_exact(
+    inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An actor cannot write its part (DEST's disk full): the job ends with the local
+    engine's one line, `--out DEST: cannot write it (...)`, and exit 2, not Ray's
+    traceback; the parts committed before stay and the next run resumes exactly."""
+    folder, local = inputs
+    out = tmp_path / "full"
+    command = [sys.executable, "-m", "agegender", "batch", str(folder), "--out", str(out)]
+    command += ["--engine", "ray", "--concurrency", "1", "--part-size", "3", "--no-progress"]
+    code, err = _job(command, _with_hook(tmp_path, _FULL_DEST))
+    assert code == 2, err
+    line = _one_error_line(err)
+    assert line.startswith(f"agegender: error: --out {out}: cannot write it ("), line
+    assert "No space left on device" in line and "the same command resumes" in line, line
+    before = _committed_inputs(out)
+    assert before < 13 and not list((out / "_agegender" / "keys").glob("part-*-000006.npy"))
+    code, err = _job(command, _env(tmp_path))
+    # 1 if broken.png was left for the resume, 0 if it was among the committed parts
+    assert code in (0, 1) and "Traceback" not in err, err
+    assert f"{before} skipped (done before" in err, err
+    assert_rows_equal(rows_of(out), rows_of(local))
+    stems = {p.stem for p in out.glob("part-*")}
+    assert stems == {p.stem for p in (out / "_agegender" / "keys").glob("part-*.npy")}
+    assert not list(out.rglob(".tmp-*"))
+
+
+# In a Ray worker, loading a model (an ONNX Runtime session) fails as LOAD_FAULT says:
+# "kill" kills the process (SIGKILL: the OOM killer, a crash in the runtime), "raise"
+# raises; each failure leaves a file in LOAD_FAULT_DIR, and after LOAD_FAULT_TIMES of
+# them (when given) the models load. The driver, which loads its own first, is spared.
+_FAILING_LOADER = """
+import os, sys
+if sys.argv and sys.argv[0].endswith("default_worker.py") and os.environ.get("LOAD_FAULT"):
+    import pathlib, signal
+    import onnxruntime
+    _init = onnxruntime.InferenceSession.__init__
+    def _failing_init(self, *args, **kwargs):
+        failures = pathlib.Path(os.environ["LOAD_FAULT_DIR"])
+        times = os.environ.get("LOAD_FAULT_TIMES")
+        if times is None or len(list(failures.iterdir())) < int(times):
+            (failures / str(os.getpid())).touch()
+            if os.environ["LOAD_FAULT"] == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("injected failure while loading")
+        _init(self, *args, **kwargs)
+    onnxruntime.InferenceSession.__init__ = _failing_init
+"""
+
+
+def test_actors_dying_while_loading_the_models_stop_the_job(
+    inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An actor whose process dies while it loads the models (the OOM killer, a crash):
+    Ray restarted it without end and the job never finished. Now its third death while
+    loading stops the job with one line naming the cause and what to check, exit 2, the
+    committed parts kept; an actor that dies twice and then loads is kept (Ray's restart),
+    and that run resumes the job exactly."""
+    folder, local = inputs
+    out = tmp_path / "dying"
+    options = ["--out", str(out), "--engine", "ray", "--concurrency", "1", "--part-size", "3"]
+    command = [sys.executable, "-m", "agegender", "batch", *options, "--no-progress"]
+    first_half = sorted(str(p) for p in folder.glob("img*"))[:6]
+    code, err = _job([*command, *first_half], _env(tmp_path))
+    assert code == 0, err
+    assert _committed_inputs(out) == 6
+
+    env = _with_hook(tmp_path, _FAILING_LOADER)
+    deaths = tmp_path / "deaths"
+    deaths.mkdir()
+    code, err = _job(
+        [*command, str(folder)], {**env, "LOAD_FAULT": "kill", "LOAD_FAULT_DIR": str(deaths)}
+    )
+    assert code == 2, err
+    line = _one_error_line(err)
+    assert "died 3 times while loading the models" in line, line
+    assert "memory" in line and "--num-cpus" in line and "resumes" in line, line
+    assert len(list(deaths.iterdir())) == 3  # three starts died; the fourth stopped the job
+    assert _committed_inputs(out) == 6  # the parts committed before stay
+
+    again = tmp_path / "deaths-again"
+    again.mkdir()
+    fault = {"LOAD_FAULT": "kill", "LOAD_FAULT_DIR": str(again), "LOAD_FAULT_TIMES": "2"}
+    code, err = _job([*command, str(folder)], {**env, **fault})
+    assert code == 1 and "Traceback" not in err, err  # broken.png
+    assert len(list(again.iterdir())) == 2  # died twice, then loaded: Ray's restarts kept
+    assert "6 skipped (done before" in err and "7 inputs done" in err, err
+    assert_rows_equal(rows_of(out), rows_of(local))
+    assert not list((out / "_agegender" / "inflight").iterdir())  # the notes are removed
+
+
+def test_an_error_while_an_actor_loads_the_models_is_one_line(
+    inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A Python exception while an actor loads its models (a model file it cannot load)
+    ends the job at once with that error's one line and exit 2, as the driver's own load
+    would, instead of Ray's traceback of the actor's creation task."""
+    folder, _ = inputs
+    out = tmp_path / "unloadable"
+    command = [sys.executable, "-m", "agegender", "batch", str(folder), "--out", str(out)]
+    command += ["--engine", "ray", "--concurrency", "1", "--part-size", "3", "--no-progress"]
+    failures = tmp_path / "failures"
+    failures.mkdir()
+    env = {
+        **_with_hook(tmp_path, _FAILING_LOADER),
+        "LOAD_FAULT": "raise",
+        "LOAD_FAULT_DIR": str(failures),
+    }
+    code, err = _job(command, env)
+    assert code == 2, err
+    line = _one_error_line(err)
+    assert "is not a loadable ONNX graph (injected failure while loading)" in line, line
+    assert len(list(failures.iterdir())) == 1  # one actor start: no retry
+    assert _committed_inputs(out) == 0
+
+
+def test_an_actors_start_counts_the_deaths_of_its_earlier_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start notes without Ray: an actor notes its start (with the deaths of its
+    earlier starts) before it loads the models and removes the note once they are loaded;
+    the start that finds three deaths loads nothing; an error while loading is kept as
+    one line; an actor that cannot start gives back that line instead of a part."""
+    import pyarrow as pa
+
+    from agegender import pipeline
+    from agegender.batch import ray_engine
+    from agegender.batch.dataset import INFLIGHT
+    from agegender.config import EstimatorConfig
+    from agegender.errors import AgegenderError
+
+    dest = tmp_path / "dest"
+    (dest / INFLIGHT).mkdir(parents=True)
+    note = dest / INFLIGHT / "start-RUN-a1.json"
+    seen: list[Any] = []
+    failure: list[BaseException] = []
+
+    def load(config: Any) -> str:
+        seen.append(json.loads(note.read_text()))  # noted before the models load
+        if failure:
+            raise failure[0]
+        return "estimator"
+
+    monkeypatch.setattr(pipeline, "Estimator", load)
+    monkeypatch.setattr(ray_engine, "_actor_id", lambda: "a1")
+    settings = {
+        "config": EstimatorConfig.from_preset("default"),
+        "target": ray_engine.Target(str(dest), "RUN", "parquet", "DEST"),
+        "cpus": 1.0,
+    }
+    worker = type("Worker", (ray_engine._Worker,), settings)
+
+    def stop_line(actor: Any) -> str:
+        table = actor(pa.table({"seq": pa.array([0], pa.int64())}))
+        assert tuple(table.column_names) == ray_engine.SUMMARY_COLUMNS
+        summary = json.loads(table.column("summary")[0].as_py())
+        assert set(summary) == {"stop"} and table.column("keys")[0].as_py() == b""
+        return str(summary["stop"])
+
+    assert worker().failed is None and seen == [{"deaths": 0}] and not note.exists()
+    note.write_text('{"deaths": 0}')  # that start died loading: Ray restarted the actor
+    assert worker().failed is None and seen[-1] == {"deaths": 1} and not note.exists()
+    note.write_text('{"deaths": 2}')  # three starts died
+    stopped = worker()
+    assert len(seen) == 2  # nothing loaded
+    assert "died 3 times while loading the models" in stop_line(stopped)
+    assert "--num-cpus" in str(stopped.failed) and "resumes" in str(stopped.failed)
+
+    note.unlink()
+    failure.append(RuntimeError("no memory for the session\nsecond line"))
+    line = stop_line(worker())
+    assert line == (
+        "--engine ray: an actor could not load the models (RuntimeError: no memory for the session)"
+    )
+    failure[0] = AgegenderError("model m: not a loadable ONNX graph")
+    assert stop_line(worker()) == "model m: not a loadable ONNX graph"

@@ -11,6 +11,8 @@
     DEST/_agegender/lock              held (flock) by the one job writing DEST
     DEST/_agegender/inflight/<part>.json  a Ray actor's note of the part it is doing (and,
                                       after an actor died, of the input): see ray_engine
+    DEST/_agegender/inflight/start-<run>-<actor>.json  a Ray actor's note that it is
+                                      loading the models (and how often it died doing so)
 
 On resume a part without its keys file (the job died between the two writes) and any
 temporary file are removed, and the committed keys say which inputs are done: a job
@@ -54,7 +56,8 @@ MANIFEST = f"{META}/manifest.json"
 KEYS = f"{META}/keys"
 ATTEMPTS = f"{META}/attempts"
 # A Ray actor's note of the part it is doing (removed once the part is written): found by
-# the retry of a task whose actor process died, it names the input that was being read
+# the retry of a task whose actor process died, it names the input that was being read;
+# and its note that it is loading the models (removed once loaded), found by its restart
 INFLIGHT = f"{META}/inflight"
 LOCK = f"{META}/lock"
 FORMAT = "agegender-batch/1"

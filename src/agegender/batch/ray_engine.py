@@ -12,7 +12,11 @@
     driver: receives one small summary per part (its name, its input keys, its attempt
             records, counts, the first errors: never rows) and commits the part by
             writing its keys (dataset.py): the exactly-once protocol is the local
-            engine's, and the driver's work per part is two small writes
+            engine's, and the driver's work per part is two small writes; or, from an
+            actor that cannot go on (DEST failing, models it cannot load, its process
+            dying while it loads them), a summary holding only the job's one error line,
+            which the driver raises as the local engine would (Ray Data hands a UDF's
+            exception to the driver as its traceback's text only, not the exception)
 
 ``--address`` joins a running cluster (``auto``, ``ray://host:10001``); without it a Ray
 instance is started on this machine and stopped at the end. Workers read the inputs and
@@ -32,12 +36,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AgegenderError
 from . import sources
+from .dataset import writing
 from .job import Job, PartBuffer, Pending, Tally, pending
 from .local import Work, process
 from .sources import Input
@@ -54,6 +59,9 @@ ADDRESS_TIMEOUT_S = 5.0  # --address: how long a cluster's address may take to a
 # An input a Ray actor's process died on this many times (each time restarted by Ray, the
 # part retried one input at a time) is an error row instead of a retry without end.
 DEATHS_PER_INPUT = 2
+# An actor whose process died this many times while loading its models (each time
+# restarted by Ray) stops the job with one line instead of a restart without end.
+START_DEATHS = 3
 
 
 def _to_table(entries: list[Pending], first: int) -> pa.Table:
@@ -161,6 +169,7 @@ class Target:
     dest: str
     run: str
     sink: str
+    shown: str  # DEST as the job was given it, for the error lines
 
 
 class _Worker:
@@ -174,14 +183,72 @@ class _Worker:
     cpus: float
 
     def __init__(self) -> None:
-        from ..pipeline import Estimator
         from .dataset import _Files
 
         logging.getLogger("PIL").setLevel(logging.CRITICAL)
+        # The job's one error line when this actor cannot start, given back by its first
+        # call instead of a part (an exception here would reach the driver as Ray's
+        # traceback of the actor's creation task).
+        self.failed: str | None = None
+        try:
+            self.files = _Files(self.target.dest)
+            self._start()
+        except AgegenderError as error:  # a model it cannot load, DEST failing, ...
+            self.failed = str(error)
+        except Exception as error:
+            self.failed = (
+                "--engine ray: an actor could not load the models "
+                f"({type(error).__name__}: {sources.one_line(error)})"
+            )
+
+    def _start(self) -> None:
+        """Load the models, noted first in ``_agegender/inflight/`` (one note per actor
+        of the run, removed once they are loaded). A note found by an actor's start means
+        its process died loading them (killed: out of memory; a crash in the model
+        runtime) and Ray restarted it, which it did without end: after START_DEATHS such
+        deaths the actor loads nothing and stops the job. An actor lost after its start
+        (its node gone) is restarted by Ray as before: its note was removed. The note
+        comes before the model code is imported (a crash there counts too)."""
+        from .dataset import INFLIGHT
+
+        actor = _actor_id()
+        note = f"{INFLIGHT}/start-{self.target.run}-{actor}.json" if actor else None
+        if note is not None:
+            earlier = self._read_note(note)
+            deaths = 0
+            if earlier is not None:  # the last start of this actor died loading
+                before = earlier.get("deaths")
+                deaths = (before if isinstance(before, int) else 0) + 1
+            if deaths >= START_DEATHS:
+                raise AgegenderError(
+                    f"--engine ray: an actor's process died {deaths} times while loading "
+                    "the models (killed, as by the out-of-memory killer, or a crash in "
+                    "the model runtime); check the memory each actor has (each loads its "
+                    "own models: about 350 MB with the default preset) and give fewer "
+                    "actors per node (a larger --num-cpus, or --concurrency); the parts "
+                    "committed so far stay and the same command resumes"
+                )
+            with writing(self.target.shown):
+                self.files.write_atomic(note, json.dumps({"deaths": deaths}).encode())
+        from ..pipeline import Estimator
+
         self.estimator = Estimator(actor_config(self.config, self.cpus))
-        self.files = _Files(self.target.dest)
+        if note is not None:
+            with writing(self.target.shown):
+                self.files.delete(note)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """The batch's part written to DEST and its summary; or, where this actor cannot
+        go on (it could not start, DEST fails, any error of this project's), the job's
+        one error line (``_stop``), as the local engine stops on the same errors."""
+        if self.failed is not None:
+            return _stop(self.failed)
+        try:
+            return self._part(batch)
+        except AgegenderError as error:  # DEST failing: dataset.writing's line
+            return _stop(str(error))
+
+    def _part(self, batch: pa.Table) -> pa.Table:
         import numpy as np
         import pyarrow as pa
 
@@ -197,7 +264,7 @@ class _Worker:
         entries = list(_entries(batch))
         crashed = self._read_note(note)
         if crashed is None:
-            self.files.write_atomic(note, json.dumps({"input": None, "deaths": {}}).encode())
+            self._write_note(note, {"input": None, "deaths": {}})
             results = process(self.estimator, entries, self.work)
         else:  # an actor died doing this part: Ray restarted it and retries the task
             results = self._one_at_a_time(entries, note, crashed)
@@ -207,12 +274,13 @@ class _Worker:
             tally.add(found, None, entry.attempt)
             part.add(entry, found)
         rows, keys, attempts = part.rows, part.keys, part.attempts
-        if not keys:
+        with writing(self.target.shown):  # DEST failing: one line, as the local engine
+            if not keys:
+                self.files.delete(note)
+                return empty
+            tracks = self.work.video_rows == "tracks"
+            write_part(self.files, stem, rows, self.target.sink, self.work.thresholds, tracks)
             self.files.delete(note)
-            return empty
-        tracks = self.work.video_rows == "tracks"
-        write_part(self.files, stem, rows, self.target.sink, self.work.thresholds, tracks)
-        self.files.delete(note)
         return pa.table(
             {
                 "part": pa.array([stem.encode()], pa.binary()),
@@ -224,9 +292,14 @@ class _Worker:
             }
         )
 
+    def _write_note(self, note: str, state: dict[str, Any]) -> None:
+        with writing(self.target.shown):
+            self.files.write_atomic(note, json.dumps(state).encode())
+
     def _read_note(self, note: str) -> dict[str, Any] | None:
-        """The note an earlier attempt of this part left (its actor process died: killed,
-        a crash in a decoder, out of memory), or None on a first attempt."""
+        """The note an earlier attempt of this part (or start of this actor) left, its
+        process having died (killed, a crash in a decoder, out of memory), or None on a
+        first attempt."""
         try:
             data = self.files.read(note)
         except OSError:  # none (FileNotFoundError): a first attempt
@@ -257,12 +330,32 @@ class _Worker:
                     "times (killed, a crash in a decoder, or out of memory)"
                 )
             else:
-                state = {"input": seq, "deaths": deaths}
-                self.files.write_atomic(note, json.dumps(state).encode())
+                self._write_note(note, {"input": seq, "deaths": deaths})
             yield from process(self.estimator, [entry], self.work)
 
 
-def _summaries(dataset: Any) -> Iterator[pa.Table]:
+def _actor_id() -> str | None:
+    """The id of the Ray actor this runs in (kept by Ray when it restarts the actor), or
+    None outside one."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    actor: str | None = ray.get_runtime_context().get_actor_id()
+    return actor
+
+
+def _stop(line: str) -> pa.Table:
+    """What an actor gives back instead of a part when the job cannot go on: a summary
+    holding only the job's one error line (the driver raises it)."""
+    import pyarrow as pa
+
+    columns = {name: pa.array([b""], pa.binary()) for name in SUMMARY_COLUMNS}
+    columns["summary"] = pa.array([json.dumps({"stop": line}).encode()], pa.binary())
+    return pa.table(columns)
+
+
+def _summaries(dataset: Any) -> Generator[pa.Table, None, None]:
     """The actors' part summaries as they arrive (a seam for tests: what the driver gets).
     No prefetching: with Ray Data's default of one batch, each summary reached the driver
     only when the next part was done, so a finished part stayed uncommitted (redone after
@@ -448,7 +541,7 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
         dest = job.dataset.dest
         if not sources.is_uri(dest):
             dest = os.path.abspath(dest)  # an actor's working folder is not the driver's
-        target = Target(dest, job.dataset.run, job.dataset.sink)
+        target = Target(dest, job.dataset.run, job.dataset.sink, job.dataset.dest)
         # The configuration travels with the actor class (pickled by value), not as
         # constructor arguments held in the object store.
         alive = [node for node in ray.nodes() if node.get("Alive")]
@@ -483,23 +576,46 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
             else:
                 print(line, file=sys.stderr, flush=True)
 
+        summaries = _summaries(dataset)
         try:
-            for batch in _summaries(dataset):
+            for batch in summaries:
                 assert isinstance(batch, pa.Table)
                 for part in batch.to_pylist():
+                    summary = json.loads(part["summary"])
+                    if "stop" in summary:  # an actor cannot go on: the job's one line
+                        raise AgegenderError(str(summary["stop"]))
                     keys = np.frombuffer(part["keys"], dtype=np.uint64)
                     attempts = part["attempts"]
                     records = load_attempts(attempts).tolist() if attempts else None
                     job.dataset.commit_keys(part["part"].decode(), keys, records)
-                    summary = json.loads(part["summary"])
                     tally.merge(summary, report)
                     bar.update(summary["inputs"])
         finally:
+            summaries.close()  # on a stop: Ray Data's execution ends (its actors go)
             bar.close()
+        _remove_notes(job)
     finally:
         if started_here:
             stop_started_ray(ray)
     return tally
+
+
+def _remove_notes(job: Job) -> None:
+    """The notes in ``_agegender/inflight/`` the job's actors left, gone once the job is
+    done: a start note of an actor ended while it loaded the models (Ray Data stops the
+    pool's actors with the job), a note's temporary copy left by an actor process that
+    died while writing it. A job that stopped leaves its notes to the next run, which
+    removes every note, and so does a store failing here (the job's parts are all
+    committed: it is not failed for a note)."""
+    from .dataset import INFLIGHT
+
+    files = job.dataset.files
+    try:
+        for name in files.names(INFLIGHT):
+            if f"-{job.dataset.run}-" in name:
+                files.delete(f"{INFLIGHT}/{name}")
+    except OSError as error:
+        logging.getLogger(__name__).debug("removing the actors' notes: %s", error)
 
 
 def stop_started_ray(ray: Any) -> None:
