@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import sys
 import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -100,7 +101,8 @@ def load(
     if isinstance(source, np.ndarray):
         return DecodedImage(label, _from_array(source, channels, pixel_limit, label))
     if isinstance(source, Image.Image):
-        return DecodedImage(label, _from_pil(source, pixel_limit, label))
+        with _one_reader(source):
+            return DecodedImage(label, _from_pil(source, pixel_limit, label))
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -108,6 +110,33 @@ def load(
     else:
         raise ImageError(f"{label}: unsupported input type {type(source).__name__}")
     return DecodedImage(label, decode_bytes(data, pixel_limit=pixel_limit, name=label))
+
+
+# A caller's PIL image may be read by several threads at once: given twice to one
+# predict_many (its workers decode in parallel) or to threads sharing an Estimator. Pillow
+# loads an opened image from its file when first used, which is not safe from two threads
+# at once (wrong pixels, AssertionError), so one image is read by one thread at a time;
+# different images still load in parallel. A lock per image object, counted.
+_READERS_LOCK = threading.Lock()
+_readers: dict[int, tuple[threading.Lock, int]] = {}  # id(image): its lock, threads using it
+
+
+@contextlib.contextmanager
+def _one_reader(image: Image.Image) -> Iterator[None]:
+    key = id(image)  # the caller holds the image meanwhile, so the id is not reused
+    with _READERS_LOCK:
+        lock, users = _readers.get(key, (threading.Lock(), 0))
+        _readers[key] = (lock, users + 1)
+    try:
+        with lock:
+            yield
+    finally:
+        with _READERS_LOCK:
+            lock, users = _readers[key]
+            if users == 1:
+                del _readers[key]
+            else:
+                _readers[key] = (lock, users - 1)
 
 
 def _read_file(path: Path, label: str) -> bytes:
@@ -130,9 +159,8 @@ def decode_bytes(
     if not data:
         raise ImageError(f"{name}: empty file")
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb check warns or raises at its limit; ours is explicit.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow's own bomb check warns or raises at its limit; ours is explicit.
+        with _bomb_warning_ignored():
             if data[:4] == _ICO_MAGIC and pixel_limit is not None:
                 # Pillow decodes an icon's largest image while opening it: check first.
                 _check_pixels(*_icon_size(data), pixel_limit, name)
@@ -197,6 +225,50 @@ def _pillow_guard_lifted(lift: bool = True) -> Iterator[None]:
             _lifts -= 1
             if _lifts == 0 and _saved_limit is not None:
                 Image.MAX_IMAGE_PIXELS = _saved_limit
+
+
+# Pillow's DecompressionBombWarning is ignored while any thread decodes, by one filter
+# entry counted under a lock (as Pillow's guard above): put in front of the filters by the
+# first thread in, taken out by the last. Not warnings.catch_warnings: it swaps the whole
+# filter list, showwarning and its implementation for the process and puts back what it
+# saw on entering, so threads decoding at once left the ignore filter in for good (and
+# undid a filter set, or the recording of another thread's catch_warnings(record=True), in
+# the meantime). The entry is taken out of the list it went into and of the list in force
+# (another thread's catch_warnings may have swapped them), so neither keeps it. The
+# registries of warnings already shown need no reset (as filterwarnings does): an ignored
+# warning is never written to them.
+# (Python 3.14's context-aware warnings make catch_warnings thread-safe: used there.)
+_WARNINGS_LOCK = threading.Lock()
+_QUIET = ("ignore", None, Image.DecompressionBombWarning, re.compile(r"PIL\."), 0)
+_quiet_users = 0  # threads inside _bomb_warning_ignored
+_quiet_in: list[Any] = []  # the filter list the entry went into, while in
+_CONTEXT_WARNINGS = bool(getattr(sys.flags, "context_aware_warnings", False))
+
+
+@contextlib.contextmanager
+def _bomb_warning_ignored() -> Iterator[None]:
+    global _quiet_users, _quiet_in
+    if _CONTEXT_WARNINGS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+        return
+    with _WARNINGS_LOCK:
+        if _quiet_users == 0:
+            _quiet_in = cast(list[Any], warnings.filters)
+            _quiet_in.insert(0, _QUIET)
+        _quiet_users += 1
+    try:
+        yield
+    finally:
+        with _WARNINGS_LOCK:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                for filters in (_quiet_in, cast(list[Any], warnings.filters)):
+                    with contextlib.suppress(ValueError):  # not (or no longer) in it
+                        while True:
+                            filters.remove(_QUIET)
+                _quiet_in = []
 
 
 def _open_header(data: bytes) -> Image.Image:

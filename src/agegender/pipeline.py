@@ -56,6 +56,10 @@ class PreparedImage:
     image: NDArray[np.uint8] | None = None
 
 
+# An input and what predict_many's workers made of it: its prepared image or its error.
+Prepared = tuple[images.ImageInput, PreparedImage | str]
+
+
 class _Shared:
     """What estimators derived from one another share: sessions, landmarks, finders."""
 
@@ -282,6 +286,8 @@ class Estimator:
         more than one worker each detects on one intra-op thread
         (``sessions.parallel_worker``), as the workers already share the cores.
         With ``keep_images`` each result carries its decoded RGB image (for annotation).
+        An error of `sources` itself (a generator that raises) is raised after the results
+        of the inputs it gave before it.
         """
         single = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, Image.Image)
         if isinstance(sources, single):
@@ -299,18 +305,29 @@ class Estimator:
             initializer=sessions.parallel_worker if self.workers > 1 else None,
         )
 
-        def submit() -> list[Future[tuple[images.ImageInput, PreparedImage | str]]]:
-            return [
-                pool.submit(self._load_and_prepare, s, channels, keep_images)
-                for s in islice(inputs, chunk)
-            ]
+        def submit() -> tuple[list[Future[Prepared]], Exception | None]:
+            """The next chunk's inputs, queued; and the error of `sources` if taking one
+            from it failed (the inputs taken before it are still queued)."""
+            window: list[Future[Prepared]] = []
+            try:
+                for source in islice(inputs, chunk):
+                    window.append(
+                        pool.submit(self._load_and_prepare, source, channels, keep_images)
+                    )
+            except Exception as error:  # the caller's iterable, not one input: raised below
+                return window, error
+            return window, None
 
         try:
-            window = submit()
-            while window:
-                following = submit()
+            window, failed = submit()
+            while window or failed:
+                following, failed_next = submit() if failed is None else ([], None)
                 yield from self._flush([future.result() for future in window])
-                window = following
+                if failed is not None:
+                    # the results of every input taken before the iterable failed came
+                    # first (they were dropped: up to two chunks, prepared for nothing)
+                    raise failed
+                window, failed = following, failed_next
         finally:
             # An iteration abandoned early (break, close(), the generator collected, an
             # error in the caller's loop, Ctrl-C) drops the images queued ahead instead of
