@@ -414,6 +414,61 @@ def test_the_second_pass_keeps_the_first_pass_faces_it_lost(card_file: Path) -> 
     assert det._apart([], second) == []
 
 
+def test_a_photo_fed_above_max_side_takes_its_large_faces_from_max_side(card_file: Path) -> None:
+    """large_face: fed at 0.4 of a 4,000 px photo, a close-up face of several hundred
+    pixels at the input came out as two or three boxes or none; such a photo is also fed at
+    max_side, and its faces of large_face px or more (at the first input) come from there,
+    those of the first pass under it (and not half inside one of them) from the first."""
+    text = card_file.read_text().replace(
+        "max_side = 960", "max_side = 960\nmin_scale = 0.4\nside_limit = 2400\nlarge_face = 100"
+    )
+    large = card_file.with_name("large.toml")
+    large.write_text(text)
+    onnx_path = card_file.with_suffix(".onnx")
+    image = np.zeros((3000, 4000, 3), np.uint8)
+    image[500:520, 2000:2020] = 255  # whole cells at 0.4 and at 0.24
+
+    def run(pixels: np.ndarray, **kw: int) -> tuple[list, list[tuple[int, ...]]]:
+        det = CenterFaceDetector(load_card_file(large), onnx_path, **kw)  # type: ignore[arg-type]
+        recorder = _Recorder(det.session)
+        det.session = recorder  # type: ignore[assignment]
+        return det.detect(pixels), [f.shape[2:] for f in recorder.fed]
+
+    # 4-px boxes at the input (the stand-in's scale 0): small at 0.4, so the first pass's
+    faces, fed = run(image)
+    assert fed == [(1216, 1600), (736, 960)]
+    widths = {round(f.box[2] - f.box[0]) for f in faces}
+    assert widths == {10}  # 4 px at 0.4
+    # 240-px boxes at the input (scale log 60): large, so max_side's (1,000 px in the image)
+    onnx.save_model(centerface_graph(log_scale=float(np.log(60.0))), str(onnx_path))
+    faces, fed = run(image)
+    assert fed == [(1216, 1600), (736, 960)]
+    widths = [f.box[2] - f.box[0] for f in faces]
+    assert all(w * 0.4 >= 100 for w in widths) and not any(abs(w - 600) < 2 for w in widths)
+    assert any(  # the patch's face, 240 px at 0.24 (boxes at the edges are cut by them)
+        abs((f.box[0] + f.box[2]) / 2 - 2008) < 5
+        and abs((f.box[1] + f.box[3]) / 2 - 508) < 5
+        and abs(f.box[2] - f.box[0] - 1000) < 2
+        for f in faces
+    )
+    # not fed above max_side, or a side given: one pass
+    assert run(image[:900, :1200])[1] == [(736, 960)]
+    assert run(image, max_side=1600)[1] == [(1216, 1600)]
+    with pytest.raises(CardError, match="large_face"):
+        bad = card_file.with_name("bad.toml")
+        bad.write_text(text.replace("large_face = 100", "large_face = 0"))
+        load_card_file(bad)
+
+
+def test_a_part_of_a_large_face_is_not_kept_beside_it(card_file: Path) -> None:
+    det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"))
+    big = [Detection((100.0, 100.0, 500.0, 500.0), 0.9)]
+    part = Detection((300.0, 300.0, 560.0, 560.0), 0.5)  # 40000 of 67600 px inside: 59%
+    beside = Detection((420.0, 420.0, 600.0, 600.0), 0.6)  # 6400 of 32400 px inside: 20%
+    assert det._apart([part, beside], big, inside=True) == [beside]
+    assert det._apart([part, beside], big) == [part, beside]  # by IoU both are apart
+
+
 def _centroid(image: np.ndarray) -> np.ndarray:
     weight = image[..., 0].astype(np.float64)
     ys, xs = np.indices(weight.shape)

@@ -188,6 +188,11 @@ class DetectionSpec:
     # `small_face` pixels at the input gets a second pass at up to twice the side (at most
     # side_limit and its own size): its smaller faces may have been missed (0: never).
     small_face: int = 0
+    # Under that policy, an image fed at more than max_side (for its small faces) is also
+    # fed at max_side, and its faces of `large_face` pixels or more at the first input come
+    # from there: a face of several hundred pixels at the input came out as two or three
+    # boxes or none (0: never).
+    large_face: int = 0
     # The box dlib's 5-point predictor is run on, from the detector's: centre shift (x, y)
     # in box widths and heights, then width and height factors.
     dlib_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
@@ -802,6 +807,7 @@ DETECTOR_INPUT = (
     "min_scale",
     "side_limit",
     "small_face",
+    "large_face",
 )
 DETECTOR_OUTPUT = (
     "decoder",
@@ -906,6 +912,9 @@ def _parse_detector(
     small_face = 0
     if r.get(inp, "input", "small_face") is not None:
         small_face = _positive_int(r, inp, "input", "small_face", 0)
+    large_face = 0
+    if r.get(inp, "input", "large_face") is not None:
+        large_face = _positive_int(r, inp, "input", "large_face", 0)
     chip_landmarks = r.string(out, "output", "chip_landmarks", choices=CHIP_LANDMARKS)
     template = _chip_template(r, r.get(out, "output", "chip_template"))
     if chip_landmarks == "template" and template is None:
@@ -920,6 +929,7 @@ def _parse_detector(
         min_scale=min_scale,
         side_limit=side_limit,
         small_face=small_face,
+        large_face=large_face,
         stride=_positive_int(r, out, "output", "stride", 1),
         threshold=threshold,
         nms_iou=nms_iou,

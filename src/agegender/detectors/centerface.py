@@ -349,11 +349,28 @@ class CenterFaceDetector:
             retried = self._detect_at([images[i] for i in again], larger)
             for i, found in zip(again, retried, strict=True):
                 results[i] = found + self._apart(results[i], found)
+        large = self.spec.large_face if self.fixed_side is None else 0
+        coarse = [
+            i
+            for i, (image, side) in enumerate(zip(images, sides, strict=True))
+            if large and side > self.spec.max_side and max(image.shape[:2]) > self.spec.max_side
+        ]
+        if coarse:
+            seen = self._detect_at([images[i] for i in coarse], [self.spec.max_side] * len(coarse))
+            for i, found in zip(coarse, seen, strict=True):
+                height, width = images[i].shape[:2]
+                factor = feed_size(height, width, sides[i], self.spec.multiple)[0]
+                big = [d for d in found if (d.box[2] - d.box[0]) * factor >= large]
+                fine = [d for d in results[i] if (d.box[2] - d.box[0]) * factor < large]
+                results[i] = big + self._apart(fine, big, inside=True)
         return results
 
-    def _apart(self, first: list[Detection], second: list[Detection]) -> list[Detection]:
+    def _apart(
+        self, first: list[Detection], second: list[Detection], *, inside: bool = False
+    ) -> list[Detection]:
         """The faces of `first` that overlap no face of `second` by more than the card's
-        NMS overlap (a face the larger pass lost, e.g. a large one)."""
+        NMS overlap (a face the larger pass lost, e.g. a large one); with `inside`, that
+        lie not half or more inside one (a part of a large face the finer pass saw)."""
         if not first or not second:
             return list(first)
         boxes = np.array([d.box for d in second], dtype=np.float64)
@@ -364,7 +381,12 @@ class CenterFaceDetector:
             w = np.minimum(x2, boxes[:, 2]) - np.maximum(x1, boxes[:, 0])
             h = np.minimum(y2, boxes[:, 3]) - np.maximum(y1, boxes[:, 1])
             inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-            overlap = inter / np.maximum((x2 - x1) * (y2 - y1) + areas - inter, 1e-9)
+            own = (x2 - x1) * (y2 - y1)
+            if inside:
+                if (inter / max(own, 1e-9)).max() < 0.5:
+                    kept.append(d)
+                continue
+            overlap = inter / np.maximum(own + areas - inter, 1e-9)
             if overlap.max() <= self.spec.nms_iou:
                 kept.append(d)
         return kept
