@@ -3,6 +3,7 @@
     python benchmarks/group_photos.py compose CHIPS_DIR OUT_DIR [--faces 300] [--seed 3]
     agegender predict OUT_DIR/images --jsonl > run.jsonl
     python benchmarks/group_photos.py score OUT_DIR/truth.json run.jsonl
+    python benchmarks/group_photos.py closeups CHIPS_DIR OUT_DIR [--photos 100] [--seed 3]
 
 ``compose`` pastes UTKFace-style chips (CHIPS_DIR/labels.csv with file, age, gender, and
 CHIPS_DIR/images/) onto smooth random backgrounds: by default 4,000 x 3,000 photos (12 MP,
@@ -118,6 +119,45 @@ def compose(args: argparse.Namespace) -> None:
     print(f"{index} photos, {sum(len(t['faces']) for t in truth)} faces, {turned} turned")
 
 
+def closeups(args: argparse.Namespace) -> None:
+    """One chip per photo, scaled to `share` (uniform in 0.2-0.95) of the shorter side of a
+    4,000 x 3,000 or 3,000 x 4,000 photo, at a random place on a smooth random background:
+    close-ups (portraits, selfies) as a phone takes them."""
+    src, out = Path(args.chips), Path(args.out)
+    with (src / "labels.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    rng = random.Random(args.seed)
+    rng.shuffle(rows)
+    nprng = np.random.default_rng(args.seed)
+    if out.is_dir():
+        if not (out / "truth.json").is_file():
+            sys.exit(f"{out}: exists and holds no truth.json (not a folder this script made)")
+        shutil.rmtree(out)
+    (out / "images").mkdir(parents=True)
+    truth = []
+    for index, row in enumerate(rows[: args.photos]):
+        width, height = (4000, 3000) if rng.random() < 0.5 else (3000, 4000)
+        low = (nprng.random((6, 8, 3)) * 255).astype(np.uint8)
+        canvas = cv2.resize(low, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        canvas += nprng.normal(0, 6, canvas.shape)
+        canvas = np.clip(canvas, 0, 255)
+        share = rng.uniform(0.2, 0.95)
+        size = int(share * min(width, height))
+        chip = cv2.imread(str(src / "images" / row["file"]))
+        tile = cv2.resize(chip, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        x0, y0 = rng.randint(0, width - size), rng.randint(0, height - size)
+        canvas[y0 : y0 + size, x0 : x0 + size] = tile
+        name = f"close_{index:04d}.jpg"
+        cv2.imwrite(
+            str(out / "images" / name), canvas.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 92]
+        )
+        face = {"cx": x0 + size // 2, "cy": y0 + size // 2, "size": size, "angle": 0}
+        face |= {"age": int(row["age"]), "gender": row["gender"], "share": round(share, 3)}
+        truth.append({"file": name, "faces": [face]})
+    (out / "truth.json").write_text(json.dumps(truth))
+    print(f"{len(truth)} close-ups")
+
+
 def score(args: argparse.Namespace) -> None:
     truth = {t["file"]: t["faces"] for t in json.loads(Path(args.truth).read_text())}
     found = {"upright": 0, "turned": 0}
@@ -185,6 +225,12 @@ def main() -> None:
     make.add_argument("--per-photo", type=_pair, default=(8, 20), help="faces per photo LOW,HIGH")
     make.add_argument("--sizes", type=_pair, default=(50, 150), help="chip sizes in px LOW,HIGH")
     make.set_defaults(run=compose)
+    close = sub.add_parser("closeups", help="compose 12 MP close-ups, one chip each")
+    close.add_argument("chips", help="folder with labels.csv (file, age, gender) and images/")
+    close.add_argument("out", help="output folder (replaced if this script made it)")
+    close.add_argument("--photos", type=int, default=100, help="photos (default 100)")
+    close.add_argument("--seed", type=int, default=3, help="seed (default 3)")
+    close.set_defaults(run=closeups)
     check = sub.add_parser("score", help="score predict --jsonl output against truth.json")
     check.add_argument("truth", help="truth.json written by compose")
     check.add_argument("predictions", help="the JSONL of agegender predict --jsonl")
