@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,18 @@ def _main(argv: list[str]) -> int | str:
         return "KeyboardInterrupt escaped"
 
 
+def _terminate_when(process: subprocess.Popen, ready: Callable[[], bool]) -> str:
+    """SIGTERM to `process` once `ready()` (polled; 600 s is a hang guard, not a speed
+    limit) while it still runs; its stderr after it ended."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None and not ready():
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read() if process.stderr else ""
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    return str(err)
+
+
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -68,12 +81,7 @@ def test_sigterm_ends_predict_with_one_line_and_143_keeping_the_lines_out(tmp_pa
             env=_env(),
         )
     try:
-        deadline = time.monotonic() + 300  # a hang guard, not a speed limit
-        while time.monotonic() < deadline and process.poll() is None and len(_lines(out)) < 2:
-            time.sleep(0.05)
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=300)
+        err = _terminate_when(process, lambda: len(_lines(out)) >= 2)
     finally:
         if process.poll() is None:
             process.kill()
@@ -206,14 +214,7 @@ def test_sigterm_stops_a_ray_job_with_one_line_and_143(tmp_path: Path) -> None:
     )
     keys = out / "_agegender" / "keys"
     try:
-        deadline = time.monotonic() + 600  # a hang guard, not a speed limit
-        while time.monotonic() < deadline and process.poll() is None:
-            if keys.is_dir() and any(keys.glob("part-*.npy")):
-                break
-            time.sleep(0.02)
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=300)
+        err = _terminate_when(process, lambda: keys.is_dir() and any(keys.glob("part-*.npy")))
     finally:
         if process.poll() is None:
             process.kill()

@@ -116,7 +116,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
+def sigterm_unwinds() -> Iterator[None]:
     """SIGTERM raises Terminated while the command runs (its default action killed the
     process where it stood: temporary files stayed, a report folder half replaced); the
     previous handler is back afterwards (in a caller's own process)."""
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _arguments_via_file()
     try:
         try:
-            with _sigterm_unwinds():
+            with sigterm_unwinds():
                 try:
                     return _main(argv)
                 except KeyboardInterrupt as error:  # also while the commands' parsers load

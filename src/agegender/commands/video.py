@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -230,27 +229,6 @@ def run(args: argparse.Namespace) -> int:
     return _Run(args, config, thumbs).run()
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends a run as Ctrl-C does (tracks flushed), in the main thread only."""
-    from ..cli import Terminated
-
-    try:
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def handler(signum: int, frame: Any) -> None:
-            raise Terminated
-
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class _Run:
     def __init__(self, args: argparse.Namespace, config: Any, thumbs: Path | None):
         self.args = args
@@ -314,7 +292,9 @@ class _Run:
             self.frames_out = self._open(args.frames)
             if self.thumbs is not None:
                 self._make_thumbs_folder(self.thumbs)
-            with _sigterm_as_interrupt():
+            from ..cli import sigterm_unwinds  # SIGTERM ends a run as Ctrl-C does
+
+            with sigterm_unwinds():
                 try:
                     for frame in source.frames():
                         if tracker is None:
