@@ -469,6 +469,64 @@ def test_a_part_of_a_large_face_is_not_kept_beside_it(card_file: Path) -> None:
     assert det._apart([part, beside], big) == [part, beside]  # by IoU both are apart
 
 
+def test_a_face_large_at_the_first_pass_only_is_kept(card_file: Path) -> None:
+    """The two passes measure one face a few pixels apart: a close-up face 167 px wide at
+    the first input (1,600) and 158 px at 800 was in neither list (large_face 160) and the
+    photo came back empty (utkface-dev chip in a 4,000 x 3,000 photo). A face large at
+    either pass is max_side's."""
+    text = card_file.read_text().replace(
+        "max_side = 960", "max_side = 960\nmin_scale = 0.4\nside_limit = 2400\nlarge_face = 100"
+    )
+    card_file.write_text(text)
+    det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"))
+    # widths at the first input (factor 0.4): 105 at the first pass, 95 at max_side's
+    passes = {
+        1600: Detection((1000.0, 1000.0, 1262.5, 1262.5), 0.9),
+        960: Detection((1012.0, 1012.0, 1249.5, 1249.5), 0.8),
+    }
+
+    def fake(images: list, sides: list[int]) -> list[list[Detection]]:
+        return [[passes[side]] for side in sides]
+
+    det._detect_at = fake  # type: ignore[assignment,method-assign]
+    assert det.detect(np.zeros((3000, 4000, 3), np.uint8)) == [passes[960]]
+    # the other way round (95 at the first, 105 at max_side's): max_side's, once
+    passes[1600], passes[960] = (
+        Detection((1012.0, 1012.0, 1249.5, 1249.5), 0.9),
+        Detection((1000.0, 1000.0, 1262.5, 1262.5), 0.8),
+    )
+    assert det.detect(np.zeros((3000, 4000, 3), np.uint8)) == [passes[960]]
+
+
+def test_a_large_face_of_a_photo_fed_at_max_side_is_not_taken_from_its_small_face_pass(
+    card_file: Path,
+) -> None:
+    """A photo of up to 2,000 px is fed at max_side; a small face sends it through a
+    second pass at twice the side, where a large face in front is what large_face is
+    about (boxes too small, or two or three of them). Its large faces are the first pass's
+    (at max_side: no pass more); 1,920 x 1,080 photos with a face of 45-85% of the height
+    and small ones behind (utkface-dev chips): 4 of 24 with 2-3 boxes on the face in front
+    and its box 0.43-0.69 of the chip in most, now one box of 0.71-0.97."""
+    text = card_file.read_text().replace(
+        "max_side = 960",
+        "max_side = 960\nmin_scale = 0.4\nside_limit = 2400\nsmall_face = 200\nlarge_face = 100",
+    )
+    card_file.write_text(text)
+    onnx_path = card_file.with_suffix(".onnx")
+    # boxes of 120 px at every input: large at 960 (100 or more), small (under 200) there
+    onnx.save_model(centerface_graph(log_scale=float(np.log(30.0))), str(onnx_path))
+    det = CenterFaceDetector(load_card_file(card_file), onnx_path)
+    recorder = _Recorder(det.session)
+    det.session = recorder  # type: ignore[assignment]
+    image = np.zeros((1088, 1920, 3), np.uint8)  # no padding (its grey is over 0.5 here)
+    image[400:408, 400:408] = 255  # one cell at 960 (half), two at 1,920
+    faces = det.detect(image)
+    assert [f.shape[2:] for f in recorder.fed] == [(544, 960), (1088, 1920)]
+    (face,) = faces  # not the second pass's 120 px box beside the first's 240 px one
+    assert abs(face.box[2] - face.box[0] - 240) < 2
+    assert abs((face.box[0] + face.box[2]) / 2 - 404) < 3
+
+
 def _centroid(image: np.ndarray) -> np.ndarray:
     weight = image[..., 0].astype(np.float64)
     ys, xs = np.indices(weight.shape)

@@ -189,9 +189,10 @@ class DetectionSpec:
     # side_limit and its own size): its smaller faces may have been missed (0: never).
     small_face: int = 0
     # Under that policy, an image fed at more than max_side (for its small faces) is also
-    # fed at max_side, and its faces of `large_face` pixels or more at the first input come
-    # from there: a face of several hundred pixels at the input came out as two or three
-    # boxes or none (0: never).
+    # fed at max_side, and its faces of `large_face` pixels or more at the first input (at
+    # either pass) come from there: a face of several hundred pixels at the input came out
+    # as two or three boxes or none (0: never). One fed at max_side whose second pass went
+    # above it takes them from its first pass.
     large_face: int = 0
     # The box dlib's 5-point predictor is run on, from the detector's: centre shift (x, y)
     # in box widths and heights, then width and height factors.

@@ -324,7 +324,11 @@ class CenterFaceDetector:
         `small_face` pixels at the input (a group photo: its smaller faces may have been
         missed) gets a second pass too, at up to twice the side (at most `side_limit` and
         the image's own size); its faces are the second pass's and those of the first that
-        overlap none of them.
+        overlap none of them. With the card's `large_face`, an image whose faces came from
+        a pass above `max_side` (fed above it, or passed again so for its small faces)
+        takes its faces of `large_face` pixels or more at the first input, as either pass
+        measured them, from a pass at `max_side` (the first, where it was fed so); the
+        other pass's smaller ones not half inside one of those.
         """
         sides = [self.side_for(*im.shape[:2]) for im in images]
         results = self._detect_at(images, sides)
@@ -345,22 +349,39 @@ class CenterFaceDetector:
                 if min(d.box[2] - d.box[0] for d in found) * factor < small:
                     again.append(i)
                     larger.append(bigger)
+        first = list(results)
         if again:
             retried = self._detect_at([images[i] for i in again], larger)
             for i, found in zip(again, retried, strict=True):
                 results[i] = found + self._apart(results[i], found)
         large = self.spec.large_face if self.fixed_side is None else 0
+        max_side = self.spec.max_side
+        # Faces from a pass above max_side: fed at more than it, or (a photo fed at
+        # max_side) passed again for its small faces; the latter's first pass is the one
+        # at max_side.
+        above = {i for i, side in zip(again, larger, strict=True) if first[i] and side > max_side}
         coarse = [
             i
             for i, (image, side) in enumerate(zip(images, sides, strict=True))
-            if large and side > self.spec.max_side and max(image.shape[:2]) > self.spec.max_side
+            if large and max(image.shape[:2]) > max_side and (side > max_side or i in above)
         ]
         if coarse:
-            seen = self._detect_at([images[i] for i in coarse], [self.spec.max_side] * len(coarse))
-            for i, found in zip(coarse, seen, strict=True):
+            fed = [i for i in coarse if sides[i] > max_side]
+            passed = self._detect_at([images[i] for i in fed], [max_side] * len(fed))
+            seen = dict(zip(fed, passed, strict=True))
+            for i in coarse:
+                found = seen.get(i, first[i])
                 height, width = images[i].shape[:2]
                 factor = feed_size(height, width, sides[i], self.spec.multiple)[0]
-                big = [d for d in found if (d.box[2] - d.box[0]) * factor >= large]
+                # A face large at either pass is max_side's: the two passes measure one
+                # face a few pixels apart, and one measured large at the first pass only
+                # would otherwise be dropped from both.
+                wide = [d for d in results[i] if (d.box[2] - d.box[0]) * factor >= large]
+                big = [
+                    d
+                    for d in found
+                    if (d.box[2] - d.box[0]) * factor >= large or not self._apart([d], wide)
+                ]
                 fine = [d for d in results[i] if (d.box[2] - d.box[0]) * factor < large]
                 results[i] = big + self._apart(fine, big, inside=True)
         return results
