@@ -8,6 +8,7 @@
     DEST/_agegender/attempts/<part>.npy  (key, attempt, transient) of the part's inputs that
                                       failed with a transient error or were a retry: written
                                       before the keys, so a committed part always has it
+                                      (transient 2: a retirement, see below)
     DEST/_agegender/lock              held (flock) by the one job writing DEST
     DEST/_agegender/inflight/<part>.json  a Ray actor's note of the part it is doing (and,
                                       after an actor died, of the input): see ray_engine
@@ -28,6 +29,16 @@ done again by a later run until it has had ``max_attempts``. Its new rows go int
 part and the old part is then rewritten without the old rows (``prune``): the key with
 the highest attempt wins, and a run that dies between the two leaves a state the next
 run repairs the same way (pruning is idempotent: rows are found by their key).
+
+Retirements: a source (an object-store prefix) whose listing failed has one error row,
+`<uri>: cannot list (...)` (transient) or, on a local file system, `permission denied`
+or `no such file` (final), keyed as the URI alone and recorded. A later run that lists it
+in full (``relisted``) commits, after all of the run's parts, a part with no rows holding
+that key at the next attempt, recorded as RETIRED (``retire_relisted``); pruning then
+removes the older row as for any retry, and then the retirement part itself (keys file
+first): the dataset is an uninterrupted run's, which never had the row. A kill at any
+step leaves a state the next run's pruning finishes; the retirement is committed only
+after the source's objects are, so a kill never leaves them missing without the row.
 """
 
 from __future__ import annotations
@@ -74,6 +85,8 @@ _TMP_PART_NAME = re.compile(r"\.tmp-\d+-" + _PART_NAME.pattern)
 _TMP_MANIFEST_NAME = re.compile(r"\.tmp-\d+-manifest\.json")
 # (input key, attempt number, 1 if its error was transient) of a part's retried or failed inputs
 ATTEMPT_DTYPE = np.dtype([("key", "<u8"), ("attempt", "<u2"), ("transient", "u1")])
+# the "transient" of a retirement: the key's older rows go, then the key itself
+RETIRED = 2
 DEFAULT_MAX_ATTEMPTS = 3
 # Below this many keys a Python set answers "done?"; above, sorted arrays (8 bytes a key).
 SET_LIMIT = 1_000_000
@@ -333,6 +346,7 @@ class Dataset:
         self._set: set[int] = set()
         self._retry_taken: set[int] = set()
         self._retry: dict[int, tuple[int, bool]] = {}
+        self._relisted: dict[int, int] = {}  # key -> attempt of its retirement
         self.prune()  # rows a retry superseded, left by a run that died before pruning
         self.done_before = self._load_keys()
 
@@ -439,40 +453,57 @@ class Dataset:
             self._sorted = [keys]
         return len(keys)
 
-    def _attempt_records(self) -> dict[int, list[tuple[int, bool, str]]]:
-        """Every committed part's attempt records: key -> [(attempt, transient, stem)]."""
-        records: dict[int, list[tuple[int, bool, str]]] = {}
+    def _attempt_records(self) -> dict[int, list[tuple[int, int, str]]]:
+        """Every committed part's attempt records: key -> [(attempt, transient, stem)]
+        (transient: 0, 1 or RETIRED)."""
+        records: dict[int, list[tuple[int, int, str]]] = {}
         for name in self.files.names(ATTEMPTS):
             if not name.endswith(".npy") or name.startswith(TMP_PREFIX):
                 continue
             stem = name[: -len(".npy")]
             table = load_attempts(self.files.read(f"{ATTEMPTS}/{name}"))
             for key, attempt, transient in table.tolist():
-                records.setdefault(int(key), []).append((int(attempt), bool(transient), stem))
+                records.setdefault(int(key), []).append((int(attempt), int(transient), stem))
         return records
 
     def prune(self) -> int:
         """Resolve inputs done more than once (a retry): the highest attempt's rows stay,
         the older part is rewritten without the older rows and keys. Returns the number
-        of superseded (input, part) pairs removed; also refreshes the retry table."""
+        of superseded (input, part) pairs removed; also refreshes the retry table.
+
+        A retirement that wins (RETIRED) goes too once the older rows have: its part,
+        which holds no rows, is rewritten without its key (removed when that was its
+        last), so the key is not in the dataset at all, as in a run where the source was
+        listed the first time."""
         stale: dict[str, set[int]] = {}
+        spent: dict[str, set[int]] = {}
         retry: dict[int, tuple[int, bool]] = {}
         for key, entries in self._attempt_records().items():
             entries.sort(key=lambda e: (e[0], e[2]))
-            attempt, transient, _ = entries[-1]
-            retry[key] = (attempt, transient)
+            attempt, transient, last = entries[-1]
             for _, _, stem in entries[:-1]:
                 stale.setdefault(stem, set()).add(key)
+            if transient == RETIRED:
+                spent.setdefault(last, set()).add(key)
+            else:
+                retry[key] = (attempt, bool(transient))
         self._retry = retry
         with writing(self.dest):  # a store failing here is one line, as in commit
+            gone = set()
             for stem, keys in sorted(stale.items()):
-                self._prune_part(stem, keys)
+                if self._prune_part(stem, keys):
+                    gone.add(stem)
+            # after the older rows: killed in between, the next run's pruning finds the
+            # retirement again and does both
+            for stem, keys in sorted(spent.items()):
+                if stem not in gone:
+                    self._prune_part(stem, keys)
         return sum(len(keys) for keys in stale.values())
 
-    def _prune_part(self, stem: str, drop: set[int]) -> None:
+    def _prune_part(self, stem: str, drop: set[int]) -> bool:
         """The part `stem` without the inputs `drop`, in an order safe at any kill: rows
         first (the newer part already holds these inputs), then keys, then attempts; a
-        part left with no input is uncommitted (keys first) and removed."""
+        part left with no input is uncommitted (keys first) and removed (True)."""
         key_name, attempt_name = f"{KEYS}/{stem}.npy", f"{ATTEMPTS}/{stem}.npy"
         keys = np.load(io.BytesIO(self.files.read(key_name))).astype(np.uint64)
         dropped = np.isin(keys, np.fromiter(drop, dtype=np.uint64, count=len(drop)))
@@ -480,7 +511,7 @@ class Dataset:
             self.files.delete(key_name)
             self.files.delete(stem + self.suffix)
             self.files.delete(attempt_name)
-            return
+            return True
         data = self.files.read(stem + self.suffix)
         kept = filter_rows(data, self.sink, self.key_mode, drop)
         if kept != data:
@@ -493,6 +524,7 @@ class Dataset:
             self.files.delete(attempt_name)
         elif len(left) != len(table):
             self.files.write_atomic(attempt_name, _npy(left))
+        return False
 
     # -- keys -----------------------------------------------------------------------------
     def is_done(self, key: int) -> bool:
@@ -516,6 +548,36 @@ class Dataset:
         self._retry_taken.add(key)
         return record[0] + 1
 
+    def relisted(self, key: int) -> None:
+        """A source listed in full in this run (sources.Input.listed), keyed as the
+        row of a failed listing of it: if an earlier run wrote that row (its attempt is
+        recorded: job.attempt_record), the row is to be retired at the end of this run
+        (retire_relisted), whatever its error and attempt (transient or not, within
+        --max-attempts or past them: listing is no retry, every run lists its sources to
+        find their inputs). Not when the row was redone in this run (the source given
+        twice), nor twice."""
+        record = self._retry.get(key)
+        if record is None or key in self._retry_taken:
+            return
+        self._retry_taken.add(key)
+        self._relisted[key] = record[0] + 1
+
+    def retire_relisted(self, thresholds: Any) -> int:
+        """Retire the `cannot list` rows of the sources listed now (relisted): one part
+        with no rows, holding their keys at a higher attempt recorded as RETIRED, then
+        pruning (which removes the older rows, then that part). Called once every part
+        of the run is committed (both engines), so a kill before leaves the rows to the
+        next run. Returns the number retired."""
+        if not self._relisted:
+            return 0
+        keys = sorted(self._relisted)
+        attempts = [(key, self._relisted[key], RETIRED) for key in keys]
+        self.commit([], keys, thresholds, attempts)
+        self._relisted = {}
+        self.parts_written -= 1  # gone again once pruned: not one of the run's parts
+        self.prune()
+        return len(keys)
+
     def mark(self, key: int) -> None:
         """Remember a key taken in this run (a later duplicate input is skipped)."""
         self._set.add(key)
@@ -538,7 +600,7 @@ class Dataset:
         rows: list[dict[str, Any]],
         keys: list[int],
         thresholds: Any,
-        attempts: list[tuple[int, int, bool]] | None = None,
+        attempts: list[tuple[int, int, int]] | None = None,
     ) -> str:
         """Write a part with its rows, then its keys: from then on those inputs are done."""
         stem = self.next_stem()
@@ -548,7 +610,7 @@ class Dataset:
         return name
 
     def commit_keys(
-        self, stem: str, keys: Any, attempts: list[tuple[int, int, bool]] | None = None
+        self, stem: str, keys: Any, attempts: list[tuple[int, int, int]] | None = None
     ) -> None:
         """Commit a part already written (here or by a Ray actor): its attempt records,
         then its keys (the commit point)."""
@@ -584,7 +646,7 @@ def write_part(
     return name
 
 
-def attempt_table(attempts: list[tuple[int, int, bool]]) -> NDArray[Any]:
+def attempt_table(attempts: list[tuple[int, int, int]]) -> NDArray[Any]:
     return np.array([(k, a, int(t)) for k, a, t in attempts], dtype=ATTEMPT_DTYPE)
 
 

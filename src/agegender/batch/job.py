@@ -97,8 +97,13 @@ def row_constants(estimator: Estimator, models: list[dict[str, str]]) -> dict[st
 
 
 def pending(job: Job, tally: Tally) -> Iterator[Pending]:
-    """The inputs of the job not done before (nor earlier in this run), with their keys."""
-    for item in iter_inputs(job.sources):
+    """The inputs of the job not done before (nor earlier in this run), with their keys.
+    An object-store source listed in full is told to the dataset (Dataset.relisted): the
+    `cannot list` row of an earlier run's failed listing of it is retired at the end."""
+    for item in iter_inputs(job.sources, listed=True):
+        if item.listed:
+            job.dataset.relisted(_keyed(item, job.key).key)
+            continue
         tally.seen += 1
         entry = _keyed(item, job.key)
         if job.dataset.is_done(entry.key):
@@ -116,7 +121,10 @@ def pending(job: Job, tally: Tally) -> Iterator[Pending]:
 # a folder or a denied permission (EIO, ESTALE, a network file system, an object store's
 # 5xx or a dropped connection); timeouts are transient wherever they come from. A file
 # that is "not an image", truncated or missing is not: trying again gives the same row.
-TRANSIENT_MARKS = (": cannot read (", "timed out", "timeout")
+# A source whose listing failed ("cannot list (...)": the store's error, not a missing
+# prefix) is transient too: the next run lists it again, and a listing that succeeds
+# retires the row (Dataset.relisted).
+TRANSIENT_MARKS = (": cannot read (", ": cannot list (", "timed out", "timeout")
 
 
 def transient(error: str | None) -> bool:
@@ -127,11 +135,13 @@ def transient(error: str | None) -> bool:
     return any(mark in text for mark in TRANSIENT_MARKS)
 
 
-def attempt_record(entry: Pending, rows: list[dict[str, Any]]) -> tuple[int, int, bool] | None:
+def attempt_record(entry: Pending, rows: list[dict[str, Any]]) -> tuple[int, int, int] | None:
     """(key, attempt, transient) for the part's attempt records, or None for an input
-    tried once that did not fail transiently (nothing to record)."""
+    tried once that did not fail transiently (nothing to record). A source that could
+    not be listed is always recorded: a later run that lists it retires its row by that
+    record (Dataset.relisted), whether its error was transient or not."""
     failed = any(transient(r.get("error")) for r in rows)
-    if failed or entry.attempt > 1:
+    if failed or entry.attempt > 1 or entry.item.unlisted:
         return (entry.key, entry.attempt, failed)
     return None
 
@@ -143,7 +153,7 @@ class PartBuffer:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     keys: list[int] = field(default_factory=list)
-    attempts: list[tuple[int, int, bool]] = field(default_factory=list)
+    attempts: list[tuple[int, int, int]] = field(default_factory=list)
 
     def add(self, entry: Pending, rows: list[dict[str, Any]]) -> None:
         self.rows.extend(rows)
@@ -200,7 +210,7 @@ def prefetched(items: Iterator[Pending], size: int = 256) -> Iterator[Pending]:
 def _keyed(item: Input, mode: str) -> Pending:
     if mode == "stat":
         return Pending(item, stat_key(item.path, item.size, item.mtime_ns), error=item.error)
-    if item.error is not None:  # a list that could not be read: nothing to hash
+    if item.error is not None or item.listed:  # a list or a prefix: nothing to hash
         return Pending(item, hash_key(item.path, ""), error=item.error)
     try:
         if item.remote:
@@ -226,6 +236,7 @@ class Tally:
     failed: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     retried: int = 0
+    relisted: int = 0  # `cannot list` rows of earlier runs retired (Dataset.retire_relisted)
     shown: int = 0
     errors: list[str] = field(default_factory=list)  # kept by part summaries only
     started: float = field(default_factory=time.monotonic)
@@ -286,6 +297,8 @@ class Tally:
         )
         if self.retried:
             text += f"; {self.retried} retried (transient errors before)"
+        if self.relisted:
+            text += f"; {self.relisted} listed now (their earlier listing error rows removed)"
         if self.skipped:
             text += f"; {self.skipped} skipped (done before, or repeated)"
         if self.failed:

@@ -74,6 +74,7 @@ def _to_table(entries: list[Pending], first: int) -> pa.Table:
             "size": pa.array([e.item.size for e in entries], pa.int64()),
             "mtime_ns": pa.array([e.item.mtime_ns for e in entries], pa.int64()),
             "remote": pa.array([e.item.remote for e in entries], pa.bool_()),
+            "unlisted": pa.array([e.item.unlisted for e in entries], pa.bool_()),
             "key": pa.array([e.key for e in entries], pa.uint64()),
             "sha256": pa.array([e.sha256 for e in entries], pa.string()),
             "error": pa.array([e.error for e in entries], pa.string()),
@@ -119,7 +120,9 @@ def from_blocks(ray: Any, refs: list[Any], metadata: list[Any]) -> Any:
 
 def _entries(table: pa.Table) -> Iterator[Pending]:
     for row in table.to_pylist():
-        item = Input(row["path"], row["size"], row["mtime_ns"], row["remote"])
+        item = Input(
+            row["path"], row["size"], row["mtime_ns"], row["remote"], unlisted=row["unlisted"]
+        )
         yield Pending(item, int(row["key"]), row["sha256"], None, row["error"], int(row["attempt"]))
 
 
@@ -535,6 +538,9 @@ def _run_ray(job: Job, args: argparse.Namespace) -> Tally:
         if chunk:
             put(chunk, total)
             total += len(chunk)
+        # The actors' parts are numbered by their first input (0 .. total-1): a part the
+        # driver writes itself (Dataset.retire_relisted) is numbered after them
+        job.dataset.seq = total
         if not refs:
             return tally
         tally.started = time.monotonic()

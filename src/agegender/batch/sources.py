@@ -54,6 +54,13 @@ class Input:
     mtime_ns: int = -1
     remote: bool = False  # read through pyarrow.fs (path is a URI)
     error: str | None = None  # why it gives no result, known before reading it (a list)
+    # The row of a source (a URI) that could not be listed: `error` says why; its key is
+    # the URI's alone, and its attempt is always recorded (job.attempt_record)
+    unlisted: bool = False
+    # Not an input: the mark that the source `path` (a URI) was listed in full, after its
+    # inputs (iter_inputs with `listed`); keyed as that source's unlisted row, which the
+    # job then retires if an earlier run wrote it (job.pending, Dataset.relisted)
+    listed: bool = False
 
 
 def is_uri(text: str) -> bool:
@@ -124,11 +131,14 @@ def _parquet_list(item: str, stream: Any = None) -> Any:
     return parquet
 
 
-def iter_inputs(items: list[str], stat: bool = True) -> Iterator[Input]:
+def iter_inputs(items: list[str], stat: bool = True, listed: bool = False) -> Iterator[Input]:
     """Every input of the arguments, in order, streamed (without `stat`: paths only, for
-    counting)."""
+    counting). With `listed`, also each object-store source that could be listed, as an
+    Input with `listed` set after that source's inputs (see Input.listed)."""
     for item in items:
-        yield from _expand(item, stat)
+        for entry in _expand(item, stat):
+            if listed or not entry.listed:
+                yield entry
 
 
 def _expand(item: str, stat: bool) -> Iterator[Input]:
@@ -315,8 +325,18 @@ def _expand_uri(uri: str, stat: bool) -> Iterator[Input]:
                 and Path(f.path).suffix.lower() in MEDIA_SUFFIXES
                 and not any(part.startswith(".") for part in Path(f.path).parts)
             ]
-    except OSError as error:  # the store cannot be reached, access denied, ...
-        yield Input(uri, remote=True, error=f"{uri}: cannot list ({one_line(error)})")
+    except (FileNotFoundError, PermissionError) as error:
+        # A local file system's answer (file://), the same on the next try: final, as a
+        # missing or unreadable file's row is
+        what = "no such file" if isinstance(error, FileNotFoundError) else "permission denied"
+        yield Input(uri, remote=True, error=f"{uri}: {what} ({one_line(error)})", unlisted=True)
+        return
+    except OSError as error:  # the store cannot be reached, access denied, a timeout, ...
+        # transient (job.TRANSIENT_MARKS): the next run lists it again, and once it is
+        # listed this row leaves the dataset (the `listed` mark below)
+        yield Input(
+            uri, remote=True, error=f"{uri}: cannot list ({one_line(error)})", unlisted=True
+        )
         return
     if info.type == pafs.FileType.Directory:
         for f in sorted(found, key=lambda f: f.path):
@@ -333,6 +353,9 @@ def _expand_uri(uri: str, stat: bool) -> Iterator[Input]:
         yield from _listed(uri, entries(), lambda: itself)
     else:
         yield remote_input(uri, info)
+    # After the source's inputs: the row of an earlier run's failed listing of it is
+    # retired only once they are all committed (a later failing listing finds it again)
+    yield Input(uri, remote=True, listed=True)
 
 
 def remote_input(uri: str, info: Any = None) -> Input:

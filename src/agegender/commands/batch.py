@@ -163,6 +163,9 @@ def _run(args: argparse.Namespace) -> int:
             from ..batch.local import run_local
 
             tally = run_local(the_job, estimator)
+        # every part of the run is committed: the `cannot list` rows of sources listed
+        # now leave the dataset (their retirement prunes, as a retry's part does)
+        tally.relisted = out.retire_relisted(config.age_thresholds)
         if tally.retried:
             out.prune()  # the retried inputs' older rows leave their older parts
         job.print_summary(the_job, tally)
