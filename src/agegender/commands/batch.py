@@ -166,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
         # every part of the run is committed: the `cannot list` rows of sources listed
         # now leave the dataset (their retirement prunes, as a retry's part does)
         tally.relisted = out.retire_relisted(config.age_thresholds)
-        if tally.retried:
+        if tally.retried and not tally.relisted:  # a retirement has pruned already
             out.prune()  # the retried inputs' older rows leave their older parts
         job.print_summary(the_job, tally)
     finally:

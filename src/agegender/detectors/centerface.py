@@ -44,6 +44,13 @@ PAD_VALUE = 128
 SHAPE_SESSIONS = 4
 
 
+def intersections(box: Sequence[float], boxes: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The area `box` (x1, y1, x2, y2) shares with each of `boxes` (N x 4)."""
+    w = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    h = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    return np.asarray(np.clip(w, 0, None) * np.clip(h, 0, None), dtype=np.float64)
+
+
 def nms(boxes: NDArray[np.float64], scores: NDArray[np.float64], iou: float) -> list[int]:
     """Indices kept by greedy non-maximum suppression, best score first."""
     order = list(np.argsort(-scores, kind="stable"))
@@ -55,9 +62,7 @@ def nms(boxes: NDArray[np.float64], scores: NDArray[np.float64], iou: float) -> 
         if not order:
             break
         rest = np.array(order)
-        w = np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0])
-        h = np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1])
-        inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+        inter = intersections(boxes[best], boxes[rest])
         overlap = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
         order = [int(i) for i, o in zip(rest, overlap, strict=True) if o <= iou]
     return keep
@@ -331,12 +336,35 @@ class CenterFaceDetector:
         other pass's smaller ones not half inside one of those.
         """
         sides = [self.side_for(*im.shape[:2]) for im in images]
-        results = self._detect_at(images, sides)
+        first = self._detect_at(images, sides)
+        results = list(first)
+        again, larger = self._finer_passes(images, sides, first)
+        if again:
+            retried = self._detect_at([images[i] for i in again], larger)
+            for i, found in zip(again, retried, strict=True):
+                results[i] = found + self._apart(results[i], found)
+        if self.fixed_side is None and self.spec.large_face:
+            # a pass above max_side for the small faces of a photo fed at max_side: its
+            # large faces are the first pass's (at max_side)
+            above = {
+                i
+                for i, side in zip(again, larger, strict=True)
+                if first[i] and side > self.spec.max_side
+            }
+            self._large_faces(images, sides, first, results, above)
+        return results
+
+    def _finer_passes(
+        self, images: Sequence[NDArray[np.uint8]], sides: list[int], first: list[list[Detection]]
+    ) -> tuple[list[int], list[int]]:
+        """The images to feed again at a larger side, and those sides: scaled down with no
+        face found (at up to twice the side), or, under the card's policy, with a face
+        narrower than `small_face` at the input (up to twice the side and their own)."""
         limit = self.spec.side_limit if self.fixed_side is None else 0
         small = self.spec.small_face if self.fixed_side is None else 0
         again: list[int] = []
         larger: list[int] = []
-        for i, (image, side, found) in enumerate(zip(images, sides, results, strict=True)):
+        for i, (image, side, found) in enumerate(zip(images, sides, first, strict=True)):
             longer = max(image.shape[:2])
             bigger = min(2 * side, limit) if limit else 2 * side
             if not found and longer > side and bigger > side:
@@ -344,47 +372,54 @@ class CenterFaceDetector:
                 larger.append(bigger)
                 continue
             bigger = min(bigger, longer)
-            if small and found and bigger > side:
-                factor = feed_size(image.shape[0], image.shape[1], side, self.spec.multiple)[0]
-                if min(d.box[2] - d.box[0] for d in found) * factor < small:
-                    again.append(i)
-                    larger.append(bigger)
-        first = list(results)
-        if again:
-            retried = self._detect_at([images[i] for i in again], larger)
-            for i, found in zip(again, retried, strict=True):
-                results[i] = found + self._apart(results[i], found)
-        large = self.spec.large_face if self.fixed_side is None else 0
-        max_side = self.spec.max_side
-        # Faces from a pass above max_side: fed at more than it, or (a photo fed at
-        # max_side) passed again for its small faces; the latter's first pass is the one
-        # at max_side.
-        above = {i for i, side in zip(again, larger, strict=True) if first[i] and side > max_side}
+            if small and found and bigger > side and min(self._widths(found, image, side)) < small:
+                again.append(i)
+                larger.append(bigger)
+        return again, larger
+
+    def _large_faces(
+        self,
+        images: Sequence[NDArray[np.uint8]],
+        sides: list[int],
+        first: list[list[Detection]],
+        results: list[list[Detection]],
+        above: set[int],
+    ) -> None:
+        """The card's `large_face` rule, in `results`: an image fed above max_side (or
+        passed again above it, `above`) takes its faces of `large_face` px or more at the
+        first input, as either pass measured them, from a pass at max_side (its first
+        pass where it was fed so), the others' smaller ones not half inside one of those."""
+        large, max_side = self.spec.large_face, self.spec.max_side
         coarse = [
             i
             for i, (image, side) in enumerate(zip(images, sides, strict=True))
-            if large and max(image.shape[:2]) > max_side and (side > max_side or i in above)
+            if max(image.shape[:2]) > max_side and (side > max_side or i in above)
         ]
-        if coarse:
-            fed = [i for i in coarse if sides[i] > max_side]
-            passed = self._detect_at([images[i] for i in fed], [max_side] * len(fed))
-            seen = dict(zip(fed, passed, strict=True))
-            for i in coarse:
-                found = seen.get(i, first[i])
-                height, width = images[i].shape[:2]
-                factor = feed_size(height, width, sides[i], self.spec.multiple)[0]
-                # A face large at either pass is max_side's: the two passes measure one
-                # face a few pixels apart, and one measured large at the first pass only
-                # would otherwise be dropped from both.
-                wide = [d for d in results[i] if (d.box[2] - d.box[0]) * factor >= large]
-                big = [
-                    d
-                    for d in found
-                    if (d.box[2] - d.box[0]) * factor >= large or not self._apart([d], wide)
-                ]
-                fine = [d for d in results[i] if (d.box[2] - d.box[0]) * factor < large]
-                results[i] = big + self._apart(fine, big, inside=True)
-        return results
+        fed = [i for i in coarse if sides[i] > max_side]
+        passed = self._detect_at([images[i] for i in fed], [max_side] * len(fed)) if fed else []
+        seen = dict(zip(fed, passed, strict=True))
+        for i in coarse:
+            found = seen.get(i, first[i])
+            now = results[i]
+            wide = self._widths(now, images[i], sides[i]) >= large
+            wider = [d for d, w in zip(now, wide, strict=True) if w]
+            # A face large at either pass is max_side's: the two passes measure one face a
+            # few pixels apart, and one measured large at the first pass only would
+            # otherwise be dropped from both.
+            big = [
+                d
+                for d, w in zip(found, self._widths(found, images[i], sides[i]), strict=True)
+                if w >= large or not self._apart([d], wider)
+            ]
+            fine = [d for d, w in zip(now, wide, strict=True) if not w]
+            results[i] = big + self._apart(fine, big, inside=True)
+
+    def _widths(
+        self, faces: list[Detection], image: NDArray[np.uint8], side: int
+    ) -> NDArray[np.float64]:
+        """The faces' widths at the input an image is fed at when its side is `side`."""
+        factor = feed_size(image.shape[0], image.shape[1], side, self.spec.multiple)[0]
+        return np.array([(d.box[2] - d.box[0]) * factor for d in faces], dtype=np.float64)
 
     def _apart(
         self, first: list[Detection], second: list[Detection], *, inside: bool = False
@@ -399,9 +434,7 @@ class CenterFaceDetector:
         kept = []
         for d in first:
             x1, y1, x2, y2 = d.box
-            w = np.minimum(x2, boxes[:, 2]) - np.maximum(x1, boxes[:, 0])
-            h = np.minimum(y2, boxes[:, 3]) - np.maximum(y1, boxes[:, 1])
-            inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+            inter = intersections(d.box, boxes)
             own = (x2 - x1) * (y2 - y1)
             if inside:
                 if (inter / max(own, 1e-9)).max() < 0.5:
