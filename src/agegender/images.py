@@ -352,23 +352,57 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         wide = mode.startswith("I;16") or 255 < peak <= 65535
         top = 65535.0 if wide else max(peak, 255.0)
         gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        key = image.info.get("transparency")
+        if isinstance(key, int):  # a 16-bit PNG's tRNS grey level, matched at 16 bits
+            alpha = np.where(array == key, 0, 255).astype(np.uint8)
+            return _on_white(Image.fromarray(np.dstack([gray, alpha]), "LA"))
         return Image.fromarray(gray, "L").convert("RGB")
     if mode == "F":
         array = np.asarray(image, dtype=np.float64)
-        top = 1.0 if array.max() <= 1.0 else 255.0
-        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if not np.isfinite(array).all():  # as an array's: one NaN made it scale as 0..255
+            raise ValueError("it holds NaN or infinite pixel values")
+        gray = _float_to_uint8(array)
         return Image.fromarray(gray, "L").convert("RGB")
-    if mode in ("P", "L", "RGB") and "transparency" in image.info:
-        # a palette index, or (PNG tRNS) one grey level or RGB colour, marks transparency:
-        # composited on white as an alpha channel is, not left as the keyed colour
+    if mode == "RGB" and "transparency" in image.info:
+        key = image.info["transparency"]
+        if isinstance(key, tuple) and max(key) > 255:
+            # a 16-bit PNG's tRNS colour: Pillow keeps each sample's high byte and the
+            # key at 16 bits (it matched no pixel), so the key's high bytes are matched
+            alpha = np.where((np.asarray(image) == np.array(key) >> 8).all(axis=2), 0, 255)
+            rgba = np.dstack([np.asarray(image), alpha.astype(np.uint8)])
+            return _on_white(Image.fromarray(rgba, "RGBA"))
+    if mode == "La":  # premultiplied grey: Pillow converts it only to LA
+        image = image.convert("LA")
+        mode = "LA"
+    palette_alpha = mode == "P" and image.palette is not None and image.palette.mode == "RGBA"
+    if palette_alpha or (mode in ("P", "1", "L", "RGB") and "transparency" in image.info):
+        # a palette index, or (PNG tRNS) one level (1-bit too) or colour, marks transparency:
+        # composited on white as an alpha channel is, not left as the keyed colour; so
+        # does a palette of RGBA colours (Pillow's quantize or convert("P") of RGBA, which
+        # its PNG file keeps as tRNS)
         image = image.convert("RGBA")
         mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        # Composite on white: transparent areas become background, not black faces.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa"):
+        return _on_white(image)
     return image.convert("RGB")
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """Composite on white: transparent areas become background, not black faces."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+# A float image is read as 0..1 while its values stay within this, else as 0..255: a 0..1
+# image resized with a cubic or Lanczos filter overshoots 1 by a few percent (read as
+# 0..255 it was black: no face), and a 0..255 image whose brightest pixel is 2 is black.
+_FLOAT_UNIT_TOP = 2.0
+
+
+def _float_to_uint8(array: NDArray) -> NDArray[np.uint8]:
+    top = 1.0 if float(array.max(initial=0.0)) <= _FLOAT_UNIT_TOP else 255.0
+    return np.clip(array * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _from_array(
@@ -386,8 +420,7 @@ def _from_array(
     elif array.dtype in (np.float32, np.float64):
         if not np.isfinite(array).all():  # one NaN made the whole image scale as 0..255
             raise ImageError(f"{name}: the array holds NaN or infinite pixel values")
-        top = 1.0 if float(array.max(initial=0.0)) <= 1.0 else 255.0
-        array = np.clip(array * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+        array = _float_to_uint8(array)
     elif array.dtype != np.uint8:
         raise ImageError(f"{name}: unsupported array dtype {array.dtype}")
     if channels not in ("RGB", "BGR"):
