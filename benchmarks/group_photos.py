@@ -120,9 +120,11 @@ def compose(args: argparse.Namespace) -> None:
 
 
 def closeups(args: argparse.Namespace) -> None:
-    """One chip per photo, scaled to `share` (uniform in 0.2-0.95) of the shorter side of a
-    4,000 x 3,000 or 3,000 x 4,000 photo, at a random place on a smooth random background:
-    close-ups (portraits, selfies) as a phone takes them."""
+    """One chip per photo, scaled to `share` (uniform in 0.2-0.95, or `--shares`) of the
+    shorter side of a 4,000 x 3,000 or 3,000 x 4,000 photo (or one of `--sizes`), at a
+    random place on a smooth random background: close-ups (portraits, selfies) as a phone
+    takes them. A chip larger than the photo (share over 1: the face, about 0.87 of a
+    UTKFace chip, fills the frame) is centred, within a tenth of its overhang."""
     src, out = Path(args.chips), Path(args.out)
     with (src / "labels.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -136,17 +138,24 @@ def closeups(args: argparse.Namespace) -> None:
     (out / "images").mkdir(parents=True)
     truth = []
     for index, row in enumerate(rows[: args.photos]):
-        width, height = (4000, 3000) if rng.random() < 0.5 else (3000, 4000)
+        if args.sizes:
+            width, height = rng.choice(args.sizes)
+        else:
+            width, height = (4000, 3000) if rng.random() < 0.5 else (3000, 4000)
         low = (nprng.random((6, 8, 3)) * 255).astype(np.uint8)
         canvas = cv2.resize(low, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
         canvas += nprng.normal(0, 6, canvas.shape)
         canvas = np.clip(canvas, 0, 255)
-        share = rng.uniform(0.2, 0.95)
+        share = rng.uniform(*args.shares)
         size = int(share * min(width, height))
         chip = cv2.imread(str(src / "images" / row["file"]))
         tile = cv2.resize(chip, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-        x0, y0 = rng.randint(0, width - size), rng.randint(0, height - size)
-        canvas[y0 : y0 + size, x0 : x0 + size] = tile
+        x0, y0 = (_place(rng, side, size) for side in (width, height))
+        tx, ty = max(0, -x0), max(0, -y0)
+        pasted = tile[ty : ty + height - max(0, y0), tx : tx + width - max(0, x0)]
+        canvas[
+            max(0, y0) : max(0, y0) + pasted.shape[0], max(0, x0) : max(0, x0) + pasted.shape[1]
+        ] = pasted
         name = f"close_{index:04d}.jpg"
         cv2.imwrite(
             str(out / "images" / name), canvas.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 92]
@@ -156,6 +165,35 @@ def closeups(args: argparse.Namespace) -> None:
         truth.append({"file": name, "faces": [face]})
     (out / "truth.json").write_text(json.dumps(truth))
     print(f"{len(truth)} close-ups")
+
+
+def _place(rng: random.Random, side: int, size: int) -> int:
+    """Where a chip of `size` starts along a photo's `side`: anywhere it fits whole, or,
+    larger than the side, centred within a tenth of its overhang."""
+    if size <= side:
+        return rng.randint(0, side - size)
+    over = size - side
+    return -over // 2 + rng.randint(-over // 10, over // 10)
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    try:
+        sizes = [tuple(int(v) for v in part.split("x")) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH[,WxH...], got {text!r}") from None
+    if any(len(s) != 2 or min(s) < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected WxH[,WxH...], got {text!r}")
+    return [(s[0], s[1]) for s in sizes]
+
+
+def _shares(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}") from None
+    if not 0 < low <= high <= 2:
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH <= 2, got {text!r}")
+    return low, high
 
 
 def score(args: argparse.Namespace) -> None:
@@ -225,11 +263,20 @@ def main() -> None:
     make.add_argument("--per-photo", type=_pair, default=(8, 20), help="faces per photo LOW,HIGH")
     make.add_argument("--sizes", type=_pair, default=(50, 150), help="chip sizes in px LOW,HIGH")
     make.set_defaults(run=compose)
-    close = sub.add_parser("closeups", help="compose 12 MP close-ups, one chip each")
+    close = sub.add_parser("closeups", help="compose close-ups (12 MP by default), one chip each")
     close.add_argument("chips", help="folder with labels.csv (file, age, gender) and images/")
     close.add_argument("out", help="output folder (replaced if this script made it)")
     close.add_argument("--photos", type=int, default=100, help="photos (default 100)")
     close.add_argument("--seed", type=int, default=3, help="seed (default 3)")
+    close.add_argument(
+        "--sizes", type=_sizes, help="photo sizes WxH,... drawn from (default 4000x3000, 3000x4000)"
+    )
+    close.add_argument(
+        "--shares",
+        type=_shares,
+        default=(0.2, 0.95),
+        help="chip side over the photo's shorter side LOW,HIGH (default 0.2,0.95; up to 2)",
+    )
     close.set_defaults(run=closeups)
     check = sub.add_parser("score", help="score predict --jsonl output against truth.json")
     check.add_argument("truth", help="truth.json written by compose")

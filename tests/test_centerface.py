@@ -613,3 +613,113 @@ def test_shrink_does_not_alias_where_no_block_reaches_two_thirds(
     noise = noise.clip(0, 255).astype(np.uint8)
     area_std = cv2.resize(noise, size, interpolation=cv2.INTER_AREA).std()
     assert shrink(noise, size).std() <= 1.25 * area_std
+
+
+def _square_card(card_file: Path, extra: str = "largest_face = 720") -> CenterFaceDetector:
+    """The stand-in card with the default's rules scaled to its max_side of 960 (the
+    default: 800, large_face 160, largest_face 600)."""
+    text = card_file.read_text().replace(
+        "max_side = 960",
+        f"max_side = 960\nmin_scale = 0.4\nside_limit = 2400\nlarge_face = 100\n{extra}",
+    )
+    card_file.write_text(text)
+    return CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"))
+
+
+def _faked(det: CenterFaceDetector, passes: dict[int, list[Detection]]) -> list[int]:
+    """Each pass at a side returns `passes[side]`; the sides fed, in order."""
+    fed: list[int] = []
+
+    def fake(images: list, sides: list[int]) -> list[list[Detection]]:
+        fed.extend(sides)
+        return [list(passes.get(side, [])) for side in sides]
+
+    det._detect_at = fake  # type: ignore[assignment,method-assign]
+    return fed
+
+
+def test_a_face_filling_a_square_photo_comes_whole_from_a_coarser_pass(card_file: Path) -> None:
+    """largest_face: a face filling a square photo, 640-800 px at the default's input,
+    came out as two boxes of half its size or none (square close-ups composed from
+    utkface-dev chips: a box of the face's width for 0 of 16 faces over 0.9 of the
+    frame). Such a photo, fed at max_side or less with a shorter side of more than
+    largest_face there, takes its faces of large_face px or more from a pass at the side
+    where its shorter side is largest_face, when it found a face that large or none."""
+    det = _square_card(card_file)
+    square = np.zeros((960, 960, 3), np.uint8)
+    halves = [  # two halves of one face, 400 px each at the input (fed at its own size)
+        Detection((80.0, 100.0, 480.0, 900.0), 0.6),
+        Detection((480.0, 100.0, 880.0, 900.0), 0.5),
+    ]
+    whole = Detection((90.0, 95.0, 870.0, 905.0), 0.9)  # 585 px at 720
+    small = Detection((10.0, 10.0, 60.0, 60.0), 0.8)  # a face of 50 px beside it
+    fed = _faked(det, {960: [*halves, small], 720: [whole]})
+    assert det.detect(square) == [whole, small]
+    assert fed == [960, 720]
+    # no face found: the coarser pass too, and only its large faces are taken
+    fed = _faked(det, {720: [whole, Detection((0.0, 0.0, 40.0, 40.0), 0.9)]})
+    assert det.detect(square) == [whole]
+    assert fed == [960, 720]
+    # small faces only: one pass
+    fed = _faked(det, {960: [small], 720: [whole]})
+    assert det.detect(square) == [small]
+    assert fed == [960]
+    # 4:3 (720 px high at 960: not more than largest_face), or a smaller square (fed at
+    # its own 700 px): one pass, as before
+    for shape in ((720, 960, 3), (700, 700, 3)):
+        fed = _faked(det, {960: halves, 720: [whole]})
+        assert det.detect(np.zeros(shape, np.uint8)) == halves
+        assert fed == [960]
+    # a side given (--max-detect-side) is fed alone
+    det = CenterFaceDetector(
+        load_card_file(card_file), card_file.with_suffix(".onnx"), max_side=960
+    )
+    fed = _faked(det, {960: halves, 720: [whole]})
+    assert det.detect(square) == halves
+    assert fed == [960]
+
+
+def test_a_square_photo_fed_above_max_side_takes_its_large_faces_below_it(
+    card_file: Path,
+) -> None:
+    """A photo fed above max_side takes its large faces from a pass at max_side, where a
+    4:3 photo is 720 px high (largest_face), as before; a square one from the side where it
+    is: 720, not 960 (3,000 x 3,000 close-ups: 9 of 18 faces whole -> 18)."""
+    det = _square_card(card_file)
+    whole = Detection((300.0, 300.0, 3700.0, 3700.0), 0.9)
+    fed = _faked(det, {1600: [], 720: [whole]})
+    assert det.detect(np.zeros((4000, 4000, 3), np.uint8)) == [whole]
+    assert fed == [1600, 2400, 720]  # no face at 1,600: a pass at up to twice the side too
+    fed = _faked(det, {1600: [], 960: [whole]})
+    assert det.detect(np.zeros((3000, 4000, 3), np.uint8)) == [whole]
+    assert fed == [1600, 2400, 960]
+    # the sides, and what is fed at them, with the stand-in graph
+    det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"))
+    recorder = _Recorder(det.session)
+    det.session = recorder  # type: ignore[assignment]
+    det.detect(np.zeros((960, 960, 3), np.uint8))  # no face: the coarser pass
+    assert [f.shape[2:] for f in recorder.fed] == [(960, 960), (736, 736)]
+    assert det.coarse_side(np.zeros((960, 1280, 3), np.uint8), 960) == 960
+    assert det.coarse_side(np.zeros((1280, 960, 3), np.uint8), 960) == 960
+    assert det.coarse_side(np.zeros((1000, 1000, 3), np.uint8), 960) == 720
+    assert det.coarse_side(np.zeros((700, 700, 3), np.uint8), 960) == 960  # fed at 700
+
+
+def test_largest_face_is_checked_like_every_card_field(card_file: Path) -> None:
+    text = card_file.read_text()
+    for extra, wrong in (
+        ("largest_face = 720", None),
+        ("large_face = 100\nlargest_face = 80", "largest_face"),
+        ("largest_face = 0", "largest_face"),
+    ):
+        card_file.write_text(text.replace("max_side = 960", f"max_side = 960\n{extra}"))
+        if wrong is None:
+            with pytest.raises(CardError, match="largest_face must be an integer > large_face"):
+                load_card_file(card_file)  # without large_face, which it needs
+        else:
+            with pytest.raises(CardError, match=wrong):
+                load_card_file(card_file)
+    card_file.write_text(
+        text.replace("max_side = 960", "max_side = 960\nlarge_face = 100\nlargest_face = 720")
+    )
+    assert load_card_file(card_file).detection.largest_face == 720  # type: ignore[union-attr]

@@ -194,6 +194,13 @@ class DetectionSpec:
     # as two or three boxes or none (0: never). One fed at max_side whose second pass went
     # above it takes them from its first pass.
     large_face: int = 0
+    # With large_face, the largest shorter side an image has at the pass its large faces
+    # come from (0: no limit): a face filling the frame comes out whole up to about this
+    # size, as two or three boxes or none above it. An image whose shorter side at max_side
+    # (or at its own size, fed so) is more than this is fed at the side where it is this,
+    # and one fed at max_side or less in which a face of large_face px or more, or no
+    # face, came out also gets that pass (a square photo filled by a face).
+    largest_face: int = 0
     # The box dlib's 5-point predictor is run on, from the detector's: centre shift (x, y)
     # in box widths and heights, then width and height factors.
     dlib_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
@@ -809,6 +816,7 @@ DETECTOR_INPUT = (
     "side_limit",
     "small_face",
     "large_face",
+    "largest_face",
 )
 DETECTOR_OUTPUT = (
     "decoder",
@@ -916,6 +924,15 @@ def _parse_detector(
     large_face = 0
     if r.get(inp, "input", "large_face") is not None:
         large_face = _positive_int(r, inp, "input", "large_face", 0)
+    largest_face = 0
+    if r.get(inp, "input", "largest_face") is not None:
+        largest_face = _positive_int(r, inp, "input", "largest_face", 0)
+        if not large_face or largest_face <= large_face:
+            r.expect(
+                "[input] largest_face",
+                f"an integer > large_face (which it needs; {large_face or 'none'})",
+                largest_face,
+            )
     chip_landmarks = r.string(out, "output", "chip_landmarks", choices=CHIP_LANDMARKS)
     template = _chip_template(r, r.get(out, "output", "chip_template"))
     if chip_landmarks == "template" and template is None:
@@ -931,6 +948,7 @@ def _parse_detector(
         side_limit=side_limit,
         small_face=small_face,
         large_face=large_face,
+        largest_face=largest_face,
         stride=_positive_int(r, out, "output", "stride", 1),
         threshold=threshold,
         nms_iou=nms_iou,

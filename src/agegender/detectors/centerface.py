@@ -333,7 +333,11 @@ class CenterFaceDetector:
         a pass above `max_side` (fed above it, or passed again so for its small faces)
         takes its faces of `large_face` pixels or more at the first input, as either pass
         measured them, from a pass at `max_side` (the first, where it was fed so); the
-        other pass's smaller ones not half inside one of those.
+        other pass's smaller ones not half inside one of those. With the card's
+        `largest_face`, that pass is at a smaller side where the image's shorter side
+        would be more than `largest_face` (`coarse_side`), and an image fed at `max_side`
+        or less whose shorter side is more than that at the input takes its large faces
+        from such a pass too when a face of `large_face` pixels or more, or none, was found.
         """
         sides = [self.side_for(*im.shape[:2]) for im in images]
         first = self._detect_at(images, sides)
@@ -386,24 +390,28 @@ class CenterFaceDetector:
         above: set[int],
     ) -> None:
         """The card's `large_face` rule, in `results`: an image fed above max_side (or
-        passed again above it, `above`) takes its faces of `large_face` px or more at the
-        first input, as either pass measured them, from a pass at max_side (its first
-        pass where it was fed so), the others' smaller ones not half inside one of those."""
+        passed again above it, `above`), or fed at `coarse_side` or more where it found a
+        face of `large_face` px or more or none, takes its faces of `large_face` px or
+        more at the first input, as either pass measured them, from a pass at its
+        `coarse_side` (its first pass where it was fed so), the others' smaller ones not
+        half inside one of those."""
         large, max_side = self.spec.large_face, self.spec.max_side
-        coarse = [
-            i
-            for i, (image, side) in enumerate(zip(images, sides, strict=True))
-            if max(image.shape[:2]) > max_side and (side > max_side or i in above)
-        ]
-        fed = [i for i in coarse if sides[i] > max_side]
-        passed = self._detect_at([images[i] for i in fed], [max_side] * len(fed)) if fed else []
+        coarse: dict[int, int] = {}  # image: the side its large faces come from
+        for i, (image, side, found) in enumerate(zip(images, sides, first, strict=True)):
+            at = self.coarse_side(image, side)
+            if max(image.shape[:2]) > max_side and (side > max_side or i in above):
+                coarse[i] = at
+            elif at < side and (not found or self._widths(found, image, side).max() >= large):
+                coarse[i] = at  # a face may fill this frame: too large at the first input
+        fed = [i for i, at in coarse.items() if at != sides[i]]
+        passed = self._detect_at([images[i] for i in fed], [coarse[i] for i in fed]) if fed else []
         seen = dict(zip(fed, passed, strict=True))
         for i in coarse:
             found = seen.get(i, first[i])
             now = results[i]
             wide = self._widths(now, images[i], sides[i]) >= large
             wider = [d for d, w in zip(now, wide, strict=True) if w]
-            # A face large at either pass is max_side's: the two passes measure one face a
+            # A face large at either pass is the coarse pass's: the two passes measure one face a
             # few pixels apart, and one measured large at the first pass only would
             # otherwise be dropped from both.
             big = [
@@ -413,6 +421,19 @@ class CenterFaceDetector:
             ]
             fine = [d for d, w in zip(now, wide, strict=True) if not w]
             results[i] = big + self._apart(fine, big, inside=True)
+
+    def coarse_side(self, image: NDArray[np.uint8], side: int) -> int:
+        """The side of the pass an image fed at `side` takes its large faces from (card's
+        `large_face`): `max_side` or less, and, with the card's `largest_face`, the side
+        at which its shorter side is that where it would be more (a face filling the
+        frame breaks apart beyond it)."""
+        side = min(side, self.spec.max_side)
+        largest = self.spec.largest_face
+        height, width = image.shape[:2]
+        factor = feed_size(height, width, side, self.spec.multiple)[0]
+        if largest and min(height, width) * factor > largest:
+            side = math.floor(largest * max(height, width) / min(height, width))
+        return side
 
     def _widths(
         self, faces: list[Detection], image: NDArray[np.uint8], side: int
