@@ -634,3 +634,33 @@ def test_help_imports_nothing_heavy() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_run_stopped_before_its_report_leaves_no_folder_it_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """The report folder is made before the work (its path checked); a dataset with no
+    labelled image, or an interrupt, before the report is written left it there, empty."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    made = tmp_path / "new" / "report"
+    code = main(["evaluate", str(empty), "--format", "utkface", "--report", str(made)])
+    assert code == 2 and "no labelled images" in capsys.readouterr().err
+    assert not made.exists() and made.parent.is_dir()
+    # interrupted during the work: the same, and Ctrl-C's line and status
+    utk = tmp_path / "UTKFace"
+    utk.mkdir()
+    Image.new("RGB", (8, 8)).save(utk / "26_0_2_20170104023102422.jpg")
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    code = main(["evaluate", str(utk), "--format", "utkface", "--report", str(made)])
+    assert code == 130 and not made.exists()
+    # a folder that was there before is left as it was, empty or not
+    made.mkdir()
+    (made.parent / "other").mkdir()
+    code = main(["evaluate", str(utk), "--format", "utkface", "--report", str(made)])
+    assert code == 130 and made.is_dir() and not list(made.iterdir())
+    capsys.readouterr()

@@ -256,16 +256,30 @@ def _dataset_folders(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import readers, report, runner
+    from ..evaluate import report
 
     cli = overrides_from_args(args)
     _check_options(args, cli)
     settings = settings_from_args(args)
     _check_settings(args, cli, settings)
     folders = _dataset_folders(args)
-    made_here = False
+    made_here = bool(args.report) and not os.path.lexists(args.report)
+    try:
+        return _evaluate(args, settings, folders, made_here)
+    except BaseException:
+        # an error or an interrupt before the report was written: the folder this run
+        # made for it is not left behind empty
+        if made_here:
+            report.discard_unwritten(args.report)
+        raise
+
+
+def _evaluate(
+    args: argparse.Namespace, settings: list[runner.Setting], folders: list[str], made_here: bool
+) -> int:
+    from ..evaluate import readers, report, runner
+
     if args.report:  # before reading anything: a wrong path costs nothing
-        made_here = not os.path.lexists(args.report)
         report.check_target(args.report, dataset_folders=folders)
     dataset = readers.read_dataset(
         args.format,
