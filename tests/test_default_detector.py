@@ -106,3 +106,35 @@ def test_pulling_or_verifying_a_preset_includes_its_detectors_card() -> None:
         "centerface-int8",
     ]
     assert [c.id for c in expand_names(["dex-imdb"])] == ["dex-imdb-age", "dex-imdb-gender"]
+
+
+def test_best_searches_mirror_images_where_its_detector_can(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """detect_mirror: the best preset's CenterFace searches each image's mirror image too;
+    another detector (the variable's, or the caller's) drops it unless asked for, and
+    asking for it with one that cannot is a one-line error, not ignored."""
+    monkeypatch.delenv(DETECTOR_ENV, raising=False)
+    assert EstimatorConfig.from_preset("best").detect_mirror
+    assert not EstimatorConfig.from_preset().detect_mirror
+    assert not EstimatorConfig.from_preset("best", detector="dlib").detect_mirror
+    assert EstimatorConfig.from_preset("best", detector="centerface").detect_mirror
+    assert EstimatorConfig.from_preset(detect_mirror=True).detect_mirror
+    best = EstimatorConfig.from_preset("best")
+    assert not best.with_overrides(detector="haar").detect_mirror  # e.g. serve's ?detector=
+    assert best.with_overrides(detector="centerface").detect_mirror
+    monkeypatch.setenv(DETECTOR_ENV, "dlib")
+    assert not EstimatorConfig.from_preset("best").detect_mirror
+    assert EstimatorConfig.from_preset("best", detector="centerface-int8").detect_mirror
+    for make in (
+        lambda: EstimatorConfig.from_preset(detect_mirror=True),
+        lambda: EstimatorConfig(detector="haar", detect_mirror=True),
+    ):
+        with pytest.raises(AgegenderError, match="--detect-mirror applies only to the CenterFace"):
+            make()
+    with pytest.raises(AgegenderError, match="detect_mirror must be True or False"):
+        EstimatorConfig(detector="centerface", detect_mirror="yes")  # type: ignore[arg-type]
+    code = cli.main(["predict", str(ASTRONAUT), "--detect-mirror"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--detect-mirror applies only to the CenterFace detectors (here: dlib)" in err

@@ -201,6 +201,10 @@ class DetectionSpec:
     # and one fed at max_side or less in which a face of large_face px or more, or no
     # face, came out also gets that pass (a square photo filled by a face).
     largest_face: int = 0
+    # With the option detect_mirror, the image's mirror image is fed too, at this share of
+    # the side of its first pass, and the faces found there that overlap none found before
+    # are added (CenterFace misses faces tilted one way more than the other way).
+    mirror_scale: float = 1.0
     # The box dlib's 5-point predictor is run on, from the detector's: centre shift (x, y)
     # in box widths and heights, then width and height factors.
     dlib_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
@@ -817,6 +821,7 @@ DETECTOR_INPUT = (
     "small_face",
     "large_face",
     "largest_face",
+    "mirror_scale",
 )
 DETECTOR_OUTPUT = (
     "decoder",
@@ -933,6 +938,9 @@ def _parse_detector(
                 f"an integer > large_face (which it needs; {large_face or 'none'})",
                 largest_face,
             )
+    mirror_scale = r.number(inp, "input", "mirror_scale", 1.0)
+    if not 0.1 <= mirror_scale <= 1:
+        r.expect("[input] mirror_scale", "a number from 0.1 to 1", mirror_scale)
     chip_landmarks = r.string(out, "output", "chip_landmarks", choices=CHIP_LANDMARKS)
     template = _chip_template(r, r.get(out, "output", "chip_template"))
     if chip_landmarks == "template" and template is None:
@@ -949,6 +957,7 @@ def _parse_detector(
         small_face=small_face,
         large_face=large_face,
         largest_face=largest_face,
+        mirror_scale=mirror_scale,
         stride=_positive_int(r, out, "output", "stride", 1),
         threshold=threshold,
         nms_iou=nms_iou,

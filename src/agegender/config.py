@@ -70,6 +70,10 @@ class EstimatorConfig:
     min_score: float | None = None
     align: str = "none"
     sweep: tuple[float, float, float] | None = None  # only with align="sweep"
+    # CenterFace detectors: the image's mirror image is searched too, for the faces the
+    # passes missed (README, Face detectors: scenes' recall 0.991 -> 0.997, for about
+    # 60% more detection work).
+    detect_mirror: bool = False
     # estimates
     # Measured on utkface-dev (README): flip averaging lowers the CC0 age model's MAE.
     tta: bool = True
@@ -125,7 +129,12 @@ class EstimatorConfig:
         """The preset's configuration with `overrides` applied (unknown names are an error)."""
         from .presets import get_preset
 
-        base = get_preset(name).config()
+        preset = get_preset(name)
+        base = preset.config()
+        detector = overrides.get("detector")
+        if "detect_mirror" not in overrides and detector is not None:
+            # the preset's mirror-image search, where the detector asked for can run it
+            overrides["detect_mirror"] = preset.detect_mirror and mirrors(detector)
         # The caller's cards for a task replace the preset's, and so drop the preset's
         # weights for them (unless the caller gives weights too).
         for role in ("age", "gender"):
@@ -143,6 +152,11 @@ class EstimatorConfig:
         preset = overrides.pop("preset", None)
         if preset is not None and preset != self.preset:
             return EstimatorConfig.from_preset(preset, **overrides)
+        # Another detector drops the mirror-image search (the preset's, for its detector)
+        # where it cannot run it, unless asked for.
+        detector = overrides.get("detector")
+        if "detect_mirror" not in overrides and detector is not None and not mirrors(detector):
+            overrides["detect_mirror"] = False
         # New cards for a task drop the weights of the old ones (unless weights come too),
         # as from_preset does.
         for role in ("age", "gender"):
@@ -163,6 +177,10 @@ class EstimatorConfig:
         if self.align not in ALIGN_MODES:
             raise AgegenderError(
                 f"unknown alignment {self.align!r}; choose one of {', '.join(ALIGN_MODES)}"
+            )
+        if self.detect_mirror and not mirrors(self.detector):
+            raise AgegenderError(
+                f"--detect-mirror applies only to the CenterFace detectors (here: {self.detector})"
             )
         if self.sweep is not None:
             if self.align != "sweep":
@@ -223,8 +241,9 @@ class EstimatorConfig:
             if isinstance(value, bool) or not isinstance(value, kind):
                 what = "a whole number" if kind is numbers.Integral else "a number"
                 raise AgegenderError(f"--{_flag(name)} must be {what}, got {value!r}")
-        if not isinstance(self.tta, bool):
-            raise AgegenderError(f"tta must be True or False, got {self.tta!r}")
+        for name in ("tta", "detect_mirror"):
+            if not isinstance(getattr(self, name), bool):
+                raise AgegenderError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("detector", "align"):
             if not isinstance(getattr(self, name), str):
                 raise AgegenderError(f"--{_flag(name)} must be a name, got {getattr(self, name)!r}")
@@ -262,6 +281,11 @@ def default_of(name: str) -> Any:
         if f.name == name:
             return f.default
     raise KeyError(name)
+
+
+def mirrors(detector: str) -> bool:
+    """Whether a detector can search an image's mirror image too (detect_mirror)."""
+    return isinstance(detector, str) and detector in ("centerface", "centerface-int8")
 
 
 # The numeric options: (name, type, whether None is allowed).

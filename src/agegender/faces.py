@@ -138,6 +138,7 @@ def _centerface(config: EstimatorConfig, card_id: str = "centerface") -> FaceDet
         max_side=config.max_detect_side,
         threshold=config.min_score,
         threads=config.threads,
+        mirror=config.detect_mirror,
     )
 
 

@@ -21,7 +21,15 @@ from .landmarks import Landmarker
 # Fields of the configuration the detector depends on: estimators that agree on them
 # share one detector (and its per-thread state) whatever their filters.
 # min_score too: it is CenterFace's decoding threshold, not only a filter afterwards
-DETECTOR_FIELDS = ("detector", "upsample", "max_detect_side", "min_score", "align", "sweep")
+DETECTOR_FIELDS = (
+    "detector",
+    "upsample",
+    "max_detect_side",
+    "min_score",
+    "detect_mirror",
+    "align",
+    "sweep",
+)
 
 
 def detector_key(config: EstimatorConfig) -> tuple[object, ...]:

@@ -23,7 +23,7 @@ from importlib import resources
 from typing import Any
 
 from .calibration import CalibrationError, CalibrationSet, parse_set
-from .config import EstimatorConfig
+from .config import EstimatorConfig, mirrors
 from .errors import AgegenderError
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,18 @@ class Preset:
     tta: bool = True  # average with the mirrored crop (twice the head work)
     tta_gated: tuple[str, ...] = ()  # cards mirrored only for uncertain gender (heads.Mirror)
     tta_margin: float = 0.5
+    detect_mirror: bool = False  # CenterFace: the mirror image searched too
 
     def config(self) -> EstimatorConfig:
         """The preset as a configuration (its detector replaced by ``$AGEGENDER_DETECTOR``),
         with the optional cards whose files are not installed left out."""
         age, age_weights = self._running(self.age, self.age_weights)
         gender, gender_weights = self._running(self.gender, self.gender_weights)
+        detector = env_detector() or self.detector
         return EstimatorConfig(
             preset=self.name,
-            detector=env_detector() or self.detector,
+            detector=detector,
+            detect_mirror=self.detect_mirror and mirrors(detector),
             align=self.align,
             age_models=age,
             gender_models=gender,
@@ -159,6 +162,7 @@ def presets() -> dict[str, Preset]:
             _flag(name, "tta", t.get("tta", True)),
             _cards(t.get("tta_gated")),
             _margin(name, t.get("tta_margin", 0.5)),
+            _flag(name, "detect_mirror", t.get("detect_mirror", False)),
         )
         for name, t in data.items()
     }

@@ -209,7 +209,8 @@ def run_list(args: argparse.Namespace) -> int:
         if preset.tta and preset.tta_gated and preset.tta_margin < 0.5:
             gated = ", ".join(preset.tta_gated)
             tta = f", TTA of {gated} only when gender is within {preset.tta_margin:g} of 0.5"
-        print(f"  {preset.name}: {models} (detector {preset.detector}{tta})")
+        mirror = " searching mirror images too" if preset.detect_mirror else ""
+        print(f"  {preset.name}: {models} (detector {preset.detector}{mirror}{tta})")
     if any(p.optional for p in presets().values()):
         print("  (CARD? joins only when its file is installed)")
     from ..faces import DETECTORS

@@ -125,6 +125,22 @@ def free_dims(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+# CenterFace's 5 points: eye centres, nose tip, mouth corners, each pair in the order the
+# image shows them (left, right); in a mirror image the pairs change places.
+_MIRRORED_POINTS = [1, 0, 2, 4, 3]
+
+
+def _unmirrored(
+    boxes: NDArray[np.float64], points: NDArray[np.float64], width: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Boxes (N, 4) and points (N, 5, 2) found in the mirror image of an image `width`
+    pixels wide (fed coordinates), in the image itself."""
+    boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+    points = points[:, _MIRRORED_POINTS].copy()
+    points[..., 0] = width - points[..., 0]
+    return boxes, points
+
+
 def feed_size(height: int, width: int, max_side: int, multiple: int) -> tuple[float, int, int]:
     """The factor an image is scaled by and the padded (height, width) it is fed at."""
     factor = min(1.0, max_side / max(height, width))
@@ -147,8 +163,11 @@ class CenterFaceDetector:
         threshold: float | None = None,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        mirror: bool = False,
     ):
-        """`providers`: None takes the enclosing ``sessions.using`` (the Estimator's)."""
+        """`providers`: None takes the enclosing ``sessions.using`` (the Estimator's).
+        `mirror`: each image's mirror image is fed too (at the card's `mirror_scale` of
+        its first side), for the faces the passes did not find."""
         if card.detection is None or card.detection.decoder != "centerface":
             raise CardError(f"card {card.id} is not a CenterFace detector card")
         self.card = card
@@ -156,6 +175,7 @@ class CenterFaceDetector:
         # A side given (--max-detect-side) is the side every image is fed at; else the
         # card's policy (side_for).
         self.fixed_side = max_side
+        self.mirror = mirror
         self.threads = threads
         self.max_side = max_side or self.spec.max_side
         self.threshold = self.spec.threshold if threshold is None else threshold
@@ -269,11 +289,13 @@ class CenterFaceDetector:
         return session
 
     def _tensor(
-        self, rgb: NDArray[np.uint8], factor: float, fed: tuple[int, int]
+        self, rgb: NDArray[np.uint8], factor: float, fed: tuple[int, int], mirrored: bool = False
     ) -> NDArray[np.float32]:
         height, width = rgb.shape[:2]
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
         small = rgb if size == (width, height) else shrink(rgb, size)
+        if mirrored:
+            small = small[:, ::-1]
         # Padded at the bottom and right up to the multiple with mid-grey, not black: a black
         # band along the image's edge hid faces cut by that edge (at 800, 4:3 photos get 8
         # rows, 16:9 ones 30; faces half outside the bottom edge: 9 -> 11 of 15 found).
@@ -333,7 +355,9 @@ class CenterFaceDetector:
         a pass above `max_side` (fed above it, or passed again so for its small faces)
         takes its faces of `large_face` pixels or more at the first input, as either pass
         measured them, from a pass at `max_side` (the first, where it was fed so); the
-        other pass's smaller ones not half inside one of those. With the card's
+        other pass's smaller ones not half inside one of those. With `mirror`, the faces
+        of each image's mirror image (fed at the card's `mirror_scale` of its side) that
+        overlap none of those are added. With the card's
         `largest_face`, that pass is at a smaller side where the image's shorter side
         would be more than `largest_face` (`coarse_side`), and an image fed at `max_side`
         or less whose shorter side is more than that at the input takes its large faces
@@ -356,6 +380,15 @@ class CenterFaceDetector:
                 if first[i] and side > self.spec.max_side
             }
             self._large_faces(images, sides, first, results, above)
+        if self.mirror:
+            scale, multiple = self.spec.mirror_scale, self.spec.multiple
+            mirrored = self._detect_at(
+                images, [max(multiple, round(scale * side)) for side in sides], mirrored=True
+            )
+            for i, found in enumerate(mirrored):
+                # a face of the mirror image overlapping none found, nor half inside one
+                apart = self._apart(self._apart(found, results[i]), results[i], inside=True)
+                results[i] = results[i] + apart
         return results
 
     def _finer_passes(
@@ -467,8 +500,10 @@ class CenterFaceDetector:
         return kept
 
     def _detect_at(
-        self, images: Sequence[NDArray[np.uint8]], sides: Sequence[int]
+        self, images: Sequence[NDArray[np.uint8]], sides: Sequence[int], mirrored: bool = False
     ) -> list[list[Detection]]:
+        """Each image's faces fed at its side; `mirrored`: fed as its mirror image, the
+        faces mapped back (boxes, and points with left and right swapped)."""
         spec = self.spec
         plans = [
             feed_size(im.shape[0], im.shape[1], side, spec.multiple)
@@ -483,7 +518,9 @@ class CenterFaceDetector:
             runs = [(fed, [member]) for fed, members in runs for member in members]
         for fed, members in runs:
             session = self.session_for(fed)
-            batch = np.concatenate([self._tensor(images[i], plans[i][0], fed) for i in members])
+            batch = np.concatenate(
+                [self._tensor(images[i], plans[i][0], fed, mirrored) for i in members]
+            )
             # InferenceSession.run may be called from several threads at once (ORT
             # documents it thread-safe): predict_many's workers detect in parallel.
             heat, scale, offset, marks = session.run(self.output_names, {self.input_name: batch})
@@ -499,6 +536,8 @@ class CenterFaceDetector:
                 )
                 factor = plans[index][0]
                 height, width = images[index].shape[:2]
+                if mirrored:
+                    boxes, points = _unmirrored(boxes, points, max(1, round(width * factor)))
                 for box, score, pts in zip(boxes / factor, scores, points / factor, strict=True):
                     x1, y1 = max(0.0, box[0]), max(0.0, box[1])
                     x2, y2 = min(float(width), box[2]), min(float(height), box[3])

@@ -356,6 +356,7 @@ class Service:
             "detector": config.detector,
             "detectors": self.detectors,
             "align": config.align,
+            "detect_mirror": config.detect_mirror,
             "tta": config.tta,
             # cards that average with the mirror only for faces whose gender is unsure
             "tta_gated": list(config.tta_gated),
