@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import __version__
-from .errors import AgegenderError
+from .errors import AgegenderError, single_line
 
 # Each module has add_parser(subparsers) and run(args) -> int.
 COMMANDS = ["predict", "models", "evaluate", "calibrate", "serve", "batch", "video"]
@@ -204,7 +204,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return int(args.run(args))
     except AgegenderError as error:
-        print(f"agegender: error: {error}", file=sys.stderr)
+        # one line, also for a path holding a line break (--out 'a<newline>b')
+        print(f"agegender: error: {single_line(str(error))}", file=sys.stderr)
         return 2
 
 

@@ -216,8 +216,20 @@ def save_rgb(path: Path, rgb: NDArray[np.uint8]) -> None:
     if not ok:
         raise OSError(f"cannot encode as {path.suffix}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("xb") as handle:  # "x": never replaces a file, even one made meanwhile
-        handle.write(encoded.tobytes())
+    write_new(path, encoded.tobytes())
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """`data` as a new file; FileExistsError if `path` exists. A write that fails part
+    way (a full disk, Ctrl-C) removes the file: a truncated image left under its name
+    was kept by the next run, which wrote its copy beside it."""
+    handle = path.open("xb")  # "x": never replaces a file, even one made meanwhile
+    try:
+        with handle:
+            handle.write(data)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def write_annotated(

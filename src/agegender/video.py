@@ -147,6 +147,8 @@ def frame_time(capture: cv2.VideoCapture, index: int, fps: float, previous: floa
 def _open(name: str) -> cv2.VideoCapture:
     """A capture through FFmpeg (whose messages are silenced) when OpenCV has it."""
     backend = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+    if ":" in name and not os.path.isabs(name) and os.path.isfile(name):
+        name = os.path.abspath(name)  # FFmpeg read a file 'cam:1.mp4' as the protocol 'cam'
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:

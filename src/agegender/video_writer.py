@@ -95,7 +95,8 @@ class FfmpegWriter:
             "-movflags",
             "+faststart",
             "-n",  # never replaces a file (checked before, and again here)
-            str(path),
+            # file: a name is a file's, never an option ('-a.mp4') or a protocol ('x:y.mp4')
+            f"file:{path}",
         ]
         try:
             self._process = subprocess.Popen(
@@ -170,7 +171,8 @@ def open_writer(path: Path, fps: float, size: tuple[int, int]) -> FrameWriter:
         # (bytes from a file system in another encoding): write under a plain name, then
         # move the finished file to its own name.
         return _MovedOnRelease(path, fps, size, fourcc)
-    writer = cv2.VideoWriter(str(path), fourcc, fps, size)
+    # absolute: FFmpeg reads a relative 'cam:1.mp4' as the protocol 'cam' (not opened)
+    writer = cv2.VideoWriter(str(path.absolute()), fourcc, fps, size)
     if not writer.isOpened():
         raise AgegenderError(f"--annotate {path}: OpenCV cannot write this video format")
     return writer

@@ -247,6 +247,9 @@ def check_dest(dest: str) -> None:
         parent = os.path.dirname(os.path.abspath(dest))
         if kind == "missing" and not os.path.isdir(parent):
             raise AgegenderError(f"--out {dest}: the folder {parent} does not exist")
+        name = os.path.basename(os.path.abspath(dest))
+        if kind == "missing" and len(os.fsencode(name)) > 255:  # made after the models load
+            raise AgegenderError(f"--out {dest}: the name is too long for a folder")
         target = dest if kind == "dir" else parent
         if not os.access(target, os.W_OK | os.X_OK):
             raise AgegenderError(f"--out {dest}: not writable (permission denied)")

@@ -12,7 +12,8 @@ An argument is, in this order of checks:
 - a folder: its image and video files, recursively, with predict's rules (hidden files
   and folders skipped, folders agegender marked as outputs skipped, links to folders
   not followed), each folder's entries in name order, walked lazily;
-- a glob (``photos/**/*.jpg``) that names no existing file: its matches, sorted;
+- a glob (``photos/**/*.jpg``) that names no existing file: its matches, sorted, less
+  those in folders agegender marked as outputs below the glob's fixed part;
 - anything else: one image or video file (a missing one becomes an error row).
 
 Each Input carries its resume key: a 64-bit hash of (path, size, mtime) or, with
@@ -151,7 +152,7 @@ def _expand(item: str, stat: bool) -> Iterator[Input]:
     elif path.is_dir():
         yield from _walk(item, stat)
     elif not path.exists() and _GLOB_CHARS & set(item):
-        for match in sorted(glob.glob(item, recursive=True)):
+        for match in _glob(item):
             if Path(match).is_dir():
                 yield from _walk(match, stat)
             elif Path(match).name.startswith("."):
@@ -160,6 +161,25 @@ def _expand(item: str, stat: bool) -> Iterator[Input]:
                 yield local_input(match, stat)
     else:
         yield local_input(item, stat)
+
+
+def _glob(pattern: str) -> list[str]:
+    """A glob's matches, sorted, less those in a folder agegender marked as its output
+    (``--annotate`` inside a photo folder) below the pattern's fixed part, as a folder
+    walk skips them: 'photos/**/*.jpg' read the annotated copies as inputs."""
+    fixed: list[str] = []
+    for part in Path(pattern).parts:
+        if _GLOB_CHARS & set(part):
+            break
+        fixed.append(part)
+    depth = len(Path(*fixed).parts) if fixed else 0
+    kept = []
+    for match in sorted(glob.glob(pattern, recursive=True)):
+        path = Path(match)
+        below = [p for p in (path, *path.parents) if len(p.parts) > depth]
+        if not any(os.path.isfile(p / OUTPUT_MARKER) for p in below):
+            kept.append(match)
+    return kept
 
 
 def local_input(path: str, stat: bool = True) -> Input:

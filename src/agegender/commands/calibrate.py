@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -39,6 +40,7 @@ REPORT_THRESHOLDS = (18.0, 21.0, 25.0)
 # Fewer labelled faces cannot be cross-fitted in 5 folds (a file fitted on 1 face said
 # it had been, with a gender temperature that made every probability 1.00).
 MIN_FIT_FACES = 10
+NAME_BYTES = 255  # the longest file name most file systems take (outputs.NAME_BYTES)
 
 
 def _bands(text: str) -> tuple[float, ...]:
@@ -141,18 +143,34 @@ def _check(args: argparse.Namespace, cli: dict[str, Any]) -> None:
         if out.suffix.lower() != ".toml":
             # also keeps --force from replacing an input image with TOML
             raise AgegenderError(f"--out {args.out}: a calibration file is .toml")
-        if out.is_dir():
+        if os.path.isdir(out):
             raise AgegenderError(f"--out {args.out}: is a folder (give a .toml file)")
-        if out.exists() and not args.force:
+        if len(os.fsencode(out.name)) > NAME_BYTES:  # found only when written, after the fit
+            raise AgegenderError(f"--out {args.out}: the name is too long for a file")
+        # lexists: a link that leads nowhere is refused too (it was found only when the
+        # file was written, after the whole fit)
+        if os.path.lexists(out) and not args.force:
             raise AgegenderError(f"--out {args.out}: exists (--force replaces it)")
+        for item in _input_files(args, cli):  # not even --force replaces an input
+            if os.path.exists(out) and os.path.exists(item) and os.path.samefile(out, item):
+                raise AgegenderError(f"--out {args.out}: is an input ({item}); choose another file")
         check_folder_of(f"--out {args.out}", out)
+
+
+def _input_files(args: argparse.Namespace, cli: dict[str, Any]) -> list[str]:
+    """The files the run reads that --out could name: the dataset, and the card TOML
+    files of --age-model / --gender-model (CARD=FILE's FILE too)."""
+    files = [args.source]
+    for ref in (*cli.get("age_models", ()), *cli.get("gender_models", ())):
+        if isinstance(ref, str):
+            files.extend(part for part in ref.split("=", 1) if part)
+    return files
 
 
 def _write_whole(path: Path, text: str, force: bool) -> None:
     """`text` as the file `path`, whole or not at all: written beside it, then renamed
     there. Written in place, a Ctrl-C, SIGTERM or full disk part way left a truncated
     TOML under the name (and with --force the previous calibration gone)."""
-    import os
     import tempfile
 
     where = f"--out {path}"
@@ -160,7 +178,8 @@ def _write_whole(path: Path, text: str, force: bool) -> None:
         raise AgegenderError(f"{where}: exists (--force replaces it)")
     folder = path.parent if str(path.parent) else Path(".")
     try:
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".part", dir=folder)
+        # (the name cut: a name near the file system's limit must still give a temporary one)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}-", suffix=".part", dir=folder)
     except OSError as error:
         raise AgegenderError(f"{where}: cannot write it ({error.strerror or error})") from None
     try:

@@ -86,9 +86,10 @@ def check_annotate_dir(folder: Path, inputs: list[str]) -> None:
                     "the originals); choose another folder"
                 )
             inside = inside or source in target.parents
-    if folder.exists() and not folder.is_dir():
+    # os.path's: a name the file system refuses (too long) is the mkdir's one-line error
+    if os.path.exists(folder) and not os.path.isdir(folder):
         raise AgegenderError(f"{where}: exists and is not a folder")
-    if inside and folder.is_dir() and not is_output_folder(folder):
+    if inside and os.path.isdir(folder) and not is_output_folder(folder):
         raise AgegenderError(
             f"{where}: an existing folder inside an input folder that agegender did not "
             "make (its images are inputs); choose a new or an outside folder"
@@ -205,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     total = None if videos else len(files)  # frames of a video are not counted ahead
     bar = tqdm(total=total, unit="img", file=sys.stderr, disable=not show, mininterval=0.5)
-    state = {"failures": failures}
+    state = {"failures": failures, "annotated": 0}
     used: set[Path] = set()
 
     def report(message: str) -> None:
@@ -224,6 +225,7 @@ def _run(args: argparse.Namespace) -> int:
             elif args.annotate is not None and result.image is not None:
                 try:
                     outputs.write_annotated(args.annotate, result, result.image, used)
+                    state["annotated"] += 1
                 except OSError as error:
                     report(
                         f"{outputs.source_label(result)}: cannot write the annotated image "
@@ -244,4 +246,7 @@ def _run(args: argparse.Namespace) -> int:
         writer(watched(), sys.stdout)
     finally:
         bar.close()
+        if not state["annotated"]:
+            for folder in made:  # no input gave a copy (all failed): no empty folder left
+                remove_output_folder(folder)
     return 1 if state["failures"] else 0

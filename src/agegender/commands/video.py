@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..errors import AgegenderError
+from ..errors import AgegenderError, single_line
 from .options import add_estimator_options, check_folder_of, config_from_args, number
 
 if TYPE_CHECKING:  # numpy, OpenCV and ONNX Runtime load in run()
@@ -153,15 +153,18 @@ def _check_thumbs(folder: Path) -> None:
 
     where = f"--thumbs {folder}"
     with _os_errors(where):
-        if folder.exists() and not folder.is_dir():
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            # a link that leads nowhere too: mkdir failed on it after the models loaded
             raise AgegenderError(f"{where}: exists and is not a folder")
         if folder.is_dir() and not is_output_folder(folder):
             raise AgegenderError(
                 f"{where}: an existing folder agegender did not make; choose a new folder"
             )
-        parent = folder.parent
-        if not folder.exists() and not parent.is_dir():
-            raise AgegenderError(f"{where}: the folder {parent} does not exist")
+        if folder.is_dir():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise AgegenderError(f"{where}: not writable (permission denied)")
+        else:  # made when the run starts: mkdir failed there after the models loaded
+            check_folder_of(where, folder)
         if len(os.fsencode(folder.name)) > 255:  # made later, it would fail after the work
             raise AgegenderError(f"{where}: the name is too long for a folder")
 
@@ -224,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_input(args.input)
     except AgegenderError as error:
-        print(f"agegender: error: {error}", file=sys.stderr)
+        print(f"agegender: error: {single_line(str(error))}", file=sys.stderr)
         return 1
     return _Run(args, config, thumbs).run()
 
@@ -319,10 +322,10 @@ class _Run:
                     interrupted = stop
                     source.stop()
                 except StreamLost as error:
-                    print(f"agegender: error: {error}", file=sys.stderr)
+                    print(f"agegender: error: {single_line(str(error))}", file=sys.stderr)
                     status = 1
                 except AgegenderError as error:
-                    print(f"agegender: error: {error}", file=sys.stderr)
+                    print(f"agegender: error: {single_line(str(error))}", file=sys.stderr)
                     status = 1
                 finally:
                     source.stop()
@@ -441,6 +444,8 @@ class _Run:
     def _thumbnail(self, person: Person) -> str | None:
         import cv2
 
+        from ..outputs import write_new
+
         if self.thumbs is None or person.thumbnail is None or not person.thumbnail.size:
             return None
         stem = Path(self.args.tracks).stem if self.args.tracks != "-" else "track"
@@ -454,13 +459,13 @@ class _Run:
             if not ok:
                 return None
             try:
-                with open(target, "xb") as out:
-                    out.write(data.tobytes())
+                write_new(target, data.tobytes())
             except FileExistsError:
                 continue
             except OSError as error:
                 print(
-                    f"agegender: error: {target}: cannot write ({error.strerror or error})",
+                    f"agegender: error: {single_line(str(target))}: cannot write "
+                    f"({error.strerror or error})",
                     file=sys.stderr,
                 )
                 return None

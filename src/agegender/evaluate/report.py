@@ -643,7 +643,8 @@ def check_target(
     it must be new, or one agegender marked (`made_here`: this run's first check made it)."""
     out = Path(directory)
     where = f"--report {directory}"
-    if out.exists() and not out.is_dir():
+    # os.path's: a name the file system refuses (too long) is the mkdir's one-line error
+    if os.path.exists(out) and not os.path.isdir(out):
         raise ReportError(f"{where}: exists and is not a folder (the report is a folder)")
     resolved = _resolved(out)
     if resolved is None:
@@ -667,11 +668,13 @@ def check_target(
     wanted = {name: resolved / name for name in (*REPORT_FILES, MANIFEST)}
     targets = {path: name for name, path in wanted.items()}
     for item in inputs:
-        if Path(item).name in wanted:
+        # a link of another name (labels.csv -> DIR/predictions.csv) is resolved too: its
+        # target would be replaced all the same
+        if Path(item).name in wanted or os.path.islink(item):
             found = _resolved(item)
             if found in targets:
                 raise ReportError(f"{where}: {targets[found]} there is an input ({item})")
-    if out.is_dir():
+    if os.path.isdir(out):
         from ..images import is_output_folder
 
         if marked and not made_here and not is_output_folder(out):
