@@ -781,3 +781,25 @@ def test_detect_mirror_adds_the_faces_only_the_mirror_image_shows(card_file: Pat
         card_file.write_text(text.replace("mirror_scale = 0.5", f"mirror_scale = {wrong}"))
         with pytest.raises(CardError, match="mirror_scale"):
             load_card_file(card_file)
+
+
+def test_a_photo_fed_just_above_max_side_takes_its_large_faces_from_that_pass(
+    card_file: Path,
+) -> None:
+    """A photo just over max_side / min_scale is fed at a side a few pixels over max_side
+    (2,001 px: 801); a pass at max_side for its large faces would see what that one saw,
+    so within 5% of the side there is none (it was fed twice)."""
+    text = card_file.read_text().replace(
+        "max_side = 960", "max_side = 960\nmin_scale = 0.4\nside_limit = 2400\nlarge_face = 100"
+    )
+    card_file.write_text(text)
+    det = CenterFaceDetector(load_card_file(card_file), card_file.with_suffix(".onnx"))
+    recorder = _Recorder(det.session)
+    det.session = recorder  # type: ignore[assignment]
+    image = np.zeros((1815, 2420, 3), np.uint8)  # fed at 968 (0.4 x 2,420)
+    image[500:520, 1000:1020] = 255  # a face: no second pass for an empty photo
+    assert det.detect(image)
+    assert [f.shape[2:] for f in recorder.fed] == [(736, 992)]
+    recorder.fed.clear()
+    det.detect(np.ascontiguousarray(np.pad(image, ((0, 435), (0, 580), (0, 0)))))  # 3,000 px
+    assert [f.shape[2:] for f in recorder.fed] == [(928, 1216), (736, 960)]  # 1,200, then 960
