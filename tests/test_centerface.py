@@ -770,8 +770,12 @@ def test_detect_mirror_adds_the_faces_only_the_mirror_image_shows(card_file: Pat
 
     det = CenterFaceDetector(load_card_file(card_file), onnx_path, mirror=True)
     det._detect_at = fake  # type: ignore[assignment,method-assign]
+    assert det.detect(np.zeros((960, 1280, 3), np.uint8)) == [found, missed]
+    assert fed == [(960, False), (480, True)]  # fed at 960: the mirror at half of that
+    fed.clear()
+    # an image smaller than the side is fed at its own size: the mirror at half of that
     assert det.detect(np.zeros((480, 640, 3), np.uint8)) == [found, missed]
-    assert fed == [(960, False), (480, True)]
+    assert fed == [(960, False), (320, True)]
     fed.clear()
     det = CenterFaceDetector(load_card_file(card_file), onnx_path)  # without: one pass
     det._detect_at = fake  # type: ignore[assignment,method-assign]

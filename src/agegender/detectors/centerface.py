@@ -385,9 +385,12 @@ class CenterFaceDetector:
             self._large_faces(images, sides, first, results, above)
         if self.mirror:
             scale, multiple = self.spec.mirror_scale, self.spec.multiple
-            mirrored = self._detect_at(
-                images, [max(multiple, round(scale * side)) for side in sides], mirrored=True
-            )
+            # at mirror_scale of the side each image is fed at (its own, when smaller)
+            at = [
+                max(multiple, round(scale * min(side, max(image.shape[:2]))))
+                for image, side in zip(images, sides, strict=True)
+            ]
+            mirrored = self._detect_at(images, at, mirrored=True)
             for i, found in enumerate(mirrored):
                 # a face of the mirror image overlapping none found, nor half inside one
                 apart = self._apart(self._apart(found, results[i]), results[i], inside=True)
