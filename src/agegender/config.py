@@ -71,8 +71,8 @@ class EstimatorConfig:
     align: str = "none"
     sweep: tuple[float, float, float] | None = None  # only with align="sweep"
     # CenterFace detectors: the image's mirror image is searched too, for the faces the
-    # passes missed (README, Face detectors: scenes' recall 0.991 -> 0.997, for about
-    # 60% more detection work).
+    # passes missed (README, Face detectors: dev scenes' recall 0.990 -> 0.997, for about
+    # 30% more detection work).
     detect_mirror: bool = False
     # estimates
     # Measured on utkface-dev (README): flip averaging lowers the CC0 age model's MAE.
