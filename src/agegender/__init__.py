@@ -8,9 +8,17 @@ or onnx; ``from agegender import Estimator`` loads what the Estimator needs.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# ONNX Runtime's telemetry (on Linux since 1.30: read when onnxruntime is imported) left a
+# mat-debug-PID.log in $TMPDIR for every process, kept an event database in
+# ~/.cache/Microsoft, a thread and three files open: thousands of files in /tmp over a
+# batch's workers and runs. Off unless the user set the variable; an onnxruntime imported
+# before agegender keeps whatever it started with.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # public name -> the module (under agegender) that defines it
 _EXPORTS: dict[str, str] = {

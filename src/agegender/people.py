@@ -33,6 +33,9 @@ from .tracking import DEFAULT_MIN_HITS, Box, Track, Tracker
 
 DEFAULT_MAX_LOST_SECONDS = 1.0
 MAX_EVIDENCE = 1000  # frames kept per track; beyond, the lowest-weight frame is dropped
+# Path points kept per track: beyond, every other one goes and the spacing doubles (a face
+# in view for days, a live stream, would otherwise add a point per detection for good).
+PATH_KEPT = 2 * MAX_EVIDENCE
 THUMB_SIDE = 160
 THUMB_MARGIN = 0.3
 PATH_POINTS = 10
@@ -60,7 +63,27 @@ class Evidence:
     seen: int = 0  # detection frames matched (also those dropped beyond MAX_EVIDENCE)
     # (estimates, frames_used, fusion details), cached until the next frame is added
     fused: tuple[dict[str, Any], int, dict[str, float]] | None = None
-    path: list[tuple[float, float, float, float]] = field(default_factory=list)  # t, cx, cy, side
+    # Where the face went, (t, cx, cy, side): the detected faces 0, k, 2k, ... (k doubles
+    # when more than PATH_KEPT are kept) and the latest; the distance and the sides' total
+    # run over every detected face.
+    path: list[tuple[float, float, float, float]] = field(default_factory=list)
+    path_step: int = 1
+    last_point: tuple[float, float, float, float] | None = None
+    distance: float = 0.0
+    side_total: float = 0.0
+
+    def add_point(self, point: tuple[float, float, float, float]) -> None:
+        """The face's place in one more detection frame (after `seen` counted it)."""
+        last = self.last_point
+        if last is not None:
+            self.distance += math.hypot(point[1] - last[1], point[2] - last[2])
+        self.side_total += point[3]
+        self.last_point = point
+        if (self.seen - 1) % self.path_step == 0:
+            self.path.append(point)
+            if len(self.path) > PATH_KEPT:
+                del self.path[1::2]
+                self.path_step *= 2
 
 
 @dataclass
@@ -322,7 +345,7 @@ class PeopleTracker:
             evidence.values.append(float(age.value))
         for role, row in probs.items():
             evidence.probs.setdefault(role, []).append(row)
-        evidence.path.append(((frame.time), (x1 + x2) / 2, (y1 + y2) / 2, side))
+        evidence.add_point((frame.time, (x1 + x2) / 2, (y1 + y2) / 2, side))
         if len(evidence.weights) > MAX_EVIDENCE:
             drop = int(np.argmin(evidence.weights))
             for items in (
@@ -391,7 +414,7 @@ class PeopleTracker:
         if track.id is None:
             return None
         evidence = self._evidence(track)
-        if not evidence.frames:
+        if not evidence.frames or evidence.last_point is None:
             return None
         fused = self._fused(evidence)
         assert evidence.fused is not None
@@ -401,11 +424,11 @@ class PeopleTracker:
             first_frame=track.first_frame,
             last_frame=track.last_frame,
             first_time=evidence.path[0][0],
-            last_time=evidence.path[-1][0],
+            last_time=evidence.last_point[0],
             frames_seen=evidence.seen,
             frames_used=evidence.fused[1],
             fusion=evidence.fused[2],
-            path=_path_summary(evidence.path),
+            path=_path_summary(evidence),
             age=fused.get("age"),
             gender=fused.get("gender"),
             thumbnail=evidence.thumbnail,
@@ -432,15 +455,17 @@ def _thumbnail(rgb: NDArray[np.uint8], box: Box) -> NDArray[np.uint8]:
     return np.ascontiguousarray(crop)
 
 
-def _path_summary(path: list[tuple[float, float, float, float]]) -> dict[str, Any]:
+def _path_summary(evidence: Evidence) -> dict[str, Any]:
     """Where the face went: start and end centre and side, distance, a few points."""
+    path = evidence.path
+    if evidence.last_point is not None and path[-1] is not evidence.last_point:
+        path = [*path, evidence.last_point]
     pts = np.array(path, float)
-    steps = np.hypot(np.diff(pts[:, 1]), np.diff(pts[:, 2])) if len(pts) > 1 else np.zeros(0)
     picks = np.unique(np.linspace(0, len(pts) - 1, min(PATH_POINTS, len(pts))).round().astype(int))
     return {
         "start": [_r(v, 1) for v in pts[0, 1:]],
         "end": [_r(v, 1) for v in pts[-1, 1:]],
-        "mean_side": _r(pts[:, 3].mean(), 1),
-        "distance": _r(steps.sum(), 1),
+        "mean_side": _r(evidence.side_total / max(1, evidence.seen), 1),
+        "distance": _r(evidence.distance, 1),
         "points": [[_r(pts[i, 0], 3), *(_r(v, 1) for v in pts[i, 1:])] for i in picks],
     }

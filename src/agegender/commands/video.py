@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -241,7 +243,7 @@ class _Run:
         self.frames_out: IO[str] | None = None
         self.writer: Any = None
         self.people = 0
-        self.latencies: list[float] = []
+        self.latencies = Latencies()
         self.used_thumbs: set[str] = set()
         self.csv_header = False
         self.created: list[Path] = []  # output files and folders this run made
@@ -313,7 +315,7 @@ class _Run:
                         frames += 1
                         self.detected += report.detected
                         if args.live:
-                            self.latencies.append(time.monotonic() - frame.captured)
+                            self.latencies.add(time.monotonic() - frame.captured)
                         self._frame(report, frame.rgb, source.fps)
                         self._people(ended)
                         if args.max_frames is not None and frames >= args.max_frames:
@@ -486,17 +488,44 @@ class _Run:
             f"{frames} frames ({self.detected} detected), {self.people} people, {rate:.1f} frames/s"
         )
         if self.args.live and frames:
-            import numpy as np
-
-            lat = np.array(self.latencies) * 1000 if self.latencies else np.zeros(1)
+            lat = self.latencies
             line += (
                 f"; live: {source.dropped} frames dropped to keep up, "
-                f"{source.reconnects} reconnections, latency mean {lat.mean():.0f} ms, "
-                f"p95 {np.percentile(lat, 95):.0f} ms"
+                f"{source.reconnects} reconnections, latency mean {lat.mean_ms():.0f} ms, "
+                f"p95 {lat.percentile_ms(95):.0f} ms"
             )
             print(f"agegender: {line}", file=sys.stderr)
         else:
             log.info(line)
+
+
+class Latencies:
+    """A live run's frame latencies (reading a frame to its results), counted in 1 ms
+    bins: a run that goes on for weeks keeps one count per distinct millisecond, not one
+    number per frame (30 frames/s held 80 MB more a day)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0  # seconds
+        self.bins: Counter[int] = Counter()  # milliseconds -> frames
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.bins[round(seconds * 1000)] += 1
+
+    def mean_ms(self) -> float:
+        return 1000 * self.total / self.count if self.count else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        """The smallest bin holding at least q% of the frames (0 without any)."""
+        rank = math.ceil(q / 100 * self.count)
+        seen = 0
+        for ms in sorted(self.bins):
+            seen += self.bins[ms]
+            if seen >= rank:
+                return float(ms)
+        return 0.0
 
 
 CSV_COLUMNS = [

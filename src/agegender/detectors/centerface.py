@@ -433,7 +433,7 @@ class CenterFaceDetector:
         face of `large_face` px or more or none, takes its faces of `large_face` px or
         more at the first input, as either pass measured them, from a pass at its
         `coarse_side` (its first pass where it was fed so), the others' smaller ones not
-        half inside one of those."""
+        half inside one of those unless that pass found them too."""
         large, max_side = self.spec.large_face, self.spec.max_side
         coarse: dict[int, int] = {}  # image: the side its large faces come from
         for i, (image, side, found) in enumerate(zip(images, sides, first, strict=True)):
@@ -455,13 +455,19 @@ class CenterFaceDetector:
             # A face large at either pass is the coarse pass's: the two passes measure one face a
             # few pixels apart, and one measured large at the first pass only would
             # otherwise be dropped from both.
-            big = [
-                d
-                for d, w in zip(found, self._widths(found, images[i], sides[i]), strict=True)
-                if w >= large or not self._apart([d], wider)
-            ]
+            big: list[Detection] = []
+            smaller: list[Detection] = []
+            for d, w in zip(found, self._widths(found, images[i], sides[i]), strict=True):
+                (big if w >= large or not self._apart([d], wider) else smaller).append(d)
             fine = [d for d, w in zip(now, wide, strict=True) if not w]
-            results[i] = big + self._apart(fine, big, inside=True)
+            # A smaller face half inside a large one is a part of it, unless the coarse
+            # pass found it too: a face behind one in front (whose box at the coarse pass
+            # reaches over the heads behind it).
+            results[i] = big + [
+                d
+                for d in fine
+                if self._apart([d], big, inside=True) or not self._apart([d], smaller)
+            ]
 
     def coarse_side(self, image: NDArray[np.uint8], side: int) -> int:
         """The side of the pass an image fed at `side` takes its large faces from (card's

@@ -12,6 +12,12 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
+# The methods counted by name. A request line may carry any token as its method, and each
+# new label value is a series kept for the life of the process: counted by the client's
+# own word, a client sending made-up methods grew the server's memory and /metrics
+# without bound (300 such requests to /healthz, which needs no API key, added 300 series).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
 
 class MetricsMiddleware:
     """Counts every HTTP answer by route template, method and status, and times it."""
@@ -38,5 +44,7 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "other"
-            self.metrics.requests.labels(template, scope.get("method", ""), str(status)).inc()
+            method = scope.get("method", "")
+            method = method if method in METHODS else "other"
+            self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - start)
