@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,14 @@ DEFAULT_MAX_DETECT_SIDE = 1600
 MAX_UPSAMPLE = 4  # dlib's upsampling steps (each quadruples the pixels)
 MAX_THREADS = 256  # threads per model session, decode/detect workers
 DEFAULT_BATCH = 32
+NAME_BYTES = 255  # the longest file name most file systems take
+
+
+def name_too_long(name: str) -> bool:
+    """Whether a file or folder name is longer than most file systems take (checked
+    before the work for outputs made after it)."""
+    return len(os.fsencode(name)) > NAME_BYTES
+
 
 # Options that change which graphs are loaded or how: an estimator derived for a request
 # or a fallback shares its loaded models, so these must stay the same.
@@ -284,8 +293,12 @@ def default_of(name: str) -> Any:
 
 
 def mirrors(detector: str) -> bool:
-    """Whether a detector can search an image's mirror image too (detect_mirror)."""
-    return isinstance(detector, str) and detector in ("centerface", "centerface-int8")
+    """Whether a detector can search an image's mirror image too (detect_mirror): its
+    registry entry says so."""
+    from .faces import DETECTORS  # the registry only: no detection library is imported
+
+    spec = DETECTORS.get(detector) if isinstance(detector, str) else None
+    return spec is not None and spec.mirror
 
 
 # The numeric options: (name, type, whether None is allowed).

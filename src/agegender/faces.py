@@ -86,6 +86,7 @@ class DetectorSpec:
     description: str
     factory: Callable[[EstimatorConfig], FaceDetector]
     card: str | None = None  # the model card whose file the detector runs
+    mirror: bool = False  # it can search each image's mirror image too (detect_mirror)
 
 
 def detector_problem(name: str) -> str | None:
@@ -174,6 +175,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             f"CenterFace CNN, 5 landmarks; {_CENTERFACE} (agegender models pull centerface)",
             _centerface,
             card="centerface",
+            mirror=True,
         ),
         DetectorSpec(
             "centerface-int8",
@@ -181,6 +183,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "(agegender models pull centerface-int8)",
             _centerface_int8,
             card="centerface-int8",
+            mirror=True,
         ),
         DetectorSpec("none", "no detection: the whole image is the face (face crops)", _whole),
     )

@@ -469,11 +469,13 @@ def is_output_folder(folder: Path) -> bool:
 
 
 def remove_output_folder(folder: Path) -> None:
-    """Remove a folder a run made for its outputs (and marked), when the run ends without
-    writing any: its marker, then the folder if nothing else is in it."""
+    """Remove a folder a run made for its outputs (marked or not), when the run ends
+    without writing any: the folder and its marker if nothing else is in it; anything
+    else there (or a failure to remove) leaves it as it is, marker included."""
     with contextlib.suppress(OSError):
-        (folder / OUTPUT_MARKER).unlink(missing_ok=True)
-        folder.rmdir()
+        if {item.name for item in folder.iterdir()} <= {OUTPUT_MARKER}:
+            (folder / OUTPUT_MARKER).unlink(missing_ok=True)
+            folder.rmdir()
 
 
 def walk_images(folder: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[str]:

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from .config import NAME_BYTES
 from .errors import single_line
 from .results import Face, ImageResult
 
-NAME_BYTES = 255  # the longest file name most file systems take
 CSV_FIELDS = [
     "path",
     "frame",  # video frames only (index in the video); empty for images

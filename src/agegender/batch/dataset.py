@@ -59,6 +59,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import __version__
+from ..config import name_too_long
 from ..errors import AgegenderError
 from . import sources
 
@@ -248,7 +249,7 @@ def check_dest(dest: str) -> None:
         if kind == "missing" and not os.path.isdir(parent):
             raise AgegenderError(f"--out {dest}: the folder {parent} does not exist")
         name = os.path.basename(os.path.abspath(dest))
-        if kind == "missing" and len(os.fsencode(name)) > 255:  # made after the models load
+        if kind == "missing" and name_too_long(name):  # made after the models load
             raise AgegenderError(f"--out {dest}: the name is too long for a folder")
         target = dest if kind == "dir" else parent
         if not os.access(target, os.W_OK | os.X_OK):

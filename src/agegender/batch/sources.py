@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AgegenderError
-from ..images import IMAGE_SUFFIXES, OUTPUT_MARKER, VIDEO_SUFFIXES
+from ..images import IMAGE_SUFFIXES, OUTPUT_MARKER, VIDEO_SUFFIXES, is_output_folder
 
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 TEXT_LISTS = frozenset({".txt", ".lst"})
@@ -172,12 +172,19 @@ def _glob(pattern: str) -> list[str]:
         if _GLOB_CHARS & set(part):
             break
         fixed.append(part)
-    depth = len(Path(*fixed).parts) if fixed else 0
+    depth = len(fixed)
+    marked: dict[Path, bool] = {}  # each folder looked at once, however many matches
+
+    def is_marked(folder: Path) -> bool:
+        if folder not in marked:
+            marked[folder] = is_output_folder(folder)
+        return marked[folder]
+
     kept = []
     for match in sorted(glob.glob(pattern, recursive=True)):
         path = Path(match)
         below = [p for p in (path, *path.parents) if len(p.parts) > depth]
-        if not any(os.path.isfile(p / OUTPUT_MARKER) for p in below):
+        if not any(is_marked(p) for p in below):
             kept.append(match)
     return kept
 

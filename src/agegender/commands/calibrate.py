@@ -23,7 +23,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from ..config import EstimatorConfig
+from ..config import EstimatorConfig, name_too_long
 from ..errors import AgegenderError
 from ..evaluate.readers import READERS
 from .options import (
@@ -40,7 +40,6 @@ REPORT_THRESHOLDS = (18.0, 21.0, 25.0)
 # Fewer labelled faces cannot be cross-fitted in 5 folds (a file fitted on 1 face said
 # it had been, with a gender temperature that made every probability 1.00).
 MIN_FIT_FACES = 10
-NAME_BYTES = 255  # the longest file name most file systems take (outputs.NAME_BYTES)
 
 
 def _bands(text: str) -> tuple[float, ...]:
@@ -145,7 +144,7 @@ def _check(args: argparse.Namespace, cli: dict[str, Any]) -> None:
             raise AgegenderError(f"--out {args.out}: a calibration file is .toml")
         if os.path.isdir(out):
             raise AgegenderError(f"--out {args.out}: is a folder (give a .toml file)")
-        if len(os.fsencode(out.name)) > NAME_BYTES:  # found only when written, after the fit
+        if name_too_long(out.name):  # found only when written, after the fit
             raise AgegenderError(f"--out {args.out}: the name is too long for a file")
         # lexists: a link that leads nowhere is refused too (it was found only when the
         # file was written, after the whole fit)

@@ -256,7 +256,7 @@ def _dataset_folders(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import report
+    from ..images import remove_output_folder
 
     cli = overrides_from_args(args)
     _check_options(args, cli)
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         # an error or an interrupt before the report was written: the folder this run
         # made for it is not left behind empty
         if made_here:
-            report.discard_unwritten(args.report)
+            remove_output_folder(Path(args.report))
         raise
 
 

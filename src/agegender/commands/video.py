@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ..config import name_too_long
 from ..errors import AgegenderError, single_line
 from .options import add_estimator_options, check_folder_of, config_from_args, number
 
@@ -167,7 +168,7 @@ def _check_thumbs(folder: Path) -> None:
                 raise AgegenderError(f"{where}: not writable (permission denied)")
         else:  # made when the run starts: mkdir failed there after the models loaded
             check_folder_of(where, folder)
-        if len(os.fsencode(folder.name)) > 255:  # made later, it would fail after the work
+        if name_too_long(folder.name):  # made later, it would fail after the work
             raise AgegenderError(f"{where}: the name is too long for a folder")
 
 

@@ -144,11 +144,17 @@ def _unmirrored(
     return boxes, points
 
 
+def scaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
+    """(width, height) of an image scaled by `factor` before the multiple's padding."""
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
 def feed_size(height: int, width: int, max_side: int, multiple: int) -> tuple[float, int, int]:
     """The factor an image is scaled by and the padded (height, width) it is fed at."""
     factor = min(1.0, max_side / max(height, width))
-    fed_h = max(multiple, math.ceil(round(height * factor) / multiple) * multiple)
-    fed_w = max(multiple, math.ceil(round(width * factor) / multiple) * multiple)
+    scaled_w, scaled_h = scaled_size(width, height, factor)
+    fed_h = max(multiple, math.ceil(scaled_h / multiple) * multiple)
+    fed_w = max(multiple, math.ceil(scaled_w / multiple) * multiple)
     return factor, fed_h, fed_w
 
 
@@ -295,7 +301,7 @@ class CenterFaceDetector:
         self, rgb: NDArray[np.uint8], factor: float, fed: tuple[int, int], mirrored: bool = False
     ) -> NDArray[np.float32]:
         height, width = rgb.shape[:2]
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        size = scaled_size(width, height, factor)
         small = rgb if size == (width, height) else shrink(rgb, size)
         if mirrored:
             small = small[:, ::-1]
@@ -358,13 +364,13 @@ class CenterFaceDetector:
         a pass above `max_side` (fed above it, or passed again so for its small faces)
         takes its faces of `large_face` pixels or more at the first input, as either pass
         measured them, from a pass at `max_side` (the first, where it was fed so); the
-        other pass's smaller ones not half inside one of those. With `mirror`, the faces
-        of each image's mirror image (fed at the card's `mirror_scale` of its side) that
-        overlap none of those are added. With the card's
+        other pass's smaller ones not half inside one of those. With the card's
         `largest_face`, that pass is at a smaller side where the image's shorter side
         would be more than `largest_face` (`coarse_side`), and an image fed at `max_side`
         or less whose shorter side is more than that at the input takes its large faces
         from such a pass too when a face of `large_face` pixels or more, or none, was found.
+        Last, with `mirror`, the faces of each image's mirror image (fed at the card's
+        `mirror_scale` of its side) that overlap none of those are added.
         """
         sides = [self.side_for(*im.shape[:2]) for im in images]
         first = self._detect_at(images, sides)
@@ -550,8 +556,9 @@ class CenterFaceDetector:
                 )
                 factor = plans[index][0]
                 height, width = images[index].shape[:2]
-                if mirrored:
-                    boxes, points = _unmirrored(boxes, points, max(1, round(width * factor)))
+                if mirrored:  # in the shrunk image's own width, as _tensor mirrored it
+                    fed_width = scaled_size(width, height, factor)[0]
+                    boxes, points = _unmirrored(boxes, points, fed_width)
                 for box, score, pts in zip(boxes / factor, scores, points / factor, strict=True):
                     x1, y1 = max(0.0, box[0]), max(0.0, box[1])
                     x2, y2 = min(float(width), box[2]), min(float(height), box[3])

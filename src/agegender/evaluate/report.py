@@ -608,23 +608,6 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def discard_unwritten(directory: str | Path) -> None:
-    """Remove the report folder `check_target` made if nothing was written into it yet
-    (the run stopped before its report): empty but for its output marker. Anything else
-    in it, or a failure to remove it, leaves it as it is."""
-    from ..images import OUTPUT_MARKER
-
-    out = Path(directory)
-    try:
-        names = {item.name for item in out.iterdir()}
-        if names <= {OUTPUT_MARKER}:
-            for name in names:
-                (out / name).unlink()
-            out.rmdir()
-    except OSError:
-        pass
-
-
 def check_target(
     directory: str | Path,
     *,
