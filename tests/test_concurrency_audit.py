@@ -106,11 +106,11 @@ class _HeldDecodes:
         self.outcome: dict[str, object] = {}
         real_open = images._open_header
 
-        def open_header(data: bytes) -> Image.Image:
+        def open_header(data: bytes, label: str) -> Image.Image:
             name = threading.current_thread().name
             self.inside[name].set()
             assert self.release[name].wait(WAIT)
-            return real_open(data)
+            return real_open(data, label)
 
         monkeypatch.setattr(images, "_open_header", open_header)
 

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from faceutils import PATCH
+from PIL import Image
 from playwright.sync_api import sync_playwright
 from serve_support import ASTRONAUT, running_server, shared_estimator
 
@@ -121,6 +122,31 @@ def test_page_shows_a_labelled_box_for_the_astronaut() -> None:
     assert operations == 9  # estimate, 4 live-session routes, models, 3 probes
     assert outside == [], f"the page fetched from elsewhere: {outside}"
     assert console_errors == []
+
+
+def test_page_lists_the_faces_of_a_photo_it_cannot_show(tmp_path: Path) -> None:
+    """A HEIC (an iPhone's photo): the server reads it, Chromium cannot draw it. The page
+    waited for the picture to load before showing anything, so it showed nothing."""
+    pillow_heif = pytest.importorskip("pillow_heif", reason="agegender[heif] is not installed")
+    heic = tmp_path / "IMG_0001.HEIC"
+    with Image.open(ASTRONAUT) as image:
+        pillow_heif.from_pillow(image.convert("RGB").crop((0, 0, 512, 384))).save(heic, quality=92)
+    with running_server(ServeSettings()) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#detector option[value='haar']", state="attached")
+            page.set_input_files("#file", str(heic))
+            page.wait_for_selector("#result", state="visible", timeout=30_000)
+            rows = page.locator("#faces tbody tr").count()
+            status = page.inner_text("#status")
+            stage_shown = page.is_visible("#stage")
+        finally:
+            browser.close()
+    assert rows == 1
+    assert status.startswith("1 face in 512 \u00d7 384")
+    assert not stage_shown  # no broken picture with boxes over nothing
 
 
 def test_page_asks_for_the_api_key_and_uses_it() -> None:

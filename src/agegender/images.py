@@ -30,6 +30,8 @@ ChannelOrder = Literal["RGB", "BGR"]
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+    # phones' HEIF/HEIC (read through pillow-heif, the `heif` extra) and AVIF (Pillow's own)
+    | {".heic", ".heif", ".hif", ".avif"}
 )
 # Videos (decoded by video.py, which imports OpenCV: kept here so that light modules such
 # as batch.sources need not import it).
@@ -164,7 +166,7 @@ def decode_bytes(
             if data[:4] == _ICO_MAGIC and pixel_limit is not None:
                 # Pillow decodes an icon's largest image while opening it: check first.
                 _check_pixels(*_icon_size(data), pixel_limit, name)
-            image = _open_header(data)
+            image = _open_header(data, name)
             _check_pixels(image.width, image.height, pixel_limit, name)
             with _pillow_guard_lifted(pixel_limit is None or pixel_limit > _pillow_error_limit()):
                 image.load()
@@ -271,15 +273,68 @@ def _bomb_warning_ignored() -> Iterator[None]:
                 _quiet_in = []
 
 
-def _open_header(data: bytes) -> Image.Image:
+def _open_header(data: bytes, name: str) -> Image.Image:
     """Image.open (header only) without Pillow's bomb error; the caller checks our limit.
     (An ICO is the exception: Pillow decodes it while opening, so decode_bytes measures
-    it from its own headers first.)"""
+    it from its own headers first.) A HEIF/HEIC image Pillow cannot identify is opened
+    again once pillow-heif's plugin is registered."""
+    try:
+        return _open(data)
+    except UnidentifiedImageError:
+        if not _is_heif(data):
+            raise
+        if not _heif_registered():
+            raise UnsupportedImageError(
+                f"{name}: a HEIF/HEIC image, which needs pillow-heif "
+                "(pip install 'agegender[heif]')"
+            ) from None
+        return _open(data)
+
+
+def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         with _pillow_guard_lifted():
             return Image.open(io.BytesIO(data))
+
+
+# HEIF (HEIC: the photos of iPhones since iOS 11, and of many Android phones) is read by
+# pillow-heif (libheif), an optional extra whose import costs about 50 ms: its Pillow
+# plugin is registered the first time an image's ISO-BMFF `ftyp` box names a HEIF brand
+# that Pillow alone cannot open (AVIF, the same container, is Pillow's own). libheif
+# applies the file's rotation and mirroring (`irot`/`imir`) and the plugin then reports
+# the EXIF orientation as 1, so the picture is turned once, as on the phone.
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"mif2"}
+    | {b"msf1"}
+)
+_HEIF_LOCK = threading.Lock()
+_heif_plugin: bool | None = None  # registered; False: pillow-heif is not installed
+
+
+def _is_heif(data: bytes) -> bool:
+    """Whether the bytes start with an ISO-BMFF `ftyp` box naming a HEIF brand (its major
+    brand or one of its compatible brands)."""
+    if data[4:8] != b"ftyp":
+        return False
+    end = min(max(int.from_bytes(data[:4], "big"), 16), len(data), 1024)
+    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, end - 3, 4)}
+    return not brands.isdisjoint(_HEIF_BRANDS)
+
+
+def _heif_registered() -> bool:
+    global _heif_plugin
+    with _HEIF_LOCK:
+        if _heif_plugin is None:
+            try:
+                from pillow_heif import register_heif_opener
+            except ImportError:
+                _heif_plugin = False
+            else:
+                register_heif_opener()
+                _heif_plugin = True
+        return _heif_plugin
 
 
 _ICO_MAGIC = b"\x00\x00\x01\x00"

@@ -103,8 +103,14 @@ async function send(blob, name) {
 
 function show(result, ms) {
   const img = $("photo");
+  $("stage").hidden = false;
   img.onload = () => {
     drawBoxes(result);
+    $("result").hidden = false;
+  };
+  img.onerror = () => {
+    // the server read it, the browser cannot show it (HEIC outside Safari): the table alone
+    $("stage").hidden = true;
     $("result").hidden = false;
   };
   img.src = photoUrl;
