@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from agegender import Estimator, images
-from agegender.errors import ImageTooLargeError, UnsupportedImageError
+from agegender.errors import ImageError, ImageTooLargeError, UnsupportedImageError
 
 pillow_heif = pytest.importorskip("pillow_heif", reason="agegender[heif] is not installed")
 
@@ -121,3 +122,102 @@ def test_a_folder_of_phone_photos_is_searched_and_read(
     assert sorted(path.name for path in out.iterdir()) == ["IMG_0001.png", "b.png", "c.png"]
     with Image.open(out / "IMG_0001.png") as annotated:
         assert annotated.size == (512, 384)  # the upright picture
+
+
+def _damaged(data: bytes) -> bytes:
+    """The file with its coded picture (the `mdat` box's content) zeroed: its headers
+    read, its pixels cannot be decoded."""
+    start = data.index(b"mdat") + 4
+    return data[:start] + bytes(len(data) - start)
+
+
+def _one_line_error(raised: pytest.ExceptionInfo[ImageError], name: str) -> str:
+    message = str(raised.value)
+    assert message.startswith(f"{name}: ") and "\n" not in message, repr(message)
+    return message
+
+
+@pytest.mark.parametrize("encode", [_heic, _avif], ids=["heic", "avif"])
+def test_a_damaged_phone_photo_is_a_one_line_image_error(
+    encode, astronaut_rgb: NDArray[np.uint8], estimator: Estimator
+) -> None:
+    """Before, pillow-heif's EOFError (HEIC) and Pillow's RuntimeError (AVIF) escaped
+    images.load and Estimator.predict, whose contract is ImageError."""
+    data = _damaged(encode(Image.fromarray(_landscape(astronaut_rgb))))
+    with pytest.raises(ImageError) as raised:
+        images.load(data, name="IMG_0001")
+    assert "corrupt image" in _one_line_error(raised, "IMG_0001")
+    with pytest.raises(ImageError):
+        estimator.predict(data)
+    images._heif_registered()
+    with Image.open(io.BytesIO(data)) as opened, pytest.raises(ImageError) as raised:
+        images.load(opened)  # the caller's PIL image, decoded when first used
+    _one_line_error(raised, "<PIL image>")
+
+
+@pytest.mark.parametrize(
+    ("encode", "reason"),
+    [
+        (_heic, "corrupt image (Invalid input: Unexpected end of file"),
+        (_avif, "corrupt image (Failed to decode image"),
+    ],
+    ids=["heic", "avif"],
+)
+def test_a_truncated_phone_photo_is_corrupt_not_an_unknown_format(
+    encode, reason: str, astronaut_rgb: NDArray[np.uint8]
+) -> None:
+    """A photo cut short in a transfer: before, Image.open hid libheif's and libavif's
+    reason, so it was 'not an image (unrecognised format)' (the server's 415)."""
+    data = encode(Image.fromarray(_landscape(astronaut_rgb)))
+    with pytest.raises(ImageError) as raised:
+        images.load(data[: len(data) // 2], name="IMG_0001")
+    assert not isinstance(raised.value, UnsupportedImageError)
+    assert reason in _one_line_error(raised, "IMG_0001")
+
+
+def test_a_damaged_avif_without_pillow_heif_does_not_ask_for_it(
+    monkeypatch: pytest.MonkeyPatch, astronaut_rgb: NDArray[np.uint8]
+) -> None:
+    """An AVIF names HEIF's brand mif1 too: before, one Pillow could not read asked for
+    pillow-heif, which does not read AVIF."""
+    monkeypatch.setattr(Image, "ID", [kind for kind in Image.ID if kind != "HEIF"])
+    monkeypatch.setattr(images, "_heif_plugin", None)
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed
+    data = _avif(Image.fromarray(_landscape(astronaut_rgb)))
+    with pytest.raises(ImageError) as raised:
+        images.load(data[:200], name="IMG_0001.avif")
+    assert "truncated image data" in _one_line_error(raised, "IMG_0001.avif")
+    assert "pillow-heif" not in str(raised.value)
+
+
+def _with_ispe(data: bytes, width: int, height: int) -> bytes:
+    at = data.index(b"ispe") + 8  # the box's type, version and flags, then its size
+    return data[:at] + struct.pack(">II", width, height) + data[at + 8 :]
+
+
+def test_a_crop_cannot_hide_a_heic_over_the_pixel_limit() -> None:
+    """libheif decodes the whole coded picture, then crops it (`clap`) to the size the
+    plugin reports: a 12 KB file showing 64x48 decoded 8194x6146 (RSS +180 MiB) past the
+    default limit. Here a 1001x751 picture (coded a little larger) cropped to 64x48."""
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(Image.new("RGB", (1001, 751), (200, 0, 0))).save(buffer)
+    data = buffer.getvalue()
+    at = data.index(b"ispe") + 8
+    width, height = struct.unpack(">II", data[at : at + 8])
+    at = data.index(b"clap") + 4  # the encoder's crop of its padding
+    assert images.load(data, pixel_limit=None).rgb.shape == (751, 1001, 3)
+    crop = struct.pack(">8i", 64, 1, 48, 1, 64 - width, 2, 48 - height, 2)  # the top left
+    cropped = data[:at] + crop + data[at + len(crop) :]
+    assert images.load(cropped, pixel_limit=None).rgb.shape == (48, 64, 3)
+    with pytest.raises(ImageTooLargeError, match=f"{width}x{height}"):
+        images.load(cropped, pixel_limit=100_000)
+
+
+def test_an_avif_over_the_pixel_limit_is_refused_not_unrecognised(
+    astronaut_rgb: NDArray[np.uint8],
+) -> None:
+    """Over libavif's own limit (16384 x 16384) Pillow cannot identify it: before, 'not
+    an image (unrecognised format)' (415) instead of the pixel limit's refusal (413)."""
+    data = _with_ispe(_avif(Image.fromarray(_landscape(astronaut_rgb))), 30_000, 20_000)
+    with pytest.raises(ImageTooLargeError, match="30000x20000"):
+        images.load(data)

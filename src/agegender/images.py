@@ -21,7 +21,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from .config import DEFAULT_PIXEL_LIMIT
 from .errors import ImageError, ImageTooLargeError, UnsupportedImageError
@@ -166,6 +166,10 @@ def decode_bytes(
             if data[:4] == _ICO_MAGIC and pixel_limit is not None:
                 # Pillow decodes an icon's largest image while opening it: check first.
                 _check_pixels(*_icon_size(data), pixel_limit, name)
+            if data[4:8] == b"ftyp" and pixel_limit is not None:
+                # HEIF/AVIF: the plugin reports the size after the container's crop,
+                # which can hide an image decoded at any size: the declared sizes first.
+                _check_pixels(*_heif_size(data), pixel_limit, name)
             image = _open_header(data, name)
             _check_pixels(image.width, image.height, pixel_limit, name)
             with _pillow_guard_lifted(pixel_limit is None or pixel_limit > _pillow_error_limit()):
@@ -178,14 +182,21 @@ def decode_bytes(
         raise ImageTooLargeError(
             f"{name}: {error} (raise it with --pixel-limit, or pixel_limit in Python)"
         ) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        reason = str(error) or type(error).__name__
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as error:
+        # (EOFError: pillow-heif's damaged HEVC data; RuntimeError: Pillow's damaged AV1
+        # data, libheif's own size limit)
+        reason = _reason(error)
         if "ghostscript" in reason.lower():  # EPS: a format this machine cannot render
             raise UnsupportedImageError(f"{name}: EPS needs Ghostscript ({reason})") from None
         if "truncated" in reason.lower():
             raise ImageError(f"{name}: truncated image data ({reason})") from None
         raise ImageError(f"{name}: corrupt image ({reason})") from None
     return _from_pil(image, None, name, owned=True)
+
+
+def _reason(error: BaseException) -> str:
+    """An error's message on one line (libheif's end in a line break)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (a module global) while opening
@@ -277,18 +288,28 @@ def _open_header(data: bytes, name: str) -> Image.Image:
     """Image.open (header only) without Pillow's bomb error; the caller checks our limit.
     (An ICO is the exception: Pillow decodes it while opening, so decode_bytes measures
     it from its own headers first.) A HEIF/HEIC image Pillow cannot identify is opened
-    again once pillow-heif's plugin is registered."""
+    again once pillow-heif's plugin is registered. A HEIF or AVIF file that its plugin
+    refuses raises the plugin's reason: Image.open says only that it cannot identify it,
+    which made a truncated phone photo 'not an image'."""
     try:
         return _open(data)
     except UnidentifiedImageError:
-        if not _is_heif(data):
-            raise
-        if not _heif_registered():
-            raise UnsupportedImageError(
-                f"{name}: a HEIF/HEIC image, which needs pillow-heif "
-                "(pip install 'agegender[heif]')"
-            ) from None
-        return _open(data)
+        if _is_heif(data):
+            if not _heif_registered():
+                raise UnsupportedImageError(
+                    f"{name}: a HEIF/HEIC image, which needs pillow-heif "
+                    "(pip install 'agegender[heif]')"
+                ) from None
+            with contextlib.suppress(UnidentifiedImageError):
+                return _open(data)
+            from pillow_heif import open_heif
+
+            open_heif(io.BytesIO(data))  # libheif's reason (truncated, corrupt), if it has one
+        elif data[8:12] in _AVIF_BRANDS and features.check("avif"):
+            from PIL.AvifImagePlugin import AvifImageFile
+
+            AvifImageFile(io.BytesIO(data))  # libavif's reason
+        raise
 
 
 def _open(data: bytes) -> Image.Image:
@@ -305,22 +326,55 @@ def _open(data: bytes) -> Image.Image:
 # that Pillow alone cannot open (AVIF, the same container, is Pillow's own). libheif
 # applies the file's rotation and mirroring (`irot`/`imir`) and the plugin then reports
 # the EXIF orientation as 1, so the picture is turned once, as on the phone.
-_HEIF_BRANDS = frozenset(
-    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"mif2"}
-    | {b"msf1"}
-)
+_HEVC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_HEIF_BRANDS = _HEVC_BRANDS | {b"mif1", b"mif2", b"msf1"}
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})  # Pillow's own; pillow-heif does not read them
 _HEIF_LOCK = threading.Lock()
 _heif_plugin: bool | None = None  # registered; False: pillow-heif is not installed
 
 
 def _is_heif(data: bytes) -> bool:
     """Whether the bytes start with an ISO-BMFF `ftyp` box naming a HEIF brand (its major
-    brand or one of its compatible brands)."""
+    brand or one of its compatible brands), and not an AVIF's (which names HEIF's
+    structural brands too)."""
     if data[4:8] != b"ftyp":
         return False
     end = min(max(int.from_bytes(data[:4], "big"), 16), len(data), 1024)
     brands = {data[8:12]} | {data[i : i + 4] for i in range(16, end - 3, 4)}
+    if brands.isdisjoint(_HEVC_BRANDS) and not brands.isdisjoint(_AVIF_BRANDS):
+        return False
     return not brands.isdisjoint(_HEIF_BRANDS)
+
+
+def _heif_size(data: bytes) -> tuple[int, int]:
+    """The largest image a HEIF/AVIF file declares: the `ispe` properties in its `meta`
+    box give each image's size as decoded (a grid's, its tiles', a thumbnail's), before
+    the crop (`clap`) and turn that the plugins' reported size has had."""
+    spans = [(0, len(data))]
+    for kind, skip in ((b"meta", 4), (b"iprp", 0), (b"ipco", 0), (b"ispe", 4)):
+        # (meta and ispe are full boxes: a version and flags before their content)
+        spans = [(s + skip, e) for start, end in spans for s, e in _boxes(data, start, end, kind)]
+    sizes = [
+        (int.from_bytes(data[s : s + 4], "big"), int.from_bytes(data[s + 4 : s + 8], "big"))
+        for s, e in spans
+        if e - s >= 8
+    ]
+    return max([(1, 1), *sizes], key=lambda size: size[0] * size[1])
+
+
+def _boxes(data: bytes, start: int, end: int, kind: bytes) -> Iterator[tuple[int, int]]:
+    """The content (start, end) of each ISO-BMFF box of this type in data[start:end]."""
+    while start + 8 <= end:
+        size, header = int.from_bytes(data[start : start + 4], "big"), 8
+        if size == 1:  # a 64-bit size follows the type
+            size, header = int.from_bytes(data[start + 8 : start + 16], "big"), 16
+        elif size == 0:  # to the end
+            size = end - start
+        if size < header:
+            return
+        if data[start + 4 : start + 8] == kind:
+            yield start + header, min(start + size, end)
+        start += size
 
 
 def _heif_registered() -> bool:
@@ -391,8 +445,9 @@ def _from_pil(
             image = ImageOps.exif_transpose(image) or image
     try:
         return np.ascontiguousarray(np.asarray(_to_rgb(image), dtype=np.uint8))
-    except (OSError, ValueError) as error:  # truncated when loaded, closed, a mode it lacks
-        raise ImageError(f"{name}: cannot read the image ({error})") from None
+    except (OSError, ValueError, EOFError, RuntimeError) as error:
+        # truncated or damaged when loaded (see decode_bytes), closed, a mode it lacks
+        raise ImageError(f"{name}: cannot read the image ({_reason(error)})") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
