@@ -831,3 +831,86 @@ def test_a_photo_fed_just_above_max_side_takes_its_large_faces_from_that_pass(
     recorder.fed.clear()
     det.detect(np.ascontiguousarray(np.pad(image, ((0, 435), (0, 580), (0, 0)))))  # 3,000 px
     assert [f.shape[2:] for f in recorder.fed] == [(928, 1216), (736, 960)]  # 1,200, then 960
+
+
+def _enlarging_card(card_file: Path, extra: str = "small_face = 8\nenlarge = 2") -> Path:
+    """The stand-in's card with `extra`; its NMS overlap at 0.2, since the stand-in's boxes
+    are 4 px at any input, so one face seen at two sizes overlaps itself by a quarter."""
+    path = card_file.with_name("enlarging.toml")
+    text = card_file.read_text().replace("nms_iou = 0.3", "nms_iou = 0.2")
+    path.write_text(text.replace("max_side = 960", f"max_side = 960\n{extra}"))
+    return path
+
+
+def test_a_small_picture_with_a_small_face_is_fed_again_enlarged(card_file: Path) -> None:
+    """enlarge: a picture fed at its own size (here 320 x 416) in which a face came out
+    narrower than small_face (the stand-in's boxes are 4 px) is fed again enlarged by the
+    factor, at most to max_side: a face too faint for the detector at its own size (a 2 x 2
+    blob: a cell 0.25 bright) is found there. Composed scenes shrunk to 320 x 240 (faces of
+    20-65 px): utkface-dev recall 0.923 -> 0.960."""
+    onnx_path = card_file.with_suffix(".onnx")
+    image = np.full((320, 416, 3), 100, np.uint8)
+    image[100:102, 100:102] = 255  # its cell 0.544 bright: found at its own size, 4 px wide
+    image[200:202, 300:302] = 200  # its cell 0.490: found only enlarged (0.69 there)
+
+    def run(toml: Path, pixels: np.ndarray, **kw: int) -> tuple[list, list[tuple[int, ...]]]:
+        det = CenterFaceDetector(load_card_file(toml), onnx_path, **kw)  # type: ignore[arg-type]
+        recorder = _Recorder(det.session)
+        det.session = recorder  # type: ignore[assignment]
+        return det.detect(pixels), [f.shape[2:] for f in recorder.fed]
+
+    def near(faces: list, x: float, y: float) -> bool:
+        return any(
+            abs((f.box[0] + f.box[2]) / 2 - x) < 3 and abs((f.box[1] + f.box[3]) / 2 - y) < 3
+            for f in faces
+        )
+
+    enlarging = _enlarging_card(card_file)
+    faces, fed = run(enlarging, image)
+    assert fed == [(320, 416), (640, 832)]
+    assert len(faces) == 2 and near(faces, 101, 101) and near(faces, 301, 201)
+    faces, fed = run(card_file, image)  # without enlarge: one pass, the faint face missed
+    assert fed == [(320, 416)]
+    assert len(faces) == 1 and near(faces, 101, 101)
+    # at most to max_side (960: 2 x 608 would be 1216)
+    assert run(enlarging, np.pad(image, ((0, 0), (0, 192), (0, 0))))[1] == [(320, 608), (512, 960)]
+    # a side given (--max-detect-side) is fed as it is
+    assert run(enlarging, image, max_side=416)[1] == [(320, 416)]
+    # no face found: nothing says the picture holds small faces
+    assert run(enlarging, np.zeros_like(image))[1] == [(320, 416)]
+    # a picture scaled down takes small_face's second pass (up to its own size), never
+    # an enlarged one
+    large = np.zeros((960, 1248, 3), np.uint8)
+    large[100:112, 100:112] = 255
+    assert run(enlarging, large)[1] == [(768, 960), (960, 1248)]
+    # faces not small (12 px boxes with a scale of log 3): one pass
+    onnx.save_model(centerface_graph(log_scale=float(np.log(3.0))), str(onnx_path))
+    assert run(enlarging, image)[1] == [(320, 416)]
+
+
+def test_the_enlarged_pass_replaces_only_the_small_faces(card_file: Path) -> None:
+    """A face of small_face px or more stays the first pass's (at 2x a face that fills a
+    224 px crop is over 400 px, where the detector measures it worse); the small ones are
+    the enlarged pass's, those only it found are added, and a small one it lost is kept."""
+    det = CenterFaceDetector(
+        load_card_file(_enlarging_card(card_file, "small_face = 30\nenlarge = 2")),  # type: ignore[arg-type]
+        card_file.with_suffix(".onnx"),
+    )
+    big = Detection((20.0, 0.0, 200.0, 210.0), 0.9)
+    small = Detection((0.0, 150.0, 20.0, 190.0), 0.8)
+    lost = Detection((200.0, 100.0, 215.0, 115.0), 0.4)
+    big_again = Detection((10.0, 0.0, 205.0, 220.0), 0.95)
+    small_again = Detection((0.0, 152.0, 19.0, 189.0), 0.85)
+    part = Detection((60.0, 60.0, 80.0, 80.0), 0.5)  # half inside the big face
+    new = Detection((210.0, 180.0, 224.0, 200.0), 0.6)
+
+    def detect_at(images, sides, mirrored=False, enlarge=False):
+        return [[big_again, small_again, part, new]] if enlarge else [[big, small, lost]]
+
+    det._detect_at = detect_at  # type: ignore[method-assign]
+    faces = det.detect(np.zeros((224, 224, 3), np.uint8))
+    assert faces == [big, small_again, new, lost]
+    with pytest.raises(CardError, match="enlarge"):
+        load_card_file(_enlarging_card(card_file, "small_face = 8\nenlarge = 0.5"))
+    with pytest.raises(CardError, match="enlarge"):
+        load_card_file(_enlarging_card(card_file, "enlarge = 2"))  # needs small_face

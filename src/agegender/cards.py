@@ -167,7 +167,7 @@ class DetectionSpec:
 
     The graph takes any input size that is a multiple of `multiple` (images are scaled so
     the longer side is `max_side`, or `min_scale` of theirs up to `side_limit` when that is
-    more, never enlarged, then padded); `decoder` names the decoding in
+    more, enlarged only by `enlarge`, then padded); `decoder` names the decoding in
     ``agegender.detectors`` (e.g. "centerface": heatmap, scale, offset and 5 landmarks at
     `stride`), `outputs` maps each decoder input to the graph's output name.
     """
@@ -188,6 +188,11 @@ class DetectionSpec:
     # `small_face` pixels at the input gets a second pass at up to twice the side (at most
     # side_limit and its own size): its smaller faces may have been missed (0: never).
     small_face: int = 0
+    # With small_face, an image fed at its own size (not scaled down) in which a face came
+    # out narrower than small_face is fed again enlarged by this factor (at most to
+    # max_side); its faces narrower than small_face, and those found only there, come from
+    # that pass (1: never). A small picture's small faces are below the detector's reach.
+    enlarge: float = 1.0
     # Under that policy, an image fed at more than max_side (for its small faces) is also
     # fed at max_side, and its faces of `large_face` pixels or more at the first input (at
     # either pass) come from there: a face of several hundred pixels at the input came out
@@ -819,6 +824,7 @@ DETECTOR_INPUT = (
     "min_scale",
     "side_limit",
     "small_face",
+    "enlarge",
     "large_face",
     "largest_face",
     "mirror_scale",
@@ -926,6 +932,11 @@ def _parse_detector(
     small_face = 0
     if r.get(inp, "input", "small_face") is not None:
         small_face = _positive_int(r, inp, "input", "small_face", 0)
+    enlarge = r.number(inp, "input", "enlarge", 1.0)
+    if not 1 <= enlarge <= 4:
+        r.expect("[input] enlarge", "a number from 1 to 4", enlarge)
+    if enlarge > 1 and not small_face:
+        r.expect("[input] enlarge", "1 without small_face (which it needs)", enlarge)
     large_face = 0
     if r.get(inp, "input", "large_face") is not None:
         large_face = _positive_int(r, inp, "input", "large_face", 0)
@@ -955,6 +966,7 @@ def _parse_detector(
         min_scale=min_scale,
         side_limit=side_limit,
         small_face=small_face,
+        enlarge=enlarge,
         large_face=large_face,
         largest_face=largest_face,
         mirror_scale=mirror_scale,

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -149,9 +150,14 @@ def scaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
     return max(1, round(width * factor)), max(1, round(height * factor))
 
 
-def feed_size(height: int, width: int, max_side: int, multiple: int) -> tuple[float, int, int]:
-    """The factor an image is scaled by and the padded (height, width) it is fed at."""
-    factor = min(1.0, max_side / max(height, width))
+def feed_size(
+    height: int, width: int, max_side: int, multiple: int, enlarge: bool = False
+) -> tuple[float, int, int]:
+    """The factor an image is scaled by and the padded (height, width) it is fed at: its
+    longer side at `max_side`, never more than its own unless `enlarge`."""
+    factor = max_side / max(height, width)
+    if not enlarge:
+        factor = min(1.0, factor)
     scaled_w, scaled_h = scaled_size(width, height, factor)
     fed_h = max(multiple, math.ceil(scaled_h / multiple) * multiple)
     fed_w = max(multiple, math.ceil(scaled_w / multiple) * multiple)
@@ -302,7 +308,10 @@ class CenterFaceDetector:
     ) -> NDArray[np.float32]:
         height, width = rgb.shape[:2]
         size = scaled_size(width, height, factor)
-        small = rgb if size == (width, height) else shrink(rgb, size)
+        if size[0] > width:  # the card's `enlarge`
+            small = np.asarray(cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR), np.uint8)
+        else:
+            small = rgb if size == (width, height) else shrink(rgb, size)
         if mirrored:
             small = small[:, ::-1]
         # Padded at the bottom and right up to the multiple with mid-grey, not black: a black
@@ -369,8 +378,12 @@ class CenterFaceDetector:
         would be more than `largest_face` (`coarse_side`), and an image fed at `max_side`
         or less whose shorter side is more than that at the input takes its large faces
         from such a pass too when a face of `large_face` pixels or more, or none, was found.
-        Last, with `mirror`, the faces of each image's mirror image (fed at the card's
-        `mirror_scale` of its side) that overlap none of those are added.
+        With the card's `enlarge`, an image fed at its own size in which a face came out
+        narrower than `small_face` is fed again enlarged by that factor (up to `max_side`):
+        its faces narrower than `small_face` that pass found and those found only there
+        come from that pass. Last, with `mirror`, the faces of each image's mirror image
+        (fed at the card's `mirror_scale` of its side) that overlap none of those are
+        added.
         """
         sides = [self.side_for(*im.shape[:2]) for im in images]
         first = self._detect_at(images, sides)
@@ -380,6 +393,18 @@ class CenterFaceDetector:
             retried = self._detect_at([images[i] for i in again], larger)
             for i, found in zip(again, retried, strict=True):
                 results[i] = found + self._apart(results[i], found)
+        grown, grown_sides = self._enlarged(images, sides, first)
+        if grown:
+            small = self.spec.small_face
+            enlarged = self._detect_at([images[i] for i in grown], grown_sides, enlarge=True)
+            for i, found in zip(grown, enlarged, strict=True):
+                widths = self._widths(first[i], images[i], sides[i])
+                kept = [d for d, w in zip(first[i], widths, strict=True) if w >= small]
+                smaller = [d for d, w in zip(first[i], widths, strict=True) if w < small]
+                # the faces found there that overlap none kept, nor lie half inside one,
+                # and the small ones of the first pass that it did not find again
+                added = self._apart(self._apart(found, kept), kept, inside=True)
+                results[i] = kept + added + self._apart(smaller, added)
         if self.fixed_side is None and self.spec.large_face:
             # a pass above max_side for the small faces of a photo fed at max_side: its
             # large faces are the first pass's (at max_side)
@@ -425,6 +450,30 @@ class CenterFaceDetector:
                 again.append(i)
                 larger.append(bigger)
         return again, larger
+
+    def _enlarged(
+        self, images: Sequence[NDArray[np.uint8]], sides: list[int], first: list[list[Detection]]
+    ) -> tuple[list[int], list[int]]:
+        """The images to feed again enlarged (the card's `enlarge`), and their sides: fed
+        at their own size, with a face narrower than `small_face` found, enlarged by that
+        factor up to `max_side`."""
+        spec = self.spec
+        if self.fixed_side is not None or spec.enlarge <= 1 or not spec.small_face:
+            return [], []
+        grown: list[int] = []
+        grown_sides: list[int] = []
+        for i, (image, side, found) in enumerate(zip(images, sides, first, strict=True)):
+            longer = max(image.shape[:2])
+            target = min(round(spec.enlarge * longer), spec.max_side)
+            if (
+                found
+                and longer <= side
+                and target > longer
+                and min(self._widths(found, image, side)) < spec.small_face
+            ):
+                grown.append(i)
+                grown_sides.append(target)
+        return grown, grown_sides
 
     def _large_faces(
         self,
@@ -520,13 +569,18 @@ class CenterFaceDetector:
         return kept
 
     def _detect_at(
-        self, images: Sequence[NDArray[np.uint8]], sides: Sequence[int], mirrored: bool = False
+        self,
+        images: Sequence[NDArray[np.uint8]],
+        sides: Sequence[int],
+        mirrored: bool = False,
+        enlarge: bool = False,
     ) -> list[list[Detection]]:
         """Each image's faces fed at its side; `mirrored`: fed as its mirror image, the
-        faces mapped back (boxes, and points with left and right swapped)."""
+        faces mapped back (boxes, and points with left and right swapped); `enlarge`: at
+        that side even above the image's own."""
         spec = self.spec
         plans = [
-            feed_size(im.shape[0], im.shape[1], side, spec.multiple)
+            feed_size(im.shape[0], im.shape[1], side, spec.multiple, enlarge)
             for im, side in zip(images, sides, strict=True)
         ]
         results: list[list[Detection]] = [[] for _ in images]
