@@ -8,9 +8,11 @@ checks the label and the table against the API's JSON, and saves a screenshot to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 from faceutils import PATCH
 from PIL import Image
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, Playwright, sync_playwright
 from serve_support import ASTRONAUT, running_server, shared_estimator
 
 from agegender.serve import ServeSettings
@@ -45,6 +47,19 @@ def chromium_path() -> str:
     if not path:
         pytest.fail("no chromium on PATH: run scripts/ci-deps.sh (apt-get install chromium)")
     return path
+
+
+@contextlib.contextmanager
+def ready_page(p: Playwright, url: str) -> Iterator[Page]:
+    """The server's page in a new headless Chromium, its detector list loaded."""
+    browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+    try:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#detector option[value='haar']", state="attached")
+        yield page
+    finally:
+        browser.close()
 
 
 def test_page_shows_a_labelled_box_for_the_astronaut() -> None:
@@ -131,19 +146,12 @@ def test_page_lists_the_faces_of_a_photo_it_cannot_show(tmp_path: Path) -> None:
     heic = tmp_path / "IMG_0001.HEIC"
     with Image.open(ASTRONAUT) as image:
         pillow_heif.from_pillow(image.convert("RGB").crop((0, 0, 512, 384))).save(heic, quality=92)
-    with running_server(ServeSettings()) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(url + "/")
-            page.wait_for_selector("#detector option[value='haar']", state="attached")
-            page.set_input_files("#file", str(heic))
-            page.wait_for_selector("#result", state="visible", timeout=30_000)
-            rows = page.locator("#faces tbody tr").count()
-            status = page.inner_text("#status")
-            stage_shown = page.is_visible("#stage")
-        finally:
-            browser.close()
+    with running_server(ServeSettings()) as url, sync_playwright() as p, ready_page(p, url) as page:
+        page.set_input_files("#file", str(heic))
+        page.wait_for_selector("#result", state="visible", timeout=30_000)
+        rows = page.locator("#faces tbody tr").count()
+        status = page.inner_text("#status")
+        stage_shown = page.is_visible("#stage")
     assert rows == 1
     assert status.startswith("1 face in 512 \u00d7 384")
     assert not stage_shown  # no broken picture with boxes over nothing
@@ -178,28 +186,21 @@ def test_page_after_an_error_and_a_new_key(tmp_path: Path) -> None:
     under the error); entering the key again does not add the detector list again."""
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image at all")
-    with running_server(ServeSettings()) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(url + "/")
-            page.wait_for_selector("#detector option[value='haar']", state="attached")
-            options = page.eval_on_selector_all("#detector option", "o => o.length")
-            page.select_option("#detector", "haar")
-            page.uncheck("#tta")
-            for _ in range(2):  # loadModels runs again: wait for its answer, then its DOM work
-                with page.expect_response(lambda r: r.url.endswith("/v1/models")):
-                    page.dispatch_event("#api_key", "change")
-                page.wait_for_function("document.getElementById('models').textContent")
-            again = page.eval_on_selector_all("#detector option", "o => o.length")
-            kept = (page.input_value("#detector"), page.is_checked("#tta"))
-            page.set_input_files("#file", str(ASTRONAUT))
-            page.wait_for_selector("#result", state="visible", timeout=30_000)
-            page.set_input_files("#file", str(bad))
-            page.wait_for_selector("#status.error")
-            hidden = page.eval_on_selector("#result", "e => e.hidden")
-        finally:
-            browser.close()
+    with running_server(ServeSettings()) as url, sync_playwright() as p, ready_page(p, url) as page:
+        options = page.eval_on_selector_all("#detector option", "o => o.length")
+        page.select_option("#detector", "haar")
+        page.uncheck("#tta")
+        for _ in range(2):  # loadModels runs again: wait for its answer, then its DOM work
+            with page.expect_response(lambda r: r.url.endswith("/v1/models")):
+                page.dispatch_event("#api_key", "change")
+            page.wait_for_function("document.getElementById('models').textContent")
+        again = page.eval_on_selector_all("#detector option", "o => o.length")
+        kept = (page.input_value("#detector"), page.is_checked("#tta"))
+        page.set_input_files("#file", str(ASTRONAUT))
+        page.wait_for_selector("#result", state="visible", timeout=30_000)
+        page.set_input_files("#file", str(bad))
+        page.wait_for_selector("#status.error")
+        hidden = page.eval_on_selector("#result", "e => e.hidden")
     assert again == options  # "preset's" and each detector once
     assert kept == ("haar", False)  # the user's choices survive a reload of the list
     assert hidden
