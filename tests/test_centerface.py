@@ -833,10 +833,12 @@ def test_a_photo_fed_just_above_max_side_takes_its_large_faces_from_that_pass(
     assert [f.shape[2:] for f in recorder.fed] == [(928, 1216), (736, 960)]  # 1,200, then 960
 
 
-def _enlarging_card(card_file: Path, extra: str = "small_face = 8\nenlarge = 2") -> Path:
+def _enlarging_card(
+    card_file: Path, extra: str = "small_face = 8\nenlarge = 2", name: str = "enlarging"
+) -> Path:
     """The stand-in's card with `extra`; its NMS overlap at 0.2, since the stand-in's boxes
     are 4 px at any input, so one face seen at two sizes overlaps itself by a quarter."""
-    path = card_file.with_name("enlarging.toml")
+    path = card_file.with_name(f"{name}.toml")
     text = card_file.read_text().replace("nms_iou = 0.3", "nms_iou = 0.2")
     path.write_text(text.replace("max_side = 960", f"max_side = 960\n{extra}"))
     return path
@@ -845,9 +847,9 @@ def _enlarging_card(card_file: Path, extra: str = "small_face = 8\nenlarge = 2")
 def test_a_small_picture_with_a_small_face_is_fed_again_enlarged(card_file: Path) -> None:
     """enlarge: a picture fed at its own size (here 320 x 416) in which a face came out
     narrower than small_face (the stand-in's boxes are 4 px) is fed again enlarged by the
-    factor, at most to max_side: a face too faint for the detector at its own size (a 2 x 2
-    blob: a cell 0.25 bright) is found there. Composed scenes shrunk to 320 x 240 (faces of
-    20-65 px): utkface-dev recall 0.923 -> 0.960."""
+    factor, at most to side_limit (max_side without one): a face too faint for the detector
+    at its own size is found there. Composed scenes shrunk to 320 x 240 (faces of 20-65
+    px): utkface-dev recall 0.923 -> 0.960."""
     onnx_path = card_file.with_suffix(".onnx")
     image = np.full((320, 416, 3), 100, np.uint8)
     image[100:102, 100:102] = 255  # its cell 0.544 bright: found at its own size, 4 px wide
@@ -872,8 +874,11 @@ def test_a_small_picture_with_a_small_face_is_fed_again_enlarged(card_file: Path
     faces, fed = run(card_file, image)  # without enlarge: one pass, the faint face missed
     assert fed == [(320, 416)]
     assert len(faces) == 1 and near(faces, 101, 101)
-    # at most to max_side (960: 2 x 608 would be 1216)
-    assert run(enlarging, np.pad(image, ((0, 0), (0, 192), (0, 0))))[1] == [(320, 608), (512, 960)]
+    # at most to side_limit, or max_side without one (960: 2 x 608 would be 1216)
+    wide = np.pad(image, ((0, 0), (0, 192), (0, 0)))
+    assert run(enlarging, wide)[1] == [(320, 608), (512, 960)]
+    limited = _enlarging_card(card_file, "side_limit = 1100\nsmall_face = 8\nenlarge = 2", "lim")
+    assert run(limited, wide)[1] == [(320, 608), (608, 1120)]  # 1100 padded to 32
     # a side given (--max-detect-side) is fed as it is
     assert run(enlarging, image, max_side=416)[1] == [(320, 416)]
     # no face found: nothing says the picture holds small faces

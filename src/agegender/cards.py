@@ -190,8 +190,9 @@ class DetectionSpec:
     small_face: int = 0
     # With small_face, an image fed at its own size (not scaled down) in which a face came
     # out narrower than small_face is fed again enlarged by this factor (at most to
-    # max_side); its faces narrower than small_face, and those found only there, come from
-    # that pass (1: never). A small picture's small faces are below the detector's reach.
+    # side_limit, or max_side without one); its faces narrower than small_face, and those
+    # found only there, come from that pass (1: never). A small picture's small faces are
+    # below the detector's reach.
     enlarge: float = 1.0
     # Under that policy, an image fed at more than max_side (for its small faces) is also
     # fed at max_side, and its faces of `large_face` pixels or more at the first input (at

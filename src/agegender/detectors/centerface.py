@@ -379,7 +379,8 @@ class CenterFaceDetector:
         or less whose shorter side is more than that at the input takes its large faces
         from such a pass too when a face of `large_face` pixels or more, or none, was found.
         With the card's `enlarge`, an image fed at its own size in which a face came out
-        narrower than `small_face` is fed again enlarged by that factor (up to `max_side`):
+        narrower than `small_face` is fed again enlarged by that factor (at most to
+        `side_limit`, or `max_side` without one):
         its faces narrower than `small_face` that pass found and those found only there
         come from that pass. Last, with `mirror`, the faces of each image's mirror image
         (fed at the card's `mirror_scale` of its side) that overlap none of those are
@@ -456,7 +457,7 @@ class CenterFaceDetector:
     ) -> tuple[list[int], list[int]]:
         """The images to feed again enlarged (the card's `enlarge`), and their sides: fed
         at their own size, with a face narrower than `small_face` found, enlarged by that
-        factor up to `max_side`."""
+        factor, at most to `side_limit` (`max_side` without one)."""
         spec = self.spec
         if self.fixed_side is not None or spec.enlarge <= 1 or not spec.small_face:
             return [], []
@@ -464,7 +465,7 @@ class CenterFaceDetector:
         grown_sides: list[int] = []
         for i, (image, side, found) in enumerate(zip(images, sides, first, strict=True)):
             longer = max(image.shape[:2])
-            target = min(round(spec.enlarge * longer), spec.max_side)
+            target = min(round(spec.enlarge * longer), spec.side_limit or spec.max_side)
             if (
                 found
                 and longer <= side
