@@ -919,3 +919,28 @@ def test_the_enlarged_pass_replaces_only_the_small_faces(card_file: Path) -> Non
         load_card_file(_enlarging_card(card_file, "small_face = 8\nenlarge = 0.5"))
     with pytest.raises(CardError, match="enlarge"):
         load_card_file(_enlarging_card(card_file, "enlarge = 2"))  # needs small_face
+
+
+def test_an_enlarged_picture_is_resized_bilinearly_even_where_its_width_stays(
+    card_file: Path,
+) -> None:
+    """enlarge: a tall picture enlarged to max_side by a hair (959 -> 960 rows) keeps its
+    100 columns (100 x 960 / 959 rounds to 100); it is still enlarged bilinearly, as a
+    picture whose width grows is (it went to the area-averaging shrink, whose rows came
+    out unlike bilinear's)."""
+    det = CenterFaceDetector(
+        load_card_file(_enlarging_card(card_file)), card_file.with_suffix(".onnx")
+    )
+    recorder = _Recorder(det.session)
+    det.session = recorder  # type: ignore[assignment]
+    rng = np.random.default_rng(0)
+    for shape, fed in (((959, 100, 3), (960, 128)), ((100, 959, 3), (128, 960))):
+        image = rng.integers(0, 100, shape, dtype=np.uint8)  # no face (cells under 0.4)
+        image[40:44, 40:44] = 255  # a face 4 px wide, under small_face: fed again enlarged
+        recorder.fed.clear()
+        det.detect(image)
+        assert [f.shape[2:] for f in recorder.fed] == [fed, fed]
+        size = (round(shape[1] * 960 / 959), round(shape[0] * 960 / 959))
+        want = np.full((*fed, 3), 128, np.uint8)
+        want[: size[1], : size[0]] = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(recorder.fed[1][0], want.transpose(2, 0, 1))

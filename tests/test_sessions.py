@@ -266,6 +266,47 @@ def test_on_an_accelerator_centerface_keeps_a_session_a_shape(tmp_path, monkeypa
 
 
 @needs_azure
+def test_on_an_accelerator_small_pictures_of_both_orientations_keep_their_sessions(
+    tmp_path, monkeypatch
+) -> None:
+    # A small picture with a small face is fed at its own size, enlarged (the card's
+    # `enlarge`) and, with --detect-mirror, mirrored at half its side: three input sizes,
+    # six for landscape and portrait ones. With four kept, every picture made its sessions
+    # again (a CUDA session sets itself up for hundreds of ms).
+    onnx.save_model(standin_graph(), str(tmp_path / "centerface.onnx"))
+    card_path = tmp_path / "centerface.toml"
+    extra = "max_side = 960\nsmall_face = 8\nenlarge = 2\nmirror_scale = 0.5"
+    card_path.write_text(CENTERFACE_CARD.format(max_side=960).replace("max_side = 960", extra))
+    card = cards.load_card_file(card_path)
+    plain = CenterFaceDetector(card, tmp_path / "centerface.onnx", mirror=True)
+    det = CenterFaceDetector(card, tmp_path / "centerface.onnx", providers=["azure"], mirror=True)
+    wide = np.zeros((240, 320, 3), np.uint8)
+    wide[100:104, 200:204] = 255  # a face 4 px wide, under small_face
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
+    made: list[object] = []
+    real = sessions.create
+
+    def create(*args, **kwargs):
+        made.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sessions, "create", create)
+    for _ in range(3):
+        for image in (wide, tall):
+            got, want = det.detect(image), plain.detect(image)
+            np.testing.assert_allclose([f.box for f in got], [f.box for f in want], atol=1e-4)
+    assert sorted(det._by_shape) == [
+        (128, 160),
+        (160, 128),
+        (256, 320),
+        (320, 256),
+        (480, 640),
+        (640, 480),
+    ]
+    assert len(made) == 5  # the first size runs the detector's own session
+
+
+@needs_azure
 def test_on_an_accelerator_a_session_being_made_holds_up_no_other_shape(
     tmp_path, monkeypatch
 ) -> None:

@@ -41,8 +41,10 @@ from . import shrink
 
 # The pixel value the fed image is padded with up to the card's multiple (see _tensor).
 PAD_VALUE = 128
-# On an accelerator, the sessions kept, one per input shape (CenterFaceDetector.session_for).
-SHAPE_SESSIONS = 4
+# On an accelerator, the sessions kept, one per input shape (CenterFaceDetector.session_for):
+# landscape and portrait pictures each fed at their own size, enlarged (the card's
+# `enlarge`) and mirrored (--detect-mirror) are six.
+SHAPE_SESSIONS = 6
 
 
 def intersections(box: Sequence[float], boxes: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -308,7 +310,7 @@ class CenterFaceDetector:
     ) -> NDArray[np.float32]:
         height, width = rgb.shape[:2]
         size = scaled_size(width, height, factor)
-        if size[0] > width:  # the card's `enlarge`
+        if size[0] > width or size[1] > height:  # the card's `enlarge`
             small = np.asarray(cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR), np.uint8)
         else:
             small = rgb if size == (width, height) else shrink(rgb, size)
