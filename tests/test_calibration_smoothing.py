@@ -35,3 +35,17 @@ def test_smoothing_matches_a_log_normal_error() -> None:
     q = model @ cal.kernel_matrix(ENSEMBLE, 0.3)
     bias = float(np.mean(q @ np.log1p(ENSEMBLE) - np.log1p(ages)))
     assert abs(bias) < 0.02
+
+
+def test_the_smoothing_matrices_kept_are_bounded() -> None:
+    """A fit tries hundreds of widths; each matrix made was kept for the process's life
+    (a serve or batch process that calibrates, or fits again and again, grew without end).
+    The most recently used are kept, and a matrix is the same whether kept or made again."""
+    values = np.arange(0, 101, dtype=np.float64)
+    first = cal.kernel_matrix(values, 0.123).copy()
+    for width in np.linspace(0.05, 0.5, 300):
+        cal.kernel_matrix(values, float(width))
+        cal.kernel_matrix(values, 0.2)  # used over and over: stays
+    assert len(cal._KERNELS) <= cal._KERNELS_KEPT
+    assert (values.tobytes(), 0.2) in cal._KERNELS
+    np.testing.assert_array_equal(cal.kernel_matrix(values, 0.123), first)

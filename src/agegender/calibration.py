@@ -48,7 +48,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import threading
 import tomllib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,7 +397,11 @@ def temper(probs: NDArray[np.float64], temperature: float) -> NDArray[np.float64
     return out / out.sum(axis=-1, keepdims=True)
 
 
-_KERNELS: dict[tuple[bytes, float], Any] = {}
+# The smoothing matrices made, most recently used last: a fit tries hundreds of widths, a
+# running estimator uses a few per band, so a few dozen are kept (each 101 x 101 floats).
+_KERNELS: OrderedDict[tuple[bytes, float], Any] = OrderedDict()
+_KERNELS_KEPT = 64
+_KERNELS_LOCK = threading.Lock()
 
 
 def kernel_matrix(values: NDArray[np.float64], width: float) -> NDArray[np.float64]:
@@ -409,7 +415,10 @@ def kernel_matrix(values: NDArray[np.float64], width: float) -> NDArray[np.float
     import numpy as np
 
     key = (np.asarray(values, np.float64).tobytes(), float(width))
-    cached = _KERNELS.get(key)
+    with _KERNELS_LOCK:
+        cached = _KERNELS.get(key)
+        if cached is not None:
+            _KERNELS.move_to_end(key)
     if cached is None:
         v = np.asarray(values, np.float64)
         order = np.argsort(v, kind="stable")
@@ -421,7 +430,11 @@ def kernel_matrix(values: NDArray[np.float64], width: float) -> NDArray[np.float
         k = k / k.sum(axis=1, keepdims=True)
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
-        cached = _KERNELS[key] = k[np.ix_(back, back)]
+        cached = k[np.ix_(back, back)]
+        with _KERNELS_LOCK:
+            _KERNELS[key] = cached
+            while len(_KERNELS) > _KERNELS_KEPT:
+                _KERNELS.popitem(last=False)
     return cached  # type: ignore[no-any-return]
 
 
