@@ -17,6 +17,17 @@ for a seed) with the photo size, faces per photo and chip sizes as options, so t
 ``score`` matches each reported face to a true one as ``score_scenes.py`` does (centre within
 0.3 of the chip size, width 0.3-1.3 of it, each true face once) and prints recall (all,
 upright, turned), false faces per photo, and the MAE and gender accuracy of the faces found.
+With ``--by-size`` it prints two more lines: recall by the true face's size (0.87 of the
+chip: under 24 px, 24-32, 32-40, 40-56, 56 and up), and, by the width of the box reported
+(under 32 px, 32-48, 48-96, 96 and up), the faces found, the share whose 80% interval holds
+the true age (ends included, as ``agegender evaluate`` counts it), the interval's mean
+width, the MAE, the gender accuracy and the mean probability stated for the gender given.
+
+    python benchmarks/group_photos.py shrink SCENES_DIR OUT_DIR --scale 0.25
+
+``shrink`` makes small pictures with small faces from composed ones (``make_scenes.py``'s or
+``compose``'s folder: images/ and truth.json): each image scaled by ``--scale`` with area
+averaging, saved as JPEG (quality 95), its truth scaled alike.
 """
 
 from __future__ import annotations
@@ -201,6 +212,7 @@ def score(args: argparse.Namespace) -> None:
     found = {"upright": 0, "turned": 0}
     total = {"upright": 0, "turned": 0}
     false_faces, errors, right = 0, [], []
+    matched: list[tuple[dict, dict]] = []
     seen: set[str] = set()
     for line in Path(args.predictions).read_text().splitlines():
         if not line.startswith("{"):
@@ -229,6 +241,7 @@ def score(args: argparse.Namespace) -> None:
             errors.append(abs(float(face["age"]["value"]) - t["age"]))
             right.append(str(face["gender"]["label"]).lower() == t["gender"])
             found["turned" if t["angle"] else "upright"] += 1
+            matched.append((t, face))
     for faces in truth.values():
         for t in faces:
             total["turned" if t["angle"] else "upright"] += 1
@@ -248,6 +261,78 @@ def score(args: argparse.Namespace) -> None:
             }
         )
     )
+    if args.by_size:
+        _by_size(truth, matched)
+
+
+FACE_BINS = ((0, 24, "<24"), (24, 32, "24-32"), (32, 40, "32-40"), (40, 56, "40-56"))
+BOX_BINS = ((0, 32, "<32"), (32, 48, "32-48"), (48, 96, "48-96"))
+
+
+def _bin(value: float, bins: tuple[tuple[int, int, str], ...], last: str) -> str:
+    return next((label for low, high, label in bins if low <= value < high), last)
+
+
+def _by_size(truth: dict[str, list[dict]], matched: list[tuple[dict, dict]]) -> None:
+    """Recall by the true face's size, and the estimates by the reported box's width."""
+    found_ids = {id(t) for t, _ in matched}
+    recall: dict[str, list[int]] = {}
+    for faces in truth.values():
+        for t in faces:
+            counts = recall.setdefault(_bin(0.87 * t["size"], FACE_BINS, ">=56"), [0, 0])
+            counts[0] += id(t) in found_ids
+            counts[1] += 1
+    print(json.dumps({"recall_by_face_px": {k: round(f / n, 4) for k, (f, n) in recall.items()}}))
+    rows: dict[str, list[tuple[bool, float, float, bool, float]]] = {}
+    for t, face in matched:
+        x1, _, x2, _ = face["box"]
+        lo, hi = face["age"]["interval"]
+        rows.setdefault(_bin(x2 - x1, BOX_BINS, ">=96"), []).append(
+            (
+                lo <= t["age"] <= hi,
+                hi - lo,
+                abs(float(face["age"]["value"]) - t["age"]),
+                str(face["gender"]["label"]).lower() == t["gender"],
+                float(face["gender"]["probability"]),
+            )
+        )
+    table = {
+        k: {
+            "faces": len(v),
+            "coverage": round(float(np.mean([r[0] for r in v])), 4),
+            "width": round(float(np.mean([r[1] for r in v])), 1),
+            "mae": round(float(np.mean([r[2] for r in v])), 2),
+            "gender_accuracy": round(float(np.mean([r[3] for r in v])), 4),
+            "gender_stated": round(float(np.mean([r[4] for r in v])), 3),
+        }
+        for k, v in rows.items()
+    }
+    print(json.dumps({"by_box_px": table}))
+
+
+def shrink(args: argparse.Namespace) -> None:
+    src, out = Path(args.scenes), Path(args.out)
+    if not 0 < args.scale < 1:
+        sys.exit(f"--scale {args.scale}: expected a number between 0 and 1")
+    if out.is_dir():
+        if not (out / "truth.json").is_file():
+            sys.exit(f"{out}: exists and holds no truth.json (not a folder this script made)")
+        shutil.rmtree(out)
+    (out / "images").mkdir(parents=True)
+    scaled = []
+    for item in json.loads((src / "truth.json").read_text()):
+        image = cv2.imread(str(src / "images" / item["file"]))
+        height, width = image.shape[:2]
+        size = (round(width * args.scale), round(height * args.scale))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(out / "images" / item["file"]), small, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        faces = [
+            dict(f, cx=f["cx"] * args.scale, cy=f["cy"] * args.scale, size=f["size"] * args.scale)
+            for f in item["faces"]
+        ]
+        scaled.append({"file": item["file"], "faces": faces})
+    (out / "truth.json").write_text(json.dumps(scaled))
+    print(f"{len(scaled)} images scaled by {args.scale}")
 
 
 def main() -> None:
@@ -281,7 +366,15 @@ def main() -> None:
     check = sub.add_parser("score", help="score predict --jsonl output against truth.json")
     check.add_argument("truth", help="truth.json written by compose")
     check.add_argument("predictions", help="the JSONL of agegender predict --jsonl")
+    check.add_argument(
+        "--by-size", action="store_true", help="also recall by face size and estimates by box"
+    )
     check.set_defaults(run=score)
+    small = sub.add_parser("shrink", help="scale composed pictures and their truth down")
+    small.add_argument("scenes", help="a folder with images/ and truth.json")
+    small.add_argument("out", help="output folder (replaced if this script made it)")
+    small.add_argument("--scale", type=float, required=True, help="e.g. 0.25")
+    small.set_defaults(run=shrink)
     args = parser.parse_args()
     args.run(args)
 
