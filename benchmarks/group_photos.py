@@ -52,6 +52,15 @@ def _pair(text: str) -> tuple[int, int]:
     return low, high
 
 
+def _fresh_output(out: Path) -> None:
+    """OUT/images made empty: a folder this script made (it holds truth.json) is replaced."""
+    if out.is_dir():
+        if not (out / "truth.json").is_file():
+            sys.exit(f"{out}: exists and holds no truth.json (not a folder this script made)")
+        shutil.rmtree(out)
+    (out / "images").mkdir(parents=True)
+
+
 def compose(args: argparse.Namespace) -> None:
     src, out = Path(args.chips), Path(args.out)
     with (src / "labels.csv").open() as handle:
@@ -59,11 +68,7 @@ def compose(args: argparse.Namespace) -> None:
     count = min(args.faces, len(rows))
     rng = random.Random(args.seed)
     rng.shuffle(rows)
-    if out.is_dir():
-        if not (out / "truth.json").is_file():
-            sys.exit(f"{out}: exists and holds no truth.json (not a folder this script made)")
-        shutil.rmtree(out)
-    (out / "images").mkdir(parents=True)
+    _fresh_output(out)
     width, height = args.width, args.height
     truth: list[dict] = []
     used = index = 0
@@ -142,11 +147,7 @@ def closeups(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     rng.shuffle(rows)
     nprng = np.random.default_rng(args.seed)
-    if out.is_dir():
-        if not (out / "truth.json").is_file():
-            sys.exit(f"{out}: exists and holds no truth.json (not a folder this script made)")
-        shutil.rmtree(out)
-    (out / "images").mkdir(parents=True)
+    _fresh_output(out)
     truth = []
     for index, row in enumerate(rows[: args.photos]):
         if args.sizes:
@@ -314,11 +315,7 @@ def shrink(args: argparse.Namespace) -> None:
     src, out = Path(args.scenes), Path(args.out)
     if not 0 < args.scale < 1:
         sys.exit(f"--scale {args.scale}: expected a number between 0 and 1")
-    if out.is_dir():
-        if not (out / "truth.json").is_file():
-            sys.exit(f"{out}: exists and holds no truth.json (not a folder this script made)")
-        shutil.rmtree(out)
-    (out / "images").mkdir(parents=True)
+    _fresh_output(out)
     scaled = []
     for item in json.loads((src / "truth.json").read_text()):
         image = cv2.imread(str(src / "images" / item["file"]))
