@@ -286,3 +286,71 @@ def test_a_video_file_named_like_a_protocol_is_read(
     # 'cam:1.avi' as given on the command line: FFmpeg read it as the protocol 'cam'
     frames = list(video.frames("cam:1.avi", step=0))
     assert [f.error for f in frames] == [None] * 3, frames
+
+
+_KILLED_WHILE_WRITING = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+from agegender import outputs
+
+real_open = Path.open
+
+class Dying:
+    def __init__(self, handle):
+        self.handle = handle
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self.handle.__exit__(*exc)
+    def write(self, data):
+        self.handle.write(data[: len(data) // 2])
+        self.handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 half way through the image
+
+def dying_open(self, mode="r", *args, **kwargs):
+    handle = real_open(self, mode, *args, **kwargs)
+    return Dying(handle) if "x" in mode else handle
+
+Path.open = dying_open
+rgb = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+outputs.save_rgb(Path(sys.argv[1]) / "photo.png", rgb)
+"""
+
+
+def test_a_process_killed_while_writing_an_image_leaves_no_truncated_image(
+    tmp_path: Path,
+) -> None:
+    """kill -9 (or the OOM killer) while an annotated copy or a thumbnail was being written
+    left a truncated image under its name, which a viewer or the next run took for a
+    result. The bytes now go to a hidden file linked to the name when whole."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_WRITING, str(tmp_path)], capture_output=True
+    )
+    assert done.returncode == -9, done.stderr.decode()
+    assert not (tmp_path / "photo.png").exists()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".photo.png.partial-")  # hidden: skipped
+
+
+def test_an_image_written_whole_leaves_only_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    outputs.save_rgb(tmp_path / "a.png", rgb)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), rgb)
+    with pytest.raises(FileExistsError):  # never replaced
+        outputs.save_rgb(tmp_path / "a.png", rgb)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    # a file system without hard links: the name itself is written
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    outputs.save_rgb(tmp_path / "b.png", rgb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]

@@ -220,9 +220,34 @@ def save_rgb(path: Path, rgb: NDArray[np.uint8]) -> None:
 
 
 def write_new(path: Path, data: bytes) -> None:
-    """`data` as a new file; FileExistsError if `path` exists. A write that fails part
-    way (a full disk, Ctrl-C) removes the file: a truncated image left under its name
-    was kept by the next run, which wrote its copy beside it."""
+    """`data` as a new file; FileExistsError if `path` exists.
+
+    The bytes go to a hidden file beside it first (`.NAME.partial-PID`), which is then
+    linked to `path` (a link never replaces a file, even one made meanwhile) and removed:
+    a process killed while writing (kill -9, the OOM killer) leaves no truncated image
+    under the name, only the hidden file, which folder searches skip. A write that fails
+    part way (a full disk, Ctrl-C) removes it. Where the file system has no hard links,
+    `path` itself is written."""
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    if len(os.fsencode(partial.name)) > NAME_BYTES:
+        _write_exclusive(path, data)
+        return
+    try:
+        _write_exclusive(partial, data)
+    except FileExistsError:  # a hidden file of that name already (not ours to remove)
+        _write_exclusive(path, data)
+        return
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FAT file systems)
+        _write_exclusive(path, data)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_exclusive(path: Path, data: bytes) -> None:
     handle = path.open("xb")  # "x": never replaces a file, even one made meanwhile
     try:
         with handle:
