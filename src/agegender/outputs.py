@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import NAME_BYTES
+from .config import NAME_BYTES, name_too_long
 from .errors import single_line
 from .results import Face, ImageResult
 
@@ -229,7 +229,7 @@ def write_new(path: Path, data: bytes) -> None:
     part way (a full disk, Ctrl-C) removes it. Where the file system has no hard links,
     `path` itself is written."""
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    if len(os.fsencode(partial.name)) > NAME_BYTES:
+    if name_too_long(partial.name):
         _write_exclusive(path, data)
         return
     try:

@@ -398,16 +398,9 @@ class CenterFaceDetector:
                 results[i] = found + self._apart(results[i], found)
         grown, grown_sides = self._enlarged(images, sides, first)
         if grown:
-            small = self.spec.small_face
             enlarged = self._detect_at([images[i] for i in grown], grown_sides, enlarge=True)
             for i, found in zip(grown, enlarged, strict=True):
-                widths = self._widths(first[i], images[i], sides[i])
-                kept = [d for d, w in zip(first[i], widths, strict=True) if w >= small]
-                smaller = [d for d, w in zip(first[i], widths, strict=True) if w < small]
-                # the faces found there that overlap none kept, nor lie half inside one,
-                # and the small ones of the first pass that it did not find again
-                added = self._apart(self._apart(found, kept), kept, inside=True)
-                results[i] = kept + added + self._apart(smaller, added)
+                results[i] = self._with_enlarged(first[i], found, images[i], sides[i])
         if self.fixed_side is None and self.spec.large_face:
             # a pass above max_side for the small faces of a photo fed at max_side: its
             # large faces are the first pass's (at max_side)
@@ -477,6 +470,18 @@ class CenterFaceDetector:
                 grown.append(i)
                 grown_sides.append(target)
         return grown, grown_sides
+
+    def _with_enlarged(
+        self, first: list[Detection], found: list[Detection], image: NDArray[np.uint8], side: int
+    ) -> list[Detection]:
+        """An image's faces once passed again enlarged: the first pass's of `small_face`
+        px or more, the enlarged pass's (`found`) that overlap none of those nor lie half
+        inside one, and the first pass's smaller ones that it did not find again."""
+        large = self._widths(first, image, side) >= self.spec.small_face
+        kept = [d for d, w in zip(first, large, strict=True) if w]
+        smaller = [d for d, w in zip(first, large, strict=True) if not w]
+        added = self._apart(self._apart(found, kept), kept, inside=True)
+        return kept + added + self._apart(smaller, added)
 
     def _large_faces(
         self,
