@@ -791,11 +791,13 @@ def make_manifest(
     key: str,
     video: dict[str, Any],
     files: dict[str, str] | None = None,
+    data: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """`files`: the sha256 of each file of the user's that shapes the rows besides the
     models (a --calibration file, a card's own TOML), by role: their paths alone, in
     `config`, would let a file edited between a crash and the resume change the rows
-    unseen."""
+    unseen. `data`: the digest of each card and calibration in effect, built-in ones
+    included (job.data_digests), which the agegender version alone does not pin."""
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "sink": sink,
@@ -807,11 +809,13 @@ def make_manifest(
     }
     if files:
         manifest["files_sha256"] = files
+    if data:
+        manifest["data_sha256"] = data
     return manifest
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    sections = ("sink", "key", "config", "models", "video", "files_sha256")
+    sections = ("sink", "key", "config", "models", "video", "files_sha256", "data_sha256")
     for section in (*sections, "agegender_version"):
         a, b = old.get(section), new.get(section)
         if a == b:

@@ -4,6 +4,7 @@ model identities, the tally and the summary."""
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import threading
 import time
@@ -71,8 +72,8 @@ def model_identities(estimator: Estimator) -> list[dict[str, str]]:
 def user_files(estimator: Estimator) -> dict[str, str]:
     """The sha256 of the user's files that shape the rows besides the model files: a
     --calibration file, and each card read from a TOML file of the user's (its
-    preprocessing, its own calibration). Built-in cards and calibrations are pinned by
-    the agegender version the manifest records."""
+    preprocessing, its own calibration). What they hold is also in `data_digests`; their
+    bytes here refuse a resume after any edit, as they always have."""
     from ..store.files import card_folder
     from ..store.hashing import sha256_file
 
@@ -84,6 +85,44 @@ def user_files(estimator: Estimator) -> dict[str, str]:
         for head in heads:
             if card_folder(head.card) is not None and head.card.origin:
                 out[f"card {head.card.id}"] = sha256_file(Path(head.card.origin))
+    return out
+
+
+def _digest(data: Any) -> str:
+    """sha256 of a dataclass's fields as canonical JSON (floats by repr: exact)."""
+    text = json.dumps(data, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def data_digests(estimator: Estimator) -> dict[str, str]:
+    """A digest of what else shapes the rows and the agegender version does not pin: each
+    card in use (the heads' and the detector's: preprocessing, decoding, detection passes,
+    the declared file) and each task's calibration in effect, read as the Estimator
+    parsed them. A built-in card or calibration edited under an unchanged version (a
+    development install, a patched package) refuses a resume as a user's edited file
+    does. A card's own file's place, title and notes do not count (moving an install
+    keeps its datasets resumable)."""
+    from dataclasses import asdict
+
+    out: dict[str, str] = {}
+    cards: list[tuple[str, Any]] = [
+        (f"{role} card {head.card.id}", head.card)
+        for role, heads in estimator.heads.items()
+        for head in heads
+    ]
+    detector: Any = estimator.detector
+    while getattr(detector, "base", None) is not None:  # the rotation sweep's wrapper
+        detector = detector.base
+    if getattr(detector, "card", None) is not None:
+        cards.append((f"detector card {detector.card.id}", detector.card))
+    for name, card in cards:
+        fields = asdict(card)
+        for ignored in ("origin", "title", "notes", "license"):
+            fields.pop(ignored, None)
+        out[name] = _digest(fields)
+    for role, task in estimator.tasks.items():
+        if task.calibration is not None:
+            out[f"{role} calibration"] = _digest(asdict(task.calibration))
     return out
 
 

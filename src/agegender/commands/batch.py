@@ -136,7 +136,13 @@ def _run(args: argparse.Namespace) -> int:
     models = job.model_identities(estimator)
     video = {"step": args.video_step, "max_frames": args.max_frames, "rows": args.video_rows}
     manifest = dataset.make_manifest(
-        config.as_dict(), models, args.format, args.key, video, job.user_files(estimator)
+        config.as_dict(),
+        models,
+        args.format,
+        args.key,
+        video,
+        job.user_files(estimator),
+        job.data_digests(estimator),
     )
     out = dataset.Dataset(
         args.out, manifest, args.format, args.overwrite, max_attempts=args.max_attempts
