@@ -53,8 +53,10 @@ def test_a_float_tiff_a_little_past_one_is_read_as_0_to_1(
     )
 
 
-def _png(width: int, height: int, colour_type: int, rows: bytes, trns: bytes) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+def _png(
+    width: int, height: int, colour_type: int, rows: bytes, trns: bytes, depth: int = 16
+) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + png_chunk(b"IHDR", header)
@@ -140,3 +142,27 @@ def test_a_one_bit_pngs_transparent_level_is_composited_on_white() -> None:
     np.testing.assert_array_equal(
         rgb, images.load(encode(bits.convert("L"), "PNG", transparency=0)).rgb
     )
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_a_low_bit_grey_pngs_transparent_level_is_composited_on_white(depth: int) -> None:
+    """A 2- or 4-bit grey PNG's tRNS level: Pillow scales the pixels to 0..255 but kept the
+    key at the file's depth, so the transparent level stayed grey (2-bit level 1: 85). Every
+    level in turn is the key."""
+    top = (1 << depth) - 1
+    levels = np.arange(top + 1)
+    per_byte = 8 // depth
+    width = len(levels) + (-len(levels)) % per_byte
+    packed = np.zeros(width, np.uint8)
+    packed[: len(levels)] = levels
+    row = bytearray()
+    for i in range(0, width, per_byte):
+        byte = 0
+        for value in packed[i : i + per_byte]:
+            byte = (byte << depth) | int(value)
+        row.append(byte)
+    for key in levels.tolist():
+        data = _png(width, 1, 0, b"\x00" + bytes(row), struct.pack(">H", key), depth=depth)
+        got = images.load(data).rgb[0, : len(levels), 0].tolist()
+        want = [255 if level == key else level * 255 // top for level in levels.tolist()]
+        assert got == want, (depth, key, got)

@@ -172,6 +172,7 @@ def decode_bytes(
                 _check_pixels(*_heif_size(data), pixel_limit, name)
             image = _open_header(data, name)
             _check_pixels(image.width, image.height, pixel_limit, name)
+            _scale_low_bit_key(image, data)
             with _pillow_guard_lifted(pixel_limit is None or pixel_limit > _pillow_error_limit()):
                 image.load()
     except ImageError:
@@ -192,6 +193,21 @@ def decode_bytes(
             raise ImageError(f"{name}: truncated image data ({reason})") from None
         raise ImageError(f"{name}: corrupt image ({reason})") from None
     return _from_pil(image, None, name, owned=True)
+
+
+def _scale_low_bit_key(image: Image.Image, data: bytes) -> None:
+    """A 2- or 4-bit grey PNG's tRNS level to the 8-bit level Pillow gives its pixels.
+
+    Pillow scales such pixels to 0..255 (level 1 of 2-bit is 85) but keeps the tRNS key
+    at the file's depth, so the transparent level matched no pixel (keys 1 and up) and
+    stayed on the picture as grey instead of becoming white background. (1-bit pixels
+    and keys are both 0 or 255 to Pillow; 8 and 16 bits are matched as they are.)"""
+    key = image.info.get("transparency")
+    if data[:8] != _PNG_MAGIC or data[12:16] != b"IHDR" or len(data) < 26:
+        return
+    depth, colour_type = data[24], data[25]
+    if colour_type == 0 and depth in (2, 4) and isinstance(key, int) and image.mode == "L":
+        image.info["transparency"] = (key & ((1 << depth) - 1)) * (255 // ((1 << depth) - 1))
 
 
 def _reason(error: BaseException) -> str:
