@@ -179,3 +179,65 @@ def test_phone_and_camcorder_suffixes_are_videos(
     from agegender.batch import sources
 
     assert sources.is_video(f"clip{suffix}") and video.is_video(f"clip{suffix}")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+
+    def write(self, image: np.ndarray) -> None:
+        self.frames.append(int(image[0, 0, 0]))
+
+    def release(self) -> None:
+        pass
+
+
+def _timed(times: list[float], fps: float) -> list[int]:
+    """Which frame (by index) fills each slot of a TimedWriter at `fps`."""
+    from agegender.video_writer import TimedWriter
+
+    recorder = _Recorder()
+    writer = TimedWriter(recorder, fps)
+    for index, at in enumerate(times):
+        writer.write(np.full((2, 2, 3), index, np.uint8), at)
+    writer.release()
+    return recorder.frames
+
+
+def test_the_timed_writer_puts_each_frame_at_its_own_time() -> None:
+    """Evenly spaced frames are written once each; a slower stretch repeats each frame
+    until the next one's time; a frame sooner than one slot after the one before is left
+    out (its slot is taken), and repeated if a gap follows it; a gap of more than ten
+    seconds (a stalled stream) is not filled."""
+    assert _timed([0.1 * i for i in range(5)], 10) == [0, 1, 2, 3, 4]
+    assert _timed([5.0 + i / 29.97 for i in range(4)], 29.97) == [0, 1, 2, 3]  # any start
+    assert _timed([0.0, 0.1, 0.3, 0.6], 10) == [0, 1, 1, 2, 2, 2, 3]
+    assert _timed([0.0, 0.1, 0.12, 0.3], 10) == [0, 1, 2, 3]  # 0.12: the slot of 0.1
+    assert _timed([0.0, 0.1, 0.11, 0.14, 0.4], 10) == [0, 1, 3, 3, 4]
+    assert _timed([0.0, 0.1, 60.0, 60.1], 10) == [0, 1, 2, 3]  # a jump: not 600 copies
+    assert _timed([0.0, 0.1, 9.9], 10) == [0] + [1] * 98 + [2]  # under ten seconds: filled
+
+
+def test_the_annotated_copy_of_a_variable_rate_video_keeps_its_times(tmp_path: Path) -> None:
+    """The clip's 40 frames span 8 s (30 at 10 fps, then 10 at 2 fps). Its copy was the 40
+    frames at the 10 fps OpenCV reports: 4 s, so from 3 s on it showed the source's
+    frames up to 4.5 s early. Now it lasts 7.6 s and its frame at 5 s is the source's."""
+    clip = variable_rate_clip(tmp_path)
+    copy = tmp_path / "annotated.mp4"
+    tracks = tmp_path / "tracks.jsonl"
+    args = ["video", str(clip), "--detector", "none", "--annotate", str(copy)]
+    assert main([*args, "--tracks", str(tracks)]) == 0
+    capture = cv2.VideoCapture(str(copy))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10)
+    bars = []  # the moving bar's left edge on a row below the annotation
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        bars.append(int((frame[100, :, 1] > 200).argmax()))
+    capture.release()
+    assert len(bars) == 76  # 7.5 s of frames and the last one's slot
+    source = {round(0.1 * n, 1) if n < 30 else round(3.0 + 0.5 * (n - 30), 1): n for n in range(40)}
+    for slot in (10, 29, 30, 34, 35, 50, 62, 75):
+        shown = max(at for at in source if at <= slot / 10 + 1e-9)
+        assert abs(bars[slot] - 4 * source[shown]) <= 1, (slot, bars[slot], source[shown])

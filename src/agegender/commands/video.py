@@ -386,7 +386,7 @@ class _Run:
         import cv2
         import numpy as np
 
-        from ..video_writer import open_writer
+        from ..video_writer import TimedWriter, open_writer
 
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         if self.writer is None:
@@ -394,7 +394,7 @@ class _Run:
             path = self.args.annotate
             if path.exists():  # made since the check: still never replaced
                 raise AgegenderError(f"--annotate {path}: exists; agegender never replaces a file")
-            self.writer = open_writer(path, fps, (width, height))
+            self.writer = TimedWriter(open_writer(path, fps, (width, height)), fps)
         scale = max(0.4, min(bgr.shape[:2]) / 720)
         for face in report.faces:
             x1, y1, x2, y2 = (round(v) for v in face.box)
@@ -423,7 +423,7 @@ class _Run:
                 1,
                 cv2.LINE_AA,
             )
-        self.writer.write(bgr)
+        self.writer.write(bgr, report.time)
 
     def _people(self, people: list[Person]) -> None:
         import csv
