@@ -214,6 +214,14 @@ class EstimatorConfig:
                 raise AgegenderError(f"--{_flag(name)} must be <= {high[name]}, got {value}")
         if self.min_score is not None and not math.isfinite(self.min_score):
             raise AgegenderError(f"--min-score must be a number, got {self.min_score}")
+        # CenterFace's decoding threshold: at 0 or less every heatmap cell is a face, at 1
+        # or more none is (and each image scaled down is passed again for nothing)
+        score = self.min_score
+        if score is not None and scores_probabilities(self.detector) and not 0.0 < score < 1.0:
+            raise AgegenderError(
+                f"--min-score must be between 0 and 1 (exclusive) with --detector "
+                f"{self.detector}, whose scores are probabilities; got {score:g}"
+            )
         if not (math.isfinite(self.tta_margin) and 0.0 <= self.tta_margin <= 0.5):
             raise AgegenderError(f"--tta-margin must be between 0 and 0.5, got {self.tta_margin}")
         if not all(isinstance(c, str) and c for c in self.tta_gated):
@@ -299,6 +307,15 @@ def mirrors(detector: str) -> bool:
 
     spec = DETECTORS.get(detector) if isinstance(detector, str) else None
     return spec is not None and spec.mirror
+
+
+def scores_probabilities(detector: str) -> bool:
+    """Whether a detector's scores are probabilities (0..1), so a min_score must lie
+    strictly between: its registry entry says so."""
+    from .faces import DETECTORS  # the registry only: no detection library is imported
+
+    spec = DETECTORS.get(detector) if isinstance(detector, str) else None
+    return spec is not None and spec.probability
 
 
 # The numeric options: (name, type, whether None is allowed).

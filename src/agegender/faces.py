@@ -87,6 +87,9 @@ class DetectorSpec:
     factory: Callable[[EstimatorConfig], FaceDetector]
     card: str | None = None  # the model card whose file the detector runs
     mirror: bool = False  # it can search each image's mirror image too (detect_mirror)
+    # Its scores are probabilities (CenterFace's heatmap, 0..1): a min_score of 0 or less
+    # makes every cell a face, 1 or more leaves none (config.validate refuses both).
+    probability: bool = False
 
 
 def detector_problem(name: str) -> str | None:
@@ -176,6 +179,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             _centerface,
             card="centerface",
             mirror=True,
+            probability=True,
         ),
         DetectorSpec(
             "centerface-int8",
@@ -184,6 +188,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             _centerface_int8,
             card="centerface-int8",
             mirror=True,
+            probability=True,
         ),
         DetectorSpec("none", "no detection: the whole image is the face (face crops)", _whole),
     )

@@ -1,9 +1,10 @@
 """The face finder: detector, filters, landmarks and alignment, composed.
 
 ``FaceFinder.find(rgb)`` runs the configured detector (wrapped in DEX's rotation sweep
-with ``align="sweep"``), drops faces under ``min_face`` pixels or ``min_score``, adds 5
-landmarks to each face that has none, and with ``align="landmarks"`` marks each face
-upright by its eye line. Everything it does is read from an EstimatorConfig.
+with ``align="sweep"``), drops faces under ``min_face`` pixels or ``min_score`` (a whole
+image taken as the face has no score to pass), adds 5 landmarks to each face that has
+none, and with ``align="landmarks"`` marks each face upright by its eye line. Everything
+it does is read from an EstimatorConfig.
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ class FaceFinder:
 
     def find(self, rgb: NDArray[np.uint8]) -> list[Detection]:
         config = self.config
+        # min_score is a detector's score: the whole image as the face (detector "none")
+        # has none to pass (the command line refuses --min-score there)
         detections = [
             d
             for d in self.detector.detect(rgb)
             if min(d.width, d.height) >= config.min_face
-            and (config.min_score is None or d.score >= config.min_score)
+            and (config.min_score is None or d.whole_image or d.score >= config.min_score)
         ]
         for detection in detections:
             if detection.landmarks is None:
