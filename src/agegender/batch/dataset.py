@@ -89,6 +89,10 @@ ATTEMPT_DTYPE = np.dtype([("key", "<u8"), ("attempt", "<u2"), ("transient", "u1"
 # the "transient" of a retirement: the key's older rows go, then the key itself
 RETIRED = 2
 DEFAULT_MAX_ATTEMPTS = 3
+# Options of the configuration that change how fast rows come, not what they hold (ONNX
+# Runtime threads, faces per model run, decode/detect threads: the values differ by float
+# noise, ~4e-7 relative): not in the manifest, so a resume may tune them.
+EXECUTION_OPTIONS = ("threads", "batch_size", "workers")
 # Below this many keys a Python set answers "done?"; above, sorted arrays (8 bytes a key).
 SET_LIMIT = 1_000_000
 
@@ -402,6 +406,12 @@ class Dataset:
             raise AgegenderError(f"--out {self.dest}: {MANIFEST} is not agegender's")
         if isinstance(data.get("video"), dict):
             data["video"].setdefault("rows", "frames")  # made before --video-rows
+        config = data.get("config")
+        if isinstance(config, dict):  # made before these were left out, or resolved
+            for name in EXECUTION_OPTIONS:
+                config.pop(name, None)
+            if config.get("providers") == []:  # the CPU alone (it always starts)
+                config["providers"] = ["cpu"]
         return data
 
     def _remove_all(self) -> None:
@@ -802,7 +812,7 @@ def make_manifest(
         "format": FORMAT,
         "sink": sink,
         "key": key,
-        "config": config,
+        "config": {k: v for k, v in config.items() if k not in EXECUTION_OPTIONS},
         "models": models,
         "video": video,
         "agegender_version": __version__,

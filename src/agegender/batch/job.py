@@ -53,20 +53,77 @@ class Pending:
 
 
 def model_identities(estimator: Estimator) -> list[dict[str, str]]:
-    """Each head's card id, role and sha256: the card's when the file has the card's size
-    (the store and package installs verified it), else computed (CARD=FILE, own cards)."""
+    """Each head's card id, role and sha256, then the detector's (role "detector") when it
+    runs a model file: the card's sha256 when the file has the card's size (the store and
+    package installs verified it), else computed (CARD=FILE, own cards, INT8 copies built
+    here, whose bytes depend on the ONNX Runtime that built them)."""
     from ..store.hashing import sha256_file
 
-    out = []
-    for role, heads in estimator.heads.items():
-        for head in heads:
-            card = head.card
-            path = head.model.path
-            size = path.stat().st_size if path.exists() else -1
-            declared = card.source.sha256
-            sha = declared if declared and size == card.source.bytes else sha256_file(path)
-            out.append({"role": role, "id": card.id, "sha256": sha})
+    def identity(role: str, card: Any, path: Path) -> dict[str, str]:
+        size = path.stat().st_size if path.exists() else -1
+        declared = card.source.sha256
+        sha = declared if declared and size == card.source.bytes else sha256_file(path)
+        return {"role": role, "id": card.id, "sha256": sha}
+
+    out = [
+        identity(role, head.card, head.model.path)
+        for role, heads in estimator.heads.items()
+        for head in heads
+    ]
+    detector = _detector(estimator)
+    card, path = getattr(detector, "card", None), getattr(detector, "path", None)
+    if card is not None and path is not None:
+        out.append(identity("detector", card, Path(path)))
     return out
+
+
+def _detector(estimator: Estimator) -> Any:
+    """The estimator's detector, under the rotation sweep's wrapper where there is one."""
+    detector: Any = estimator.detector
+    while getattr(detector, "base", None) is not None:
+        detector = detector.base
+    return detector
+
+
+def providers_in_effect(estimator: Estimator, *, here: bool = True) -> list[str]:
+    """The execution providers the estimator's sessions run on (the heads' and the
+    detector's), short names in order, the CPU last: what --providers asked for once
+    resolved, less a provider that did not start (the session then runs on the CPU). The
+    manifest records these: `--providers cpu` and none are one configuration, and a CUDA
+    that started for the first run and not for the resume is another. `here=False` (the
+    Ray engine: the actors' machines run the models, not this one): those asked for."""
+    from .. import sessions
+
+    if not here:
+        asked = sessions.resolve_providers(estimator.config.providers)
+        return [sessions.short_name(name) for name in asked]
+    found: list[str] = []
+    runs = [head.model.session for heads in estimator.heads.values() for head in heads]
+    detector_session = getattr(_detector(estimator), "session", None)
+    if detector_session is not None:
+        runs.append(detector_session)
+    for session in runs:
+        for name in session.get_providers():
+            if name not in found:
+                found.append(name)
+    if sessions.CPU in found:  # always there, always last
+        found.remove(sessions.CPU)
+    return [sessions.short_name(name) for name in [*found, sessions.CPU]]
+
+
+def recorded_config(estimator: Estimator, *, here: bool = True) -> dict[str, Any]:
+    """The configuration as the manifest records it: the estimator's options, with the
+    providers in effect (`providers_in_effect`), and without the places of the user's files,
+    whose contents `model_identities`, `user_files` and `data_digests` pin: the models as
+    their card ids, a --calibration file as "file" (the same files given by another path, or
+    moved, resume)."""
+    recorded = estimator.config.as_dict()
+    recorded["providers"] = providers_in_effect(estimator, here=here)
+    for role in ("age", "gender"):
+        recorded[f"{role}_models"] = [h.card.id for h in estimator.heads.get(role, [])]
+    if recorded["calibration"] not in ("", "preset", "none"):
+        recorded["calibration"] = "file"
+    return recorded
 
 
 def user_files(estimator: Estimator) -> dict[str, str]:
@@ -110,9 +167,7 @@ def data_digests(estimator: Estimator) -> dict[str, str]:
         for role, heads in estimator.heads.items()
         for head in heads
     ]
-    detector: Any = estimator.detector
-    while getattr(detector, "base", None) is not None:  # the rotation sweep's wrapper
-        detector = detector.base
+    detector = _detector(estimator)  # under the rotation sweep's wrapper
     if getattr(detector, "card", None) is not None:
         cards.append((f"detector card {detector.card.id}", detector.card))
     for name, card in cards:
@@ -127,6 +182,9 @@ def data_digests(estimator: Estimator) -> dict[str, str]:
 
 
 def row_constants(estimator: Estimator, models: list[dict[str, str]]) -> dict[str, Any]:
+    """The columns every row holds: the heads' card ids and files (the detector's file is
+    pinned by the manifest, not written in each row)."""
+    models = [m for m in models if m["role"] in ("age", "gender")]
     return {
         "age_models": ",".join(m["id"] for m in models if m["role"] == "age") or None,
         "gender_models": ",".join(m["id"] for m in models if m["role"] == "gender") or None,

@@ -136,7 +136,8 @@ def _run(args: argparse.Namespace) -> int:
     models = job.model_identities(estimator)
     video = {"step": args.video_step, "max_frames": args.max_frames, "rows": args.video_rows}
     manifest = dataset.make_manifest(
-        config.as_dict(),
+        # with Ray, the providers asked for: the actors' machines run the models
+        job.recorded_config(estimator, here=args.engine == "local"),
         models,
         args.format,
         args.key,

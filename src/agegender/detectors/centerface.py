@@ -188,6 +188,7 @@ class CenterFaceDetector:
         if card.detection is None or card.detection.decoder != "centerface":
             raise CardError(f"card {card.id} is not a CenterFace detector card")
         self.card = card
+        self.path = Path(path)  # the graph's file (a batch manifest pins its sha256)
         self.spec = card.detection
         # A side given (--max-detect-side) is the side every image is fed at; else the
         # card's policy (side_for).
