@@ -529,6 +529,7 @@ def test_an_actors_start_counts_the_deaths_of_its_earlier_starts(
     from agegender import pipeline
     from agegender.batch import ray_engine
     from agegender.batch.dataset import INFLIGHT
+    from agegender.batch.local import Work
     from agegender.config import EstimatorConfig
     from agegender.errors import AgegenderError
 
@@ -548,6 +549,7 @@ def test_an_actors_start_counts_the_deaths_of_its_earlier_starts(
     monkeypatch.setattr(ray_engine, "_actor_id", lambda: "a1")
     settings = {
         "config": EstimatorConfig.from_preset("default"),
+        "work": Work({}),
         "target": ray_engine.Target(str(dest), "RUN", "parquet", "DEST"),
         "cpus": 1.0,
     }
@@ -577,3 +579,49 @@ def test_an_actors_start_counts_the_deaths_of_its_earlier_starts(
     )
     failure[0] = AgegenderError("model m: not a loadable ONNX graph")
     assert stop_line(worker()) == "model m: not a loadable ONNX graph"
+
+
+def test_an_actor_with_other_model_files_than_the_drivers_stops_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without Ray: an actor whose node loaded other model files than the driver (an INT8
+    copy built by another ONNX Runtime, a file replaced on one node) gives back one line
+    naming the model instead of parts whose rows would carry the driver's sha256."""
+    import pyarrow as pa
+
+    from agegender import pipeline
+    from agegender.batch import job, ray_engine
+    from agegender.batch.local import Work
+    from agegender.config import EstimatorConfig
+
+    driver = [
+        {"role": "age", "id": "cc0-age-v1", "sha256": "a" * 64},
+        {"role": "detector", "id": "centerface-int8", "sha256": "b" * 64},
+    ]
+    loaded: list[dict[str, str]] = [dict(m) for m in driver]
+    monkeypatch.setattr(pipeline, "Estimator", lambda config: "estimator")
+    monkeypatch.setattr(job, "model_identities", lambda estimator: loaded)
+    work = Work({}, models=tuple(tuple(sorted(m.items())) for m in driver))
+    settings = {
+        "config": EstimatorConfig.from_preset("default"),
+        "work": work,
+        "target": ray_engine.Target(str(tmp_path / "dest"), "RUN", "parquet", "DEST"),
+        "cpus": 1.0,
+    }
+    worker = type("Worker", (ray_engine._Worker,), settings)
+    assert worker().failed is None  # the same files: it starts
+    loaded[1] = {"role": "detector", "id": "centerface-int8", "sha256": "c" * 64}
+    stopped = worker()
+    table = stopped(pa.table({"seq": pa.array([0], pa.int64())}))
+    line = json.loads(table.column("summary")[0].as_py())["stop"]
+    assert line.startswith("--engine ray: the actor on ") and "\n" not in line
+    assert "centerface-int8: sha256 bbbbbbbbbbbb on the driver, sha256 cccccccccccc there" in line
+    del loaded[1]  # a model the driver has and the actor does not
+    assert "centerface-int8: sha256 bbbbbbbbbbbb on the driver, not loaded there" in str(
+        worker().failed
+    )
+    loaded.append({"role": "age", "id": "other", "sha256": "d" * 64})
+    loaded.insert(1, {"role": "detector", "id": "centerface-int8", "sha256": "b" * 64})
+    assert "loaded other models than the driver (cc0-age-v1, centerface-int8, other" in str(
+        worker().failed
+    )

@@ -38,6 +38,8 @@ class Job:
     max_frames: int | None = None
     progress: bool = False
     video_rows: str = "frames"  # "tracks": one row per tracked person of a video
+    # model_identities of the driver's estimator: a Ray actor checks its own against them
+    models: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -236,9 +237,40 @@ class _Worker:
         from ..pipeline import Estimator
 
         self.estimator = Estimator(actor_config(self.config, self.cpus))
+        self._check_models()
         if note is not None:
             with writing(self.target.shown):
                 self.files.delete(note)
+
+    def _check_models(self) -> None:
+        """The model files this actor loaded must be the driver's (the manifest and every
+        row's model_sha256 name those): a node with other files (an INT8 copy built by
+        another ONNX Runtime, a file edited or replaced on one node) would put its rows
+        under the driver's names."""
+        from .job import model_identities
+
+        driver = [dict(m) for m in self.work.models]
+        if not driver:
+            return
+        here = model_identities(self.estimator)
+        if here == driver:
+            return
+        mine = {(m["role"], m["id"]): m["sha256"] for m in here}
+        for model in driver:
+            sha = mine.get((model["role"], model["id"]))
+            if sha != model["sha256"]:
+                found = f"sha256 {sha[:12]}" if sha else "not loaded"
+                raise AgegenderError(
+                    f"--engine ray: the actor on {socket.gethostname()} loaded other model "
+                    f"files than the driver ({model['id']}: sha256 {model['sha256'][:12]} "
+                    f"on the driver, {found} there); give every node the same files (a "
+                    "shared model store: AGEGENDER_HOME) and run the same command again"
+                )
+        raise AgegenderError(
+            f"--engine ray: the actor on {socket.gethostname()} loaded other models than "
+            f"the driver ({', '.join(m['id'] for m in here)} there); give every node the "
+            "same files and run the same command again"
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """The batch's part written to DEST and its summary; or, where this actor cannot

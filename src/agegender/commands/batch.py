@@ -159,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
             video_step=args.video_step,
             max_frames=args.max_frames,
             video_rows=args.video_rows,
+            models=models,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
         if args.engine == "ray":
