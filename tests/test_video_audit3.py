@@ -241,3 +241,27 @@ def test_the_annotated_copy_of_a_variable_rate_video_keeps_its_times(tmp_path: P
     for slot in (10, 29, 30, 34, 35, 50, 62, 75):
         shown = max(at for at in source if at <= slot / 10 + 1e-9)
         assert abs(bars[slot] - 4 * source[shown]) <= 1, (slot, bars[slot], source[shown])
+
+
+def test_a_tracks_dataset_resumes_with_another_video_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--video-step does not apply to --video-rows tracks (every frame is tracked), but the
+    manifest recorded it, so a resume that gave another was refused; with frame rows it
+    still is (it changes the rows)."""
+    pytest.importorskip("pyarrow", reason="agegender[batch] (pyarrow) is not installed")
+    clip = tmp_path / "clip.avi"
+    write_mjpg(clip, 12)
+    out = str(tmp_path / "tracks")
+    base = ["batch", str(clip), "--out", out, "--detector", "none", "--no-progress"]
+    assert main([*base, "--video-rows", "tracks", "--video-step", "1"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--video-rows", "tracks", "--video-step", "0.5"]) == 0
+    assert "1 skipped" in capsys.readouterr().err
+    frames = str(tmp_path / "frames")
+    base = ["batch", str(clip), "--out", frames, "--detector", "none", "--no-progress"]
+    assert main([*base, "--video-step", "1"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--video-step", "0.5"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "video step: 1.0 there, 0.5 now" in err[0], err

@@ -406,6 +406,8 @@ class Dataset:
             raise AgegenderError(f"--out {self.dest}: {MANIFEST} is not agegender's")
         if isinstance(data.get("video"), dict):
             data["video"].setdefault("rows", "frames")  # made before --video-rows
+            if data["video"]["rows"] == "tracks":  # recorded before it was left out there
+                data["video"]["step"] = None
         config = data.get("config")
         if isinstance(config, dict):  # made before these were left out, or resolved
             for name in EXECUTION_OPTIONS:

@@ -134,7 +134,10 @@ def _run(args: argparse.Namespace) -> int:
 
     estimator = Estimator(config)
     models = job.model_identities(estimator)
-    video = {"step": args.video_step, "max_frames": args.max_frames, "rows": args.video_rows}
+    # --video-step does not apply to --video-rows tracks (every frame is tracked): not
+    # recorded there, so a resume may give another
+    step = args.video_step if args.video_rows == "frames" else None
+    video = {"step": step, "max_frames": args.max_frames, "rows": args.video_rows}
     manifest = dataset.make_manifest(
         # with Ray, the providers asked for: the actors' machines run the models
         job.recorded_config(estimator, here=args.engine == "local"),
