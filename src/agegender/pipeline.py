@@ -397,8 +397,13 @@ class Estimator:
                     image=item.image,
                 )
             if isinstance(source, images.Frame):
-                # A video frame is reported under its video's path, with its index and time.
-                result = replace(result, path=source.path, frame=source.index, time=source.time)
+                # A video frame is reported under its video's path, with its index and time;
+                # a video that gave no frame (unreadable, empty, missing) only under its path,
+                # as an unreadable image: no frame index or time that was never decoded.
+                if source.rgb is None:
+                    result = replace(result, path=source.path)
+                else:
+                    result = replace(result, path=source.path, frame=source.index, time=source.time)
             yield result
 
 

@@ -113,7 +113,12 @@ async def session_info(session_id: str, service: ServiceDep) -> Any:
     summary="End a session: every person it saw, fused over their whole track",
     responses={
         200: json_response(SESSION_SUMMARY, "The session's summary, every person finished"),
-        **error_responses(NOT_FOUND),
+        **error_responses(
+            {
+                **NOT_FOUND,
+                503: "the server is shutting down; its tracks are not finished (Retry-After)",
+            }
+        ),
     },
 )
 async def end_session(session_id: str, service: ServiceDep) -> Any:
