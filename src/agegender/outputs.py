@@ -49,6 +49,11 @@ def csv_fields(thresholds: Sequence[float] = ()) -> list[str]:
     return [*CSV_FIELDS[:-1], *(threshold_field(t) for t in thresholds), CSV_FIELDS[-1]]
 
 
+# A face this wide (px) or wider takes a label at OpenCV's font scale 1 ("34 +- 10, female
+# 0.90" is then about 330 px wide); a smaller one a smaller label, down to 0.4.
+LABEL_FACE_WIDTH = 90
+
+
 def face_label(face: Face) -> str:
     """Short label drawn on images: "34 +- 10, female 0.90"."""
     parts = []
@@ -157,27 +162,41 @@ def write_csv(
 
 
 def annotate(rgb: NDArray[np.uint8], faces: list[Face]) -> NDArray[np.uint8]:
-    """A copy of the image with each face's box and label drawn (RGB)."""
+    """A copy of the image with each face's box and label drawn (RGB).
+
+    The label grows with the image but not past what its face's size calls for (in a 12
+    MP group photo a label at the image's scale was 1,200 px wide over a 60 px face,
+    hiding its neighbours), and it is kept inside the image: moved left from the right
+    edge, below the box when there is no room above, inside the box when neither fits,
+    made smaller to fit a narrow image. Boxes are drawn inside the image."""
     canvas = np.ascontiguousarray(rgb.copy())
-    scale = max(0.4, min(canvas.shape[:2]) / 900)
-    thickness = max(1, round(scale * 2))
+    height, width = canvas.shape[:2]
+    image_scale = max(0.4, min(height, width) / 900)
+    font = cv2.FONT_HERSHEY_SIMPLEX
     for face in faces:
         x1, y1, x2, y2 = (round(v) for v in face.box)
+        x1, x2 = min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)
+        y1, y2 = min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)
+        scale = min(image_scale, max(0.4, (x2 - x1) / LABEL_FACE_WIDTH))
+        thickness = max(1, round(scale * 2))
         color = (255, 64, 160) if face.gender and face.gender.label == "female" else (40, 160, 255)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
         label = face_label(face)
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        ty = y1 - 4 if y1 - th - base - 4 >= 0 else y2 + th + 4
-        cv2.rectangle(canvas, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)
+        (tw, th), base = cv2.getTextSize(label, font, scale, thickness)
+        if tw + 4 > width:  # a narrow image: the label as wide as the image
+            scale = max(0.2, scale * (width - 4) / tw)
+            thickness = max(1, round(scale * 2))
+            (tw, th), base = cv2.getTextSize(label, font, scale, thickness)
+        if y1 - th - base - 4 >= 0:
+            ty = y1 - 4  # above the box
+        elif y2 + th + base + 4 <= height:
+            ty = y2 + th + 4  # below it
+        else:
+            ty = min(y1 + th + 4, height - base - 1)  # inside it, at its top
+        tx = max(0, min(x1, width - tw - 4))
+        cv2.rectangle(canvas, (tx, ty - th - base), (tx + tw + 4, ty + base), color, -1)
         cv2.putText(
-            canvas,
-            label,
-            (x1 + 2, ty),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            (255, 255, 255),
-            thickness,
-            cv2.LINE_AA,
+            canvas, label, (tx + 2, ty), font, scale, (255, 255, 255), thickness, cv2.LINE_AA
         )
     return canvas
 
