@@ -3,6 +3,8 @@ inside the image (outputs.annotate)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from agegender import outputs
@@ -54,3 +56,43 @@ def test_a_box_at_the_image_edge_is_drawn_inside_it() -> None:
     drawn = outputs.annotate(image, [_face((150.0, 120.0, 200.0, 200.0))])
     assert _blue(drawn)[150:, 199].all()  # the right side, along the last column
     assert _blue(drawn)[199, 160:190].all()  # the bottom side, along the last row
+
+
+def test_a_tracked_faces_label_at_the_right_edge_of_a_video_is_inside_the_frame(
+    tmp_path: Path,
+) -> None:
+    """video --annotate drew its label from the box's left edge to the right whatever the
+    frame's width: at the right edge its end was cut off (118 of its 282 px drawn, 1080p).
+    It now draws as predict's copy does (outputs.draw_face): the label's background is as
+    wide as in a wider frame."""
+    import cv2
+    from faceutils import ASTRONAUT
+    from PIL import Image
+
+    from agegender.cli import main
+    from agegender.commands.video import _colour
+
+    face = np.asarray(Image.open(ASTRONAUT).convert("RGB").resize((240, 240)))[:, :, ::-1]
+
+    def label_width(width: int) -> int:
+        clip, copy = tmp_path / f"clip{width}.avi", tmp_path / f"copy{width}.avi"
+        writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 5, (width, 1080))
+        for _ in range(3):
+            frame = np.full((1080, width, 3), 90, np.uint8)
+            frame[400:640, 1080 - 200 : 1080] = face[:, :200]  # its right side cut off
+            writer.write(frame)
+        writer.release()
+        assert main(["video", str(clip), "--annotate", str(copy), "--min-hits", "1"]) == 0
+        capture = cv2.VideoCapture(str(copy))
+        ok, frame = capture.read()
+        capture.release()
+        assert ok
+        widest = 0
+        for track in range(4):  # the label's background: a run of the track's colour
+            near = np.abs(frame.astype(int) - np.array(_colour(track))).max(axis=2) < 40
+            widest = max(widest, int((near.sum(axis=0) >= 8).sum()))
+        return widest
+
+    edge, room = label_width(1080), label_width(1600)
+    assert room > 60
+    assert edge >= 0.9 * room, (edge, room)

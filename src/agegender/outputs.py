@@ -162,43 +162,52 @@ def write_csv(
 
 
 def annotate(rgb: NDArray[np.uint8], faces: list[Face]) -> NDArray[np.uint8]:
-    """A copy of the image with each face's box and label drawn (RGB).
+    """A copy of the image with each face's box and label drawn (RGB)."""
+    canvas = np.ascontiguousarray(rgb.copy())
+    for face in faces:
+        color = (255, 64, 160) if face.gender and face.gender.label == "female" else (40, 160, 255)
+        draw_face(canvas, face.box, face_label(face), color)
+    return canvas
+
+
+def draw_face(
+    canvas: NDArray[np.uint8],
+    box: Sequence[float],
+    label: str,
+    color: tuple[int, int, int],
+    *,
+    thickness: int | None = None,
+) -> None:
+    """A face's box and label drawn on `canvas` in place (predict's and video's copies).
 
     The label grows with the image but not past what its face's size calls for (in a 12
     MP group photo a label at the image's scale was 1,200 px wide over a 60 px face,
     hiding its neighbours), and it is kept inside the image: moved left from the right
     edge, below the box when there is no room above, inside the box when neither fits,
-    made smaller to fit a narrow image. Boxes are drawn inside the image."""
-    canvas = np.ascontiguousarray(rgb.copy())
+    made smaller to fit a narrow image. The box is drawn inside the image. `thickness`:
+    the box's line (else one that grows with the label)."""
     height, width = canvas.shape[:2]
-    image_scale = max(0.4, min(height, width) / 900)
     font = cv2.FONT_HERSHEY_SIMPLEX
-    for face in faces:
-        x1, y1, x2, y2 = (round(v) for v in face.box)
-        x1, x2 = min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)
-        y1, y2 = min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)
-        scale = min(image_scale, max(0.4, (x2 - x1) / LABEL_FACE_WIDTH))
-        thickness = max(1, round(scale * 2))
-        color = (255, 64, 160) if face.gender and face.gender.label == "female" else (40, 160, 255)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
-        label = face_label(face)
-        (tw, th), base = cv2.getTextSize(label, font, scale, thickness)
-        if tw + 4 > width:  # a narrow image: the label as wide as the image
-            scale = max(0.2, scale * (width - 4) / tw)
-            thickness = max(1, round(scale * 2))
-            (tw, th), base = cv2.getTextSize(label, font, scale, thickness)
-        if y1 - th - base - 4 >= 0:
-            ty = y1 - 4  # above the box
-        elif y2 + th + base + 4 <= height:
-            ty = y2 + th + 4  # below it
-        else:
-            ty = min(y1 + th + 4, height - base - 1)  # inside it, at its top
-        tx = max(0, min(x1, width - tw - 4))
-        cv2.rectangle(canvas, (tx, ty - th - base), (tx + tw + 4, ty + base), color, -1)
-        cv2.putText(
-            canvas, label, (tx + 2, ty), font, scale, (255, 255, 255), thickness, cv2.LINE_AA
-        )
-    return canvas
+    x1, y1, x2, y2 = (round(v) for v in box)
+    x1, x2 = min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)
+    y1, y2 = min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)
+    scale = min(max(0.4, min(height, width) / 900), max(0.4, (x2 - x1) / LABEL_FACE_WIDTH))
+    text = max(1, round(scale * 2))
+    cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness or text)
+    (tw, th), base = cv2.getTextSize(label, font, scale, text)
+    if tw + 4 > width:  # a narrow image: the label as wide as the image
+        scale = max(0.2, scale * (width - 4) / tw)
+        text = max(1, round(scale * 2))
+        (tw, th), base = cv2.getTextSize(label, font, scale, text)
+    if y1 - th - base - 4 >= 0:
+        ty = y1 - 4  # above the box
+    elif y2 + th + base + 4 <= height:
+        ty = y2 + th + 4  # below it
+    else:
+        ty = min(y1 + th + 4, height - base - 1)  # inside it, at its top
+    tx = max(0, min(x1, width - tw - 4))
+    cv2.rectangle(canvas, (tx, ty - th - base), (tx + tw + 4, ty + base), color, -1)
+    cv2.putText(canvas, label, (tx + 2, ty), font, scale, (255, 255, 255), text, cv2.LINE_AA)
 
 
 def annotated_path(out_dir: Path, name: str, used: set[Path], frame: int | None = None) -> Path:

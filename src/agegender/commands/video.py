@@ -386,6 +386,7 @@ class _Run:
         import cv2
         import numpy as np
 
+        from ..outputs import draw_face
         from ..video_writer import TimedWriter, open_writer
 
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -395,14 +396,11 @@ class _Run:
             if path.exists():  # made since the check: still never replaced
                 raise AgegenderError(f"--annotate {path}: exists; agegender never replaces a file")
             self.writer = TimedWriter(open_writer(path, fps, (width, height)), fps)
-        scale = max(0.4, min(bgr.shape[:2]) / 720)
         for face in report.faces:
-            x1, y1, x2, y2 = (round(v) for v in face.box)
             if face.track is None:
+                x1, y1, x2, y2 = (round(v) for v in face.box)
                 cv2.rectangle(bgr, (x1, y1), (x2, y2), (160, 160, 160), 1)
                 continue
-            colour = _colour(face.track)
-            cv2.rectangle(bgr, (x1, y1), (x2, y2), colour, 2 if face.detected else 1)
             label = f"#{face.track}"
             if face.fused_age is not None:
                 low, high = face.fused_age.interval
@@ -410,19 +408,8 @@ class _Run:
             if face.fused_gender is not None:
                 label += f" {face.fused_gender.label[:1].upper()}"
                 label += f" {face.fused_gender.probability:.2f}"
-            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
-            top = max(0, y1 - th - base - 4)
-            cv2.rectangle(bgr, (x1, top), (x1 + tw + 4, top + th + base + 4), colour, -1)
-            cv2.putText(
-                bgr,
-                label,
-                (x1 + 2, top + th + 2),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.5 * scale,
-                (255, 255, 255),
-                1,
-                cv2.LINE_AA,
-            )
+            colour = _colour(face.track)
+            draw_face(bgr, face.box, label, colour, thickness=2 if face.detected else 1)
         self.writer.write(bgr, report.time)
 
     def _people(self, people: list[Person]) -> None:
