@@ -228,3 +228,15 @@ def test_clean_rounds_and_nulls_nan() -> None:
         "a": [1.2346, None],
         "b": "x",
     }
+
+
+def test_clean_writes_no_float_json_cannot_hold() -> None:
+    """NaN was null, but an infinity stayed a float and json.dumps wrote `Infinity`, which
+    strict JSON readers refuse."""
+    import json
+
+    from agegender.evaluate.metrics import clean
+
+    data = clean({"a": float("inf"), "b": [float("-inf"), float("nan"), 1.23456], "c": 2})
+    assert data == {"a": None, "b": [None, None, 1.2346], "c": 2}
+    json.dumps(data, allow_nan=False)

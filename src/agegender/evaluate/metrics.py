@@ -630,11 +630,11 @@ def _natural(label: str) -> tuple[int, Any]:
 
 
 def clean(value: Any) -> Any:
-    """Floats rounded for JSON, NaN as null."""
+    """Floats rounded for JSON, NaN and infinities as null (JSON has neither)."""
     if isinstance(value, dict):
         return {k: clean(v) for k, v in value.items()}
     if isinstance(value, list):
         return [clean(v) for v in value]
     if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 4)
+        return None if not math.isfinite(value) else round(value, 4)
     return value
