@@ -166,3 +166,9 @@ def test_a_low_bit_grey_pngs_transparent_level_is_composited_on_white(depth: int
         got = images.load(data).rgb[0, : len(levels), 0].tolist()
         want = [255 if level == key else level * 255 // top for level in levels.tolist()]
         assert got == want, (depth, key, got)
+        # the same file opened by the caller (a PIL image not yet loaded): the same answer,
+        # and the caller's image keeps its own tRNS value
+        opened = Image.open(io.BytesIO(data))
+        own = opened.info["transparency"]
+        assert images.load(opened).rgb[0, : len(levels), 0].tolist() == want, (depth, key)
+        assert opened.info["transparency"] == own

@@ -172,7 +172,9 @@ def decode_bytes(
                 _check_pixels(*_heif_size(data), pixel_limit, name)
             image = _open_header(data, name)
             _check_pixels(image.width, image.height, pixel_limit, name)
-            _scale_low_bit_key(image, data)
+            key = _low_bit_key(image, data)
+            if key is not None:
+                image.info["transparency"] = key
             with _pillow_guard_lifted(pixel_limit is None or pixel_limit > _pillow_error_limit()):
                 image.load()
     except ImageError:
@@ -195,19 +197,31 @@ def decode_bytes(
     return _from_pil(image, None, name, owned=True)
 
 
-def _scale_low_bit_key(image: Image.Image, data: bytes) -> None:
-    """A 2- or 4-bit grey PNG's tRNS level to the 8-bit level Pillow gives its pixels.
+def _low_bit_key(image: Image.Image, data: bytes | None = None) -> int | None:
+    """A 2- or 4-bit grey PNG's tRNS level as the 8-bit level Pillow gives its pixels;
+    None for any other image.
 
     Pillow scales such pixels to 0..255 (level 1 of 2-bit is 85) but keeps the tRNS key
     at the file's depth, so the transparent level matched no pixel (keys 1 and up) and
     stayed on the picture as grey instead of becoming white background. (1-bit pixels
-    and keys are both 0 or 255 to Pillow; 8 and 16 bits are matched as they are.)"""
+    and keys are both 0 or 255 to Pillow; 8 and 16 bits are matched as they are.) The
+    depth is read from the file's header (`data`), else from a PIL image not yet loaded
+    (its tile's raw mode, "L;2")."""
     key = image.info.get("transparency")
-    if data[:8] != _PNG_MAGIC or data[12:16] != b"IHDR" or len(data) < 26:
-        return
-    depth, colour_type = data[24], data[25]
-    if colour_type == 0 and depth in (2, 4) and isinstance(key, int) and image.mode == "L":
-        image.info["transparency"] = (key & ((1 << depth) - 1)) * (255 // ((1 << depth) - 1))
+    if image.format != "PNG" or image.mode != "L" or not isinstance(key, int):
+        return None
+    if data is not None:
+        if data[:8] != _PNG_MAGIC or data[12:16] != b"IHDR" or len(data) < 26 or data[25] != 0:
+            return None
+        depth = data[24]
+    else:
+        tile = getattr(image, "tile", None)  # an ImageFile not yet loaded has it
+        raw = str(tile[0].args) if tile else ""
+        depth = {"L;2": 2, "L;4": 4}.get(raw, 8)
+    if depth not in (2, 4):
+        return None
+    top = (1 << depth) - 1
+    return (key & top) * (255 // top)
 
 
 def _reason(error: BaseException) -> str:
@@ -454,11 +468,17 @@ def _from_pil(
     copy of every pixel cost 0.5-1 ms per 1280x960 photo even with no orientation tag.
     """
     _check_pixels(image.width, image.height, pixel_limit, name)
+    caller = None if owned else image
+    key = None if owned else _low_bit_key(image)  # (decode_bytes scaled its own)
     with contextlib.suppress(Exception):  # a broken EXIF block must not lose the picture
         if owned:
             ImageOps.exif_transpose(image, in_place=True)
         else:
             image = ImageOps.exif_transpose(image) or image
+    if key is not None:
+        if image is caller:  # the caller's image is never changed
+            image = image.copy()
+        image.info["transparency"] = key
     try:
         return np.ascontiguousarray(np.asarray(_to_rgb(image), dtype=np.uint8))
     except (OSError, ValueError, EOFError, RuntimeError) as error:
