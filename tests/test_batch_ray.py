@@ -601,7 +601,7 @@ def test_an_actor_with_other_model_files_than_the_drivers_stops_the_job(
     loaded: list[dict[str, str]] = [dict(m) for m in driver]
     monkeypatch.setattr(pipeline, "Estimator", lambda config: "estimator")
     monkeypatch.setattr(job, "model_identities", lambda estimator: loaded)
-    work = Work({}, models=tuple(tuple(sorted(m.items())) for m in driver))
+    work = Work({}, models=tuple(driver))
     settings = {
         "config": EstimatorConfig.from_preset("default"),
         "work": work,

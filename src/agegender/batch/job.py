@@ -123,9 +123,15 @@ def recorded_config(estimator: Estimator, *, here: bool = True) -> dict[str, Any
     recorded["providers"] = providers_in_effect(estimator, here=here)
     for role in ("age", "gender"):
         recorded[f"{role}_models"] = [h.card.id for h in estimator.heads.get(role, [])]
-    if recorded["calibration"] not in ("", "preset", "none"):
+    if _calibration_file(estimator) is not None:
         recorded["calibration"] = "file"
     return recorded
+
+
+def _calibration_file(estimator: Estimator) -> str | None:
+    """The --calibration file the estimator read, None for the preset's, none or a card's."""
+    calibration = estimator.config.calibration
+    return None if calibration in ("", "preset", "none") else calibration
 
 
 def user_files(estimator: Estimator) -> dict[str, str]:
@@ -137,8 +143,8 @@ def user_files(estimator: Estimator) -> dict[str, str]:
     from ..store.hashing import sha256_file
 
     out = {}
-    calibration = estimator.config.calibration
-    if calibration not in ("", "preset", "none"):  # a file (the Estimator read it)
+    calibration = _calibration_file(estimator)
+    if calibration is not None:
         out["calibration"] = sha256_file(Path(calibration))
     for heads in estimator.heads.values():
         for head in heads:

@@ -40,7 +40,7 @@ class Work:
     max_frames: int | None = None
     pixel_limit: int | None = None
     video_rows: str = "frames"  # or "tracks": one row per tracked person
-    models: tuple[tuple[tuple[str, str], ...], ...] = ()  # the driver's model identities
+    models: tuple[dict[str, str], ...] = ()  # the driver's model_identities
 
     @classmethod
     def of(cls, job: Job) -> Work:
@@ -51,7 +51,7 @@ class Work:
             job.max_frames,
             job.config.pixel_limit,
             job.video_rows,
-            tuple(tuple(sorted(m.items())) for m in job.models),
+            tuple(job.models),
         )
 
 

@@ -249,7 +249,7 @@ class _Worker:
         under the driver's names."""
         from .job import model_identities
 
-        driver = [dict(m) for m in self.work.models]
+        driver = list(self.work.models)
         if not driver:
             return
         here = model_identities(self.estimator)
