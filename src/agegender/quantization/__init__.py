@@ -56,12 +56,17 @@ class Recipe:
     fp32 (where INT8 cost accuracy). ``op_types``: only these operators are quantized
     (empty: all ONNX Runtime can); dlib's per-channel "affine" Mul/Add layers, quantized,
     become a QLinearAdd that ONNX Runtime 1.30 refuses to load, so cc0-age-v1 lists Conv
-    and Gemm.
+    and Gemm. ``reduce_range`` (on unless a file says otherwise) keeps the weights to 7
+    bits: on an x86 CPU without VNNI (AVX2, AVX-512 before VNNI) ONNX Runtime multiplies
+    UINT8 activations by INT8 weights with ``vpmaddubsw``, which adds each pair of
+    products into a saturating 16-bit integer (255 x 127 x 2 > 32,767), so a full 8-bit
+    copy computes other numbers there than on a VNNI CPU, and wrong ones; with 7-bit
+    weights (255 x 64 x 2 <= 32,767) the integer arithmetic is exact on both.
     """
 
     prepare: tuple[str, ...] = ()
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool = True
     activation_type: str = "QUInt8"
     weight_type: str = "QInt8"
     exclude: tuple[str, ...] = ()
@@ -129,7 +134,7 @@ def parse_ranges(data: Any, name: str) -> Ranges:
         recipe = Recipe(
             prepare=tuple(raw.get("prepare", ())),
             per_channel=bool(raw.get("per_channel", True)),
-            reduce_range=bool(raw.get("reduce_range", False)),
+            reduce_range=bool(raw.get("reduce_range", True)),
             activation_type=str(raw.get("activation_type", "QUInt8")),
             weight_type=str(raw.get("weight_type", "QInt8")),
             exclude=tuple(raw.get("exclude", ())),
