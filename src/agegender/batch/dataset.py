@@ -91,7 +91,9 @@ RETIRED = 2
 DEFAULT_MAX_ATTEMPTS = 3
 # Options of the configuration that change how fast rows come, not what they hold (ONNX
 # Runtime threads, faces per model run, decode/detect threads: the values differ by float
-# noise, ~4e-7 relative): not in the manifest, so a resume may tune them.
+# noise, ~4e-7 relative, on one machine): not in the manifest, so a resume may tune them.
+# (Another CPU kind rounds the fp32 layers before faceres-deep's INT8 copy otherwise, which
+# that copy amplifies to about a year of age: README, "7-bit weights".)
 EXECUTION_OPTIONS = ("threads", "batch_size", "workers")
 # Below this many keys a Python set answers "done?"; above, sorted arrays (8 bytes a key).
 SET_LIMIT = 1_000_000
