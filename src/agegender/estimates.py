@@ -9,8 +9,9 @@ With a :class:`~agegender.calibration.Calibration` (the task's, see calibration.
 value stays the raw distribution's expected value (so the MAE does not move); the std,
 interval and P(age >= t) are those of the calibrated distribution (temperature, log-age
 smoothing, then the recalibration map of the value's age band), the interval read off its
-cumulative distribution interpolated between bin values (an older calibration's
-split-conformal widening added; rounded to 0.1 year, never below 0). The gender
+cumulative distribution interpolated between bin values, at the band's level (the mass at
+which whole-year ages fall inside with probability `mass`; without levels, `mass`; an
+older calibration's split-conformal widening added; rounded to 0.1 year, never below 0). The gender
 probability is the tempered one.
 """
 
@@ -73,7 +74,7 @@ def age_from_distribution(
     tail = (1.0 - mass) / 2
     interval = (quantile(values, probs, tail), quantile(values, probs, 1.0 - tail))
     if calibration is not None:
-        lows, highs = interval_of(probs, values, mass)
+        lows, highs = interval_of(probs, values, calibration.interval_mass(mean))
         widen = calibration.widening(mean)
         low, high = max(0.0, float(lows[0]) - widen), float(highs[0]) + widen
         if low > high:  # a negative widening past the middle: the middle

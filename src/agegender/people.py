@@ -207,12 +207,18 @@ def evidence_row(task: Task, row: NDArray[np.float64], age: Any = None) -> NDArr
 def decode_fused(task: Task, probs: NDArray[np.float64], thresholds: Any) -> Any:
     """Decode a fused distribution of calibrated frames: no second temperature or
     smoothing, and no recalibration map (fitted on single frames' PIT values: the fused
-    spread is the fusion's own error model's, rho); the interval mass and an older file's
-    per-band widening still apply."""
+    spread is the fusion's own error model's, rho, and no level fitted on that map's
+    distributions); the interval mass and an older file's per-band widening still apply."""
     calibration = task.calibration
     if calibration is not None:
         calibration = replace(
-            calibration, temperature=1.0, kernel=0.0, temperatures=(), kernels=(), pit=()
+            calibration,
+            temperature=1.0,
+            kernel=0.0,
+            temperatures=(),
+            kernels=(),
+            pit=(),
+            levels=(),
         )
     return DECODERS[task.support.kind](task.support, probs, thresholds, calibration, None)
 
