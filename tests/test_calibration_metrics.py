@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
@@ -34,6 +35,26 @@ def test_reliability_by_hand() -> None:
     assert [(b["low"], b["n"]) for b in rel["bins"]] == [(0.1, 2), (0.9, 2)]
     assert rel["bins"][1]["mean_p"] == pytest.approx(0.95)
     assert reliability([], [])["ece"] is None
+    assert reliability([], [])["ece_chance"] is None
+
+
+def test_ece_by_chance_is_what_calibrated_probabilities_read() -> None:
+    """Truths drawn as coin flips of the stated probabilities (calibrated by construction):
+    their ECE stays under the chance figure about nine times in ten; a model too sure of
+    itself (stated 0.95 where 0.75 come true) is far above it. The figure shrinks as
+    1/sqrt(n) and, seeded, is the same for the same probabilities."""
+    rng = np.random.default_rng(11)
+    probs = rng.uniform(0.5, 1.0, 300)
+    chance = reliability(probs, probs > 0.7)["ece_chance"]
+    assert chance == reliability(probs, probs > 0.2)["ece_chance"]  # the truths play no part
+    under = [reliability(probs, rng.random(300) < probs)["ece"] <= chance for _ in range(400)]
+    assert 0.84 <= np.mean(under) <= 0.96
+    sure = np.full(300, 0.95)
+    rel = reliability(sure, rng.random(300) < 0.75)
+    assert rel["ece"] > 3 * rel["ece_chance"]
+    many = rng.uniform(0.5, 1.0, 30_000)  # over EXACT_CHANCE_N: the normal approximation
+    big = reliability(many, many > 0.7)["ece_chance"]
+    assert big == pytest.approx(chance * np.sqrt(300 / 30_000), rel=0.25)
 
 
 def test_interval_coverage_by_hand() -> None:

@@ -737,8 +737,12 @@ def fit_age(
     # the map's distributions of the same cross-fitted faces, rounded as the file keeps it
     rounded = [tuple(round(v, 4) for v in row) for row in maps]
     mapped = np.array([remap(q, rounded[b]) for q, b in zip(cross, band, strict=True)])
+    true = np.asarray(ages, np.float64)
+    # ages past the last bin (by more than half a step; u = 1 above) no level can cover
+    top = values[-1] + (values[-1] - values[-2]) / 2 if len(values) > 1 else values[-1]
+    within = true <= top
     levels = fit_levels(
-        mapped, values, np.asarray(ages, np.float64), band, weights, mass, len(bands)
+        mapped[within], values, true[within], band[within], weights[within], mass, len(bands)
     )
     return Calibration(
         "age",
@@ -787,13 +791,16 @@ def fit_levels(
     bin straddling the interval's end is mostly counted in: at the mass itself the
     interval held 96% of the 1-year-olds of utkface-calib and 84% of the 0-9s (README).
     A band whose faces weigh as little as fewer than MIN_BAND unweighted ones takes the
-    level of all faces (each read off its own band's map)."""
+    level of all faces (each read off its own band's map). The caller leaves out ages
+    past the last bin: no interval read off the bins holds them, and with them in, a
+    band of old faces would be given nearly all of its distribution (the CC0 model's
+    bins end at 80: its 60+ band went to 0.999)."""
     import numpy as np
 
     def solve(rows: NDArray[np.bool_]) -> float:
         low, high = 0.01, 0.999
         if whole_year_coverage(probs[rows], values, ages[rows], weights[rows], high) < mass:
-            return high
+            return mass  # no level reaches it: the map's own interval
         for _ in range(14):  # coverage grows with the level: bisection
             middle = (low + high) / 2
             covered = whole_year_coverage(probs[rows], values, ages[rows], weights[rows], middle)

@@ -132,7 +132,9 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ("interval cover", ("excluding_no_face", "interval", "coverage"), "pct"),
         ("gender acc", ("excluding_no_face", "gender", "accuracy"), "pct"),
         ("gender ECE", ("excluding_no_face", "gender", "ece"), "f3"),
+        ("by chance", ("excluding_no_face", "gender", "ece_chance"), "f3"),
         ("gender ECE <13", ("under_13", "gender", "ece"), "f3"),
+        ("<13 by chance", ("under_13", "gender", "ece_chance"), "f3"),
         ("group acc", ("excluding_no_face", "groups", "accuracy"), "pct"),
         ("1-off", ("excluding_no_face", "groups", "one_off"), "pct"),
         ("gender gap", ("fairness", "gaps", "gender_accuracy", "gap"), "pts"),
@@ -148,6 +150,7 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             (f"<{t} accepted", (*where, "false_accept"), "pct"),
             (f">={t} rejected", (*where, "false_reject"), "pct"),
             (f"P>={t} ECE", (*where, "ece"), "f3"),
+            ("by chance", (*where, "ece_chance"), "f3"),
             (f"P>={t} Brier", (*where, "brier"), "f3"),
         ]
     present = [
@@ -492,12 +495,14 @@ def plot_reliability(report: dict[str, Any], path: Path) -> bool:
     for s in good:
         m = s["metrics"]["excluding_no_face"]
         lines = [
-            (f"P(age>={t})", v.get("reliability") or [], v.get("ece"))
+            (f"P(age>={t})", v.get("reliability") or [], v.get("ece"), v.get("ece_chance"))
             for t, v in (m.get("thresholds") or {}).items()
         ]
         gender = m.get("gender") or {}
         if gender.get("reliability"):
-            lines.append(("gender", gender["reliability"], gender.get("ece")))
+            lines.append(
+                ("gender", gender["reliability"], gender.get("ece"), gender.get("ece_chance"))
+            )
         lines = [line for line in lines if line[1]]
         if lines:
             curves.append((s["name"], lines))
@@ -506,10 +511,12 @@ def plot_reliability(report: dict[str, Any], path: Path) -> bool:
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4), dpi=90, squeeze=False)
     for ax, (name, lines) in zip(axes[0], curves, strict=True):
         ax.plot([0, 1], [0, 1], color="k", lw=0.8)
-        for label, table, ece in lines:
+        for label, table, ece, chance in lines:
             xs = [b["mean_p"] for b in table]
             ys = [b["share"] for b in table]
-            text = label + (f" (ECE {ece:.3f})" if ece is not None else "")
+            text = label + (f" (ECE {ece:.3f}" if ece is not None else "")
+            if ece is not None:  # what calibrated probabilities could read on these faces
+                text += f", by chance {chance:.3f})" if chance is not None else ")"
             ax.plot(xs, ys, marker="o", ms=3, label=text)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
