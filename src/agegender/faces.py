@@ -157,12 +157,13 @@ def _whole(config: EstimatorConfig) -> FaceDetector:
 
 
 # Measured in one run (README "Face detectors": benchmarks/detectors.py on 101 dev scenes of
-# 1280x960 with 300 faces, 103 rotated; whole-pipeline time on a busy 2-core machine).
+# 1280x960 with 300 faces, 103 rotated; whole-pipeline time on a busy 2-core machine with
+# AVX-512 VNNI; on an AVX2 CPU everything runs about twice as slowly: README Limits).
 _DLIB = "scenes: recall 0.947, rotated 0.942, 78 ms"
 _CENTERFACE = "scenes: recall 0.993, rotated 0.990, 110 ms"
 _CENTERFACE_INT8 = (
     "scenes at max side 800, threshold 0.25: recall 0.990-1.000 (dev), 0.991 (calib); "
-    "41-50 ms (dlib 127-164)"
+    "41-50 ms on a VNNI CPU (dlib 127-164)"
 )
 _HAAR = "scenes: recall 0.697, rotated 0.223, 136 ms"
 
