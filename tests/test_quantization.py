@@ -33,6 +33,8 @@ from agegender.quantization import (
     parse_ranges,
     prepare,
 )
+from agegender.store.layout import write_built
+from agegender.store.quantized import _ranges_sha256
 from tests.support.standins import conv_graph
 
 SIZE = 32
@@ -206,8 +208,32 @@ def test_a_copy_from_other_ranges_is_stale(
     store.pull(card)
     ranges = model_folder / "tiny.json"
     ranges.write_text(ranges.read_text().replace('"notes": ""', '"notes": "new"'))
-    with pytest.raises(ModelFileError, match="other ranges"):
+    with pytest.raises(ModelFileError, match="other ranges") as info:
         store.resolve(card)
+    assert "run 'agegender models pull tiny-gender-int8' to rebuild it" in str(info.value)
+    # a package upgrade makes every copy in the store stale at once: one line names them
+    # all (a copy whose record names older ranges; not one built from today's, nor a
+    # record without its file)
+    layout = store.StoreLayout.default()
+    for card_id, sha, with_file in (
+        ("centerface-int8", "0" * 64, True),
+        ("cc0-age-v1-int8", None, True),
+        ("faceres-deep-age-int8", "1" * 64, False),
+    ):
+        other = cards.get_card(card_id)
+        path = layout.model_path(other)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if with_file:
+            path.write_bytes(b"copy")
+        write_built(path, {"ranges_sha256": sha or _ranges_sha256(other)})
+    with pytest.raises(ModelFileError) as info:
+        store.resolve(card)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.endswith(
+        "run 'agegender models pull tiny-gender-int8 centerface-int8' "
+        "to rebuild it and the other stale INT8 copies in the store"
+    )
     assert store.pull(card).action == "built"
 
 

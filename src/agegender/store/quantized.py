@@ -102,6 +102,26 @@ def _rebuild(card: ModelCard) -> str:
     return f"run 'agegender models pull {card.id}' to rebuild it"
 
 
+def _other_stale_copies(card: ModelCard) -> list[str]:
+    """The built-in INT8 cards whose copy in the default store was built from ranges other
+    than those shipped (a package upgrade makes them stale together: one pull for all)."""
+    from ..cards import builtin_cards
+
+    layout = StoreLayout.default()
+    out = []
+    for other in builtin_cards().values():
+        if not other.source.quantize or other.id == card.id:
+            continue
+        try:
+            path = layout.model_path(other)
+            record = read_built(path) if path.is_file() else None
+            if record is not None and record.get("ranges_sha256") != _ranges_sha256(other):
+                out.append(other.id)
+        except (OSError, ValueError, CardError):
+            continue
+    return sorted(out)
+
+
 def check_built(card: ModelCard, path: Path, *, verify: bool = True) -> None:
     """Raise ModelFileError when the copy at ``path`` is not the one its record describes,
     or was built from ranges other than those this package ships."""
@@ -118,9 +138,12 @@ def check_built(card: ModelCard, path: Path, *, verify: bool = True) -> None:
             "quantization/ or next to the card)"
         ) from None
     if record.get("ranges_sha256") != shipped:
+        stale = [card.id, *(c for c in _other_stale_copies(card) if c != card.id)]
+        what = "it" if len(stale) == 1 else "it and the other stale INT8 copies in the store"
         raise ModelFileError(
             f"model {card.id}: {path} was built from other ranges than this package's "
-            f"quantization/{card.source.ranges}; {_rebuild(card)}"
+            f"quantization/{card.source.ranges}; run 'agegender models pull "
+            f"{' '.join(stale)}' to rebuild {what}"
         )
     if path.stat().st_size != record.get("bytes") or (
         verify and sha256_file(path) != record.get("sha256")
