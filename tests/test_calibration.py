@@ -378,3 +378,14 @@ def test_ages_past_the_last_bin_do_not_widen_their_band() -> None:
     # 0.84 here (the band's 300 faces fit; with the 90-year-olds in the level fit: 0.90)
     assert 0.76 < inside[holdable].mean() < 0.87
     assert not inside[truth > 80].any()
+
+
+def test_no_level_without_an_age_the_bins_can_hold() -> None:
+    """Every labelled age past the last bin: the map is fitted (all u = 1) but no level
+    can be, so the file has none and the interval is read at the mass."""
+    rng = np.random.default_rng(9)
+    model, _ = _draw(rng, 120)
+    ages = np.full(120, 95.0)
+    fitted = cal.fit_age(model, VALUES, [(a, a) for a in ages], range(120), bands=(0.0,))
+    assert fitted.pit and fitted.levels == ()
+    assert fitted.interval_mass(30.0) == fitted.mass == 0.8

@@ -741,8 +741,12 @@ def fit_age(
     # ages past the last bin (by more than half a step; u = 1 above) no level can cover
     top = values[-1] + (values[-1] - values[-2]) / 2 if len(values) > 1 else values[-1]
     within = true <= top
-    levels = fit_levels(
-        mapped[within], values, true[within], band[within], weights[within], mass, len(bands)
+    levels = (  # none when no exact age is within the bins (the interval read at `mass`)
+        fit_levels(
+            mapped[within], values, true[within], band[within], weights[within], mass, len(bands)
+        )
+        if within.any()
+        else []
     )
     return Calibration(
         "age",
