@@ -609,9 +609,23 @@ def pit_values(
     u = np.clip(below + draw * probs[rows, index], 0.0, 1.0)
     if len(values) > 1:
         a = np.asarray(ages, np.float64)
-        u[a > values[-1] + (values[-1] - values[-2]) / 2] = 1.0
+        u[past_last_bin(values, a)] = 1.0
         u[a < values[0] - (values[1] - values[0]) / 2] = 0.0
     return u  # type: ignore[no-any-return]
+
+
+def past_last_bin(values: NDArray[np.float64], ages: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Ages past the last bin by more than half the last step: no interval read off the
+    bins holds them (u = 1 in the PIT; left out of the level fit)."""
+    if len(values) < 2:
+        return ages > values[-1]  # type: ignore[no-any-return]
+    return ages > values[-1] + (values[-1] - values[-2]) / 2  # type: ignore[no-any-return]
+
+
+def effective_n(weights: NDArray[np.float64]) -> float:
+    """Kish's effective sample size of weighted faces (0 for none): a band below MIN_BAND
+    of it takes the pooled map or level."""
+    return float(weights.sum() ** 2 / (weights**2).sum()) if len(weights) else 0.0
 
 
 def decade_weights(ages: Sequence[float]) -> NDArray[np.float64]:
@@ -732,15 +746,14 @@ def fit_age(
     maps = []
     for index in range(len(bands)):
         w = weights[band == index]
-        effective = w.sum() ** 2 / (w**2).sum() if len(w) else 0.0  # Kish's effective n
-        maps.append(fit_pit_map(u[band == index], w, points) if effective >= MIN_BAND else pooled)
+        maps.append(
+            fit_pit_map(u[band == index], w, points) if effective_n(w) >= MIN_BAND else pooled
+        )
     # the map's distributions of the same cross-fitted faces, rounded as the file keeps it
     rounded = [tuple(round(v, 4) for v in row) for row in maps]
     mapped = np.array([remap(q, rounded[b]) for q, b in zip(cross, band, strict=True)])
     true = np.asarray(ages, np.float64)
-    # ages past the last bin (by more than half a step; u = 1 above) no level can cover
-    top = values[-1] + (values[-1] - values[-2]) / 2 if len(values) > 1 else values[-1]
-    within = true <= top
+    within = ~past_last_bin(values, true)  # no level can cover the others
     levels = (  # none when no exact age is within the bins (the interval read at `mass`)
         fit_levels(
             mapped[within], values, true[within], band[within], weights[within], mass, len(bands)
@@ -815,9 +828,7 @@ def fit_levels(
     out = []
     for index in range(count):
         mine = band == index
-        w = weights[mine]
-        effective = w.sum() ** 2 / (w**2).sum() if len(w) else 0.0
-        out.append(solve(mine) if effective >= MIN_BAND else pooled)
+        out.append(solve(mine) if effective_n(weights[mine]) >= MIN_BAND else pooled)
     return out
 
 

@@ -102,24 +102,27 @@ def _rebuild(card: ModelCard) -> str:
     return f"run 'agegender models pull {card.id}' to rebuild it"
 
 
-def _other_stale_copies(card: ModelCard) -> list[str]:
+def _other_stale_copies(card: ModelCard, path: Path) -> list[str]:
     """The built-in INT8 cards whose copy in the default store was built from ranges other
-    than those shipped (a package upgrade makes them stale together: one pull for all)."""
+    than those shipped (a package upgrade makes them stale together: one pull for all),
+    one card per file (faceres-deep's age and gender cards share one), `path` left out."""
     from ..cards import builtin_cards
 
     layout = StoreLayout.default()
-    out = []
-    for other in builtin_cards().values():
-        if not other.source.quantize or other.id == card.id:
+    stale: dict[Path, str] = {}
+    for other in sorted(builtin_cards().values(), key=lambda c: c.id):
+        if not other.source.quantize:
             continue
         try:
-            path = layout.model_path(other)
-            record = read_built(path) if path.is_file() else None
+            copy = layout.model_path(other)
+            if copy == path or copy in stale or not copy.is_file():
+                continue
+            record = read_built(copy)
             if record is not None and record.get("ranges_sha256") != _ranges_sha256(other):
-                out.append(other.id)
+                stale[copy] = other.id
         except (OSError, ValueError, CardError):
             continue
-    return sorted(out)
+    return list(stale.values())
 
 
 def check_built(card: ModelCard, path: Path, *, verify: bool = True) -> None:
@@ -138,7 +141,7 @@ def check_built(card: ModelCard, path: Path, *, verify: bool = True) -> None:
             "quantization/ or next to the card)"
         ) from None
     if record.get("ranges_sha256") != shipped:
-        stale = [card.id, *(c for c in _other_stale_copies(card) if c != card.id)]
+        stale = [card.id, *_other_stale_copies(card, path)]
         what = "it" if len(stale) == 1 else "it and the other stale INT8 copies in the store"
         raise ModelFileError(
             f"model {card.id}: {path} was built from other ranges than this package's "
