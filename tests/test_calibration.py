@@ -82,6 +82,15 @@ def test_decade_weights_make_every_decade_count_equally() -> None:
     assert w.sum() == pytest.approx(6)
 
 
+def test_decade_weights_power_half_and_none() -> None:
+    ages = [5, 6, 7, 8, 25]  # four faces in 0-9, one in 20-29
+    w = cal.decade_weights(ages, 0.5)  # 1/sqrt(4) against 1/sqrt(1), mean 1
+    assert w[:4] == pytest.approx([w[4] / 2] * 4)
+    assert w.mean() == pytest.approx(1.0)
+    assert cal.decade_weights(ages, 0.0) == pytest.approx(np.ones(5))
+    assert cal.BALANCE[cal.DEFAULT_BALANCE] == 0.5
+
+
 def _draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """A model far too sure (width 1) and biased for children, whose error grows with age:
     its distributions and the true ages."""

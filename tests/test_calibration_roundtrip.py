@@ -110,3 +110,32 @@ def test_a_temperature_the_estimates_cannot_use_is_refused(
         cal.load_file(path)
     assert str(path) in str(error.value) and message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "option,power,words",
+    [
+        ((), 0.5, "ages weighted by 1/sqrt(faces of their decade)"),
+        (("--balance", "decade"), 1.0, "ages balanced by decade"),
+        (("--balance", "none"), 0.0, "unweighted"),
+    ],
+)
+def test_balance_reaches_the_fit_and_the_file_says_which(
+    tmp_path: Path, monkeypatch, capsys, option: tuple[str, ...], power: float, words: str
+) -> None:
+    """--balance (default sqrt) is the power of the decade weights the map and levels get."""
+    seen: list[float] = []
+    real = cal.fit_age
+
+    def spy(*args: Any, **kwargs: Any) -> cal.Calibration:
+        seen.append(kwargs["balance"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cal, "fit_age", spy)
+    out = tmp_path / "fitted.toml"
+    code, _, err = _run(
+        monkeypatch, capsys, _synthetic(150, groups=False), "--out", str(out), *option
+    )
+    assert code == 0, err
+    assert seen == [power]
+    assert f"cross-fitted in 4 folds, {words})" in cal.load_file(out).data

@@ -23,6 +23,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from .. import calibration as cal
 from ..config import EstimatorConfig, name_too_long
 from ..errors import AgegenderError
 from ..evaluate.readers import READERS
@@ -99,10 +100,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument(
         "--balance",
-        choices=("decade", "none"),
-        default="decade",
-        help="weigh the faces so every decade of true age counts equally in the map "
-        "(default), or as they come",
+        choices=tuple(cal.BALANCE),
+        default=cal.DEFAULT_BALANCE,
+        help="weigh each face in the map and the levels by 1/n (decade: every decade of "
+        "true age counts equally), 1/sqrt(n) (sqrt, the default) or 1 (none), n the "
+        "faces of its decade",
     )
     parser.add_argument(
         "--gender-bands",
@@ -351,8 +353,6 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .. import calibration as cal
-
     cli = overrides_from_args(args)
     _check(args, cli)
     data, config, source = _collect(args, cli)
@@ -395,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
             usable,
             bands=args.age_bands or cal.DEFAULT_AGE_BANDS,
             mass=args.mass,
-            balance=args.balance == "decade",
+            balance=cal.BALANCE[args.balance],
             seed=args.seed,
         )
     exact = sum(1 for i in usable if data["labels"][i][0] == data["labels"][i][1])
@@ -419,7 +419,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if age_cal is None and gender_cal is None:
         raise AgegenderError(f"{source}: nothing to fit (no labelled face with an estimate)")
-    weighting = "ages balanced by decade" if args.balance == "decade" else "unweighted"
+    weighting = {
+        "decade": "ages balanced by decade",
+        "sqrt": "ages weighted by 1/sqrt(faces of their decade)",
+        "none": "unweighted",
+    }[args.balance]
     method = (
         f"the recalibration map cross-fitted in {folds} folds, {weighting}"
         if age_cal is not None and age_cal.pit
