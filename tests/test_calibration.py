@@ -89,6 +89,7 @@ def test_decade_weights_power_half_and_none() -> None:
     assert w.mean() == pytest.approx(1.0)
     assert cal.decade_weights(ages, 0.0) == pytest.approx(np.ones(5))
     assert cal.BALANCE[cal.DEFAULT_BALANCE] == 0.5
+    assert set(cal.BALANCE_WORDS) == set(cal.BALANCE)  # every choice named in the file
 
 
 def _draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

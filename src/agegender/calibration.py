@@ -102,8 +102,14 @@ DEFAULT_AGE_BANDS = (0.0, 5.0, 13.0, 20.0, 30.0, 45.0, 60.0)
 PIT_POINTS = 41  # points of each band's recalibration map
 CROSS_FOLDS = 5
 DEFAULT_GENDER_BANDS = (0.0, 13.0)
-# --balance: the power of a decade's count in its faces' weights' denominator
+# --balance: the power of a decade's count in its faces' weights' denominator, and how a
+# calibration file's `data` line names it
 BALANCE = {"decade": 1.0, "sqrt": 0.5, "none": 0.0}
+BALANCE_WORDS = {
+    "decade": "ages balanced by decade",
+    "sqrt": "ages weighted by 1/sqrt(faces of their decade)",
+    "none": "unweighted",
+}
 DEFAULT_BALANCE = "sqrt"
 MIN_BAND = 30  # fewer calibration faces in a band: it takes the pooled value
 MAX_TEMPERATURE = 100.0

@@ -419,11 +419,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if age_cal is None and gender_cal is None:
         raise AgegenderError(f"{source}: nothing to fit (no labelled face with an estimate)")
-    weighting = {
-        "decade": "ages balanced by decade",
-        "sqrt": "ages weighted by 1/sqrt(faces of their decade)",
-        "none": "unweighted",
-    }[args.balance]
+    weighting = cal.BALANCE_WORDS[args.balance]
     method = (
         f"the recalibration map cross-fitted in {folds} folds, {weighting}"
         if age_cal is not None and age_cal.pit
