@@ -38,7 +38,7 @@ Age (a distribution p over bin values v):
    96% of utkface-calib's 1-year-olds. The interval is therefore read at the band's
    level, the smallest mass at which the same cross-fitted faces' whole-year ages fall
    inside with (weighted as the map) probability `mass`: 0.69-0.71 for predicted babies,
-   0.72-0.81 elsewhere. Guarantee (up to O(1/n) per band): for faces exchangeable with
+   0.73-0.81 elsewhere. Guarantee (up to O(1/n) per band): for faces exchangeable with
    the calibration faces after that reweighting (drawn alike, in the reweighted age
    mix), the interval holds the true whole-year age with probability `mass` on
    average over the faces of a band: marginal, not for each face. With other photos
