@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -503,6 +504,43 @@ def test_report_replaces_only_its_own_files(
     assert "report.md exists and was not written by agegender evaluate" in err
     assert (mine / "report.md").read_text() == "my notes" and len(list(mine.iterdir())) == 1
     assert first  # the first report was complete
+
+
+def test_a_report_folder_is_written_by_one_evaluate_at_a_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two evaluates writing one folder would rename their files among each other's
+    # (report.json of one, report.md of the other); the second stops before any work.
+    portrait = Image.open(ASTRONAUT).convert("RGB")
+    data = tmp_path / "data"
+    data.mkdir()
+    portrait.crop((140, 40, 306, 214)).save(data / "face.png")
+    (data / "faces.csv").write_text(f"path,age,gender\nface.png,{LABEL_AGE},female\n")
+    out = tmp_path / "out"
+    out.mkdir()  # made by the other run, which has written nothing yet
+    args = ["evaluate", str(data / "faces.csv"), "--format", "csv", "--cropped"]
+    args += ["--no-progress", "--report", str(out)]
+    import agegender.commands.evaluate as evaluate_command
+
+    # this run saw no folder when it started (the other made it since): still not removed
+    real_lexists = os.path.lexists
+    monkeypatch.setattr(
+        evaluate_command.os.path, "lexists", lambda p: False if p == str(out) else real_lexists(p)
+    )
+    held = report_module.hold(out)  # the other run's lock
+    try:
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"--report {out}: another agegender evaluate is writing its report there" in err
+        assert out.is_dir() and not list(out.iterdir())
+    finally:
+        os.close(held)
+    monkeypatch.undo()
+    assert main(args) == 0  # the other run ended: its lock went with it
+    assert (out / "report.json").is_file()
+    capsys.readouterr()
 
 
 # -- defect 10 and the option audit: nothing accepted and ignored ------------------------

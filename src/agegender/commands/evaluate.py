@@ -103,7 +103,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="write report.json, report.md, predictions.csv and plots into this folder "
         "(created if missing). Checked before the evaluation starts: an existing file there "
         "is replaced only if an earlier evaluate wrote it (listed in DIR/.agegender-report); "
-        "never a file of the dataset, nor a folder inside the dataset's",
+        "never a file of the dataset, nor a folder inside the dataset's; one evaluate at a "
+        "time writes a folder",
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     parser.add_argument(
@@ -264,8 +265,12 @@ def run(args: argparse.Namespace) -> int:
     _check_settings(args, cli, settings)
     folders = _dataset_folders(args)
     made_here = bool(args.report) and not os.path.lexists(args.report)
+    from ..evaluate.report import ReportBusy
+
     try:
         return _evaluate(args, settings, folders, made_here)
+    except ReportBusy:  # the folder is the other run's now, whoever made it
+        raise
     except BaseException:
         # an error or an interrupt before the report was written: the folder this run
         # made for it is not left behind empty
@@ -277,10 +282,24 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(
     args: argparse.Namespace, settings: list[runner.Setting], folders: list[str], made_here: bool
 ) -> int:
+    from ..evaluate import report
+
+    if not args.report:
+        return _evaluate_into(args, settings, folders, made_here)
+    # before reading anything: a wrong path costs nothing
+    report.check_target(args.report, dataset_folders=folders)
+    held = report.hold(args.report)  # one evaluate at a time writes a report folder
+    try:
+        return _evaluate_into(args, settings, folders, made_here)
+    finally:
+        os.close(held)
+
+
+def _evaluate_into(
+    args: argparse.Namespace, settings: list[runner.Setting], folders: list[str], made_here: bool
+) -> int:
     from ..evaluate import readers, report, runner
 
-    if args.report:  # before reading anything: a wrong path costs nothing
-        report.check_target(args.report, dataset_folders=folders)
     dataset = readers.read_dataset(
         args.format,
         args.source,

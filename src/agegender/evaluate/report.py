@@ -50,6 +50,35 @@ class ReportError(AgegenderError):
     """The report cannot be written where asked without losing a file, or at all."""
 
 
+class ReportBusy(ReportError):
+    """Another evaluate holds the report folder (its files would mix with ours)."""
+
+
+def hold(directory: str | Path) -> int:
+    """Lock the report folder (made by check_target) for this run: an exclusive flock on
+    the folder itself, held while the returned descriptor is open (the caller closes it
+    when the run ends; a killed run's lock goes with its process). A second evaluate
+    writing to the same folder would rename its files among this run's (report.json of
+    one, report.md of the other) or remove the folder this run made: it stops with
+    ReportBusy, one line, before reading anything."""
+    import fcntl
+
+    where = f"--report {directory}"
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        raise ReportError(f"{where}: cannot open it ({error.strerror or error})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ReportBusy(
+            f"{where}: another agegender evaluate is writing its report there; "
+            "wait for it to end or choose another folder"
+        ) from None
+    return fd
+
+
 def build(
     dataset: Dataset,
     records: Sequence[Record],
