@@ -38,7 +38,7 @@ Age (a distribution p over bin values v):
    96% of utkface-calib's 1-year-olds. The interval is therefore read at the band's
    level, the smallest mass at which the same cross-fitted faces' whole-year ages fall
    inside with (weighted as the map) probability `mass`: 0.69-0.71 for predicted babies,
-   0.73-0.81 elsewhere. Guarantee (up to O(1/n) per band): for faces exchangeable with
+   0.73-0.82 elsewhere. Guarantee (up to O(1/n) per band): for faces exchangeable with
    the calibration faces after that reweighting (drawn alike, in the reweighted age
    mix), the interval holds the true whole-year age with probability `mass` on
    average over the faces of a band: marginal, not for each face. With other photos
@@ -98,7 +98,10 @@ FILE_KEYS = (
     "age",
     "gender",
 )
-DEFAULT_AGE_BANDS = (0.0, 5.0, 13.0, 20.0, 30.0, 45.0, 60.0)
+# Bands of predicted age: finer at 17-29, where P(age >= 18 / 21 / 25) is read (in 5-fold
+# cross-validation on utkface-calib, against 13-19 and 20-29: the ECE of P(age >= 21)
+# 0.045 -> 0.040, P(age >= 18) 0.025 both; README, Calibrated uncertainty)
+DEFAULT_AGE_BANDS = (0.0, 5.0, 13.0, 17.0, 21.0, 25.0, 30.0, 45.0, 60.0)
 PIT_POINTS = 41  # points of each band's recalibration map
 CROSS_FOLDS = 5
 DEFAULT_GENDER_BANDS = (0.0, 13.0)

@@ -96,7 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         type=_bands,
         default=None,
         metavar="A,B,...",
-        help="predicted-age bands of the recalibration map (default: 0,5,13,20,30,45,60)",
+        help="predicted-age bands of the recalibration map (default: 0,5,13,17,21,25,30,45,60)",
     )
     parser.add_argument(
         "--balance",
