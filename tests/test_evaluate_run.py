@@ -543,6 +543,24 @@ def test_a_report_folder_is_written_by_one_evaluate_at_a_time(
     capsys.readouterr()
 
 
+def test_a_report_folder_on_a_file_system_without_flock_is_written_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a lock held elsewhere stops a run; a file system that refuses flock (ENOLCK on
+    # some network mounts) is not "another evaluate".
+    import errno
+    import fcntl
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    fd = report_module.hold(tmp_path)
+    os.close(fd)
+    with pytest.raises(AgegenderError, match="cannot open it"):
+        report_module.hold(tmp_path / "missing")
+
+
 # -- defect 10 and the option audit: nothing accepted and ignored ------------------------
 def test_age_threshold_is_scored(scenes: dict, capsys: pytest.CaptureFixture[str]) -> None:
     # Before: --age-threshold was accepted by evaluate and changed nothing.

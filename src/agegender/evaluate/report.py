@@ -60,7 +60,8 @@ def hold(directory: str | Path) -> int:
     when the run ends; a killed run's lock goes with its process). A second evaluate
     writing to the same folder would rename its files among this run's (report.json of
     one, report.md of the other) or remove the folder this run made: it stops with
-    ReportBusy, one line, before reading anything."""
+    ReportBusy, one line, before reading anything. On a file system that has no flock
+    the run goes on unlocked."""
     import fcntl
 
     where = f"--report {directory}"
@@ -70,12 +71,14 @@ def hold(directory: str | Path) -> int:
         raise ReportError(f"{where}: cannot open it ({error.strerror or error})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         raise ReportBusy(
             f"{where}: another agegender evaluate is writing its report there; "
             "wait for it to end or choose another folder"
         ) from None
+    except OSError:  # a file system without flock (some network mounts): not locked
+        pass
     return fd
 
 
