@@ -284,15 +284,15 @@ def _evaluate(
 ) -> int:
     from ..evaluate import report
 
-    if not args.report:
-        return _evaluate_into(args, settings, folders, made_here)
-    # before reading anything: a wrong path costs nothing
-    report.check_target(args.report, dataset_folders=folders)
-    held = report.hold(args.report)  # one evaluate at a time writes a report folder
+    held = None
+    if args.report:  # before reading anything: a wrong path costs nothing
+        report.check_target(args.report, dataset_folders=folders)
+        held = report.hold(args.report)  # one evaluate at a time writes a report folder
     try:
         return _evaluate_into(args, settings, folders, made_here)
     finally:
-        os.close(held)
+        if held is not None:
+            os.close(held)
 
 
 def _evaluate_into(
