@@ -440,6 +440,33 @@ def test_a_second_job_on_dest_names_the_holder(photos: Path, tmp_path: Path, cap
         holder.close()
 
 
+def test_a_dest_on_a_file_system_without_flock_is_written_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ENOLCK (some NFS and SMB mounts) is no lock at all, not "another agegender batch":
+    # the job goes on, and says that nothing guards DEST against a second job.
+    import errno
+    import fcntl
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    out = tmp_path / "out"
+    manifest = dataset.make_manifest({}, [], "parquet", "stat", {})
+    with caplog.at_level("WARNING", logger="agegender"):
+        opened = dataset.Dataset(str(out), manifest, "parquet", overwrite=False)
+    try:
+        assert (out / dataset.MANIFEST).is_file()
+        said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert said == [
+            f"--out {out}: this file system does not lock files; nothing stops a second "
+            "job writing it at the same time"
+        ]
+    finally:
+        opened.close()
+
+
 def test_a_broken_parquet_list_is_refused_before_work(tmp_path: Path, capsys: Any) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

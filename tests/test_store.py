@@ -381,6 +381,26 @@ def test_a_second_download_of_the_same_file_is_refused_while_one_runs(server, ho
     assert pull(card).path.read_bytes() == DATA  # the lock is gone with its holder
 
 
+def test_a_download_on_a_file_system_without_flock_goes_on_unlocked(
+    server, home, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ENOLCK (a store on some network mounts) is no lock, not "another download".
+    import errno
+    import fcntl
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    url, _ = server
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with caplog.at_level("WARNING", logger="agegender"):
+        assert pull(make_card(f"{url}/file")).path.read_bytes() == DATA
+    assert any(
+        "this file system does not lock files; going on unlocked" in r.getMessage()
+        for r in caplog.records
+    )
+
+
 # -- the package's parts, one at a time --------------------------------------------------
 
 

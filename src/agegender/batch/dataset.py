@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import secrets
@@ -61,7 +62,10 @@ from numpy.typing import NDArray
 from .. import __version__
 from ..config import name_too_long
 from ..errors import AgegenderError
+from ..locking import LockHeld, try_exclusive
 from . import sources
+
+log = logging.getLogger(__name__)
 
 META = "_agegender"
 MANIFEST = f"{META}/manifest.json"
@@ -368,12 +372,10 @@ class Dataset:
             self._object_lock = ObjectLock(self.files, LOCK, self.dest)
             self._object_lock.acquire()
             return
-        import fcntl
-
         self._lock_file = open(os.path.join(self.dest, LOCK), "a+b")  # noqa: SIM115
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            locked = try_exclusive(self._lock_file.fileno())
+        except LockHeld:
             self._lock_file.seek(0)
             holder = self._lock_file.read(200).decode("utf-8", "replace").strip()
             self._lock_file.close()
@@ -381,6 +383,12 @@ class Dataset:
             raise AgegenderError(
                 f"--out {self.dest}: another agegender batch is writing it{who}"
             ) from None
+        if not locked:  # ENOLCK on some network mounts: not another job, so go on
+            log.warning(
+                "--out %s: this file system does not lock files; nothing stops a second "
+                "job writing it at the same time",
+                self.dest,
+            )
         # Who holds it, for the message a second job prints (the lock is the flock).
         self._lock_file.truncate(0)
         started = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import AgegenderError
+from ..locking import LockHeld, try_exclusive
 from .metrics import GENDERS, MIN_GROUP_N, clean, summarize
 from .readers import Dataset, Record
 
@@ -62,23 +63,19 @@ def hold(directory: str | Path) -> int:
     one, report.md of the other) or remove the folder this run made: it stops with
     ReportBusy, one line, before reading anything. On a file system that has no flock
     the run goes on unlocked."""
-    import fcntl
-
     where = f"--report {directory}"
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as error:
         raise ReportError(f"{where}: cannot open it ({error.strerror or error})") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        try_exclusive(fd)  # False, no flock on this file system: the run goes on unlocked
+    except LockHeld:
         os.close(fd)
         raise ReportBusy(
             f"{where}: another agegender evaluate is writing its report there; "
             "wait for it to end or choose another folder"
         ) from None
-    except OSError:  # a file system without flock (some network mounts): not locked
-        pass
     return fd
 
 

@@ -11,6 +11,7 @@ them, and adds no dependency for one GET per file.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DownloadError, ModelFileError, NetworkError
+from ..locking import LockHeld, try_exclusive
 from .hashing import CHUNK, Sha256
 from .layout import StoreLayout, part_path
 
@@ -33,6 +35,8 @@ OFFLINE_ENV = "AGEGENDER_OFFLINE"
 # Answers worth another try; any other 4xx means the address is wrong.
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "agegender-model-store"
+
+log = logging.getLogger(__name__)
 
 
 def is_offline(flag: bool = False) -> bool:
@@ -95,23 +99,20 @@ def progress_bar(total: int | None, label: str, enabled: bool | None) -> tqdm:
 
 @contextmanager
 def exclusive(lock: Path) -> Iterator[None]:
-    """Hold an OS lock on ``lock`` (released by the OS if the process dies), or refuse."""
+    """Hold an OS lock on ``lock`` (released by the OS if the process dies), or refuse.
+    On a file system that does not lock (ENOLCK on some network mounts) it goes on
+    unlocked, with a warning: the download still installs only a file that matches."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     handle = lock.open("a+b")
     try:
         try:
-            if sys.platform == "win32":
-                import msvcrt
-
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            locked = try_exclusive(handle.fileno())
+        except LockHeld:
             raise DownloadError(
                 f"{lock.stem}: another download of this file is running (lock {lock})"
             ) from None
+        if not locked:
+            log.warning("%s: this file system does not lock files; going on unlocked", lock)
         yield
     finally:
         handle.close()
