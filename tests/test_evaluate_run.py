@@ -561,6 +561,31 @@ def test_a_report_folder_on_a_file_system_without_flock_is_written_unlocked(
         report_module.hold(tmp_path / "missing")
 
 
+def test_only_the_check_whose_mkdir_made_the_report_folder_owns_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Made here" is the check's own mkdir, not a look before it: of two runs racing to
+    # one new folder, the one that finds it made by the other must never remove it.
+    out = tmp_path / "new" / "report"
+    assert report_module.check_target(out) is True
+    assert out.is_dir()
+    assert report_module.check_target(out) is False  # there now: made by the first
+    # A folder it made and cannot write in is removed again; one that was there is kept.
+    import tempfile
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(AgegenderError, match="cannot write there"):
+        report_module.check_target(fresh)
+    assert not fresh.exists()
+    with pytest.raises(AgegenderError, match="cannot write there"):
+        report_module.check_target(out)
+    assert out.is_dir()
+
+
 # -- defect 10 and the option audit: nothing accepted and ignored ------------------------
 def test_age_threshold_is_scored(scenes: dict, capsys: pytest.CaptureFixture[str]) -> None:
     # Before: --age-threshold was accepted by evaluate and changed nothing.

@@ -264,12 +264,16 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     _check_settings(args, cli, settings)
     folders = _dataset_folders(args)
-    made_here = bool(args.report) and not os.path.lexists(args.report)
-    from ..evaluate.report import ReportBusy
+    from ..evaluate import report
 
+    made_here = False
+    held = None
     try:
-        return _evaluate(args, settings, folders, made_here)
-    except ReportBusy:  # the folder is the other run's now, whoever made it
+        if args.report:  # before reading anything: a wrong path costs nothing
+            made_here = report.check_target(args.report, dataset_folders=folders)
+            held = report.hold(args.report)  # one evaluate at a time writes a report folder
+        return _evaluate_into(args, settings, folders, made_here)
+    except report.ReportBusy:  # the folder is the other run's now, whoever made it
         raise
     except BaseException:
         # an error or an interrupt before the report was written: the folder this run
@@ -277,19 +281,6 @@ def run(args: argparse.Namespace) -> int:
         if made_here:
             remove_output_folder(Path(args.report))
         raise
-
-
-def _evaluate(
-    args: argparse.Namespace, settings: list[runner.Setting], folders: list[str], made_here: bool
-) -> int:
-    from ..evaluate import report
-
-    held = None
-    if args.report:  # before reading anything: a wrong path costs nothing
-        report.check_target(args.report, dataset_folders=folders)
-        held = report.hold(args.report)  # one evaluate at a time writes a report folder
-    try:
-        return _evaluate_into(args, settings, folders, made_here)
     finally:
         if held is not None:
             os.close(held)

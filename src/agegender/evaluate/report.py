@@ -651,10 +651,13 @@ def check_target(
     dataset_folders: Iterable[str | Path] = (),
     image_folders: Iterable[str | Path] = (),
     made_here: bool = False,
-) -> Path:
+) -> bool:
     """Raise ReportError (one line) unless the report can go to `directory` without
     replacing a file agegender did not write or an input; creates the folder and checks
-    that a file can be written in it. Called before the evaluation starts.
+    that a file can be written in it. Called before the evaluation starts. True when this
+    call made the folder (its own mkdir, not a look beforehand: of two runs racing to one
+    new folder, only the one whose mkdir made it is told so; a folder it made and cannot
+    write in is removed again).
 
     `dataset_folders` (a dataset folder, --root): the report may not be in them.
     `image_folders` (a labels file's folder, the images' folders): it may not be one of
@@ -704,8 +707,11 @@ def check_target(
                 "outside folder"
             )
         _check_existing(out, where)
+    made = False
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            out.mkdir(parents=True)
+            made = True
         handle, probe = tempfile.mkstemp(prefix=".agegender-probe-", dir=out)
         os.close(handle)
         os.unlink(probe)
@@ -714,8 +720,12 @@ def check_target(
 
             (out / OUTPUT_MARKER).touch()
     except OSError as error:
+        if made:
+            from ..images import remove_output_folder
+
+            remove_output_folder(out)
         raise ReportError(f"{where}: cannot write there ({error.strerror or error})") from None
-    return out
+    return made
 
 
 def _check_existing(out: Path, where: str) -> set[str]:
