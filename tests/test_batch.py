@@ -168,6 +168,65 @@ def _committed(dest: Path) -> int:
     return len(list((dest / dataset.KEYS).glob("part-*.npy"))) if dest.exists() else 0
 
 
+def test_the_kinds_of_cpu_that_computed_the_rows_are_noted_and_a_mix_is_told(
+    photos: Path, tmp_path: Path, capsys: Any
+) -> None:
+    # The default's faceres-deep INT8 copy gives estimates that differ between kinds of
+    # CPU by up to about a year: a resume on another kind (or a mixed cluster) mixes them
+    # in one dataset. Each kind is noted once; a second kind is one warning line when a
+    # model in use is marked so (its card's [source] cpu_dependent).
+    import agegender
+    from agegender.cards import get_card
+    from agegender.sessions import cpu_kind
+    from agegender.store.files import package_path
+
+    # the tests' store holds no faceres-deep: a card of the user's marked as that copy is
+    folder = tmp_path / "mycard"
+    folder.mkdir()
+    (folder / "age.onnx").write_bytes(package_path(get_card("cc0-age-v1")).read_bytes())
+    text = (Path(agegender.__file__).parent / "model_cards" / "cc0-age-v1.toml").read_text()
+    head, _, rest = text.partition("[source]")
+    card = folder / "card.toml"
+    card.write_text(
+        head.replace('id = "cc0-age-v1"', 'id = "my-age-int8"')
+        + '[source]\nfile = "age.onnx"\ncpu_dependent = true\n[input]'
+        + rest.split("[input]", 1)[1]
+    )
+    model = ("--age-model", str(card))
+    out = tmp_path / "out"
+    images = sorted(str(p) for p in photos.glob("img*"))
+    assert batch(images[0], "--out", str(out), *model) == 0
+    assert "kinds of CPU" not in capsys.readouterr().err
+    notes = sorted((out / dataset.CPUS).iterdir())
+    assert [json.loads(p.read_text())["cpu"] for p in notes] == [cpu_kind()]
+    assert batch(images[0], images[1], "--out", str(out), *model) == 0  # same kind: quiet
+    assert "kinds of CPU" not in capsys.readouterr().err
+    assert sorted((out / dataset.CPUS).iterdir()) == notes
+    (out / dataset.CPUS / "vnni.json").write_text(json.dumps({"cpu": "x86_64 amx"}))
+    assert batch(images[0], images[1], images[2], "--out", str(out), *model) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    said = [line for line in err if "kinds of CPU" in line]
+    assert len(said) == 1, err
+    kinds = ", ".join(sorted([cpu_kind(), "x86_64 amx"]))
+    assert said[0].startswith(
+        f"agegender: warning: --out {out}: rows there were computed on 2 kinds of CPU ({kinds}); "
+        "with INT8 copies in use (my-age-int8)"
+    )
+    # --overwrite starts over: the notes go with the rows
+    assert batch(images[0], "--out", str(out), "--overwrite", *model) == 0
+    assert "kinds of CPU" not in capsys.readouterr().err
+    assert [json.loads(p.read_text())["cpu"] for p in (out / dataset.CPUS).iterdir()] == [
+        cpu_kind()
+    ]
+
+
+def test_a_mix_of_cpus_is_quiet_without_models_that_depend_on_the_cpu() -> None:
+    assert dataset.mixed_cpus_warning("d", ["x86_64 avx2", "x86_64 amx"], []) is None
+    assert dataset.mixed_cpus_warning("d", ["x86_64 avx2"], ["faceres-deep-age-int8"]) is None
+    line = dataset.mixed_cpus_warning("d", ["a", "b"], ["m"])
+    assert line is not None and line.startswith("--out d: rows there were computed on 2 kinds")
+
+
 def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     folder = tmp_path / "in"
     make_images(folder, 40)

@@ -24,6 +24,8 @@ pytest.importorskip("ray", reason="agegender[ray] (ray[data]) is not installed")
 
 from test_batch import _env, assert_rows_equal, batch, make_images, rows_of
 
+from agegender.sessions import cpu_kind
+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -87,9 +89,20 @@ def test_ray_engine_resumes_on_a_ray_instance_started_by_the_test(
         options = ["--engine", "ray", "--concurrency", "2", "--num-cpus", "1"]
         assert batch(*first_half, "--out", str(out), "--part-size", "3", *options) == 0
         assert ray.is_initialized()  # the command leaves a Ray it did not start running
+        # the actors noted the kind of CPU that ran the models (the driver ran none)
+        here = cpu_kind()
+        assert dataset.cpu_kinds(dataset._Files(str(out))) == [here]
+        assert "kinds of CPU" not in capsys.readouterr().err
+        # rows from a machine of another kind (a node of a mixed cluster, a resume there):
+        # the driver reads the notes at the end, and is quiet here because these models
+        # compute alike on every kind (test_batch: the warning of those that do not)
+        other = out / dataset.CPUS / "other.json"
+        other.write_text(json.dumps({"cpu": "aarch64 dotprod"}))
         assert batch(str(folder), "--out", str(out), "--part-size", "3", *options) == 1
         err = capsys.readouterr().err
         assert "6 skipped (done before" in err and "1 failed" in err, err
+        assert "kinds of CPU" not in err
+        assert dataset.cpu_kinds(dataset._Files(str(out))) == sorted([here, "aarch64 dotprod"])
         assert_rows_equal(rows_of(out), rows_of(local))
     finally:
         ray.shutdown()

@@ -376,3 +376,28 @@ def test_a_cuda_provider_that_does_not_start_is_logged_with_the_usual_cause(
     assert message.startswith("execution provider cuda did not start; running on cpu (")
     assert "LD_LIBRARY_PATH" in message and "onnxruntime.preload_dlls()" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, level",
+    [
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni amx_tile\n", "avx512-vnni"),
+        ("flags\t\t: fpu sse2 avx2 avx512bw avx512_vnni amx_int8\n", "amx"),
+        ("flags\t\t: fpu sse2 avx avx2 fma\nbugs\t\t: spectre\n", "avx2"),
+        ("flags\t\t: fpu sse2 avx2 avx_vnni\n", "avx-vnni"),
+        ("Features\t: fp asimd evtstrm asimddp sve\n", "dotprod"),
+        ("Features\t: fp asimd asimddp i8mm\n", "i8mm"),
+        ("flags\t\t: fpu sse2\n", None),
+        ("", None),
+    ],
+)
+def test_the_kind_of_cpu_is_its_best_integer_kernel_feature(
+    cpuinfo: str, level: str | None
+) -> None:
+    import platform
+
+    from agegender.sessions import cpu_kind
+
+    machine = platform.machine().lower()
+    assert cpu_kind(cpuinfo) == (f"{machine} {level}" if level else machine)
+    assert cpu_kind().startswith(machine)  # this machine's, read from /proc/cpuinfo

@@ -68,6 +68,10 @@ class Source:
     convert: str | None = None
     quantize: str | None = None
     ranges: str | None = None
+    # the file's estimates differ between kinds of CPU by more than float noise (an INT8
+    # copy whose fp32 layers feed quantized ones: README, "7-bit weights"); batch jobs
+    # warn when such a model's rows come from more than one kind
+    cpu_dependent: bool = False
 
     @property
     def kind(self) -> SourceKind:
@@ -266,6 +270,7 @@ class ModelCard:
                 ("tarball_sha256", src.tarball_sha256),
                 ("convert", src.convert),
                 ("quantize", src.quantize),
+                ("cpu_dependent", src.cpu_dependent or None),
                 ("ranges", src.ranges),
                 ("file", src.file),
                 ("bytes", src.bytes),
@@ -343,6 +348,7 @@ TABLE_FIELDS: dict[str, tuple[str, ...]] = {
         "convert",
         "quantize",
         "ranges",
+        "cpu_dependent",
     ),
     "input": ("size", "channels", "layout", "scale", "mean", "std", "name"),
     "crop": ("kind", "padding", "margin"),
@@ -594,6 +600,7 @@ def _parse_source(r: _CardReader, src: dict[str, Any]) -> Source:
         convert=convert,
         quantize=quantize,
         ranges=ranges,
+        cpu_dependent=r.boolean(src, "source", "cpu_dependent", False),
     )
 
 

@@ -187,3 +187,43 @@ def on_accelerator(session: ort.InferenceSession) -> bool:
     the first one tells). Where a run's input shape changes, such a provider may set
     itself up again (CUDA's convolutions: README, GPU), so callers keep shapes fixed."""
     return bool(session.get_providers()[0] != CPU)
+
+
+# The CPU features that choose ONNX Runtime's integer kernels, most capable first: the
+# INT8 copies' fp32 layers round differently on each (README, "7-bit weights"), so rows
+# from two kinds of CPU may differ by about a year of age with those copies.
+_CPU_LEVELS = (
+    ("amx_int8", "amx"),
+    ("avx512_vnni", "avx512-vnni"),
+    ("avx_vnni", "avx-vnni"),
+    ("avx512bw", "avx512"),
+    ("avx2", "avx2"),
+    ("i8mm", "i8mm"),
+    ("asimddp", "dotprod"),
+)
+
+
+def cpu_kind(cpuinfo: str | None = None) -> str:
+    """This machine's kind of CPU as ONNX Runtime's kernels tell them apart: the
+    architecture and its most capable integer-kernel feature ("x86_64 avx2", "x86_64
+    avx512-vnni", "aarch64 dotprod"); the architecture alone where none is known or
+    /proc/cpuinfo cannot be read (not Linux). `cpuinfo`: its text, for tests."""
+    import platform
+
+    machine = platform.machine().lower() or "unknown"
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read(1 << 16)
+        except OSError:
+            return machine
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("flags", "features"):
+            flags = set(value.split())
+            break
+    for flag, level in _CPU_LEVELS:
+        if flag in flags:
+            return f"{machine} {level}"
+    return machine

@@ -76,6 +76,10 @@ ATTEMPTS = f"{META}/attempts"
 # and its note that it is loading the models (removed once loaded), found by its restart
 INFLIGHT = f"{META}/inflight"
 LOCK = f"{META}/lock"
+# One note per kind of CPU that ran the models for this DEST (sessions.cpu_kind), written
+# by the local job or by each Ray actor: with INT8 copies, rows from two kinds may differ
+# by about a year of age, and a resume or a cluster can mix them
+CPUS = f"{META}/cpus"
 FORMAT = "agegender-batch/1"
 SINKS = {"parquet": ".parquet", "jsonl": ".jsonl", "csv": ".csv"}
 TMP_PREFIX = ".tmp-"
@@ -151,7 +155,7 @@ class _Files:
             return []
 
     def mkdirs(self) -> None:
-        for sub in (KEYS, ATTEMPTS, INFLIGHT):
+        for sub in (KEYS, ATTEMPTS, INFLIGHT, CPUS):
             if self.remote:
                 self.fs.create_dir(self._p(sub), recursive=True)
             else:
@@ -434,7 +438,7 @@ class Dataset:
         for name in self.files.names():
             if _ours(name):
                 self.files.delete(name)
-        for sub in (KEYS, ATTEMPTS, INFLIGHT):
+        for sub in (KEYS, ATTEMPTS, INFLIGHT, CPUS):
             for name in self.files.names(sub):
                 self.files.delete(f"{sub}/{name}")
 
@@ -460,6 +464,9 @@ class Dataset:
                     self.files.delete(name)  # written, never committed: redone now
         for name in self.files.names(INFLIGHT):  # notes of an earlier run's actors
             self.files.delete(f"{INFLIGHT}/{name}")
+        for name in self.files.names(CPUS):
+            if name.startswith(TMP_PREFIX):
+                self.files.delete(f"{CPUS}/{name}")
         for sub in (KEYS, ATTEMPTS):
             for name in self.files.names(sub):
                 committed = name.endswith(".npy") and name[: -len(".npy")] in parts
@@ -804,6 +811,52 @@ def encode(rows: list[dict[str, Any]], sink: str, thresholds: Any, tracks: bool 
     for row in rows:
         writer.writerow([text_value(row.get(n)) for n in names])
     return text.getvalue().encode()
+
+
+def record_cpu(files: _Files, run: str) -> None:
+    """Note that this machine's kind of CPU runs the models for DEST (once per kind)."""
+    from ..sessions import cpu_kind
+
+    kind = cpu_kind()
+    name = f"{CPUS}/{re.sub(r'[^A-Za-z0-9_.-]+', '-', kind)}.json"
+    if files.kind(name) == "file":
+        return
+    if not files.object_store and files.kind(CPUS) == "missing":  # the driver makes it;
+        files.mkdirs()  # an actor given a DEST without it makes it too
+    import onnxruntime
+
+    note = {
+        "cpu": kind,
+        "first_run": run,
+        "host": socket.gethostname(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+    files.write_atomic(name, json.dumps(note).encode())
+
+
+def cpu_kinds(files: _Files) -> list[str]:
+    """The kinds of CPU that have run the models for DEST (record_cpu's notes)."""
+    kinds = set()
+    for name in files.names(CPUS):
+        if name.startswith(TMP_PREFIX) or not name.endswith(".json"):
+            continue
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            kinds.add(str(json.loads(files.read(f"{CPUS}/{name}")).get("cpu")))
+    return sorted(kinds)
+
+
+def mixed_cpus_warning(dest: str, kinds: list[str], int8: list[str]) -> str | None:
+    """The line to show when rows of DEST come from more than one kind of CPU and the
+    models include INT8 copies (whose estimates differ between kinds); else None."""
+    if len(kinds) < 2 or not int8:
+        return None
+    return (
+        f"--out {dest}: rows there were computed on {len(kinds)} kinds of CPU "
+        f"({', '.join(kinds)}); with INT8 copies in use ({', '.join(int8)}) a face's "
+        "estimates can differ between kinds (faceres-deep's copy, in the default preset, "
+        "by up to about a year of age: README, 7-bit weights); --overwrite on machines of "
+        "one kind, or --preset best, keeps them alike"
+    )
 
 
 def make_manifest(

@@ -79,6 +79,16 @@ def model_identities(estimator: Estimator) -> list[dict[str, str]]:
     return out
 
 
+def cpu_dependent_models(estimator: Estimator) -> list[str]:
+    """The card ids of the estimator's models whose estimates differ between kinds of CPU
+    (a card's `[source] cpu_dependent`: faceres-deep's INT8 copy)."""
+    cards = [head.card for heads in estimator.heads.values() for head in heads]
+    detector_card = getattr(_detector(estimator), "card", None)
+    if detector_card is not None:
+        cards.append(detector_card)
+    return sorted({card.id for card in cards if card.source.cpu_dependent})
+
+
 def _detector(estimator: Estimator) -> Any:
     """The estimator's detector, under the rotation sweep's wrapper where there is one."""
     detector: Any = estimator.detector
@@ -166,7 +176,7 @@ def data_digests(estimator: Estimator) -> dict[str, str]:
     parsed them. A built-in card or calibration edited under an unchanged version (a
     development install, a patched package) refuses a resume as a user's edited file
     does. A card's own file's place, title and notes do not count (moving an install
-    keeps its datasets resumable)."""
+    keeps its datasets resumable), nor does its `cpu_dependent` mark."""
     from dataclasses import asdict
 
     out: dict[str, str] = {}
@@ -182,6 +192,7 @@ def data_digests(estimator: Estimator) -> dict[str, str]:
         fields = asdict(card)
         for ignored in ("origin", "title", "notes", "license"):
             fields.pop(ignored, None)
+        fields["source"].pop("cpu_dependent", None)  # a warning's trigger, not the rows'
         out[name] = _digest(fields)
     for role, task in estimator.tasks.items():
         if task.calibration is not None:

@@ -238,6 +238,10 @@ class _Worker:
 
         self.estimator = Estimator(actor_config(self.config, self.cpus))
         self._check_models()
+        from .dataset import record_cpu
+
+        with writing(self.target.shown):  # the driver warns when kinds mix (INT8 copies)
+            record_cpu(self.files, self.target.run)
         if note is not None:
             with writing(self.target.shown):
                 self.files.delete(note)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import AgegenderError
 from .options import add_estimator_options, add_input_options, config_from_args, number
 from .predict import _quiet_libraries
+
+if TYPE_CHECKING:
+    from ..batch.dataset import Dataset
 
 DEFAULT_PART_SIZE = 1000
 
@@ -151,7 +155,11 @@ def _run(args: argparse.Namespace) -> int:
     out = dataset.Dataset(
         args.out, manifest, args.format, args.overwrite, max_attempts=args.max_attempts
     )
+    cpu_models = job.cpu_dependent_models(estimator)
     try:
+        if args.engine == "local":  # Ray's actors note their own machines' kinds
+            dataset.record_cpu(out.files, out.run)
+            _warn_mixed_cpus(args.out, out, cpu_models)
         the_job = job.Job(
             sources=args.sources,
             dataset=out,
@@ -170,6 +178,7 @@ def _run(args: argparse.Namespace) -> int:
 
             del estimator  # the actors load their own
             tally = run_ray(the_job, args)
+            _warn_mixed_cpus(args.out, out, cpu_models)
         else:
             from ..batch.local import run_local
 
@@ -183,3 +192,13 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         out.close()
     return 1 if tally.failed else 0
+
+
+def _warn_mixed_cpus(shown: str, out: Dataset, cpu_models: list[str]) -> None:
+    """One warning line when the rows of DEST come from more than one kind of CPU and a
+    model in use gives estimates that differ between kinds (dataset.mixed_cpus_warning)."""
+    from ..batch import dataset
+
+    line = dataset.mixed_cpus_warning(shown, dataset.cpu_kinds(out.files), cpu_models)
+    if line is not None:
+        print(f"agegender: warning: {line}", file=sys.stderr)
