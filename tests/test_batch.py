@@ -169,13 +169,14 @@ def _committed(dest: Path) -> int:
 
 
 def test_the_kinds_of_cpu_that_computed_the_rows_are_noted_and_a_mix_is_told(
-    photos: Path, tmp_path: Path, capsys: Any
+    photos: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The default's faceres-deep INT8 copy gives estimates that differ between kinds of
     # CPU by up to about a year: a resume on another kind (or a mixed cluster) mixes them
     # in one dataset. Each kind is noted once; a second kind is one warning line when a
     # model in use is marked so (its card's [source] cpu_dependent).
     import agegender
+    from agegender import sessions
     from agegender.cards import get_card
     from agegender.sessions import cpu_kind
     from agegender.store.files import package_path
@@ -194,30 +195,37 @@ def test_the_kinds_of_cpu_that_computed_the_rows_are_noted_and_a_mix_is_told(
     )
     model = ("--age-model", str(card))
     out = tmp_path / "out"
-    images = sorted(str(p) for p in photos.glob("img*"))
+    images = sorted(str(p) for p in photos.glob("img*"))  # img004: no face
+    here, other = cpu_kind(), "x86_64 amx"
+    assert batch(images[4], "--out", str(out), *model) == 0  # no estimate: nothing noted
+    assert list((out / dataset.CPUS).iterdir()) == []
     assert batch(images[0], "--out", str(out), *model) == 0
     assert "kinds of CPU" not in capsys.readouterr().err
     notes = sorted((out / dataset.CPUS).iterdir())
-    assert [json.loads(p.read_text())["cpu"] for p in notes] == [cpu_kind()]
+    assert [json.loads(p.read_text())["cpu"] for p in notes] == [here]
     assert batch(images[0], images[1], "--out", str(out), *model) == 0  # same kind: quiet
     assert "kinds of CPU" not in capsys.readouterr().err
     assert sorted((out / dataset.CPUS).iterdir()) == notes
-    (out / dataset.CPUS / "vnni.json").write_text(json.dumps({"cpu": "x86_64 amx"}))
+    # a resume on a machine of another kind: nothing new to do there, nothing noted
+    monkeypatch.setattr(sessions, "cpu_kind", lambda: other)
+    assert batch(images[0], images[1], "--out", str(out), *model) == 0
+    assert "kinds of CPU" not in capsys.readouterr().err
+    assert sorted((out / dataset.CPUS).iterdir()) == notes
+    # ... and with a new face: noted, and told once, at the end
     assert batch(images[0], images[1], images[2], "--out", str(out), *model) == 0
     err = capsys.readouterr().err.strip().splitlines()
     said = [line for line in err if "kinds of CPU" in line]
-    assert len(said) == 1, err
-    kinds = ", ".join(sorted([cpu_kind(), "x86_64 amx"]))
+    assert len(said) == 1 and err[-2:] == [said[0], err[-1]], err  # then the summary
+    assert err[-1].startswith("agegender: batch: 1 inputs done"), err
+    kinds = ", ".join(sorted([here, other]))
     assert said[0].startswith(
-        f"agegender: warning: --out {out}: rows there were computed on 2 kinds of CPU ({kinds}); "
-        "with INT8 copies in use (my-age-int8)"
+        f"agegender: warning: --out {out}: rows there were computed on 2 kinds of CPU "
+        f"({kinds}); the estimates of my-age-int8 differ between kinds"
     )
     # --overwrite starts over: the notes go with the rows
     assert batch(images[0], "--out", str(out), "--overwrite", *model) == 0
     assert "kinds of CPU" not in capsys.readouterr().err
-    assert [json.loads(p.read_text())["cpu"] for p in (out / dataset.CPUS).iterdir()] == [
-        cpu_kind()
-    ]
+    assert [json.loads(p.read_text())["cpu"] for p in (out / dataset.CPUS).iterdir()] == [other]
 
 
 def test_a_mix_of_cpus_is_quiet_without_models_that_depend_on_the_cpu() -> None:

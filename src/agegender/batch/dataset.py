@@ -360,6 +360,7 @@ class Dataset:
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
         self.seq = 0
         self.parts_written = 0
+        self._cpu_noted = False  # this machine's kind of CPU, noted before its first faces
         self._sorted: list[NDArray[np.uint64]] = []
         self._set: set[int] = set()
         self._retry_taken: set[int] = set()
@@ -635,9 +636,13 @@ class Dataset:
         thresholds: Any,
         attempts: list[tuple[int, int, int]] | None = None,
     ) -> str:
-        """Write a part with its rows, then its keys: from then on those inputs are done."""
+        """Write a part with its rows, then its keys: from then on those inputs are done.
+        Before the run's first estimates, this machine's kind of CPU is noted (record_cpu)."""
         stem = self.next_stem()
         with writing(self.dest):
+            if not self._cpu_noted and has_estimates(rows):
+                record_cpu(self.files, self.run)
+                self._cpu_noted = True
             name = write_part(self.files, stem, rows, self.sink, thresholds, tracks=self.tracks)
         self.commit_keys(stem, keys, attempts)
         return name
@@ -834,6 +839,11 @@ def record_cpu(files: _Files, run: str) -> None:
     files.write_atomic(name, json.dumps(note).encode())
 
 
+def has_estimates(rows: list[dict[str, Any]]) -> bool:
+    """Whether any row holds a model's estimate (not only a missing face or an error)."""
+    return any(r.get("age_value") is not None or r.get("gender_label") is not None for r in rows)
+
+
 def cpu_kinds(files: _Files) -> list[str]:
     """The kinds of CPU that have run the models for DEST (record_cpu's notes)."""
     kinds = set()
@@ -845,17 +855,17 @@ def cpu_kinds(files: _Files) -> list[str]:
     return sorted(kinds)
 
 
-def mixed_cpus_warning(dest: str, kinds: list[str], int8: list[str]) -> str | None:
-    """The line to show when rows of DEST come from more than one kind of CPU and the
-    models include INT8 copies (whose estimates differ between kinds); else None."""
-    if len(kinds) < 2 or not int8:
+def mixed_cpus_warning(dest: str, kinds: list[str], dependent: list[str]) -> str | None:
+    """The line to show when rows of DEST come from more than one kind of CPU and models
+    in use are marked `cpu_dependent` (their estimates differ between kinds); else None."""
+    if len(kinds) < 2 or not dependent:
         return None
     return (
         f"--out {dest}: rows there were computed on {len(kinds)} kinds of CPU "
-        f"({', '.join(kinds)}); with INT8 copies in use ({', '.join(int8)}) a face's "
-        "estimates can differ between kinds (faceres-deep's copy, in the default preset, "
-        "by up to about a year of age: README, 7-bit weights); --overwrite on machines of "
-        "one kind, or --preset best, keeps them alike"
+        f"({', '.join(kinds)}); the estimates of {', '.join(dependent)} differ between "
+        "kinds (the default's faceres-deep INT8 copy by up to about a year of age: "
+        "README, 7-bit weights); --overwrite on machines of one kind, or --preset best, "
+        "keeps them alike"
     )
 
 

@@ -157,9 +157,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     cpu_models = job.cpu_dependent_models(estimator)
     try:
-        if args.engine == "local":  # Ray's actors note their own machines' kinds
-            dataset.record_cpu(out.files, out.run)
-            _warn_mixed_cpus(args.out, out, cpu_models)
         the_job = job.Job(
             sources=args.sources,
             dataset=out,
@@ -178,11 +175,12 @@ def _run(args: argparse.Namespace) -> int:
 
             del estimator  # the actors load their own
             tally = run_ray(the_job, args)
-            _warn_mixed_cpus(args.out, out, cpu_models)
         else:
             from ..batch.local import run_local
 
             tally = run_local(the_job, estimator)
+        # the kinds of CPU noted before each run's first rows (the job's or its actors')
+        _warn_mixed_cpus(args.out, out, cpu_models)
         # every part of the run is committed: the `cannot list` rows of sources listed
         # now leave the dataset (their retirement prunes, as a retry's part does)
         tally.relisted = out.retire_relisted(config.age_thresholds)
