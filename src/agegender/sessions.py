@@ -20,6 +20,7 @@ configuration and the session need not each pass them on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -212,10 +213,8 @@ def cpu_kind(cpuinfo: str | None = None) -> str:
 
     machine = platform.machine().lower() or "unknown"
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-                cpuinfo = handle.read(1 << 16)
-        except OSError:
+        cpuinfo = _cpuinfo()
+        if cpuinfo is None:
             return machine
     flags: set[str] = set()
     for line in cpuinfo.splitlines():
@@ -227,3 +226,13 @@ def cpu_kind(cpuinfo: str | None = None) -> str:
         if flag in flags:
             return f"{machine} {level}"
     return machine
+
+
+@functools.cache
+def _cpuinfo() -> str | None:
+    """/proc/cpuinfo's first 64 KiB, read once per process (batch asks at every part)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            return handle.read(1 << 16)
+    except OSError:
+        return None

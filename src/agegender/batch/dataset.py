@@ -360,7 +360,6 @@ class Dataset:
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
         self.seq = 0
         self.parts_written = 0
-        self._cpu_noted = False  # this machine's kind of CPU, noted before its first faces
         self._sorted: list[NDArray[np.uint64]] = []
         self._set: set[int] = set()
         self._retry_taken: set[int] = set()
@@ -636,13 +635,9 @@ class Dataset:
         thresholds: Any,
         attempts: list[tuple[int, int, int]] | None = None,
     ) -> str:
-        """Write a part with its rows, then its keys: from then on those inputs are done.
-        Before the run's first estimates, this machine's kind of CPU is noted (record_cpu)."""
+        """Write a part with its rows, then its keys: from then on those inputs are done."""
         stem = self.next_stem()
         with writing(self.dest):
-            if not self._cpu_noted and has_estimates(rows):
-                record_cpu(self.files, self.run)
-                self._cpu_noted = True
             name = write_part(self.files, stem, rows, self.sink, thresholds, tracks=self.tracks)
         self.commit_keys(stem, keys, attempts)
         return name
@@ -676,9 +671,12 @@ def write_part(
     tracks: bool = False,
 ) -> str:
     """A part file of `rows` under its final name, never half visible; what a Ray actor
-    calls for its own parts (the driver then commits their keys)."""
+    calls for its own parts (the driver then commits their keys). A part with estimates
+    first notes this machine's kind of CPU (record_cpu), so every writer notes its own."""
     if isinstance(files, str):
         files = _Files(files)
+    if has_estimates(rows):
+        record_cpu(files, stem)
     name = stem + SINKS[sink]
     files.write_atomic(name, encode(rows, sink, thresholds, tracks))
     return name
@@ -818,8 +816,9 @@ def encode(rows: list[dict[str, Any]], sink: str, thresholds: Any, tracks: bool 
     return text.getvalue().encode()
 
 
-def record_cpu(files: _Files, run: str) -> None:
-    """Note that this machine's kind of CPU runs the models for DEST (once per kind)."""
+def record_cpu(files: _Files, part: str) -> None:
+    """Note that this machine's kind of CPU computes estimates for DEST, before `part`:
+    once per kind (a later part finds the note, one look per part)."""
     from ..sessions import cpu_kind
 
     kind = cpu_kind()
@@ -832,7 +831,7 @@ def record_cpu(files: _Files, run: str) -> None:
 
     note = {
         "cpu": kind,
-        "first_run": run,
+        "first_part": part,
         "host": socket.gethostname(),
         "onnxruntime": onnxruntime.__version__,
     }

@@ -238,7 +238,6 @@ class _Worker:
 
         self.estimator = Estimator(actor_config(self.config, self.cpus))
         self._check_models()
-        self.cpu_noted = False
         if note is not None:
             with writing(self.target.shown):
                 self.files.delete(note)
@@ -288,15 +287,7 @@ class _Worker:
         import numpy as np
         import pyarrow as pa
 
-        from .dataset import (
-            INFLIGHT,
-            _npy,
-            attempt_table,
-            has_estimates,
-            part_stem,
-            record_cpu,
-            write_part,
-        )
+        from .dataset import INFLIGHT, _npy, attempt_table, part_stem, write_part
 
         empty = pa.table({name: pa.array([], pa.binary()) for name in SUMMARY_COLUMNS})
         if not batch.num_rows:
@@ -323,9 +314,6 @@ class _Worker:
                 self.files.delete(note)
                 return empty
             tracks = self.work.video_rows == "tracks"
-            if not self.cpu_noted and has_estimates(rows):  # the driver warns when
-                record_cpu(self.files, self.target.run)  # kinds mix (cpu_dependent)
-                self.cpu_noted = True
             write_part(self.files, stem, rows, self.target.sink, self.work.thresholds, tracks)
             self.files.delete(note)
         return pa.table(
