@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
             from ..batch.local import run_local
 
             tally = run_local(the_job, estimator)
-        # the kinds of CPU noted before each run's first rows (the job's or its actors')
+        # the kinds of CPU noted by write_part before each writer's first part with a face
         _warn_mixed_cpus(args.out, out, cpu_models)
         # every part of the run is committed: the `cannot list` rows of sources listed
         # now leave the dataset (their retirement prunes, as a retry's part does)
