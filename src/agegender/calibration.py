@@ -449,7 +449,14 @@ def temper(probs: NDArray[np.float64], temperature: float) -> NDArray[np.float64
     if temperature == 1.0:
         return p / p.sum(axis=-1, keepdims=True)
     with np.errstate(divide="ignore"):
-        logits = np.log(p) / temperature
+        return _tempered_logs(np.log(p), temperature)
+
+
+def _tempered_logs(logs: NDArray[np.float64], temperature: float) -> NDArray[np.float64]:
+    """:func:`temper` from the distributions' logs (a fit takes them once for its grid)."""
+    import numpy as np
+
+    logits = logs / temperature
     logits = logits - logits.max(axis=-1, keepdims=True)
     out = np.exp(logits)
     return out / out.sum(axis=-1, keepdims=True)
@@ -575,9 +582,12 @@ def age_nll(
     kernel: float,
 ) -> float:
     """Mean negative log-likelihood of the labels under the calibrated distributions."""
+    return _labels_nll(calibrate_age(probs, values, temperature, kernel), mask)
+
+
+def _labels_nll(q: NDArray[np.float64], mask: NDArray[np.float64]) -> float:
     import numpy as np
 
-    q = calibrate_age(probs, values, temperature, kernel)
     return float(-np.mean(np.log(np.maximum((q * mask).sum(axis=1), 1e-300))))
 
 
@@ -595,10 +605,19 @@ def fit_temperature_kernel(
     log_t = np.linspace(math.log(0.25), math.log(20.0), 25)
     kernels = np.linspace(0.0, 0.6, 25) if with_kernel else np.zeros(1)
     best = (math.inf, 0.0, 0.0)
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        logs = np.log(p)
     for _ in range(3):
         for lt in log_t:
+            # age_nll at each (T, s), each tempering done once for all the widths
+            temperature = math.exp(lt)
+            tempered = (
+                temper(p, temperature) if temperature == 1.0 else _tempered_logs(logs, temperature)
+            )
             for s in kernels:
-                loss = age_nll(probs, values, mask, math.exp(lt), float(s))
+                q = tempered @ kernel_matrix(values, float(s)) if s > 0 else tempered
+                loss = _labels_nll(q, mask)
                 if loss < best[0]:
                     best = (loss, float(lt), float(s))
         step_t = (log_t[1] - log_t[0]) if len(log_t) > 1 else 0.1
