@@ -72,6 +72,37 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     assert sorted(nms(boxes, scores, 0.99)) == [0, 1, 2, 3]
 
 
+def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    """Greedy NMS written out box by box: the best left is kept, and every box left that
+    overlaps it by more than `iou` is dropped (a dropped box drops nothing)."""
+    left = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable, as argsort's
+    keep = []
+    while left:
+        best = left.pop(0)
+        keep.append(best)
+        x1, y1, x2, y2 = boxes[best]
+        kept_left = []
+        for i in left:
+            a1, b1, a2, b2 = boxes[i]
+            inter = max(0.0, min(x2, a2) - max(x1, a1)) * max(0.0, min(y2, b2) - max(y1, b1))
+            union = (x2 - x1) * (y2 - y1) + (a2 - a1) * (b2 - b1) - inter
+            if inter / max(union, 1e-9) <= iou:
+                kept_left.append(i)
+        left = kept_left
+    return keep
+
+
+def test_nms_equals_greedy_suppression_box_by_box_on_many_boxes() -> None:
+    # chains (a suppressed box suppresses nothing), ties in score and thousands of boxes,
+    # as a map with many cells over the threshold gives
+    rng = np.random.default_rng(3)
+    for count, iou in ((40, 0.3), (400, 0.5), (1500, 0.3)):
+        corner = rng.uniform(0, 300, (count, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(2, 40, (count, 2))], axis=1)
+        scores = rng.choice([0.5, 0.75, 0.9], count) + rng.uniform(0, 0.01, count) * (count > 40)
+        assert nms(boxes, scores, iou) == _greedy_nms(boxes, scores, iou)
+
+
 def test_feed_size_caps_the_longer_side_and_pads_to_the_multiple() -> None:
     assert feed_size(1080, 1920, 960, 32) == (0.5, 544, 960)
     assert feed_size(200, 200, 960, 32) == (1.0, 224, 224)

@@ -67,8 +67,8 @@ def nms(boxes: NDArray[np.float64], scores: NDArray[np.float64], iou: float) -> 
             break
         inter = intersections(boxes[best], boxes[rest])
         overlap = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
-        order = rest[overlap <= iou]  # array work: a map with thousands of cells over the
-        # threshold (a low --min-score, a textured picture) took minutes as Python lists
+        # on arrays: a map with thousands of cells over the threshold took minutes as lists
+        order = rest[overlap <= iou]
     return keep
 
 
