@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from faceutils import PATCH
 from PIL import Image
-from playwright.sync_api import Page, Playwright, sync_playwright
+from playwright.sync_api import Page, Playwright, Route, sync_playwright
 from serve_support import ASTRONAUT, running_server, shared_estimator
 
 from agegender.serve import ServeSettings
@@ -275,3 +275,81 @@ def test_webcam_live_mode_shows_tracked_fused_estimates(
     assert len(rows) == 1 and rows[0].split("\t")[0] == "#1"
     assert re.match(r"^stopped: 1 person in \d+ frames$", status), status
     assert console_errors == []
+
+
+def test_stopping_live_mode_waits_for_the_frame_on_its_way(
+    tmp_path: Path, astronaut_rgb: np.ndarray
+) -> None:
+    """Stop pressed while a frame is on its way: the page ended the session at once, so
+    the server answered that frame 404 (a console error, seen on a busy machine) and
+    lost it. Now the page waits for the frame's answer, then ends the session, which
+    counts it. The frame is held in the browser until the page had time to send the end
+    (the same hold that showed the old page sending it at once)."""
+    clip = tmp_path / "face.y4m"
+    write_y4m(clip, astronaut_rgb, 80)
+    args = [
+        *CHROMIUM_ARGS,
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ]
+    estimator = shared_estimator().derive(upsample=0)
+    held: list[Route] = []
+    hold = False
+    seen: list[tuple[str, int]] = []  # (method, status) of each answer under /v1/sessions/
+
+    def frames(route: Route) -> None:
+        if hold and not held:
+            held.append(route)  # answered below, after the stop
+        else:
+            route.continue_()
+
+    with running_server(ServeSettings(), estimator) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=args)
+        try:
+            page = browser.new_page()
+            console_errors: list[str] = []
+            page.on(
+                "console", lambda m: console_errors.append(m.text) if m.type == "error" else None
+            )
+            page.on(
+                "response",
+                lambda r: (
+                    seen.append((r.request.method, r.status)) if "/v1/sessions/" in r.url else None
+                ),
+            )
+            deletes: list[str] = []
+            page.on("request", lambda r: deletes.append(r.url) if r.method == "DELETE" else None)
+            page.route("**/v1/sessions/*/frames", frames)
+            page.goto(url + "/")
+            page.wait_for_selector("#detector option[value='haar']", state="attached")
+            page.click("#webcam")
+            page.click("#live")
+            page.wait_for_function(
+                "/frame ([2-9]|\\d\\d+),/.test(document.getElementById('status').textContent)",
+                timeout=60_000,
+            )
+            hold = True
+            while not held:
+                page.wait_for_timeout(20)
+            page.click("#live")
+            for _ in range(100):  # the old page sent the end at once; give it 2 s
+                if deletes:
+                    break
+                page.wait_for_timeout(20)
+            ended_under_the_frame = bool(deletes)
+            stopping = page.inner_text("#status")
+            held[0].continue_()
+            page.wait_for_selector("#live-title:has-text('People seen')", timeout=60_000)
+            status = page.inner_text("#status")
+        finally:
+            browser.close()
+    assert not ended_under_the_frame
+    assert stopping == "stopping: waiting for the frame on its way"
+    assert console_errors == []
+    answered = [code for method, code in seen if method == "POST"]  # the frames' answers
+    assert answered and set(answered) == {200}, seen
+    assert seen[-1] == ("DELETE", 200), seen
+    # the held frame is counted in the session's final figures
+    match = re.match(r"^stopped: \d+ (?:person|people) in (\d+) frames$", status)
+    assert match and int(match.group(1)) == len(answered), (status, seen)

@@ -8,7 +8,9 @@ const $ = (id) => document.getElementById(id);
 let photoUrl = null;
 let stream = null;
 // The live session: its id, whether frames are flowing, the people seen so far.
-const live = { id: null, running: false, frames: 0, started: 0, people: new Map(), run: 0 };
+// inflight: the frame request awaiting its answer (stopping waits for it: a session ended
+// under it would answer it 404 and lose that frame)
+const live = { id: null, running: false, frames: 0, started: 0, people: new Map(), run: 0, inflight: null };
 let modelsLoaded = false;
 const LIVE_WIDTH = 640; // frames are sent at most this wide: faster, and enough for faces
 
@@ -285,11 +287,16 @@ async function liveLoop() {
     form.append("image", blob, "frame.jpg");
     const sent = performance.now();
     let response;
+    const request = fetch("/v1/sessions/" + live.id + "/frames", { method: "POST", body: form, headers: headers() });
+    const inflight = request.catch(() => null);
+    live.inflight = inflight;
     try {
-      response = await fetch("/v1/sessions/" + live.id + "/frames", { method: "POST", body: form, headers: headers() });
+      response = await request;
     } catch (error) {
       setStatus("request failed: " + error, true);
       break;
+    } finally {
+      if (live.inflight === inflight) live.inflight = null;
     }
     const body = await response.json().catch(() => null);
     if (!mine()) return; // stopped, or another session started: not this loop's to end
@@ -357,6 +364,10 @@ async function stopLive() {
   const run = live.run;
   live.id = null;
   if (!id) return;
+  if (live.inflight) {
+    setStatus("stopping: waiting for the frame on its way");
+    await live.inflight; // its loop sees it is stopped and leaves the frame's answer be
+  }
   const body = await sessionCall("/v1/sessions/" + id, "DELETE");
   if (!body || live.run !== run) return; // a new session started meanwhile: its page now
   // The final word: every person the session saw, fused over their whole track.
