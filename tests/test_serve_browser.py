@@ -224,6 +224,18 @@ def write_y4m(path: Path, rgb: np.ndarray, frames: int, fps: int = 10) -> None:
 TRACK_LABEL = re.compile(r"^#1 \d+ \((\d+)\u2013(\d+)\) (female|male) (0\.\d\d|1\.00)$")
 
 
+def fake_camera_args(tmp_path: Path, rgb: np.ndarray) -> list[str]:
+    """Chromium's arguments for a fake webcam playing the moving-face clip (80 frames)."""
+    clip = tmp_path / "face.y4m"
+    write_y4m(clip, rgb, 80)
+    return [
+        *CHROMIUM_ARGS,
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ]
+
+
 def test_webcam_live_mode_shows_tracked_fused_estimates(
     tmp_path: Path, astronaut_rgb: np.ndarray
 ) -> None:
@@ -231,14 +243,7 @@ def test_webcam_live_mode_shows_tracked_fused_estimates(
     goes to a live session; the box is labelled with track #1 and its fused estimate,
     and stopping lists the person the session saw."""
     ARTIFACTS.mkdir(exist_ok=True)
-    clip = tmp_path / "face.y4m"
-    write_y4m(clip, astronaut_rgb, 80)
-    args = [
-        *CHROMIUM_ARGS,
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-video-capture={clip}",
-    ]
+    args = fake_camera_args(tmp_path, astronaut_rgb)
     estimator = shared_estimator().derive(upsample=0)
     with running_server(ServeSettings(), estimator) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=args)
@@ -285,14 +290,7 @@ def test_stopping_live_mode_waits_for_the_frame_on_its_way(
     lost it. Now the page waits for the frame's answer, then ends the session, which
     counts it. The frame is held in the browser until the page had time to send the end
     (the same hold that showed the old page sending it at once)."""
-    clip = tmp_path / "face.y4m"
-    write_y4m(clip, astronaut_rgb, 80)
-    args = [
-        *CHROMIUM_ARGS,
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-video-capture={clip}",
-    ]
+    args = fake_camera_args(tmp_path, astronaut_rgb)
     estimator = shared_estimator().derive(upsample=0)
     held: list[Route] = []
     hold = False
