@@ -441,21 +441,19 @@ def resolve(
 
 
 # -- applying ------------------------------------------------------------------------------
-def temper(probs: NDArray[np.float64], temperature: float) -> NDArray[np.float64]:
-    """softmax(log p / T) along the last axis (zeros stay zero)."""
+def temper(
+    probs: NDArray[np.float64], temperature: float, *, logs: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
+    """softmax(log p / T) along the last axis (zeros stay zero). `logs`: log(probs), when
+    the caller has them (a fit's grid tempers the same distributions at many T)."""
     import numpy as np
 
     p = np.asarray(probs, dtype=np.float64)
     if temperature == 1.0:
         return p / p.sum(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore"):
-        return _tempered_logs(np.log(p), temperature)
-
-
-def _tempered_logs(logs: NDArray[np.float64], temperature: float) -> NDArray[np.float64]:
-    """:func:`temper` from the distributions' logs (a fit takes them once for its grid)."""
-    import numpy as np
-
+    if logs is None:
+        with np.errstate(divide="ignore"):
+            logs = np.log(p)
     logits = logs / temperature
     logits = logits - logits.max(axis=-1, keepdims=True)
     out = np.exp(logits)
@@ -507,10 +505,14 @@ def calibrate_age(
     probs: NDArray[np.float64], values: NDArray[np.float64], temperature: float, kernel: float
 ) -> NDArray[np.float64]:
     """Temperature, then log-age smoothing, of one (bins,) or many (N, bins) distributions."""
-    out = temper(probs, temperature)
-    if kernel > 0:
-        out = out @ kernel_matrix(values, kernel)
-    return out
+    return smooth(temper(probs, temperature), values, kernel)
+
+
+def smooth(
+    probs: NDArray[np.float64], values: NDArray[np.float64], kernel: float
+) -> NDArray[np.float64]:
+    """The log-age smoothing of width `kernel` (none at 0) of (bins,) or (N, bins)."""
+    return probs @ kernel_matrix(values, kernel) if kernel > 0 else probs
 
 
 def calibrate_in_band(
@@ -611,13 +613,9 @@ def fit_temperature_kernel(
     for _ in range(3):
         for lt in log_t:
             # age_nll at each (T, s), each tempering done once for all the widths
-            temperature = math.exp(lt)
-            tempered = (
-                temper(p, temperature) if temperature == 1.0 else _tempered_logs(logs, temperature)
-            )
+            tempered = temper(p, math.exp(lt), logs=logs)
             for s in kernels:
-                q = tempered @ kernel_matrix(values, float(s)) if s > 0 else tempered
-                loss = _labels_nll(q, mask)
+                loss = _labels_nll(smooth(tempered, values, float(s)), mask)
                 if loss < best[0]:
                     best = (loss, float(lt), float(s))
         step_t = (log_t[1] - log_t[0]) if len(log_t) > 1 else 0.1
