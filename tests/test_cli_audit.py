@@ -38,6 +38,8 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
         (["--detector", "none", "--max-detect-side", "16"], "--max-detect-side steers"),
         (["--detector", "none", "--min-score", "0.5"], "--min-score steers"),
         (["--detector", "none", "--align", "sweep"], "--align sweep"),
+        # the whole image has no landmarks: it ran unaligned and said nothing
+        (["--detector", "none", "--align", "landmarks"], "--detector none finds no landmarks"),
         (["--no-tta", "--tta-margin", "0.5"], "--tta-margin applies only with TTA"),
         # the gate's cards (faceres-deep) are not installed in the tests' store: the
         # default runs the CC0 pair alone, where a margin changes nothing
@@ -70,6 +72,18 @@ def test_a_threshold_given_twice_is_one_column(capsys: pytest.CaptureFixture[str
     assert status == 0
     header = next(csv.reader(io.StringIO(out)))
     assert header.count("p_age_ge_18") == 1 and len(header) == len(set(header))
+
+
+def test_minus_zero_is_the_threshold_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    # "-0" passed the range check and named the column p_age_ge_-0 (and the JSON key "-0")
+    args = ["predict", "--detector", "none", str(ASTRONAUT)]
+    status, out, _ = run(capsys, *args, "--csv", "--age-threshold", "-0", "--age-threshold", "0")
+    assert status == 0
+    header = next(csv.reader(io.StringIO(out)))
+    assert [h for h in header if h.startswith("p_age_ge_")] == ["p_age_ge_0"]
+    status, out, _ = run(capsys, *args, "--jsonl", "--age-threshold", "-0")
+    assert status == 0
+    assert list(json.loads(out)["faces"][0]["age"]["p_at_least"]) == ["0"]
 
 
 def test_an_empty_annotation_folder_is_refused(

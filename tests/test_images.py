@@ -235,6 +235,47 @@ def test_pixel_limit_is_configurable(astronaut_rgb, monkeypatch: pytest.MonkeyPa
     assert images.decode_bytes(data, pixel_limit=None, name="a.png").shape == (512, 512, 3)
 
 
+def _peak_while_refused(error: type[Exception], message: str, path: Path, **options) -> int:
+    """Python's peak allocation while images.load refuses `path` with `message`."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(error, match=message):
+            images.load(path, **options)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_large_file_that_is_no_image_is_refused_without_reading_it_whole(
+    tmp_path: Path,
+) -> None:
+    # a video, an archive or a disk image named on the command line: a 2 GB file was read
+    # whole into memory before Pillow said it was not an image
+    path = tmp_path / "recording.ts"
+    with open(path, "wb") as f:
+        f.write(b"G@\x00\x10" + bytes(184))  # an MPEG transport stream's first packet
+        f.truncate(64 * 2**20)  # sparse: no disk used
+    message = r"recording\.ts: not an image \(unrecognised format\)$"
+    assert _peak_while_refused(ImageError, message, path) < 8 * 2**20
+
+
+def test_a_large_image_file_is_checked_from_its_header_then_decoded(
+    astronaut_rgb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a JPEG followed by 17 MiB that decoders ignore: over the size where the header is
+    # read first
+    data = encode(Image.fromarray(astronaut_rgb), "JPEG", quality=95)
+    path = tmp_path / "padded.jpg"
+    path.write_bytes(data + bytes(17 * 2**20))
+    assert path.stat().st_size > images.IDENTIFY_ABOVE_BYTES
+    expected = images.decode_bytes(data, name="a.jpg")
+    assert np.array_equal(images.load(path).rgb, expected)
+    # over the pixel limit: refused from the header, before the file is read
+    message = "padded.jpg: 512x512 = 262144 pixels exceeds the limit of 100000"
+    peak = _peak_while_refused(ImageTooLargeError, message, path, pixel_limit=100_000)
+    assert peak < 8 * 2**20
+
+
 class ReachedDecoding(Exception):
     pass
 
@@ -257,16 +298,15 @@ def test_raised_limit_is_honoured_above_pillows_guard(
 
 def test_permission_denied_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The EACCES mapping, runnable as root too (test_cli checks a real chmod 000 file
-    when not root): Path.read_bytes raises as it would for an unreadable file."""
+    when not root): opening the file raises as it would for an unreadable file."""
     locked = tmp_path / "locked.png"
     locked.write_bytes(b"x")
-    real = Path.read_bytes
 
-    def read_bytes(path: Path) -> bytes:
-        if path == locked:
+    def refusing_open(path: object, *args: object, **kwargs: object) -> object:
+        if Path(str(path)) == locked:
             raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
+        return open(path, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(images, "open", refusing_open, raising=False)
     with pytest.raises(ImageError, match=r"locked\.png: permission denied$"):
         images.load(locked)

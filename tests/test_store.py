@@ -199,6 +199,22 @@ def test_a_corrupted_installed_file_is_replaced_by_pull(server) -> None:
     assert state.requests == [("/file", None)]
 
 
+def test_a_truncated_installed_file_is_listed_as_wrong_size_and_replaced_by_pull(
+    server,
+) -> None:
+    # `models list` said "installed" for a file cut short (predict then refused it)
+    url, _ = server
+    card = make_card(f"{url}/file")
+    dest = store_path(card)
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(DATA[:1000])
+    state = store.install_state(card)
+    assert (state.status, state.path) == ("wrong-size", dest)
+    assert store.verify(card).status == "mismatch"
+    assert pull(card).action == "downloaded"
+    assert store.install_state(card).status == "installed"
+
+
 def test_a_stale_part_file_that_spoils_the_hash_is_discarded_and_refetched(server, home) -> None:
     url, state = server
     card = make_card(f"{url}/file")

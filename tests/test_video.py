@@ -122,3 +122,22 @@ def test_predict_default_step_is_the_video_modules() -> None:
     from agegender.commands import options
 
     assert options.DEFAULT_VIDEO_STEP == video.DEFAULT_STEP_SECONDS
+
+
+def test_the_smallest_step_samples_every_frame_and_smaller_ones_are_refused(
+    clip: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 5e-324 s overflowed the count of steps between two frames: a traceback after the
+    # first frames, and the inputs after the video were never read
+    assert len(list(video.frames(clip, step=video.MIN_STEP_SECONDS))) == 25
+    refused = r"step must be 0 \(every frame\) or at least 1e-06 seconds"
+    with pytest.raises(ValueError, match=refused):
+        list(video.frames(clip, step=5e-324))
+    for tiny in ("5e-324", "1e-320", "1e-7"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["predict", str(clip), "--video-step", tiny, "--no-progress"])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert err.rstrip().endswith(
+            f"--video-step: must be 0 (every frame) or at least 1e-06 seconds, got '{tiny}'"
+        ), err

@@ -122,9 +122,9 @@ class EstimatorConfig:
                 raise AgegenderError(f"--sweep needs START:STOP:STEP, got {len(sweep)} numbers")
             object.__setattr__(self, "sweep", sweep)
         # A threshold is kept as it is printed (6 significant digits: the JSON key, the CSV
-        # column), and one given twice counts once.
+        # column), and one given twice counts once (-0 is 0).
         given = _numbers("age_thresholds", self.age_thresholds)
-        thresholds = dict.fromkeys(float(f"{t:g}") for t in given)
+        thresholds = dict.fromkeys(float(f"{t:g}") + 0.0 for t in given)  # -0.0 is 0
         object.__setattr__(self, "age_thresholds", tuple(thresholds))
         object.__setattr__(self, "providers", _provider_names(self.providers))
         if self.calibration is None:

@@ -108,7 +108,7 @@ def load(
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
-        data = _read_file(Path(source), label)
+        data = _read_file(Path(source), label, pixel_limit)
     else:
         raise ImageError(f"{label}: unsupported input type {type(source).__name__}")
     return DecodedImage(label, decode_bytes(data, pixel_limit=pixel_limit, name=label))
@@ -141,9 +141,20 @@ def _one_reader(image: Image.Image) -> Iterator[None]:
                 _readers[key] = (lock, users - 1)
 
 
-def _read_file(path: Path, label: str) -> bytes:
+# A file is read whole to be decoded. One larger than this is first identified from its
+# header (Pillow reads only what it needs), so that a video, an archive or a disk image
+# named on the command line is refused without being read into memory, and so is an image
+# whose header states more pixels than the limit.
+IDENTIFY_ABOVE_BYTES = 16 * 2**20
+
+
+def _read_file(path: Path, label: str, pixel_limit: int | None = DEFAULT_PIXEL_LIMIT) -> bytes:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size > IDENTIFY_ABOVE_BYTES:
+                _identify(file, label, pixel_limit)
+                file.seek(0)
+            return file.read()
     except FileNotFoundError:
         raise ImageError(f"{label}: no such file") from None
     except IsADirectoryError:
@@ -152,6 +163,25 @@ def _read_file(path: Path, label: str) -> bytes:
         raise ImageError(f"{label}: permission denied") from None
     except OSError as error:
         raise ImageError(f"{label}: cannot read ({error.strerror or error})") from None
+
+
+def _identify(file: Any, label: str, pixel_limit: int | None) -> None:
+    """Refuse a large file that is not an image, or whose header states more pixels than
+    the limit, from its header alone. What Pillow cannot tell from the header (an icon,
+    which it decodes while opening; HEIF and AVIF, whose plugin decode_bytes registers and
+    whose declared sizes it checks; a damaged header) is left to decode_bytes."""
+    head = file.read(16)
+    file.seek(0)
+    if head[:4] == _ICO_MAGIC or head[4:8] == b"ftyp":
+        return
+    try:
+        with _bomb_warning_ignored(), _pillow_guard_lifted():
+            image = Image.open(file)
+    except UnidentifiedImageError:
+        raise UnsupportedImageError(f"{label}: not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError):
+        return  # decode_bytes gives the reason
+    _check_pixels(image.width, image.height, pixel_limit, label)
 
 
 def decode_bytes(

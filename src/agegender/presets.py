@@ -88,11 +88,12 @@ class Preset:
 
 
 def _installed(card_id: str) -> bool:
-    """Whether a card's file is on this machine (not hashed: loading checks it)."""
+    """Whether a card's file is on this machine (not hashed: loading checks it, and
+    refuses a file of the wrong size with its reason rather than leaving it out)."""
     from .cards import get_card
     from .store import install_state
 
-    return install_state(get_card(card_id)).status in ("installed", "unverified")
+    return install_state(get_card(card_id)).status in ("installed", "wrong-size", "unverified")
 
 
 def env_detector() -> str | None:

@@ -23,6 +23,9 @@ from .images import VIDEO_SUFFIXES, Frame
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 DEFAULT_STEP_SECONDS = 1.0
+# The smallest sampling step but 0 (every frame): no video's frames are closer together,
+# and smaller steps overflowed the count of steps between two frames.
+MIN_STEP_SECONDS = 1e-6
 # Grabs that may fail in a row before a video counts as ended: each failure is one packet
 # the decoder refused (a damaged stretch; a run of 500 is over 8 s at 60 fps), and at the
 # end of a file a failed grab costs microseconds.
@@ -57,6 +60,10 @@ def frames(
     """
     if not math.isfinite(step):
         raise ValueError(f"step must be a finite number of seconds, got {step!r}")
+    if 0 < step < MIN_STEP_SECONDS:
+        raise ValueError(
+            f"step must be 0 (every frame) or at least {MIN_STEP_SECONDS:g} seconds, got {step!r}"
+        )
     name = str(path)
     if not Path(path).is_file():
         reason = "is a directory" if Path(path).is_dir() else "no such file"

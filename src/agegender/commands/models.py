@@ -175,7 +175,7 @@ def model_entries() -> list[dict[str, Any]]:
                 "member": card.source.member,
                 "source_kind": card.source.kind,
                 "status": state.status,
-                "installed": state.status in ("installed", "unverified"),
+                "installed": state.status in ("installed", "wrong-size", "unverified"),
                 "path": str(state.path) if state.path is not None else None,
                 "store_path": str(layout.model_path(card)) if card.source.stored else None,
             }

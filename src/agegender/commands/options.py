@@ -81,6 +81,17 @@ def _detector_names() -> list[str]:
 
 
 DEFAULT_VIDEO_STEP = 1.0  # = video.DEFAULT_STEP_SECONDS (video.py imports OpenCV)
+MIN_VIDEO_STEP = 1e-6  # = video.MIN_STEP_SECONDS
+
+
+def video_step(text: str) -> float:
+    """--video-step: 0 (every frame) or at least MIN_VIDEO_STEP seconds."""
+    value = float(number(float, 0)(text))
+    if 0 < value < MIN_VIDEO_STEP:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (every frame) or at least {MIN_VIDEO_STEP:g} seconds, got {text!r}"
+        )
+    return value
 
 
 def add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +103,7 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--video-step",
-        type=number(float, 0),
+        type=video_step,
         default=DEFAULT_VIDEO_STEP,
         metavar="SECONDS",
         help="videos: analyse one frame every SECONDS (0: every frame; default %(default)s)",
@@ -314,6 +325,11 @@ def refuse_ignored(given: dict[str, Any], config: cfg.EstimatorConfig) -> None:
         if "align" in given and config.align == "sweep":
             raise AgegenderError(
                 "--align sweep searches rotations with a detector: not with --detector none"
+            )
+        if "align" in given and config.align == "landmarks":
+            raise AgegenderError(
+                "--align landmarks turns each face by the detector's eye landmarks: "
+                "--detector none finds no landmarks (the whole image is the face)"
             )
     if "tta_margin" in given and not config.tta:
         raise AgegenderError(f"--tta-margin applies only with TTA ({_tta_off_by(given, config)})")

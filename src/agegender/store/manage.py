@@ -52,7 +52,7 @@ from .layout import (
     write_unverified,
 )
 
-InstallStatus = Literal["installed", "unverified", "missing", "partial"]
+InstallStatus = Literal["installed", "wrong-size", "unverified", "missing", "partial"]
 
 
 def _import_command(card: ModelCard) -> str:
@@ -112,7 +112,20 @@ def _beside_card(card: ModelCard) -> Path | None:
 
 
 def install_state(card: ModelCard, layout: StoreLayout | None = None) -> InstallState:
-    """Where a card's file is, without hashing it (``verify`` hashes)."""
+    """Where a card's file is, without hashing it (``verify`` hashes); ``wrong-size`` when
+    its size is not the card's (a truncated copy, another file: ``pull`` replaces it)."""
+    state = _install_state(card, layout)
+    if state.status == "installed" and state.path is not None and card.source.bytes:
+        try:
+            size = state.path.stat().st_size
+        except OSError:
+            return state
+        if size != card.source.bytes:
+            return InstallState(card, "wrong-size", state.path)
+    return state
+
+
+def _install_state(card: ModelCard, layout: StoreLayout | None) -> InstallState:
     if card.source.package:
         try:
             path = package_path(card)
