@@ -47,6 +47,9 @@ def test_a_float_array_with_nan_is_an_image_error(est: Estimator) -> None:
         ({"tta": "no"}, "tta must be True or False"),
         ({"align": "sweep", "sweep": (1, 2)}, "--sweep needs START:STOP:STEP"),
         ({"age_thresholds": ["x"]}, "--age-thresholds must be numbers"),
+        ({"age_thresholds": "18"}, "--age-thresholds must be numbers"),
+        ({"age_thresholds": [True]}, "--age-thresholds must be numbers"),
+        ({"age_weights": "0.4,0.6"}, "--age-weights must be numbers"),
     ],
 )
 def test_options_of_the_wrong_type_are_one_line_errors(options: dict, named: str) -> None:
@@ -72,6 +75,18 @@ def test_derive_names_the_model_option_it_cannot_change(est: Estimator) -> None:
     with pytest.raises(AgegenderError, match=r": threads cannot change"):
         est.derive(threads=3)
     assert est.derive(min_face=10).config.min_face == 10
+
+
+def test_thresholds_and_weights_may_be_numpy_arrays() -> None:
+    # an array of two was a bare ValueError ("truth value ... is ambiguous"), of one a
+    # false "must be numbers"
+    for given, kept in ((np.array([18, 21]), (18.0, 21.0)), (np.array([18.0]), (18.0,))):
+        assert EstimatorConfig(age_thresholds=given).age_thresholds == kept
+    assert EstimatorConfig(age_thresholds=18).age_thresholds == (18.0,)
+    assert EstimatorConfig(age_thresholds=None).age_thresholds == ()
+    pair = ("cc0-age-v1", "faceres-deep-age")
+    weights = EstimatorConfig(age_models=pair, age_weights=np.array([0.4, 0.6])).age_weights
+    assert weights == (0.4, 0.6)
 
 
 def test_thresholds_keep_the_digits_they_are_printed_with() -> None:

@@ -149,3 +149,23 @@ def test_estimate_refuses_images_prepared_for_other_models(
         estimator.estimate([prepared])
     prepared.detections.pop()
     assert len(estimator.estimate([prepared])[0]) == 1  # its own estimator still takes it
+
+
+def test_estimate_reads_any_iterable_once_and_refuses_what_is_not_prepared(
+    estimator: Estimator, astronaut_rgb: np.ndarray
+) -> None:
+    """A generator was read by the first of estimate's three passes, and the result was
+    [] without an error."""
+    prepared = estimator.prepare(astronaut_rgb, "astronaut.png")
+    want = [[f.box for f in faces] for faces in estimator.estimate([prepared, prepared])]
+    assert len(want) == 2 and want[0]
+    for given in (
+        (p for p in [prepared, prepared]),
+        iter([prepared, prepared]),
+        (prepared, prepared),
+    ):
+        assert [[f.box for f in faces] for faces in estimator.estimate(given)] == want
+    with pytest.raises(TypeError, match=r"a list of prepared images, not one"):
+        estimator.estimate(prepared)
+    with pytest.raises(TypeError, match=r"got ndarray \(decode and prepare an image first\)"):
+        estimator.estimate([astronaut_rgb])  # type: ignore[list-item]

@@ -334,6 +334,17 @@ def test_calibration_file_round_trip_and_which_applies(tmp_path) -> None:
     assert cal.resolve(str(path), None, "gender", ["g1"], None, [None]) == gender
     with pytest.raises(cal.CalibrationError, match="fitted for g1, not g2"):
         cal.resolve(str(path), None, "gender", ["g2"], None, [None])
+    # the same models with other ensemble weights: the error said "fitted for a1+a2, not
+    # a1+a2"; it names the weights
+    pair = tmp_path / "pair.toml"
+    pair.write_text(
+        cal.to_toml(cal.CalibrationSet(age, None, ("a1", "a2"), age_weights=(0.4, 0.6)), [])
+    )
+    assert cal.resolve(str(pair), None, "age", ["a1", "a2"], (2.0, 3.0), [None, None]) == age
+    with pytest.raises(
+        cal.CalibrationError, match=r"fitted for a1\+a2 weighted 0.4/0.6, not 0.6/0.4; fit one"
+    ):
+        cal.resolve(str(pair), None, "age", ["a1", "a2"], (0.6, 0.4), [None, None])
     bad = tmp_path / "bad.toml"
     bad.write_text("[age]\ntemperature = -1\n")
     with pytest.raises(cal.CalibrationError, match="temperature must be"):

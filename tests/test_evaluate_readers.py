@@ -350,6 +350,21 @@ def test_generic_csv(tmp_path: Path) -> None:
         readers.read_csv(tmp_path / "nopath.csv")
 
 
+def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    # the csv module kept the last column's cells: `path,age,age` scored the second ages
+    for header in ("path,age,age,gender", "path,age,gender,Gender"):
+        (tmp_path / "twice.csv").write_text(f"{header}\na.jpg,10,99,m\n")
+        with pytest.raises(DatasetError, match=r"twice\.csv: the header names the column '"):
+            readers.read_csv(tmp_path / "twice.csv")
+    # empty names (trailing separators) are not columns
+    (tmp_path / "trailing.csv").write_text("path,age,,\na.jpg,10,,\n")
+    assert readers.read_csv(tmp_path / "trailing.csv").records[0].age == 10.0
+    fair = tmp_path / "fairface_label_val.csv"
+    fair.write_text("file,age,gender,race,age\nval/1.jpg,20-29,Male,White,3-9\n")
+    with pytest.raises(DatasetError, match=r"names the column 'age' twice"):
+        readers.read_fairface(fair)
+
+
 def test_read_dataset_dispatch_and_sample(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="known formats"):
         readers.read_dataset("morph", tmp_path)

@@ -402,6 +402,13 @@ def _weights_match(given: Sequence[float] | None, fitted: Sequence[float] | None
     return len(given or [0] * n) == n and norm(given) == norm(fitted)
 
 
+def _shown_weights(weights: Sequence[float] | None, n: int) -> str:
+    """Ensemble weights as the error shows them: normalised, as they are compared."""
+    w = [1.0] * n if weights is None else list(weights)
+    total = sum(w) or 1.0
+    return "/".join(f"{v / total:g}" for v in w)
+
+
 def resolve(
     setting: str,
     preset: CalibrationSet | None,
@@ -431,6 +438,13 @@ def resolve(
         ):
             return chosen.for_role(role)
         if explicit:
+            if tuple(fitted) == tuple(card_ids):  # the same models, other weights
+                raise CalibrationError(
+                    f"--calibration {setting}: its {role} calibration was fitted for "
+                    f"{'+'.join(fitted)} weighted {_shown_weights(fitted_weights, len(fitted))}"
+                    f", not {_shown_weights(weights, len(card_ids))}; fit one for these "
+                    "weights with agegender calibrate"
+                )
             raise CalibrationError(
                 f"--calibration {setting}: its {role} calibration was fitted for "
                 f"{'+'.join(fitted) or 'no models'}, not {'+'.join(card_ids)}"

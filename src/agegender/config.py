@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -109,9 +109,11 @@ class EstimatorConfig:
         # Sequences given as lists are kept as tuples (hashable, frozen).
         for name in ("age_models", "gender_models", "age_thresholds", "tta_gated"):
             value = getattr(self, name)
-            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-                value = () if value in (None, "") else (value,)
-            object.__setattr__(self, name, tuple(value))
+            if value is None or (isinstance(value, (str, bytes)) and not value):
+                value = ()
+            elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                value = (value,)  # one name, one number
+            object.__setattr__(self, name, tuple(value))  # a list, a numpy array, ...
         for name in ("age_weights", "gender_weights"):
             value = getattr(self, name)
             if value is not None:
@@ -335,6 +337,8 @@ _NUMBER_FIELDS: tuple[tuple[str, type, bool], ...] = (
 def _numbers(name: str, values: Any) -> tuple[float, ...]:
     """`values` as floats, or a one-line error naming the option."""
     try:
+        if any(isinstance(v, (str, bytes, bool)) for v in values):
+            raise TypeError  # "18" or True where a number goes, as min_face="3" is
         return tuple(float(v) for v in values)
     except (TypeError, ValueError):
         raise AgegenderError(f"--{_flag(name)} must be numbers, got {values!r:.80}") from None

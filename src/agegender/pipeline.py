@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -225,10 +225,19 @@ class Estimator:
             prepared.crops[key] = [head.crop(rgb, d) for d in detections]
         return prepared
 
-    def estimate(self, prepared: Sequence[PreparedImage]) -> list[list[Face]]:
-        """Run the crops of all prepared images through each head in shared batches."""
+    def estimate(self, prepared: Iterable[PreparedImage]) -> list[list[Face]]:
+        """Run the crops of all prepared images through each head in shared batches
+        (any iterable of them: it is read once, in order)."""
+        if isinstance(prepared, PreparedImage):
+            raise TypeError("estimate takes a list of prepared images, not one: [prepared]")
+        prepared = list(prepared)
         heads = self._distinct_heads()
         for p in prepared:
+            if not isinstance(p, PreparedImage):
+                raise TypeError(
+                    f"estimate takes the prepared images that prepare() returns, got "
+                    f"{type(p).__name__} (decode and prepare an image first)"
+                )
             missing = [h.card.id for key, h in heads.items() if key not in p.crops]
             if missing or any(len(p.crops[key]) != len(p.detections) for key in heads):
                 raise AgegenderError(

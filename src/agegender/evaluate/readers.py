@@ -23,7 +23,7 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from inspect import signature
@@ -189,9 +189,23 @@ def _header(path: Path, reader: csv.DictReader[str]) -> set[str]:
     """The stripped column names of a DictReader, with the csv module's faults (a header
     field over its size limit, as a stray quote makes) as one-line DatasetErrors."""
     try:
-        return {(f or "").strip() for f in reader.fieldnames or ()}
+        names = [(f or "").strip() for f in reader.fieldnames or ()]
     except csv.Error as error:
         raise DatasetError(f"{path}: malformed CSV header ({error})") from None
+    _refuse_repeated(path, names)
+    return set(names)
+
+
+def _refuse_repeated(path: Path, names: Iterable[str]) -> None:
+    """A header naming a column twice is refused: the csv module keeps the last one's
+    cells, so `path,age,age` read its labels from the second column without a word."""
+    seen: set[str] = set()
+    for name in names:
+        if name and name.lower() in seen:
+            raise DatasetError(
+                f"{path}: the header names the column {name!r} twice; keep one of them"
+            )
+        seen.add(name.lower())
 
 
 def _cells(row: dict[Any, Any]) -> dict[str, str]:
@@ -780,9 +794,11 @@ def read_fairface(source: str | Path, *, split: str | None = None) -> Dataset:
     reader = csv.DictReader(io.StringIO(_text_of(labels), newline=""))
     need = {"file", "age", "gender", "race"}
     try:
-        header = {(f or "").strip() for f in reader.fieldnames or ()}
+        names = [(f or "").strip() for f in reader.fieldnames or ()]
     except csv.Error as error:
         raise DatasetError(f"{labels}: malformed CSV ({error})") from None
+    _refuse_repeated(labels, names)
+    header = set(names)
     if not need <= header:
         raise DatasetError(
             f"{labels}: not a FairFace label file (needs columns {', '.join(sorted(need))})"
@@ -886,6 +902,7 @@ def read_csv(
         fieldnames = reader.fieldnames or ()
     except csv.Error as error:
         raise DatasetError(f"{source}: malformed CSV ({error})") from None
+    _refuse_repeated(source, [(c or "").strip() for c in fieldnames])
     columns = {(c or "").strip().lower(): (c or "").strip() for c in fieldnames}
     path_col = next((columns[c] for c in _PATH_COLUMNS if c in columns), None)
     if path_col is None:
