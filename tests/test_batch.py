@@ -4,14 +4,17 @@ streamed. Inputs are generated from tests/data/astronaut.png; nothing from ../sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,9 @@ from PIL import Image
 pytest.importorskip("pyarrow", reason="agegender[batch] (pyarrow) is not installed")
 
 import agegender
-from agegender import cli, schemas
+from agegender import cli, images, schemas
 from agegender.batch import dataset, sources
+from agegender.errors import ImageError
 
 SRC = Path(agegender.__file__).resolve().parent.parent
 REL = 1e-5
@@ -588,3 +592,96 @@ def test_links_to_folders_are_not_followed(tmp_path: Path) -> None:
     (root / "sub" / "up").symlink_to("..")
     walked = [i.path for i in sources.iter_inputs([str(root)])]
     assert walked == [str(root / "sub" / "a.jpg")] == expand_inputs([str(root)])
+
+
+@contextlib.contextmanager
+def fifo_writer_guard(fifo: Path) -> Iterator[None]:
+    """A writer for `fifo` in a thread, so that code that wrongly opens the pipe reads one
+    byte and fails instead of waiting forever; released at the end either way."""
+
+    def write() -> None:
+        # open waits until a reader opens the pipe
+        with contextlib.suppress(OSError), open(fifo, "wb") as pipe:
+            pipe.write(b"x")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        yield
+    finally:
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer's open return
+        writer.join(timeout=60)
+        os.close(reader)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_pipe_among_the_inputs_is_a_row_with_its_error(tmp_path: Path, capsys: Any) -> None:
+    # a glob, a list or a path naming a pipe: the job waited for a writer forever (a
+    # device such as /dev/zero was read without end)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = folder / "a.png"
+    photo.write_bytes(ASTRONAUT.read_bytes())
+    fifo = folder / "capture.pipe"
+    os.mkfifo(fifo)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{fifo}\n")
+    assert [i.error for i in sources.iter_inputs([str(fifo)])] == [
+        f"{fifo}: not a regular file (a pipe, a device or a socket)"
+    ]
+    with fifo_writer_guard(fifo):
+        with pytest.raises(ImageError, match=r"capture\.pipe: not a regular file"):
+            images.load(fifo)
+        for given, dest in (
+            ([str(folder / "*")], "globbed"),
+            ([str(fifo), str(photo)], "named"),
+            ([str(listing), str(photo)], "listed"),
+        ):
+            assert batch(*given, "--out", str(tmp_path / dest)) == 1
+            rows = {r["path"]: r for r in rows_of(tmp_path / dest)}
+            assert rows[str(fifo)]["error"] == (
+                f"{fifo}: not a regular file (a pipe, a device or a socket)"
+            )
+            assert rows[str(photo)]["error"] is None and rows[str(photo)]["face"] == 0
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_glob_over_the_folder_holding_dest_skips_the_dataset(tmp_path: Path) -> None:
+    # 'photos/**/*' read the job's own parts and _agegender files as inputs, more of them
+    # at every run, so a resume never settled
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(ASTRONAUT.read_bytes())
+    dest = folder / "faces"
+    pattern = str(folder / "**" / "*")
+    for _ in range(2):
+        assert batch(pattern, "--out", str(dest)) == 0
+        assert [r["path"] for r in rows_of(dest)] == [str(folder / "a.png")]
+    assert dataset.MANIFEST == sources.DATASET_MANIFEST
+
+
+def test_lists_with_a_byte_order_mark(tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" starts with one: the header's "path" was not found and the
+    # first entry of a text list began with an invisible character
+    (tmp_path / "a b.png").write_bytes(b"x")
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfpath,label\r\na b.png,x\r\n")
+    (tmp_path / "plain.txt").write_bytes(b"\xef\xbb\xbfa b.png\n")
+    for name in ("excel.csv", "plain.txt"):
+        assert [i.path for i in sources.iter_inputs([str(tmp_path / name)])] == [
+            str(tmp_path / "a b.png")
+        ]
+
+
+def test_the_ray_engines_options_are_refused_with_the_local_engine(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # --concurrency 8 ran one local job and said nothing
+    for options, named in (
+        (["--concurrency", "8"], "--concurrency applies only to --engine ray"),
+        (["--num-cpus", "2", "--num-gpus", "1"], "--num-cpus, --num-gpus apply only to"),
+        (["--address", "auto"], "--address applies only to --engine ray"),
+    ):
+        assert batch(str(ASTRONAUT), "--out", str(tmp_path / "out"), *options) == 2
+        err = capsys.readouterr().err
+        assert named in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import re
+import stat
 import sys
 import threading
 import warnings
@@ -148,8 +149,14 @@ def _one_reader(image: Image.Image) -> Iterator[None]:
 IDENTIFY_ABOVE_BYTES = 16 * 2**20
 
 
+NOT_REGULAR = "not a regular file (a pipe, a device or a socket)"
+
+
 def _read_file(path: Path, label: str, pixel_limit: int | None = DEFAULT_PIXEL_LIMIT) -> bytes:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode) and not path.is_dir():
+            # opening a pipe waits for a writer; a device (/dev/zero) reads without end
+            raise ImageError(f"{label}: {NOT_REGULAR}")
         with open(path, "rb") as file:
             if os.fstat(file.fileno()).st_size > IDENTIFY_ABOVE_BYTES:
                 _identify(file, label, pixel_limit)

@@ -66,7 +66,12 @@ def frames(
         )
     name = str(path)
     if not Path(path).is_file():
-        reason = "is a directory" if Path(path).is_dir() else "no such file"
+        if Path(path).is_dir():
+            reason = "is a directory"
+        elif Path(path).exists():  # never opened: a pipe waits for a writer
+            reason = "not a regular file (a pipe, a device or a socket)"
+        else:
+            reason = "no such file"
         yield Frame(name, 0, 0.0, error=f"{name}: {reason}")
         return
     if not os.access(path, os.R_OK):

@@ -31,10 +31,17 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import Any
 
 from ..errors import AgegenderError
-from ..images import IMAGE_SUFFIXES, OUTPUT_MARKER, VIDEO_SUFFIXES, is_output_folder
+from ..images import (
+    IMAGE_SUFFIXES,
+    NOT_REGULAR,
+    OUTPUT_MARKER,
+    VIDEO_SUFFIXES,
+    is_output_folder,
+)
 
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 TEXT_LISTS = frozenset({".txt", ".lst"})
@@ -163,10 +170,14 @@ def _expand(item: str, stat: bool) -> Iterator[Input]:
         yield local_input(item, stat)
 
 
+DATASET_MANIFEST = "_agegender/manifest.json"  # = dataset.MANIFEST (dataset imports numpy)
+
+
 def _glob(pattern: str) -> list[str]:
-    """A glob's matches, sorted, less those in a folder agegender marked as its output
-    (``--annotate`` inside a photo folder) below the pattern's fixed part, as a folder
-    walk skips them: 'photos/**/*.jpg' read the annotated copies as inputs."""
+    """A glob's matches, sorted, less those in a folder agegender made as its output
+    (``--annotate`` inside a photo folder, a batch dataset) below the pattern's fixed
+    part, as a folder walk skips them: 'photos/**/*.jpg' read the annotated copies as
+    inputs."""
     fixed: list[str] = []
     for part in Path(pattern).parts:
         if _GLOB_CHARS & set(part):
@@ -177,7 +188,9 @@ def _glob(pattern: str) -> list[str]:
 
     def is_marked(folder: Path) -> bool:
         if folder not in marked:
-            marked[folder] = is_output_folder(folder)
+            # an --annotate folder, or a batch dataset (the job's own DEST: 'photos/**/*'
+            # read its parts and its _agegender files, more of them at every run)
+            marked[folder] = is_output_folder(folder) or (folder / DATASET_MANIFEST).is_file()
         return marked[folder]
 
     kept = []
@@ -196,6 +209,9 @@ def local_input(path: str, stat: bool = True) -> Input:
         st = os.stat(path)
     except (OSError, ValueError):
         return Input(path)
+    if not (S_ISREG(st.st_mode) or S_ISDIR(st.st_mode)):
+        # a pipe or a device: reading one waited for a writer forever, or without end
+        return Input(path, error=f"{path}: {NOT_REGULAR}")
     return Input(path, st.st_size, st.st_mtime_ns)
 
 
@@ -278,9 +294,11 @@ def list_entries(item: str, stream: Any = None) -> Iterator[str]:
                         yield str(value)
         return
     text = (
-        io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8" writes one) is not part of the
+        # first entry or of the header's "path"
+        io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         if stream is not None
-        else open(item, encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
+        else open(item, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115
     )
     with text:
         if suffix == ".csv":

@@ -117,6 +117,22 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # a bad option or preset: exit 2 before anything
+    if args.engine == "local":  # the Ray engine's options would be ignored: refused
+        ignored = [
+            flag
+            for flag, value in (
+                ("--address", args.address),
+                ("--concurrency", args.concurrency),
+                ("--num-cpus", args.num_cpus),
+                ("--num-gpus", args.num_gpus or None),
+            )
+            if value is not None
+        ]
+        if ignored:
+            raise AgegenderError(
+                f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} only "
+                "to --engine ray (this job runs the local engine)"
+            )
     try:
         import pyarrow  # noqa: F401
     except ImportError:
