@@ -262,6 +262,17 @@ def test_malformed_requests_are_400() -> None:
         assert_error(post_image(c, tta="maybe"), 400, "invalid_option")
         assert_error(c.get("/v1/nothing"), 404, "not_found")
         assert_error(c.get("/v1/estimate"), 405, "method_not_allowed")
+        # cut short by the client or a proxy (no closing boundary): it was "missing_image,
+        # attach the image as 'image'" to a client that had
+        head = b'--BND\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for body in (head + PNG + b"\r\n", (head + PNG)[:5000]):
+            cut = c.post(
+                "/v1/estimate",
+                content=body,
+                headers={"Content-Type": "multipart/form-data; boundary=BND"},
+            )
+            assert_error(cut, 400, "bad_request")
+            assert "without the closing boundary: truncated?" in cut.json()["error"]["message"]
 
 
 def test_api_key() -> None:

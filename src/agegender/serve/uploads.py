@@ -111,8 +111,11 @@ def _from_multipart(body: bytes, boundary: bytes) -> Upload:
     header_field = bytearray()
     header_value = bytearray()
 
+    begun = 0  # parts begun: one more than ended when the body stops inside a part
+
     def on_part_begin() -> None:
-        nonlocal current
+        nonlocal current, begun
+        begun += 1
         if len(parts) >= MAX_PARTS:
             raise ApiError(
                 400,
@@ -163,6 +166,13 @@ def _from_multipart(body: bytes, boundary: bytes) -> Upload:
     except Exception as error:  # python_multipart raises its own exception types
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise ApiError(400, "bad_request", f"malformed multipart body ({reason})") from None
+    if begun > len(parts):  # cut short by the client or a proxy: told so, not "no image"
+        raise ApiError(
+            400,
+            "bad_request",
+            "malformed multipart body (it ends inside a part, without the closing "
+            "boundary: truncated?)",
+        )
     # The image part, else the form's one file part (whatever its field name); more than
     # one would leave all but one without an answer: refused, one image per request.
     candidates = [p for p in parts if p.name == IMAGE_FIELD] or [p for p in parts if p.filename]
