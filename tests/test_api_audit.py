@@ -50,6 +50,7 @@ def test_a_float_array_with_nan_is_an_image_error(est: Estimator) -> None:
         ({"age_thresholds": "18"}, "--age-thresholds must be numbers"),
         ({"age_thresholds": [True]}, "--age-thresholds must be numbers"),
         ({"age_weights": "0.4,0.6"}, "--age-weights must be numbers"),
+        ({"detector": "mtcnn"}, "unknown detector 'mtcnn'; choose one of dlib"),
     ],
 )
 def test_options_of_the_wrong_type_are_one_line_errors(options: dict, named: str) -> None:

@@ -189,6 +189,12 @@ class EstimatorConfig:
             raise AgegenderError(
                 f"unknown alignment {self.align!r}; choose one of {', '.join(ALIGN_MODES)}"
             )
+        from .faces import DETECTORS  # the registry only: no detection library is imported
+
+        if self.detector not in DETECTORS:  # told when the configuration is made, not later
+            raise AgegenderError(
+                f"unknown detector {self.detector!r}; choose one of {', '.join(DETECTORS)}"
+            )
         if self.detect_mirror and not mirrors(self.detector):
             raise AgegenderError(
                 f"--detect-mirror applies only to the CenterFace detectors (here: {self.detector})"
