@@ -51,6 +51,8 @@ def test_a_float_array_with_nan_is_an_image_error(est: Estimator) -> None:
         ({"age_thresholds": [True]}, "--age-thresholds must be numbers"),
         ({"age_weights": "0.4,0.6"}, "--age-weights must be numbers"),
         ({"detector": "mtcnn"}, "unknown detector 'mtcnn'; choose one of dlib"),
+        # the order pairs each model with its weight: a set has none
+        ({"age_models": {"cc0-age-v1", "faceres-deep-age"}}, "--age-models: give a list"),
     ],
 )
 def test_options_of_the_wrong_type_are_one_line_errors(options: dict, named: str) -> None:

@@ -111,6 +111,11 @@ class EstimatorConfig:
             value = getattr(self, name)
             if value is None or (isinstance(value, (str, bytes)) and not value):
                 value = ()
+            elif isinstance(value, (set, frozenset, dict)):  # models pair with weights
+                raise AgegenderError(
+                    f"--{_flag(name)}: give a list or a tuple (in order), not a "
+                    f"{type(value).__name__}"
+                )
             elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
                 value = (value,)  # one name, one number
             object.__setattr__(self, name, tuple(value))  # a list, a numpy array, ...

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .images import VIDEO_SUFFIXES, Frame
+from .images import NOT_REGULAR, VIDEO_SUFFIXES, Frame
 
 # FFmpeg's own messages ("moov atom not found", "overread 8", ...) would go straight to
 # stderr, beside the one line per bad input; the error is reported from what OpenCV
@@ -69,7 +69,7 @@ def frames(
         if Path(path).is_dir():
             reason = "is a directory"
         elif Path(path).exists():  # never opened: a pipe waits for a writer
-            reason = "not a regular file (a pipe, a device or a socket)"
+            reason = NOT_REGULAR
         else:
             reason = "no such file"
         yield Frame(name, 0, 0.0, error=f"{name}: {reason}")
