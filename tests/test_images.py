@@ -298,15 +298,16 @@ def test_raised_limit_is_honoured_above_pillows_guard(
 
 def test_permission_denied_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The EACCES mapping, runnable as root too (test_cli checks a real chmod 000 file
-    when not root): opening the file raises as it would for an unreadable file."""
+    when not root): Path.read_bytes raises as it would for an unreadable file."""
     locked = tmp_path / "locked.png"
     locked.write_bytes(b"x")
+    real = Path.read_bytes
 
-    def refusing_open(path: object, *args: object, **kwargs: object) -> object:
-        if Path(str(path)) == locked:
+    def read_bytes(path: Path) -> bytes:
+        if path == locked:
             raise PermissionError(13, "Permission denied", str(path))
-        return open(path, *args, **kwargs)  # type: ignore[call-overload]
+        return real(path)
 
-    monkeypatch.setattr(images, "open", refusing_open, raising=False)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
     with pytest.raises(ImageError, match=r"locked\.png: permission denied$"):
         images.load(locked)

@@ -109,7 +109,9 @@ def load(
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
-        data = _read_file(Path(source), label, pixel_limit)
+        path = Path(source)
+        _check_file(path, label, pixel_limit)
+        data = _read_file(path, label)
     else:
         raise ImageError(f"{label}: unsupported input type {type(source).__name__}")
     return DecodedImage(label, decode_bytes(data, pixel_limit=pixel_limit, name=label))
@@ -148,20 +150,29 @@ def _one_reader(image: Image.Image) -> Iterator[None]:
 # whose header states more pixels than the limit.
 IDENTIFY_ABOVE_BYTES = 16 * 2**20
 
-
 NOT_REGULAR = "not a regular file (a pipe, a device or a socket)"
 
 
-def _read_file(path: Path, label: str, pixel_limit: int | None = DEFAULT_PIXEL_LIMIT) -> bytes:
+def _check_file(path: Path, label: str, pixel_limit: int | None) -> None:
+    """Before a file is read whole: refuse a pipe or a device (opening a pipe waits for a
+    writer; /dev/zero reads without end), and identify a large file from its header. A
+    file that cannot be looked at is left to _read_file, which says why."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode) and not path.is_dir():
-            # opening a pipe waits for a writer; a device (/dev/zero) reads without end
+        found = os.stat(path)
+        if stat.S_ISDIR(found.st_mode):
+            return
+        if not stat.S_ISREG(found.st_mode):
             raise ImageError(f"{label}: {NOT_REGULAR}")
-        with open(path, "rb") as file:
-            if os.fstat(file.fileno()).st_size > IDENTIFY_ABOVE_BYTES:
+        if found.st_size > IDENTIFY_ABOVE_BYTES:
+            with open(path, "rb") as file:
                 _identify(file, label, pixel_limit)
-                file.seek(0)
-            return file.read()
+    except OSError:
+        return
+
+
+def _read_file(path: Path, label: str) -> bytes:
+    try:
+        return path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"{label}: no such file") from None
     except IsADirectoryError:
