@@ -92,32 +92,6 @@ def test_sigterm_ends_predict_with_one_line_and_143_keeping_the_lines_out(tmp_pa
     assert all(json.loads(line)["faces"] for line in lines)  # every line whole
 
 
-def test_a_sigterm_swallowed_in_a_finalizer_still_ends_with_one_line_and_143(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """SIGTERM whose Terminated is raised inside an object's __del__ (tqdm's at the end of
-    a run), where Python ignores exceptions: the command went on and exited 0."""
-    ignored: list[object] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: ignored.append(unraisable))
-
-    class Finalized:
-        def __del__(self) -> None:
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(100_000):  # Python runs the handler here, inside __del__
-                pass
-
-    def command(argv: list[str]) -> int:
-        Finalized()  # collected at once
-        return 0
-
-    monkeypatch.setattr(cli, "_main", command)
-    assert _main([]) == 143
-    assert [type(u.exc_value) for u in ignored] == [cli.Terminated]  # type: ignore[attr-defined]
-    assert capsys.readouterr().err == "agegender: terminated\n"
-    monkeypatch.setattr(cli, "_main", lambda argv: 0)
-    assert _main([]) == 0  # the next command in this process starts afresh
-
-
 def test_ctrl_c_while_the_commands_load_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

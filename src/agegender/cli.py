@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -112,14 +111,7 @@ class Terminated(KeyboardInterrupt):
     ``except KeyboardInterrupt`` and ``finally`` runs), then exits with status 143."""
 
 
-# Set when SIGTERM arrives: its Terminated can be swallowed where Python ignores
-# exceptions (an object's __del__, as tqdm's at the end of a run printed "Exception
-# ignored in ... Terminated" and the command exited 0), so main looks here as well.
-_TERMINATION = threading.Event()
-
-
 def _terminate(signum: int, frame: Any) -> None:
-    _TERMINATION.set()
     raise Terminated
 
 
@@ -167,15 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = _arguments_from_file()
         if argv is None:
             _arguments_via_file()
-    _TERMINATION.clear()
     try:
         try:
             with sigterm_unwinds():
                 try:
-                    status = _main(argv)
-                    if _TERMINATION.is_set():  # its Terminated was swallowed on the way
-                        return _interruption(Terminated())
-                    return status
+                    return _main(argv)
                 except KeyboardInterrupt as error:  # also while the commands' parsers load
                     return _interruption(error)
                 except Exception as error:
