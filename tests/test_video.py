@@ -122,6 +122,7 @@ def test_predict_default_step_is_the_video_modules() -> None:
     from agegender.commands import options
 
     assert options.DEFAULT_VIDEO_STEP == video.DEFAULT_STEP_SECONDS
+    assert options.MIN_VIDEO_STEP == video.MIN_STEP_SECONDS
 
 
 def test_the_smallest_step_samples_every_frame_and_smaller_ones_are_refused(

@@ -393,20 +393,19 @@ def load_file(path: str | Path) -> CalibrationSet:
     return fitted
 
 
-def _weights_match(given: Sequence[float] | None, fitted: Sequence[float] | None, n: int) -> bool:
-    def norm(w: Sequence[float] | None) -> tuple[float, ...]:
-        w = [1.0] * n if w is None else list(w)
-        total = sum(w) or 1.0
-        return tuple(round(v / total, 6) for v in w)
+def _normalised(weights: Sequence[float] | None, n: int) -> tuple[float, ...]:
+    """Ensemble weights summing to 1 (None: n equal ones), as they are compared and shown."""
+    w = [1.0] * n if weights is None else list(weights)
+    total = sum(w) or 1.0
+    return tuple(round(v / total, 6) for v in w)
 
-    return len(given or [0] * n) == n and norm(given) == norm(fitted)
+
+def _weights_match(given: Sequence[float] | None, fitted: Sequence[float] | None, n: int) -> bool:
+    return len(given or [0] * n) == n and _normalised(given, n) == _normalised(fitted, n)
 
 
 def _shown_weights(weights: Sequence[float] | None, n: int) -> str:
-    """Ensemble weights as the error shows them: normalised, as they are compared."""
-    w = [1.0] * n if weights is None else list(weights)
-    total = sum(w) or 1.0
-    return "/".join(f"{v / total:g}" for v in w)
+    return "/".join(f"{v:g}" for v in _normalised(weights, n))
 
 
 def resolve(
